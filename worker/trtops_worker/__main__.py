@@ -1,0 +1,3 @@
+from trtops_worker.cli import main
+
+raise SystemExit(main())
