@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The local control plane: a real kube-apiserver, kube-controller-manager, kube-scheduler and etcd
+# (built from Go modules by hack/build-controlplane.sh), run by `kwokctl --runtime binary`, with kwok
+# faking nodes (GPU nodes included) and pod lifecycles.
+#
+#   hack/cluster.sh up       start the cluster, or reuse a healthy one; prints how to use it
+#   hack/cluster.sh down     delete the cluster
+#   hack/cluster.sh status   say whether it is up
+#   hack/cluster.sh env      print `export ...` lines for KUBECONFIG and PATH
+#
+#   TRTOPS_CACHE           cache root (default ${XDG_CACHE_HOME:-~/.cache}/trtops)
+#   TRTOPS_CLUSTER         cluster name (default trtops)
+#   TRTOPS_APISERVER_PORT  fixed API server port (default: a free port chosen at creation)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=/dev/null
+source "$here/tools/controlplane/versions.env"
+cache="${TRTOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trtops}"
+name="${TRTOPS_CLUSTER:-trtops}"
+bin="$cache/current"
+kubeconfig="$cache/clusters/$name.kubeconfig"
+
+export KWOK_WORKDIR="$cache/kwok"
+export KWOK_KUBE_VERSION="$K8S_VERSION"
+export KWOK_KUBECTL_BINARY="$bin/kubectl"
+export PATH="$bin:$PATH"
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+
+kc() { kubectl --kubeconfig "$kubeconfig" --request-timeout=10s "$@"; }
+
+healthy() {
+  [[ -f "$kubeconfig" ]] && kc get --raw /readyz >/dev/null 2>&1
+}
+
+port_free() {
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+apply_nodes() {
+  # kwok manages nodes annotated kwok.x-k8s.io/node=fake: it keeps them Ready and runs their pods
+  # through its stages (Running/Ready; Job pods Succeeded). Two GPU products so pinning is visible.
+  local nodes=""
+  local i
+  for i in 0 1; do
+    nodes+="$(node_yaml "gpu-h100-$i" NVIDIA-H100-80GB-HBM3 8 9.0)"$'\n---\n'
+  done
+  nodes+="$(node_yaml gpu-l4-0 NVIDIA-L4 4 8.9)"$'\n---\n'
+  nodes+="$(node_yaml cpu-0 "" 0 "")"
+  printf '%s\n' "$nodes" | kc apply -f - >/dev/null
+}
+
+node_yaml() {
+  local node="$1" product="$2" gpus="$3" cc="$4"
+  local gpu_labels="" gpu_capacity=""
+  if [[ -n "$product" ]]; then
+    gpu_labels="    nvidia.com/gpu.present: \"true\"
+    nvidia.com/gpu.product: $product
+    nvidia.com/gpu.count: \"$gpus\"
+    nvidia.com/gpu.compute.major: \"${cc%%.*}\"
+    nvidia.com/gpu.compute.minor: \"${cc##*.}\""
+    gpu_capacity="    nvidia.com/gpu: \"$gpus\""
+  fi
+  cat <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: $node
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+$gpu_labels
+status:
+  allocatable: &res
+    cpu: "32"
+    memory: 256Gi
+    pods: "110"
+$gpu_capacity
+  capacity: *res
+  nodeInfo:
+    architecture: amd64
+    kubeletVersion: fake
+    operatingSystem: linux
+  phase: Running
+YAML
+}
+
+cmd_up() {
+  "$here/hack/build-controlplane.sh"
+  local start=$SECONDS
+  if kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
+    if healthy; then
+      log "reusing running cluster '$name'"
+      apply_nodes
+      print_usage
+      return 0
+    fi
+    log "cluster '$name' exists but does not answer (stale, e.g. after a reboot): recreating it"
+    kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+    rm -rf "$KWOK_WORKDIR/clusters/$name"
+  fi
+  local port="${TRTOPS_APISERVER_PORT:-}"
+  if [[ -n "$port" ]]; then
+    port_free "$port" || die "port $port (TRTOPS_APISERVER_PORT) is in use by another program: free it or unset TRTOPS_APISERVER_PORT to pick a free port"
+  else
+    port="$(free_port)"
+  fi
+  mkdir -p "$(dirname "$kubeconfig")"
+  rm -f "$kubeconfig"
+  log "creating cluster '$name' (Kubernetes $K8S_VERSION, API server on 127.0.0.1:$port)"
+  if ! kwokctl create cluster --name "$name" --runtime binary \
+      --kube-apiserver-port "$port" \
+      --kube-apiserver-binary "$bin/kube-apiserver" \
+      --kube-controller-manager-binary "$bin/kube-controller-manager" \
+      --kube-scheduler-binary "$bin/kube-scheduler" \
+      --kwok-controller-binary "$bin/kwok" \
+      --etcd-binary "$bin/etcd" \
+      --kubeconfig "$kubeconfig" \
+      --disable-qps-limits \
+      --timeout 3m --wait 2m >"$cache/clusters/$name.create.log" 2>&1; then
+    tail -20 "$cache/clusters/$name.create.log" >&2
+    kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+    die "cluster creation failed (full log: $cache/clusters/$name.create.log)"
+  fi
+  local deadline=$((SECONDS + 90))
+  until healthy; do
+    ((SECONDS < deadline)) || die "API server did not become ready within 90s"
+    sleep 1
+  done
+  apply_nodes
+  # Pods need the namespace's default ServiceAccount, made by the controller manager.
+  until kc -n default get serviceaccount default >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "default ServiceAccount never appeared: is kube-controller-manager running?"
+    sleep 1
+  done
+  log "cluster '$name' ready in $((SECONDS - start))s"
+  print_usage
+}
+
+print_usage() {
+  cat <<TXT
+
+Local cluster '$name' is up.
+  export KUBECONFIG=$kubeconfig PATH=$bin:\$PATH
+  kubectl get nodes -L nvidia.com/gpu.product
+  hack/cluster.sh down     # delete it
+TXT
+}
+
+cmd_down() {
+  export PATH="$bin:$PATH"
+  if command -v kwokctl >/dev/null && kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
+    kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$KWOK_WORKDIR/clusters/$name" "$kubeconfig"
+  log "cluster '$name' deleted"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) if healthy; then echo "up ($kubeconfig)"; else echo "down"; exit 1; fi ;;
+  env) echo "export KUBECONFIG=$kubeconfig PATH=$bin:\$PATH" ;;
+  *) echo "usage: $0 {up|down|status|env}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything the demo and the tests need on a brand-new Debian machine; quick when done
+# before (apt and pip skip what is there, Go binaries are cached by version).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log() { printf '[setup] %s\n' "$*" >&2; }
+python="${PYTHON:-python3}"
+
+debs=(prometheus lua5.4)
+missing=()
+for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+log "installing Python packages"
+"$python" -m pip install -q --disable-pip-version-check -e "$here[worker,dev]" 2>&1 \
+  | grep -v "Running pip as the 'root' user" || true
+
+"$here/hack/build-controlplane.sh"

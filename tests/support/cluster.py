@@ -1,0 +1,65 @@
+"""The local control plane for tests: started once per session through hack/cluster.sh (or reused
+when already running), plus small helpers to wait on what real controllers do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPT = REPO / "hack" / "cluster.sh"
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("TRTOPS_CACHE", str(Path(base) / "trtops")))
+
+
+def ensure_cluster() -> Path:
+    """Bring the cluster up (or reuse it) and export KUBECONFIG and PATH; return the kubeconfig."""
+    subprocess.run([str(CLUSTER_SCRIPT), "up"], check=True, timeout=60 * 60)
+    env_line = subprocess.run(
+        [str(CLUSTER_SCRIPT), "env"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    # "export KUBECONFIG=... PATH=...:$PATH"
+    assignments = dict(part.split("=", 1) for part in env_line.removeprefix("export ").split())
+    kubeconfig = Path(assignments["KUBECONFIG"])
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    bin_dir = assignments["PATH"].split(":", 1)[0]
+    if bin_dir not in os.environ["PATH"].split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
+    return kubeconfig
+
+
+def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> str:
+    """Run the project's own kubectl against the test cluster and return its stdout."""
+    proc = subprocess.run(
+        ["kubectl", "--request-timeout=20s", *args],
+        input=input_text, capture_output=True, text=True, timeout=60, check=False,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the API may be briefly unavailable; report the last
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
