@@ -17,6 +17,10 @@ from tests.support.kopf_runner import run_operator
 from tests.support.prometheus import Prometheus
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    cluster_support.export_cluster_env()
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> Path:
     """The local cluster's kubeconfig; KUBECONFIG and PATH (kubectl) are exported for the session."""

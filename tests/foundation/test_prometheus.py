@@ -32,4 +32,5 @@ def test_prometheus_scrapes_a_histogram_and_aggregates_p99(prometheus: Callable[
         assert 0.001 < float(result[0]["value"][1]) <= 0.005
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +22,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRTOPS_CACHE", str(Path(base) / "trtops")))
 
 
-def ensure_cluster() -> Path:
-    """Bring the cluster up (or reuse it) and export KUBECONFIG and PATH; return the kubeconfig."""
-    subprocess.run([str(CLUSTER_SCRIPT), "up"], check=True, timeout=60 * 60)
+def export_cluster_env() -> Path:
+    """Export KUBECONFIG and PATH (the project's kubectl) for this process; return the kubeconfig.
+
+    Done before any test module imports ``kubernetes``, whose config loader reads KUBECONFIG
+    once, at import time (kopf's login goes through it).
+    """
     env_line = subprocess.run(
         [str(CLUSTER_SCRIPT), "env"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -34,7 +38,16 @@ def ensure_cluster() -> Path:
     bin_dir = assignments["PATH"].split(":", 1)[0]
     if bin_dir not in os.environ["PATH"].split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
+    kube_config_module = sys.modules.get("kubernetes.config.kube_config")
+    if kube_config_module is not None:  # already imported: it captured the old KUBECONFIG
+        kube_config_module.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
     return kubeconfig
+
+
+def ensure_cluster() -> Path:
+    """Bring the cluster up, or reuse a healthy one; return its kubeconfig."""
+    subprocess.run([str(CLUSTER_SCRIPT), "up"], check=True, timeout=60 * 60)
+    return export_cluster_env()
 
 
 def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> str:

@@ -20,6 +20,11 @@ def run_operator(
     args += [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
     args += list(extra_args)
     with KopfRunner(args, timeout=timeout) as runner:
-        yield runner
+        try:
+            yield runner
+        except BaseException as exc:
+            # Show what the operator was doing when the test gave up on it.
+            exc.add_note(f"operator output (head):\n{runner.output[:6000]}")
+            raise
     assert runner.exception is None, f"operator crashed: {runner.exception!r}\n{runner.output[-4000:]}"
     assert runner.exit_code == 0, runner.output[-4000:]

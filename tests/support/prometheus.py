@@ -55,8 +55,12 @@ class Prometheus:
             raise RuntimeError("prometheus not found: install Debian's 'prometheus' package (.ci/run does)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
-        log = (self.workdir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
+        with (self.workdir / "prometheus.log").open("wb") as log:
+            self.process = self._spawn(binary, config, log)
+        self._wait_ready(timeout)
+
+    def _spawn(self, binary: str, config: Path, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 binary,
                 f"--config.file={config}",
@@ -68,6 +72,9 @@ class Prometheus:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

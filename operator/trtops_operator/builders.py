@@ -1,0 +1,413 @@
+"""Pure builders of every object the operator owns: plain dicts, no Kubernetes client.
+
+Each builder takes the engine (name, namespace, uid, typed spec) and returns the full desired
+object, so it can be compared with what exists (``spec_hash``), applied as is, and tested against
+golden YAML. The worker's command lines here are its contract (``trtops-worker build|serve``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from trtops_worker.cachekey import canonical_json
+
+from trtops_operator import GROUP, KIND, VERSION
+from trtops_operator.config import OperatorConfig
+from trtops_operator.keys import target_label
+from trtops_operator.models import TrtEngineSpec
+
+__all__ = [
+    "HASH_ANNOTATION",
+    "KEY_ANNOTATION",
+    "PLANS_MOUNT",
+    "Engine",
+    "PlanRef",
+    "build_deployment",
+    "build_job",
+    "build_pdb",
+    "build_service",
+    "owner_reference",
+    "resolve_uri",
+    "spec_hash",
+]
+
+PLANS_MOUNT = "/plans"
+EXTRA_CLAIMS_MOUNT = "/mnt/claims"
+TERMINATION_LOG = "/dev/termination-log"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "trtops"}
+HASH_ANNOTATION = "trtops.dev/spec-hash"
+KEY_ANNOTATION = "trtops.dev/key"
+LABEL_MAX = 63
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The identity and the typed spec of one TrtEngine."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: TrtEngineSpec
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.serving.model_name or self.name
+
+
+@dataclass(frozen=True)
+class PlanRef:
+    """What serving needs from a built plan."""
+
+    target: str | None  # GPU product; None for the CPU (onnxruntime) build
+    key: str
+    path: str  # artifact directory under PLANS_MOUNT
+    precision: str
+    backend: str
+
+
+def owner_reference(engine: Engine, *, controller: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": engine.name,
+        "uid": engine.uid,
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """Hash of an object as built (before the hash annotation is added): unchanged -> no write."""
+    return hashlib.sha256(canonical_json(obj).encode("ascii")).hexdigest()[:16]
+
+
+def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """Add the hash annotation to a fresh deep copy (no dict is shared between objects)."""
+    obj = json.loads(canonical_json(obj))
+    obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(obj)
+    return obj
+
+
+def resolve_uri(uri: str, storage_claim: str) -> tuple[str, str | None]:
+    """Map a spec URI to a path in the pod, and the extra claim to mount read-only (if any).
+
+    ``pvc://CLAIM/p`` is ``/plans/p`` when CLAIM is the storage claim, else ``/mnt/claims/CLAIM/p``;
+    a relative path lives on the storage claim.
+    """
+    if uri.startswith("pvc://"):
+        claim, _, rest = uri.removeprefix("pvc://").partition("/")
+        if claim == storage_claim:
+            return f"{PLANS_MOUNT}/{rest}", None
+        return f"{EXTRA_CLAIMS_MOUNT}/{claim}/{rest}", claim
+    return f"{PLANS_MOUNT}/{uri.lstrip('/')}", None
+
+
+def _labels(engine: Engine, component: str, target: str | None) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": f"trtops-{component}",
+        "trtops.dev/engine": engine.name,
+        "trtops.dev/component": component,
+        "trtops.dev/target": target_label(target),
+    }
+
+
+def _gpu_placement(product: str) -> dict[str, Any]:
+    return {
+        "nodeSelector": {GPU_PRODUCT_LABEL: product},
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+
+
+_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def build_job(
+    engine: Engine, target: str | None, key: str, *, name: str, config: OperatorConfig
+) -> dict[str, Any]:
+    """The build Job of one (key, target): ``trtops-worker build`` with the result in the
+    termination message. ``name`` comes from :func:`trtops_operator.keys.job_name`."""
+    spec = engine.spec
+    build = spec.build
+    claim = spec.storage.claim_name
+    extra_claims: list[str] = []
+
+    def path(uri: str) -> str:
+        resolved, extra = resolve_uri(uri, claim)
+        if extra and extra not in extra_claims:
+            extra_claims.append(extra)
+        return resolved
+
+    args = ["build", "--model", path(spec.model.uri), "--precision", build.precision]
+    args += ["--backend", spec.serving.backend, "--storage", PLANS_MOUNT]
+    if spec.model.sha256:
+        args += ["--model-sha256", spec.model.sha256]
+    if build.calibration is not None and build.precision in ("int8", "fp8"):
+        cal = build.calibration
+        args += ["--calibration", path(cal.uri), "--calibration-method", cal.method]
+        args += ["--calibration-max-samples", str(cal.max_samples)]
+    for profile in build.profiles:
+        args += ["--profile", profile.flag()]
+    args += ["--optimization-level", str(build.optimization_level)]
+    args += ["--workspace-mib", str(build.workspace_mib)]
+    if build.accuracy is not None:
+        acc = build.accuracy
+        args += ["--validation", path(acc.validation.uri)]
+        for flag, value in (
+            ("--min-top1-agreement", acc.min_top1_agreement),
+            ("--max-mean-abs-error", acc.max_mean_abs_error),
+            ("--min-cosine-similarity", acc.min_cosine_similarity),
+        ):
+            if value is not None:
+                args += [flag, repr(float(value))]
+    if target is not None:
+        args += ["--gpu-product", target]
+    args += ["--termination-log", TERMINATION_LOG]
+
+    labels = {**_labels(engine, "build", target), "trtops.dev/key": key[:LABEL_MAX]}
+    volumes: list[dict[str, Any]] = [
+        {"name": "plans", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "plans", "mountPath": PLANS_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own scratch volume
+    ]
+    for i, extra in enumerate(extra_claims):
+        volumes.append(
+            {"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": extra, "readOnly": True}}
+        )
+        mounts.append(
+            {"name": f"claim-{i}", "mountPath": f"{EXTRA_CLAIMS_MOUNT}/{extra}", "readOnly": True}
+        )
+    container: dict[str, Any] = {
+        "name": "build",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["trtops-worker"],
+        "args": args,
+        "env": [{"name": "HOME", "value": "/tmp"}],  # noqa: S108 - the pod's emptyDir
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
+        "securityContext": _CONTAINER_SECURITY,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": _POD_SECURITY,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if target is not None:
+        container["resources"]["limits"] = {GPU_RESOURCE: 1}
+        pod_spec.update(_gpu_placement(target))
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": engine.namespace,
+            "labels": labels,
+            "annotations": {KEY_ANNOTATION: key},
+            "ownerReferences": [owner_reference(engine, controller=False)],
+        },
+        "spec": {
+            "backoffLimit": build.backoff_limit,
+            "activeDeadlineSeconds": build.timeout_seconds,
+            "ttlSecondsAfterFinished": config.job_ttl_seconds,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+    return _stamp(job)
+
+
+def _serving_selector(engine: Engine) -> dict[str, str]:
+    return {"trtops.dev/engine": engine.name, "trtops.dev/component": "serve"}
+
+
+def build_deployment(
+    engine: Engine, plan: PlanRef, *, name: str, revision: str, config: OperatorConfig
+) -> dict[str, Any]:
+    """The serving Deployment of one plan: ``trtops-worker serve``, pinned to the plan's GPU."""
+    serving = engine.spec.serving
+    args = ["serve", "--artifact-dir", plan.path, "--backend", plan.backend]
+    if serving.cpu_fallback:
+        args.append("--cpu-fallback")
+    args += [
+        "--model-name",
+        engine.model_name,
+        "--revision",
+        revision,
+        "--precision",
+        plan.precision,
+    ]
+    args += ["--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT)]
+    args += ["--metrics-port", str(METRICS_PORT)]
+    if serving.batching is not None:
+        args += ["--max-batch-size", str(serving.batching.max_batch_size)]
+        args += ["--max-queue-delay-us", str(serving.batching.max_queue_delay_microseconds)]
+
+    selector = {**_serving_selector(engine), "trtops.dev/target": target_label(plan.target)}
+    labels = {
+        **_labels(engine, "serve", plan.target),
+        "trtops.dev/revision": revision,
+        "trtops.dev/key": plan.key[:LABEL_MAX],
+    }
+    resources: dict[str, Any] = {}
+    if serving.resources is not None:
+        resources = serving.resources.model_dump(mode="json", exclude_none=True)
+    if plan.target is not None and plan.backend == "tensorrt":
+        resources.setdefault("limits", {})[GPU_RESOURCE] = 1
+    container: dict[str, Any] = {
+        "name": "serve",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["trtops-worker"],
+        "args": args,
+        "env": [{"name": "HOME", "value": "/tmp"}],  # noqa: S108 - the pod's emptyDir
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        # Loading a large plan takes a while; liveness starts counting only after this passes.
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "resources": resources,
+        "securityContext": _CONTAINER_SECURITY,
+        "volumeMounts": [
+            {"name": "plans", "mountPath": PLANS_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own scratch volume
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": _POD_SECURITY,
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "plans",
+                "persistentVolumeClaim": {
+                    "claimName": engine.spec.storage.claim_name,
+                    "readOnly": True,
+                },
+            },
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if plan.target is not None:
+        pod_spec.update(_gpu_placement(plan.target))
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": engine.namespace,
+            "labels": labels,
+            "annotations": {KEY_ANNOTATION: plan.key},
+            "ownerReferences": [owner_reference(engine)],
+        },
+        "spec": {
+            "replicas": serving.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector},
+            # Surge first: a rolling update never takes serving capacity away.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+    return _stamp(deployment)
+
+
+def build_service(engine: Engine) -> dict[str, Any]:
+    """One Service per engine in front of every serving pod (all targets, all revisions)."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": engine.name,
+            "namespace": engine.namespace,
+            "labels": {**MANAGED_BY, "trtops.dev/engine": engine.name},
+            "ownerReferences": [owner_reference(engine)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _serving_selector(engine),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {
+                    "name": "metrics",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+    return _stamp(service)
+
+
+def build_pdb(engine: Engine) -> dict[str, Any]:
+    """At most one serving pod of the engine voluntarily evicted at a time (replicas > 1 only)."""
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": engine.name,
+            "namespace": engine.namespace,
+            "labels": {**MANAGED_BY, "trtops.dev/engine": engine.name},
+            "ownerReferences": [owner_reference(engine)],
+        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _serving_selector(engine)}},
+    }
+    return _stamp(pdb)

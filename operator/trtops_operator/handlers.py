@@ -1,0 +1,322 @@
+"""kopf wiring, kept thin: indexes of what exists, one reconcile for create/update/resume, and a
+work queue that re-reconciles an engine whenever something it owns changes (plus a slow resync).
+
+Reads come from kopf's in-memory indexes, fed by the watches, so a steady state costs no API
+requests. The queue is operator-wide rather than a per-resource daemon or timer on purpose:
+kopf puts a finalizer on every resource that has a daemon or timer, and a finalizer would block
+``kubectl delete`` whenever the operator is not running (uninstall, GitOps pruning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from trtops_operator import GROUP, PLURAL, VERSION, k8s, metrics
+from trtops_operator.config import OperatorConfig
+from trtops_operator.reconcile import (
+    DeploymentObs,
+    JobObs,
+    Observed,
+    PodObs,
+    decide,
+    summarize_deployment,
+    summarize_job,
+    summarize_pod,
+)
+
+log = logging.getLogger("trtops_operator")
+CONFIG = OperatorConfig.from_env()
+MANAGED = {"app.kubernetes.io/managed-by": "trtops"}
+EngineKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class _State:
+    """Process-wide state, created at startup inside kopf's event loop."""
+
+    api: k8s.Api | None = None
+    queue: asyncio.Queue[EngineKey] | None = None
+    pending: set[EngineKey] = field(default_factory=set)
+    locks: dict[EngineKey, asyncio.Lock] = field(default_factory=dict)
+    # (namespace, Job) -> engines waiting on it (a Job wakes its owners; these are the others)
+    waiting: dict[tuple[str, str], set[EngineKey]] = field(default_factory=dict)
+    indices: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+S = _State()
+
+
+# --- indexes: what exists ---------------------------------------------------------------------
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")},
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def engine_index(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Hashable, Any]:
+    return {(namespace, name): _slim(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def plan_index(namespace: str | None, status: kopf.Status, **_: Any) -> dict[Hashable, Any]:
+    return {(namespace, p["job"]): dict(p) for p in status.get("plans") or [] if p.get("job")}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def job_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
+    return {(namespace, name): summarize_job(body)}
+
+
+@kopf.index("v1", "pods", labels={"trtops.dev/component": "build"})
+def build_pod_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
+    pod = summarize_pod(body)
+    return {(namespace, pod.job): pod}
+
+
+@kopf.index("apps", "v1", "deployments", labels={**MANAGED, "trtops.dev/component": "serve"})
+def deployment_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
+    dep = summarize_deployment(body)
+    return {(namespace, dep.engine): dep}
+
+
+def _hash(body: kopf.Body) -> str:
+    return str(body.get("metadata", {}).get("annotations", {}).get("trtops.dev/spec-hash", ""))
+
+
+@kopf.index("v1", "services", labels=MANAGED)
+def service_index(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Hashable, Any]:
+    return {(namespace, name): _hash(body)}
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+def pdb_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
+    return {(namespace, name): _hash(body)}
+
+
+class _NsView(Mapping[str, Any]):
+    """One namespace of a kopf index keyed by (namespace, name), first value per key."""
+
+    def __init__(self, index: Any, namespace: str) -> None:
+        self.index, self.namespace = index, namespace
+
+    def __getitem__(self, name: str) -> Any:
+        for value in self.index[(self.namespace, name)]:
+            return value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k[1] for k in list(self.index) if k[0] == self.namespace)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _AllView(Mapping[str, Any]):
+    """One namespace of a kopf index, every value per key."""
+
+    def __init__(self, index: Any, namespace: str) -> None:
+        self.index, self.namespace = index, namespace
+
+    def __getitem__(self, name: str) -> list[Any]:
+        if (self.namespace, name) not in self.index:
+            raise KeyError(name)
+        return list(self.index[(self.namespace, name)])
+
+    def __iter__(self) -> Iterator[str]:
+        return (k[1] for k in list(self.index) if k[0] == self.namespace)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _observed(namespace: str, name: str, idx: Mapping[str, Any]) -> Observed:
+    deployments = idx["deployment_index"]
+    deps: dict[str, DeploymentObs] = {}
+    if (namespace, name) in deployments:
+        deps = {d.name: d for d in deployments[(namespace, name)]}
+    return Observed(
+        jobs=_NsView(idx["job_index"], namespace),
+        pods=_AllView(idx["build_pod_index"], namespace),
+        known_plans=_NsView(idx["plan_index"], namespace),
+        deployments=deps,
+        services=_NsView(idx["service_index"], namespace),
+        pdbs=_NsView(idx["pdb_index"], namespace),
+    )
+
+
+# --- the reconcile ----------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _lock(key: EngineKey) -> asyncio.Lock:
+    lock = S.locks.get(key)
+    if lock is None:
+        lock = S.locks[key] = asyncio.Lock()
+    return lock
+
+
+def _enqueue(key: EngineKey, delay: float = 0.0) -> None:
+    if S.queue is None:
+        return
+    if delay > 0:
+        asyncio.get_running_loop().call_later(delay, _enqueue, key)
+    elif key not in S.pending:
+        S.pending.add(key)
+        S.queue.put_nowait(key)
+
+
+async def _reconcile(body: Mapping[str, Any], idx: Mapping[str, Any], trigger: str) -> None:
+    """One level-based pass over one engine; raises kopf errors for kopf to retry or report."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    api = S.api
+    if api is None:
+        raise kopf.TemporaryError("operator is still starting", delay=1)
+    started = time.monotonic()
+    error: str | None = None
+    try:
+        async with _lock((ns, name)):
+            observed = _observed(ns, name, idx)
+            decision = decide(body, observed, CONFIG, _now())
+            for job in [j["metadata"]["name"] for j in decision.create] + list(decision.adopt):
+                S.waiting.setdefault((ns, job), set()).add((ns, name))
+            for p in (decision.status or body.get("status") or {}).get("plans") or []:
+                S.waiting.get((ns, p.get("job", "")), set()).discard((ns, name))
+            created = await asyncio.to_thread(k8s.apply_decision, api, dict(body), decision)
+            metrics.record_builds(decision.outcomes)
+            if len(created) < len(decision.create):
+                _enqueue((ns, name), delay=2.0)  # someone else made that Job: adopt it soon
+        if decision.invalid:
+            error = "invalid"
+            raise kopf.PermanentError(decision.invalid)
+    except kopf.TemporaryError:
+        error = "temporary"
+        raise
+    except kopf.PermanentError:
+        error = error or "permanent"
+        raise
+    finally:
+        metrics.record_reconcile(trigger, time.monotonic() - started, error)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def reconcile_engine(body: kopf.Body, reason: str, **kwargs: Any) -> None:
+    """Create, update and resume are the same thing: make the world match the spec."""
+    await _reconcile(_slim(body), kwargs, trigger=str(reason))
+
+
+async def _worker() -> None:
+    assert S.queue is not None
+    while True:
+        key = await S.queue.get()
+        S.pending.discard(key)
+        engines = S.indices["engine_index"]
+        if key not in engines:
+            S.locks.pop(key, None)
+            continue
+        body = next(iter(engines[key]))
+        try:
+            await _reconcile(body, S.indices, trigger="watch")
+        except kopf.TemporaryError as exc:
+            log.info("reconcile of %s/%s will be retried: %s", *key, exc)
+            _enqueue(key, delay=float(exc.delay or 5))
+        except kopf.PermanentError as exc:
+            log.warning("reconcile of %s/%s failed: %s", *key, exc)
+        except Exception:
+            log.exception("reconcile of %s/%s crashed; retrying in 30s", *key)
+            _enqueue(key, delay=30.0)
+
+
+async def _resync() -> None:
+    while True:
+        await asyncio.sleep(CONFIG.resync_seconds)
+        for key in list(S.indices["engine_index"]):
+            _enqueue(key)
+
+
+# --- wake-ups: something an engine owns or waits on changed -----------------------------------
+
+
+def _wake_job(namespace: str, job: str, owner_names: tuple[str, ...]) -> None:
+    for owner in owner_names:
+        _enqueue((namespace, owner))
+    for key in S.waiting.get((namespace, job), ()):
+        _enqueue(key)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_changed(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+    _wake_job(namespace or "", name, summarize_job(body).owner_names)
+
+
+@kopf.on.event("v1", "pods", labels={"trtops.dev/component": "build"})
+async def build_pod_changed(namespace: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    pod: PodObs = summarize_pod(body)
+    owners: tuple[str, ...] = ()
+    job: JobObs
+    for job in kwargs["job_index"].get((namespace, pod.job), []):
+        owners = job.owner_names
+    _wake_job(namespace or "", pod.job, owners)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={**MANAGED, "trtops.dev/component": "serve"})
+async def deployment_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    engine = labels.get("trtops.dev/engine")
+    if engine:
+        _enqueue((namespace or "", engine))
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    # Handler outcomes are in status conditions and our own Events; kopf's per-handler
+    # "succeeded" Events would only double the API writes.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    S.indices = {k: v for k, v in kwargs.items() if k.endswith("_index")}
+    S.api = await asyncio.to_thread(k8s.Api)
+    S.queue = asyncio.Queue()
+    S.pending.clear()
+    S.tasks = [asyncio.create_task(_worker()) for _ in range(max(CONFIG.workers, 1))]
+    S.tasks.append(asyncio.create_task(_resync()))
+    if CONFIG.metrics_port:
+        metrics.serve(CONFIG.metrics_port, CONFIG.metrics_address)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    for task in S.tasks:
+        task.cancel()
+    await asyncio.gather(*S.tasks, return_exceptions=True)
+    S.tasks = []
+    S.queue = None
+    if S.api is not None:
+        S.api.client.close()  # type: ignore[no-untyped-call]  # kubernetes is untyped
+        S.api = None

@@ -1,0 +1,247 @@
+"""Typed models of the ``TrtEngine`` spec.
+
+The CRD schema is what refuses bad resources (the API server runs it); these models mirror it so
+the operator's code reads typed fields instead of nested dicts, and so a resource that slipped
+past an older CRD fails loudly (``extra="forbid"``) instead of being half-understood. Defaults
+match the CRD's, so a body that never went through the API server (unit tests) reads the same.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "Accuracy",
+    "Analysis",
+    "Batching",
+    "BuildSpec",
+    "Calibration",
+    "ModelSource",
+    "Profile",
+    "Resources",
+    "RolloutSpec",
+    "ServingSpec",
+    "StorageSpec",
+    "Target",
+    "TrtEngineSpec",
+]
+
+Precision = Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]
+Backend = Literal["tensorrt", "onnxruntime"]
+Dim = Annotated[int, Field(ge=1, le=1048576)]
+Dims = Annotated[list[Dim], Field(min_length=1, max_length=8)]
+Uri = Annotated[
+    str,
+    Field(
+        max_length=1024, pattern=r"^(pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/\S+|[A-Za-z0-9_]\S*)$"
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+class ModelSource(_Model):
+    uri: Uri
+    sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")] | None = None
+
+
+class Calibration(_Model):
+    uri: Uri
+    method: Literal["entropy", "max", "percentile"] = "entropy"
+    max_samples: Annotated[int, Field(ge=1, le=100000)] = 512
+
+
+class Profile(_Model):
+    input: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S+$")]
+    min: Dims
+    opt: Dims
+    max: Dims
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Profile:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"profile {self.input}: min, opt and max must have the same rank")
+        if any(a > b or b > c for a, b, c in zip(self.min, self.opt, self.max, strict=True)):
+            raise ValueError(f"profile {self.input}: needs min <= opt <= max in every dimension")
+        return self
+
+    def flag(self) -> str:
+        """``NAME:MIN:OPT:MAX`` as the worker's ``--profile`` takes it."""
+        dims = ["x".join(str(d) for d in shape) for shape in (self.min, self.opt, self.max)]
+        return ":".join([self.input, *dims])
+
+
+class Target(_Model):
+    gpu_product: Annotated[
+        str,
+        Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"),
+    ]
+
+
+class Validation(_Model):
+    uri: Uri
+
+
+class Accuracy(_Model):
+    validation: Validation
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_mean_abs_error: Annotated[float, Field(ge=0, le=1000000)] | None = None
+    min_cosine_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
+
+
+class BuildSpec(_Model):
+    precision: Precision = "fp16"
+    calibration: Calibration | None = None
+    profiles: Annotated[list[Profile], Field(max_length=16)] = []
+    optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
+    workspace_mib: Annotated[int, Field(ge=16, le=1048576, alias="workspaceMiB")] = 2048
+    targets: Annotated[list[Target], Field(max_length=8)] = []
+    accuracy: Accuracy | None = None
+    timeout_seconds: Annotated[int, Field(ge=60, le=172800)] = 3600
+    backoff_limit: Annotated[int, Field(ge=0, le=10)] = 1
+
+    @model_validator(mode="after")
+    def _rules(self) -> BuildSpec:
+        if self.precision in ("int8", "fp8") and self.calibration is None:
+            raise ValueError(
+                "spec.build.calibration is required when spec.build.precision is int8 or fp8"
+            )
+        products = [t.gpu_product for t in self.targets]
+        if len(set(products)) != len(products):
+            raise ValueError("spec.build.targets must not repeat a gpuProduct")
+        inputs = [p.input for p in self.profiles]
+        if len(set(inputs)) != len(inputs):
+            raise ValueError("spec.build.profiles must name each input at most once")
+        return self
+
+
+class StorageSpec(_Model):
+    claim_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class Batching(_Model):
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)]
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=1000000)] = 1000
+
+
+class CpuMemory(_Model):
+    cpu: Annotated[str, Field(max_length=32)] | None = None
+    memory: Annotated[str, Field(max_length=32)] | None = None
+
+
+class Resources(_Model):
+    requests: CpuMemory | None = None
+    limits: CpuMemory | None = None
+
+
+class ServingSpec(_Model):
+    replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    backend: Backend = "tensorrt"
+    cpu_fallback: bool = False
+    model_name: Annotated[str, Field(max_length=128)] | None = None
+    batching: Batching | None = None
+    resources: Resources | None = None
+
+
+class GatewayAPIRouter(_Model):
+    http_route: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class ReplicasRouter(_Model):
+    pass
+
+
+class IstioRouter(_Model):
+    virtual_service: Annotated[str, Field(min_length=1, max_length=253)]
+    routes: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=16)] = []
+
+
+class TrafficRouter(_Model):
+    gateway_api: GatewayAPIRouter | None = Field(default=None, alias="gatewayAPI")
+    replicas: ReplicasRouter | None = None
+    istio: IstioRouter | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TrafficRouter:
+        if sum(x is not None for x in (self.gateway_api, self.replicas, self.istio)) != 1:
+            raise ValueError(
+                "spec.rollout.trafficRouter needs exactly one of gatewayAPI, replicas, istio"
+            )
+        return self
+
+
+class Step(_Model):
+    set_weight: Annotated[int, Field(ge=0, le=100)]
+    pause_seconds: Annotated[int, Field(ge=0, le=86400)] | None = None
+    pause_until_promoted: bool | None = None
+
+
+class PrometheusSource(_Model):
+    address: Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
+class Slo(_Model):
+    p99_latency_ms: Annotated[float, Field(gt=0, le=600000)] | None = None
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_latency_ratio_to_stable: Annotated[float, Field(ge=1, le=100)] | None = None
+
+
+class Analysis(_Model):
+    prometheus: PrometheusSource
+    interval_seconds: Annotated[int, Field(ge=10, le=3600)] = 30
+    failure_limit: Annotated[int, Field(ge=1, le=100)] = 2
+    min_requests: Annotated[int, Field(ge=0, le=1000000000)] = 100
+    slo: Slo | None = None
+
+
+class RolloutSpec(_Model):
+    traffic_router: TrafficRouter
+    steps: Annotated[list[Step], Field(min_length=1, max_length=20)] = [Step(set_weight=100)]
+    analysis: Analysis | None = None
+
+    @model_validator(mode="after")
+    def _non_decreasing(self) -> RolloutSpec:
+        weights = [s.set_weight for s in self.steps]
+        if weights != sorted(weights):
+            raise ValueError(
+                "spec.rollout.steps[].setWeight must not decrease from one step to the next"
+            )
+        return self
+
+
+class TrtEngineSpec(_Model):
+    model: ModelSource
+    build: BuildSpec = BuildSpec()
+    storage: StorageSpec
+    serving: ServingSpec = ServingSpec()
+    rollout: RolloutSpec | None = None
+
+    @model_validator(mode="after")
+    def _backend_rules(self) -> TrtEngineSpec:
+        if self.serving.backend == "tensorrt" and not self.build.targets:
+            raise ValueError(
+                "spec.build.targets must name at least one gpuProduct"
+                " when spec.serving.backend is tensorrt"
+            )
+        if self.serving.backend == "onnxruntime" and self.build.targets:
+            raise ValueError(
+                "spec.build.targets must be empty when spec.serving.backend is onnxruntime"
+            )
+        if self.serving.backend == "onnxruntime" and self.build.precision in ("tf32", "fp8"):
+            raise ValueError(
+                "spec.build.precision tf32 and fp8 exist only on spec.serving.backend tensorrt"
+            )
+        return self
+
+    def target_products(self) -> list[str | None]:
+        """The GPU products to build for; ``[None]``: the one CPU build (onnxruntime)."""
+        if self.serving.backend == "onnxruntime":
+            return [None]
+        return [t.gpu_product for t in self.build.targets]

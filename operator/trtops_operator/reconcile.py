@@ -1,0 +1,541 @@
+"""Level-based reconciliation, pure: (resource, what exists) -> what to do and the new status.
+
+Nothing here talks to the API. ``handlers`` gathers what exists from kopf's in-memory indexes
+(``summarize_*`` below are what those indexes store), calls :func:`decide`, and hands the
+:class:`Decision` to ``k8s``. Deciding from the full observed state every time, instead of from
+the event that arrived, is what lets a restarted operator or a missed event converge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from trtops_operator import builders, keys
+from trtops_operator.config import OperatorConfig
+from trtops_operator.models import TrtEngineSpec
+from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
+
+__all__ = [
+    "CONDITION_TYPES",
+    "Decision",
+    "DeploymentObs",
+    "JobObs",
+    "Observed",
+    "PodObs",
+    "decide",
+    "set_condition",
+    "summarize_deployment",
+    "summarize_job",
+    "summarize_pod",
+]
+
+CONDITION_TYPES = ("Built", "Ready", "Progressing", "Degraded")
+STATUS_KEYS = (
+    "observedGeneration",
+    "revision",
+    "conditions",
+    "plans",
+    "stable",
+    "lastGoodRevision",
+)
+# Reasons that are part of normal progress: their transitions are Normal events, not Warnings.
+PROGRESS_REASONS = {
+    "Building",
+    "RollingOut",
+    "Starting",
+    "Built",
+    "Serving",
+    "RolloutComplete",
+    "AsExpected",
+    "Pending",
+}
+STABLE_PLAN_FIELDS = ("target", "key", "job", "path", "precision", "backend")
+
+
+# --- what the indexes store -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobObs:
+    name: str
+    owners: tuple[str, ...]  # uids of the TrtEngines that own the Job
+    owner_names: tuple[str, ...] = ()
+    succeeded: bool = False
+    failed: bool = False
+    failure_reason: str = ""
+    failure_message: str = ""
+
+
+@dataclass(frozen=True)
+class PodObs:
+    name: str
+    job: str
+    created: str
+    phase: str
+    message: str | None = None  # the build container's termination message
+
+
+@dataclass(frozen=True)
+class DeploymentObs:
+    name: str
+    engine: str
+    spec_hash: str
+    generation: int = 0
+    observed_generation: int = 0
+    replicas: int = 0  # desired (spec)
+    status_replicas: int = 0
+    updated: int = 0
+    available: int = 0
+
+    @property
+    def rolled_out(self) -> bool:
+        return (
+            self.observed_generation >= self.generation
+            and self.updated >= self.replicas
+            and self.available >= self.replicas
+            and self.status_replicas <= self.replicas
+        )
+
+
+def _conditions(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c.get("type", ""): c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+def _owners(body: Mapping[str, Any]) -> tuple[str, ...]:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return tuple(r["uid"] for r in refs if r.get("kind") == "TrtEngine" and r.get("uid"))
+
+
+def summarize_job(body: Mapping[str, Any]) -> JobObs:
+    conds = _conditions(body)
+    status = body.get("status") or {}
+    failed = conds.get("Failed", {}).get("status") == "True"
+    complete = conds.get("Complete", {}).get("status") == "True" or bool(status.get("succeeded"))
+    return JobObs(
+        name=body["metadata"]["name"],
+        owners=_owners(body),
+        owner_names=tuple(
+            r["name"]
+            for r in body["metadata"].get("ownerReferences") or []
+            if r.get("kind") == "TrtEngine"
+        ),
+        succeeded=complete and not failed,
+        failed=failed,
+        failure_reason=str(conds.get("Failed", {}).get("reason") or ""),
+        failure_message=str(conds.get("Failed", {}).get("message") or ""),
+    )
+
+
+def summarize_pod(body: Mapping[str, Any]) -> PodObs:
+    meta = body["metadata"]
+    labels = meta.get("labels") or {}
+    status = body.get("status") or {}
+    message = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == "build":
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+    return PodObs(
+        name=meta["name"],
+        job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        phase=str(status.get("phase") or ""),
+        message=message,
+    )
+
+
+def summarize_deployment(body: Mapping[str, Any]) -> DeploymentObs:
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return DeploymentObs(
+        name=meta["name"],
+        engine=(meta.get("labels") or {}).get("trtops.dev/engine", ""),
+        spec_hash=(meta.get("annotations") or {}).get(builders.HASH_ANNOTATION, ""),
+        generation=int(meta.get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        replicas=int((body.get("spec") or {}).get("replicas", 1)),
+        status_replicas=int(status.get("replicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists, as far as one engine cares (all in the engine's namespace)."""
+
+    jobs: Mapping[str, JobObs] = field(default_factory=dict)  # by Job name
+    pods: Mapping[str, Sequence[PodObs]] = field(default_factory=dict)  # by Job name
+    known_plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by Job name
+    deployments: Mapping[str, DeploymentObs] = field(default_factory=dict)  # this engine's
+    services: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
+    pdbs: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
+
+
+# --- what to do -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    create: list[dict[str, Any]] = field(default_factory=list)  # Jobs, created if absent
+    adopt: list[str] = field(default_factory=list)  # Jobs this engine must co-own
+    apply: list[dict[str, Any]] = field(default_factory=list)  # server-side applied
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    status: dict[str, Any] | None = None  # the operator's status fields, when they changed
+    events: list[Event] = field(default_factory=list)
+    outcomes: list[str] = field(
+        default_factory=list
+    )  # builds finished: succeeded|cached|reused|failed
+    invalid: str | None = None  # the spec cannot be used: a message for the user
+
+
+def set_condition(
+    old: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: str,
+) -> dict[str, Any]:
+    """A condition; ``lastTransitionTime`` moves only when ``status`` does."""
+    prev = next((c for c in old if c.get("type") == type_), None)
+    changed = prev is None or prev.get("status") != status
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:4096],
+        "lastTransitionTime": now
+        if changed or prev is None
+        else prev.get("lastTransitionTime", now),
+        "observedGeneration": generation,
+    }
+
+
+@dataclass(frozen=True)
+class _Target:
+    product: str | None
+    key: str
+    job: str
+    state: Literal["built", "building", "failed"]
+    plan: dict[str, Any] | None = None
+    failure: BuildFailure | None = None
+    note: str = ""
+
+
+def _plan_record(
+    product: str | None, key: str, job: str, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {**fields, "target": keys.target_label(product), "key": key, "job": job}
+
+
+def _observe_target(
+    engine: builders.Engine,
+    product: str | None,
+    key: str,
+    job: str,
+    old_plans: Mapping[str, Mapping[str, Any]],
+    observed: Observed,
+    config: OperatorConfig,
+    decision: Decision,
+) -> _Target:
+    if job in old_plans:
+        return _Target(product, key, job, "built", dict(old_plans[job]))
+    known = observed.known_plans.get(job)
+    if known is not None:
+        decision.outcomes.append("reused")
+        plan = {**_plan_record(product, key, job, known), "reused": True}
+        return _Target(product, key, job, "built", plan)
+    obs = observed.jobs.get(job)
+    if obs is None:
+        decision.create.append(builders.build_job(engine, product, key, name=job, config=config))
+        return _Target(product, key, job, "building", note=f"build Job {job} created")
+    if engine.uid not in obs.owners:
+        decision.adopt.append(job)
+    pods = sorted(observed.pods.get(job, ()), key=lambda p: (p.created, p.name))
+    results = [r for r in (parse_result(p.message) for p in pods) if r is not None]
+    success = next((r for r in reversed(results) if isinstance(r, BuildSuccess)), None)
+    if success is not None:
+        decision.outcomes.append("cached" if success.fields.get("cached") else "succeeded")
+        return _Target(
+            product, key, job, "built", _plan_record(product, key, job, success.plan_fields())
+        )
+    failure = next((r for r in reversed(results) if isinstance(r, BuildFailure)), None)
+    if obs.failed:
+        if failure is None:
+            failure = BuildFailure(
+                "Job",
+                obs.failure_reason or "JobFailed",
+                obs.failure_message or f"build Job {job} failed without a result",
+            )
+        return _Target(product, key, job, "failed", failure=failure)
+    if obs.succeeded and failure is not None:  # exit code 0 but a failure report: trust the report
+        return _Target(product, key, job, "failed", failure=failure)
+    if obs.succeeded:
+        failure = BuildFailure(
+            "Result",
+            "ResultMissing",
+            f"build Job {job} succeeded but its pod left no result in its termination message",
+        )
+        return _Target(product, key, job, "failed", failure=failure)
+    note = f"build Job {job} running"
+    if failure is not None:
+        note += f"; a previous attempt failed: {failure.reason}: {failure.message}"
+    return _Target(product, key, job, "building", note=note)
+
+
+def _invalid(body: Mapping[str, Any], message: str, now: str) -> Decision:
+    generation = int(body["metadata"].get("generation") or 0)
+    old = (body.get("status") or {}).get("conditions") or []
+    conds = [
+        set_condition(
+            old, "Ready", "False", "InvalidSpec", message, generation=generation, now=now
+        ),
+        set_condition(
+            old, "Degraded", "True", "InvalidSpec", message, generation=generation, now=now
+        ),
+    ]
+    decision = Decision(invalid=message)
+    status = {"observedGeneration": generation, "conditions": conds}
+    _finish_status(decision, body, status)
+    return decision
+
+
+def _finish_status(decision: Decision, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+    old = body.get("status") or {}
+    if any(old.get(k) != status.get(k) for k in status):
+        decision.status = status
+    old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+    for cond in status.get("conditions", []):
+        prev = old_conds.get(cond["type"])
+        if prev is not None and (prev.get("status"), prev.get("reason")) == (
+            cond["status"],
+            cond["reason"],
+        ):
+            continue
+        bad = cond["reason"] not in PROGRESS_REASONS and (
+            (cond["type"] == "Degraded" and cond["status"] == "True")
+            or (cond["type"] in ("Built", "Ready") and cond["status"] == "False")
+        )
+        decision.events.append(
+            Event(
+                "Warning" if bad else "Normal",
+                cond["reason"],
+                f"{cond['type']}={cond['status']}: {cond['message']}",
+            )
+        )
+
+
+def decide(
+    body: Mapping[str, Any], observed: Observed, config: OperatorConfig, now: str
+) -> Decision:
+    """Everything one reconcile of ``body`` (a TrtEngine) should do, given what exists."""
+    meta = body["metadata"]
+    try:
+        spec = TrtEngineSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return _invalid(body, f"spec is invalid: {exc.errors()[0].get('msg', exc)}"[:1024], now)
+    engine = builders.Engine(
+        name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], spec=spec
+    )
+    generation = int(meta.get("generation") or 0)
+    old_status = body.get("status") or {}
+    old_conds = old_status.get("conditions") or []
+    old_plans = {p.get("job", ""): p for p in old_status.get("plans") or []}
+    decision = Decision()
+
+    gate = keys.gate_json(spec)
+    targets = []
+    for product in spec.target_products():
+        key = keys.build_key(spec, product, config.worker_image)
+        job = keys.job_name(key, spec.storage.claim_name, gate)
+        targets.append(
+            _observe_target(engine, product, key, job, old_plans, observed, config, decision)
+        )
+    plans = [t.plan for t in targets if t.plan is not None]
+    failed = [t for t in targets if t.state == "failed"]
+    building = [t for t in targets if t.state == "building"]
+    revision = keys.revision_of(t.key for t in targets)
+    old_built_reason = next((c.get("reason") for c in old_conds if c.get("type") == "Built"), None)
+    decision.outcomes += [
+        "failed" for t in failed if t.failure is not None and t.failure.reason != old_built_reason
+    ]
+
+    # Which plans serve: the new revision once fully built, else the last stable one.
+    stable = dict(old_status.get("stable") or {})
+    serving_rev: str | None = None
+    serving_plans: Sequence[Mapping[str, Any]] = []
+    if not failed and not building:
+        serving_rev, serving_plans = revision, plans
+    elif stable.get("revision"):
+        serving_rev, serving_plans = stable["revision"], stable.get("plans") or []
+
+    wanted: dict[str, dict[str, Any]] = {}
+    for p in serving_plans:
+        product = (
+            None
+            if p.get("target") == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
+            else p.get("target")
+        )
+        ref = builders.PlanRef(
+            target=product,
+            key=str(p.get("key", "")),
+            path=str(p.get("path", "")),
+            precision=str(p.get("precision") or spec.build.precision),
+            backend=str(p.get("backend") or spec.serving.backend),
+        )
+        name = keys.serving_name(engine.name, product)
+        wanted[name] = builders.build_deployment(
+            engine, ref, name=name, revision=serving_rev or "", config=config
+        )
+    for name, obj in wanted.items():
+        have = observed.deployments.get(name)
+        if (
+            have is None
+            or have.spec_hash != obj["metadata"]["annotations"][builders.HASH_ANNOTATION]
+        ):
+            decision.apply.append(obj)
+    decision.delete += [("Deployment", n) for n in observed.deployments if n not in wanted]
+    if wanted:
+        service = builders.build_service(engine)
+        if (
+            observed.services.get(engine.name)
+            != service["metadata"]["annotations"][builders.HASH_ANNOTATION]
+        ):
+            decision.apply.append(service)
+        if spec.serving.replicas > 1:
+            pdb = builders.build_pdb(engine)
+            if (
+                observed.pdbs.get(engine.name)
+                != pdb["metadata"]["annotations"][builders.HASH_ANNOTATION]
+            ):
+                decision.apply.append(pdb)
+    if engine.name in observed.pdbs and not (wanted and spec.serving.replicas > 1):
+        decision.delete.append(("PodDisruptionBudget", engine.name))
+
+    # Is what should serve actually serving?
+    current = {n: observed.deployments.get(n) for n in wanted}
+    up_to_date = all(
+        d is not None
+        and d.spec_hash == wanted[n]["metadata"]["annotations"][builders.HASH_ANNOTATION]
+        for n, d in current.items()
+    )
+    rolled_out = (
+        bool(wanted)
+        and up_to_date
+        and all(d is not None and d.rolled_out for d in current.values())
+    )
+    available = bool(wanted) and all(
+        d is not None and d.available >= spec.serving.replicas for d in current.values()
+    )
+    if rolled_out and serving_rev == revision:
+        stable = {
+            "revision": revision,
+            "weight": 100,
+            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in plans],
+        }
+
+    def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return set_condition(
+            old_conds, type_, status, reason, message, generation=generation, now=now
+        )
+
+    if failed:
+        f = failed[0]
+        assert f.failure is not None
+        built = cond(
+            "Built",
+            "False",
+            f.failure.reason,
+            f"{keys.target_label(f.product)}: {f.failure.category}: {f.failure.message}",
+        )
+    elif building:
+        built = cond("Built", "False", "Building", "; ".join(t.note for t in building))
+    else:
+        built = cond(
+            "Built", "True", "Built", f"{len(plans)} plan(s) built for revision {revision}"
+        )
+
+    new_rollout = serving_rev == revision and not rolled_out
+    if rolled_out and serving_rev == revision:
+        progressing = cond(
+            "Progressing", "False", "RolloutComplete", f"revision {revision} serves 100%"
+        )
+    elif failed:
+        progressing = cond(
+            "Progressing", "False", "BuildFailed", f"revision {revision} cannot be built"
+        )
+    elif building:
+        progressing = cond("Progressing", "True", "Building", f"building revision {revision}")
+    else:
+        progressing = cond("Progressing", "True", "RollingOut", f"rolling out revision {revision}")
+
+    if available and stable.get("revision"):
+        msg = f"revision {stable['revision']} serving"
+        if stable["revision"] != revision:
+            msg += f"; revision {revision} {'rolling out' if new_rollout else 'not ready yet'}"
+        ready = cond("Ready", "True", "Serving", msg)
+    elif failed and not stable.get("revision"):
+        ready = cond("Ready", "False", "BuildFailed", built["message"])
+    elif building or not serving_rev:
+        ready = cond("Ready", "False", "Building", "no plan serves yet")
+    else:
+        ready = cond("Ready", "False", "Starting", "serving pods are not available yet")
+
+    if failed:
+        degraded = cond("Degraded", "True", "BuildFailed", built["message"])
+    elif stable.get("revision") and serving_rev == stable.get("revision") and not available:
+        degraded = cond(
+            "Degraded",
+            "True",
+            "Unavailable",
+            f"revision {stable['revision']} has too few available pods",
+        )
+    else:
+        degraded = cond("Degraded", "False", "AsExpected", "")
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "revision": revision,
+        "conditions": [built, ready, progressing, degraded],
+        "plans": plans,
+        "stable": stable or None,
+        "lastGoodRevision": stable.get("revision") or old_status.get("lastGoodRevision") or None,
+    }
+    status = {k: v for k, v in status.items() if v is not None}
+    _finish_status(decision, body, status)
+    if decision.status is not None:
+        # Merge patches drop keys that are absent; null them explicitly to clear old values.
+        for k in STATUS_KEYS:
+            decision.status.setdefault(k, None)
+    for t in targets:
+        if (
+            t.state == "built"
+            and t.plan is not None
+            and t.plan.get("reused")
+            and t.job not in old_plans
+        ):
+            decision.events.append(
+                Event(
+                    "Normal",
+                    "PlanReused",
+                    f"{keys.target_label(t.product)}: reused plan of Job {t.job}",
+                )
+            )
+    for new_job in decision.create:
+        decision.events.append(
+            Event("Normal", "BuildStarted", f"build Job {new_job['metadata']['name']} created")
+        )
+    return decision

@@ -1,0 +1,69 @@
+"""Operator test fixtures: the CRD applied once per session, and helpers that act like the
+kubelet (kwok finishes Job pods without a termination message, so tests write the result)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "trtops.dev_trtengines.yaml"
+
+
+@pytest.fixture(scope="session")
+def trtengine_crd(k8s_api: Any) -> str:
+    """Apply the CRD (create or replace) and wait until it is Established."""
+    from kubernetes import client
+
+    from tests.support.cluster import wait_for
+
+    ext = client.ApiextensionsV1Api(k8s_api)
+    body = yaml.safe_load(CRD.read_text())
+    name = body["metadata"]["name"]
+    try:
+        current = ext.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        ext.create_custom_resource_definition(body)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(name)
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    wait_for(established, timeout=30, what="CRD established")
+    return name
+
+
+def finish_build_pod(k8s_api: Any, namespace: str, pod: str, result: dict[str, Any]) -> None:
+    """Write what the kubelet would: the build container terminated with ``result`` as its
+    termination message (exit code 0 when ``result["ok"]``, else 1)."""
+    from kubernetes import client
+
+    ok = bool(result.get("ok"))
+    terminated = {
+        "exitCode": 0 if ok else 1,
+        "reason": "Completed" if ok else "Error",
+        "message": json.dumps(result),
+        "startedAt": "2026-01-01T00:00:00Z",
+        "finishedAt": "2026-01-01T00:01:00Z",
+    }
+    patch = {
+        "status": {
+            "phase": "Succeeded" if ok else "Failed",
+            "containerStatuses": [
+                {
+                    "name": "build", "image": "worker", "imageID": "", "ready": False,
+                    "restartCount": 0, "state": {"terminated": terminated},
+                }
+            ],
+        }
+    }
+    client.CoreV1Api(k8s_api).patch_namespaced_pod_status(
+        pod, namespace, patch, _content_type="application/strategic-merge-patch+json"
+    )

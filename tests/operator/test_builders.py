@@ -1,0 +1,113 @@
+"""Builders against golden YAML (regenerate with TRTOPS_REGEN_GOLDEN=1 and review the diff)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trtops_operator import builders, keys
+from trtops_operator.config import OperatorConfig
+from trtops_operator.models import TrtEngineSpec
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+GOLDEN = Path(__file__).parent / "golden"
+CONFIG = OperatorConfig(worker_image="registry.example/trtops-worker:test")
+
+
+def engine(sample: str) -> builders.Engine:
+    doc = yaml.safe_load((SAMPLES / sample).read_text())
+    return builders.Engine(
+        name=doc["metadata"]["name"], namespace="ml", uid="uid-1",
+        spec=TrtEngineSpec.model_validate(doc["spec"]),
+    )
+
+
+def check_golden(name: str, obj: dict[str, Any]) -> None:
+    path = GOLDEN / name
+    text = yaml.safe_dump(obj, sort_keys=False)
+    if os.environ.get("TRTOPS_REGEN_GOLDEN"):
+        path.write_text(text)
+    assert yaml.safe_load(path.read_text()) == obj, f"{name} differs from golden; regenerate and review"
+
+
+def gpu_objects() -> dict[str, dict[str, Any]]:
+    e = engine("resnet-int8.yaml")
+    product = "NVIDIA-H100-80GB-HBM3"
+    key = keys.build_key(e.spec, product, CONFIG.worker_image)
+    job = keys.job_name(key, e.spec.storage.claim_name, keys.gate_json(e.spec))
+    plan = builders.PlanRef(target=product, key=key, path=f"/plans/{'a' * 64}", precision="int8", backend="tensorrt")
+    return {
+        "resnet-job.yaml": builders.build_job(e, product, key, name=job, config=CONFIG),
+        "resnet-deployment.yaml": builders.build_deployment(
+            e, plan, name=keys.serving_name(e.name, product), revision="r1", config=CONFIG
+        ),
+        "resnet-service.yaml": builders.build_service(e),
+        "resnet-pdb.yaml": builders.build_pdb(e),
+    }
+
+
+@pytest.mark.parametrize("name", ["resnet-job.yaml", "resnet-deployment.yaml", "resnet-service.yaml", "resnet-pdb.yaml"])
+def test_gpu_objects_match_golden(name: str) -> None:
+    check_golden(name, gpu_objects()[name])
+
+
+def test_cpu_job_and_deployment_match_golden_and_ask_for_no_gpu() -> None:
+    e = engine("cpu-fp32.yaml")
+    key = keys.build_key(e.spec, None, CONFIG.worker_image)
+    job = builders.build_job(e, None, key, name=keys.job_name(key, "trt-plans", None), config=CONFIG)
+    plan = builders.PlanRef(target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime")
+    dep = builders.build_deployment(e, plan, name=keys.serving_name(e.name, None), revision="r1", config=CONFIG)
+    check_golden("cpu-job.yaml", job)
+    check_golden("cpu-deployment.yaml", dep)
+    for obj in (job, dep):
+        pod = obj["spec"]["template"]["spec"]
+        assert "nodeSelector" not in pod and "tolerations" not in pod
+        assert "nvidia.com/gpu" not in yaml.safe_dump(pod["containers"][0]["resources"])
+
+
+def test_job_command_line_follows_the_worker_contract() -> None:
+    job = gpu_objects()["resnet-job.yaml"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert container["command"] == ["trtops-worker"] and args[0] == "build"
+    flags = dict(zip(args[1::2], args[2::2], strict=False))
+    # The model sits on another claim than the plans: mounted read-only under /mnt/claims.
+    assert flags["--model"] == "/mnt/claims/models/resnet50/model.onnx"
+    assert flags["--storage"] == "/plans"
+    assert flags["--profile"] == "input:1x3x224x224:8x3x224x224:32x3x224x224"
+    assert flags["--calibration-method"] == "entropy" and flags["--calibration-max-samples"] == "512"
+    assert flags["--gpu-product"] == "NVIDIA-H100-80GB-HBM3"
+    assert flags["--min-top1-agreement"] == "0.99"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_relative_uri_and_same_claim_uri_resolve_onto_the_storage_mount() -> None:
+    assert builders.resolve_uri("models/m.onnx", "plans") == ("/plans/models/m.onnx", None)
+    assert builders.resolve_uri("pvc://plans/m.onnx", "plans") == ("/plans/m.onnx", None)
+    assert builders.resolve_uri("pvc://data/m.onnx", "plans") == ("/mnt/claims/data/m.onnx", "data")
+
+
+def test_serving_is_pinned_to_the_plans_gpu_with_read_only_plans() -> None:
+    dep = gpu_objects()["resnet-deployment.yaml"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["containers"][0]["volumeMounts"][0] == {"name": "plans", "mountPath": "/plans", "readOnly": True}
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+    # The selector leaves out revision and key: a new revision is a rolling update, not a new selector.
+    assert set(dep["spec"]["selector"]["matchLabels"]) == {"trtops.dev/engine", "trtops.dev/component", "trtops.dev/target"}
+
+
+def test_hash_annotation_changes_with_the_object() -> None:
+    e = engine("cpu-fp32.yaml")
+    plan = builders.PlanRef(target=None, key="k", path="/plans/x", precision="fp32", backend="onnxruntime")
+    a = builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    b = builders.build_deployment(e, plan, name="n", revision="r2", config=CONFIG)
+    h = builders.HASH_ANNOTATION
+    assert a["metadata"]["annotations"][h] != b["metadata"]["annotations"][h]
+    assert a == builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)

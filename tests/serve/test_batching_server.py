@@ -1,0 +1,92 @@
+"""Dynamic batching, overload and timeouts, seen from outside the server."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from .conftest import Server, conv_input, infer_body, start_server
+from .test_rest import reference
+
+
+def test_concurrent_requests_merge_and_results_equal_unbatched(
+    server: Server, model_dir: Path
+) -> None:
+    count_before = server.metric("trtops_batch_size_count")
+    sum_before = server.metric("trtops_batch_size_sum")
+    inputs = [conv_input(1 + i % 2, seed=100 + i) for i in range(24)]
+
+    def send(x: np.ndarray) -> np.ndarray:
+        with requests.Session() as session:
+            response = session.post(server.infer_url(), json=infer_body(x), timeout=30)
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["outputs"][0]["data"], np.float32).reshape(len(x), 10)
+
+    with ThreadPoolExecutor(12) as pool:
+        outputs = list(pool.map(send, inputs))
+    for x, out in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(out, reference(model_dir, x))  # exact, not approximate
+    batches = server.metric("trtops_batch_size_count") - count_before
+    rows = server.metric("trtops_batch_size_sum") - sum_before
+    assert rows == sum(len(x) for x in inputs)
+    assert batches < len(inputs), "no two requests were merged"
+
+
+def test_overload_rejects_with_503_at_once_and_keeps_serving(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "slow.onnx"),
+        "--model-name",
+        "slow",
+        "--max-batch-size",
+        "1",
+        "--max-queue-size",
+        "2",
+    )
+    try:
+        x = np.zeros((1, 3, 64, 64), np.float32)
+        body = infer_body(x)
+
+        def send(_: int) -> requests.Response:
+            return requests.post(s.infer_url("slow"), json=body, timeout=60)
+
+        with ThreadPoolExecutor(24) as pool:
+            responses = list(pool.map(send, range(48)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503}
+        assert codes.count(503) > 0
+        assert codes.count(200) > 0
+        assert all("queue full" in r.json()["error"] for r in responses if r.status_code == 503)
+        assert s.metric("trtops_requests_total", outcome="rejected") == codes.count(503)
+        assert s.metric("trtops_queue_depth") == 0
+        assert requests.post(s.infer_url("slow"), json=body, timeout=60).status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_request_timeout_is_504(model_dir: Path, tmp_path: Path) -> None:
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "slow.onnx"),
+        "--model-name",
+        "slow",
+        "--max-batch-size",
+        "1",
+        "--request-timeout-ms",
+        "1",
+    )
+    try:
+        body = infer_body(np.zeros((8, 3, 64, 64), np.float32))
+        response = requests.post(s.infer_url("slow"), json=body, timeout=60)
+        assert response.status_code == 504
+        assert "error" in response.json()
+        assert requests.get(f"{s.url}/v2/health/ready", timeout=5).status_code == 200
+    finally:
+        assert s.stop() == 0

@@ -1,0 +1,114 @@
+"""OIP v2 over gRPC: Triton's off-the-shelf client, and typed ``contents`` via our own stubs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from trtops_worker.serve.proto import grpc_predict_v2_pb2 as pb
+from trtops_worker.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from .conftest import Server, conv_input
+from .test_rest import reference
+
+tritonclient = pytest.importorskip("tritonclient.grpc")
+
+
+def test_health_metadata_and_raw_infer_with_tritonclient(server: Server, model_dir: Path) -> None:
+    client = tritonclient.InferenceServerClient(server.grpc)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("conv")
+    assert client.is_model_ready("conv", "r1")
+    assert client.get_server_metadata().name == "trtops"
+    meta = client.get_model_metadata("conv")
+    assert meta.platform == "onnxruntime_onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("input", "FP32", [-1, 3, 32, 32])
+    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
+        ("logits", "FP32", [-1, 10])
+    ]
+    x = conv_input(2, seed=3)
+    tensor = tritonclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)  # travels as raw_input_contents
+    result = client.infer("conv", [tensor], request_id="g-1")
+    assert result.get_response().id == "g-1"
+    np.testing.assert_array_equal(result.as_numpy("logits"), reference(model_dir, x))
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        (lambda c: c.get_model_metadata("other"), "NOT_FOUND"),
+        (lambda c: c.is_model_ready("conv", "r9"), "NOT_FOUND"),
+    ],
+)
+def test_unknown_model_is_not_found(server: Server, call: object, code: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = tritonclient.InferenceServerClient(server.grpc)
+    with pytest.raises(InferenceServerException) as info:
+        call(client)  # type: ignore[operator]
+    assert code in str(info.value.status())
+    client.close()
+
+
+def stub(server: Server) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    channel = grpc.insecure_channel(server.grpc)
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_typed_contents_give_raw_output_contents(server: Server, model_dir: Path) -> None:
+    x = conv_input(1, seed=4)
+    request = pb.ModelInferRequest(model_name="conv", id="typed")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    channel, client = stub(server)
+    with channel:
+        reply = client.ModelInfer(request)
+    assert reply.id == "typed"
+    assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [
+        ("logits", "FP32", [1, 10])
+    ]
+    out = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(1, 10)
+    np.testing.assert_array_equal(out, reference(model_dir, x))
+
+
+def bad_request(**changes: object) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="conv")
+    shape = changes.pop("shape", [1, 3, 32, 32])
+    datatype = changes.pop("datatype", "FP32")
+    raw = changes.pop("raw", np.zeros((1, 3, 32, 32), np.float32).tobytes())
+    request.inputs.add(name=str(changes.pop("name", "input")), datatype=str(datatype), shape=shape)  # type: ignore[arg-type]
+    request.raw_input_contents.append(raw)  # type: ignore[arg-type]
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (bad_request(name="image"), grpc.StatusCode.INVALID_ARGUMENT),
+        (bad_request(datatype="INT32"), grpc.StatusCode.INVALID_ARGUMENT),
+        (bad_request(shape=[1, 3, 32, 31]), grpc.StatusCode.INVALID_ARGUMENT),
+        (bad_request(raw=b"\0" * 10), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.ModelInferRequest(model_name="other"), grpc.StatusCode.NOT_FOUND),
+    ],
+)
+def test_grpc_client_mistakes(
+    server: Server, request_: pb.ModelInferRequest, code: grpc.StatusCode
+) -> None:
+    channel, client = stub(server)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        client.ModelInfer(request_)
+    assert info.value.code() == code
+
+
+def test_metadata_reports_the_backend_in_trailing_metadata(server: Server) -> None:
+    channel, client = stub(server)
+    with channel:
+        _, call = client.ModelMetadata.with_call(pb.ModelMetadataRequest(name="conv"))
+    assert dict(call.trailing_metadata())["trtops-fallback"] == "false"

@@ -1,0 +1,171 @@
+"""Minimal, fast OIP v2 clients for the load generator: one connection per worker, reused.
+
+The HTTP client speaks HTTP/1.1 keep-alive over an asyncio stream with the request bytes encoded
+once, because a general-purpose client costs more CPU per request than the server it measures on
+a small machine. It checks the status and reads the whole body; it does not parse JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import numpy as np
+
+__all__ = [
+    "BenchClient",
+    "GrpcClient",
+    "HttpClient",
+    "RequestFailed",
+    "fetch_metadata",
+    "http_infer_body",
+]
+
+
+class RequestFailed(Exception):
+    """A request that did not succeed; ``kind`` is the error-count key (``http_503``, ...)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+class BenchClient(Protocol):
+    async def infer(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def http_infer_body(inputs: dict[str, np.ndarray]) -> bytes:
+    from trtops_worker.serve.codec import json_data
+    from trtops_worker.serve.types import datatype_of
+
+    payload = {
+        "inputs": [
+            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": json_data(a)}
+            for name, a in inputs.items()
+        ]
+    }
+    return json.dumps(payload).encode()
+
+
+class HttpClient:
+    def __init__(self, url: str, model: str, body: bytes) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        head = (
+            f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self._request = head.encode() + body
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is None or self._writer is None:
+            try:
+                self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+            except OSError as e:
+                raise RequestFailed("connection", str(e)) from None
+        return self._reader, self._writer
+
+    async def infer(self) -> None:
+        reader, writer = await self._connect()
+        try:
+            writer.write(self._request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length, close = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                key, _, value = line.partition(b":")
+                key = key.strip().lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            await self.close()
+            raise RequestFailed("connection", str(e)) from None
+        if close:
+            await self.close()
+        if status != 200:
+            raise RequestFailed(f"http_{status}")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+
+class GrpcClient:
+    def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray]) -> None:
+        import grpc
+
+        from trtops_worker.serve.proto import pb, pb_grpc
+        from trtops_worker.serve.types import datatype_of
+
+        self._grpc = grpc
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", -1)]
+        )
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        request = pb.ModelInferRequest(model_name=model)
+        for name, a in inputs.items():
+            request.inputs.add(name=name, datatype=datatype_of(a), shape=a.shape)
+            request.raw_input_contents.append(np.ascontiguousarray(a).tobytes())
+        self._request = request
+
+    async def infer(self) -> None:
+        try:
+            await self._stub.ModelInfer(self._request)
+        except self._grpc.aio.AioRpcError as e:
+            raise RequestFailed(f"grpc_{e.code().name}", e.details() or "") from None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def fetch_metadata(protocol: str, url: str, model: str) -> dict[str, Any]:
+    """Model metadata over the chosen protocol (so random inputs match the served model)."""
+    if protocol == "grpc":
+        import grpc
+
+        from trtops_worker.serve.proto import pb, pb_grpc
+
+        async with grpc.aio.insecure_channel(grpc_target(url)) as channel:
+            meta = await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+                pb.ModelMetadataRequest(name=model)
+            )
+        return {
+            "inputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                for t in meta.inputs
+            ]
+        }
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    writer.write(
+        f"GET /v2/models/{model} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n")[0]:
+        raise RequestFailed(
+            "metadata", head.split(b"\r\n")[0].decode(errors="replace") + " " + body[:200].decode()
+        )
+    metadata: dict[str, Any] = json.loads(body)
+    return metadata
+
+
+def grpc_target(url: str) -> str:
+    """``grpc://host:port``, ``http://host:port`` or ``host:port`` -> ``host:port``."""
+    parts = urlsplit(url if "//" in url else f"//{url}")
+    return f"{parts.hostname}:{parts.port or 8001}"

@@ -1,0 +1,67 @@
+"""ONNX Runtime on the CPU: the CPU backend and the TensorRT fallback. The only module importing
+``onnxruntime`` on the serving path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import BackendError
+from .types import TensorSpec
+
+__all__ = ["OnnxRuntimeBackend"]
+
+_ORT_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    try:
+        datatype = _ORT_TO_DATATYPE[arg.type]
+    except KeyError:
+        raise BackendError(f"tensor '{arg.name}' has unsupported type {arg.type}") from None
+    # Symbolic ("N") and unknown (None) dimensions are dynamic: -1 in OIP metadata.
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, model: Path, *, intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads  # 0 = one per core
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
+        self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self._session.run(self._output_names, dict(inputs))
+        except Exception as e:  # ORT raises its own exception types; all mean "the run failed"
+            raise BackendError(f"ONNX Runtime failed: {e}") from e
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        del self._session

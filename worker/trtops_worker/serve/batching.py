@@ -1,0 +1,327 @@
+"""Dynamic batching: a bounded queue, a dispatch policy, and pure merge/split.
+
+Requests queue; when the backend is free the batcher takes the oldest request plus every queued
+request with the same trailing shapes and dtypes, up to ``max_batch_size`` rows, concatenates
+them along the batch dimension, runs them in a worker thread (the event loop stays free) and
+splits the outputs back. It dispatches early instead of sitting out ``max_queue_delay`` when
+nothing else is on its way (so a lone client pays no batching delay), and never later than the
+oldest request's delay. A full queue rejects at once (:class:`Overloaded`); a request that waits
+longer than its timeout gets :class:`RequestTimeout`.
+
+The pure parts (:func:`batch_key`, :func:`take_batch`, :func:`merge`, :func:`split`,
+:func:`decide`) hold all the rules and are table-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from .errors import BackendError, Overloaded, RequestTimeout, ServeError
+
+__all__ = [
+    "BatchObserver",
+    "Batcher",
+    "Key",
+    "batch_key",
+    "decide",
+    "merge",
+    "split",
+    "take_batch",
+]
+
+Tensors = Mapping[str, np.ndarray]
+# Requests merge only when every input has the same name, dtype and trailing shape.
+Key = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+def batch_key(inputs: Tensors) -> tuple[Key | None, int]:
+    """``(key, rows)``; key is None when the inputs disagree on the batch dim (never merged)."""
+    rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+    if len(rows) != 1 or -1 in rows:
+        return None, 1
+    key = tuple(sorted((name, a.dtype.str, tuple(a.shape[1:])) for name, a in inputs.items()))
+    return key, rows.pop()
+
+
+def take_batch(items: Sequence[tuple[Key | None, int]], max_batch_size: int) -> list[int]:
+    """Indexes of the queued ``(key, rows)`` items forming the next batch, oldest first.
+
+    The oldest item always goes (alone if it cannot merge or is bigger than a batch); later items
+    join while they share its key and fit in ``max_batch_size`` rows. Items that do not fit stay
+    queued in order, so a big request cannot starve behind small ones forever.
+    """
+    if not items:
+        return []
+    key, rows = items[0]
+    chosen = [0]
+    if key is None or rows >= max_batch_size:
+        return chosen
+    total = rows
+    for i in range(1, len(items)):
+        k, r = items[i]
+        if k == key and total + r <= max_batch_size:
+            chosen.append(i)
+            total += r
+            if total == max_batch_size:
+                break
+    return chosen
+
+
+def merge(batch: Sequence[Tensors]) -> dict[str, np.ndarray]:
+    if len(batch) == 1:
+        return dict(batch[0])
+    return {name: np.concatenate([b[name] for b in batch], axis=0) for name in batch[0]}
+
+
+def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Cut merged outputs back into per-request outputs (copies: no request pins the batch)."""
+    if len(rows) == 1:
+        return [dict(outputs)]
+    total = sum(rows)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise BackendError(f"output '{name}' has {array.shape} rows, the batch had {total}")
+    bounds = np.cumsum(rows)[:-1]
+    parts: list[dict[str, np.ndarray]] = [{} for _ in rows]
+    for name, array in outputs.items():
+        for i, piece in enumerate(np.split(array, bounds, axis=0)):
+            parts[i][name] = piece.copy()
+    return parts
+
+
+Decision = Literal["dispatch", "yield", "wait"]
+
+
+def decide(
+    *,
+    queued_rows: int,
+    max_batch_size: int,
+    now: float,
+    deadline: float,
+    arrivals: int,
+    idle_rounds: int,
+) -> Decision:
+    """What the batcher does next while the backend is free and a batch is forming.
+
+    ``dispatch``: full, out of time, or nothing else arrived for two event-loop rounds.
+    ``wait``: requests are being read right now: sleep until one lands or the deadline.
+    ``yield``: let the event loop run once more, so requests already received can join.
+    """
+    if queued_rows >= max_batch_size or now >= deadline:
+        return "dispatch"
+    if arrivals > 0:
+        return "wait"
+    return "dispatch" if idle_rounds >= 2 else "yield"
+
+
+class BatchObserver(Protocol):
+    def queued(self, depth: int) -> None: ...
+    def dispatched(self, waits: Sequence[float], rows: int) -> None: ...
+    def computed(self, seconds: float) -> None: ...
+
+
+@dataclass(eq=False)
+class _Item:
+    inputs: Tensors
+    key: Key | None
+    rows: int
+    enqueued: float
+    deadline: float
+    future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
+
+
+class Batcher:
+    """Queue + dispatch loop around a synchronous ``run(inputs) -> outputs`` function."""
+
+    def __init__(
+        self,
+        run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        batchable: bool,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max(1, max_batch_size)
+        self._delay = max(0, max_queue_delay_us) / 1e6
+        self.max_queue_size = max(1, max_queue_size)
+        self.batching = batchable and self.max_batch_size > 1
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._arrivals = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtops-infer")
+        self._computing: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- submission ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Held by a transport while it reads and decodes a request, so the batcher waits for it."""
+        self._arrivals += 1
+        try:
+            yield
+        finally:
+            self._arrivals -= 1
+            self._wakeup.set()
+
+    async def submit(self, inputs: Tensors, timeout_s: float) -> dict[str, np.ndarray]:
+        if len(self._queue) >= self.max_queue_size:
+            raise Overloaded(f"queue full ({self.max_queue_size} requests waiting); retry later")
+        key, rows = batch_key(inputs) if self.batching else (None, 1)
+        now = time.monotonic()
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        item = _Item(inputs, key, rows, now, now + timeout_s, future)
+        self._queue.append(item)
+        if self._observer:
+            self._observer.queued(len(self._queue))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            if not future.done():
+                future.cancel()  # skipped if still queued; result dropped if computing
+            raise RequestTimeout(f"no result within {timeout_s * 1000:.0f} ms") from None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="trtops-batcher")
+
+    async def close(self) -> None:
+        """Finish every queued request, then stop the loop and the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    # -- dispatch loop ---------------------------------------------------------------------
+
+    def _drop_dead(self) -> None:
+        now = time.monotonic()
+        while self._queue and (self._queue[0].future.done() or self._queue[0].deadline <= now):
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(RequestTimeout("timed out in the queue"))
+
+    async def _wait_for_work(self) -> bool:
+        while True:
+            self._drop_dead()
+            if self._queue:
+                return True
+            if self._closing:
+                return False
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _form_batch(self) -> None:
+        """Let the batch grow while that is worth it (see :func:`decide`)."""
+        idle_rounds = 0
+        deadline = self._queue[0].enqueued + self._delay
+        while True:
+            first = self._queue[0]
+            queued_rows = (
+                self.max_batch_size
+                if first.key is None
+                else sum(i.rows for i in self._queue if i.key == first.key)
+            )
+            before = len(self._queue)
+            action = decide(
+                queued_rows=queued_rows,
+                max_batch_size=self.max_batch_size,
+                now=time.monotonic(),
+                deadline=deadline,
+                arrivals=self._arrivals,
+                idle_rounds=idle_rounds,
+            )
+            if action == "dispatch" or self._closing:
+                return
+            if action == "wait":
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), max(0.0, deadline - time.monotonic())
+                    )
+            else:
+                await asyncio.sleep(0)
+            self._drop_dead()
+            if not self._queue:
+                return
+            idle_rounds = 0 if len(self._queue) != before else idle_rounds + 1
+
+    async def _loop(self) -> None:
+        while await self._wait_for_work():
+            if self._computing is not None:
+                await self._computing  # one batch on the backend at a time; the queue keeps growing
+                self._computing = None
+                self._drop_dead()
+                if not self._queue:
+                    continue
+            if self.batching:
+                await self._form_batch()
+                if not self._queue:
+                    continue
+            picked = take_batch([(i.key, i.rows) for i in self._queue], self.max_batch_size)
+            batch = [self._queue[i] for i in picked]
+            for i in reversed(picked):
+                del self._queue[i]
+            now = time.monotonic()
+            if self._observer:
+                self._observer.queued(len(self._queue))
+                self._observer.dispatched(
+                    [now - i.enqueued for i in batch], sum(i.rows for i in batch)
+                )
+            self._computing = asyncio.get_running_loop().create_task(self._compute(batch))
+        if self._computing is not None:
+            await self._computing
+
+    async def _compute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            merged = merge([i.inputs for i in batch])
+            outputs = await loop.run_in_executor(self._executor, self._run, merged)
+            parts = split(outputs, [i.rows for i in batch])
+        except ServeError as e:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(e)
+            return
+        except Exception as e:  # a backend bug must fail its requests, never the loop
+            error = BackendError(f"inference failed: {type(e).__name__}: {e}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        finally:
+            if self._observer:
+                self._observer.computed(time.perf_counter() - started)
+        for item, part in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result(part)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dynamic_batching": self.batching,
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_microseconds": int(self._delay * 1e6),
+            "max_queue_size": self.max_queue_size,
+        }

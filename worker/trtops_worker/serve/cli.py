@@ -1,0 +1,139 @@
+"""``trtops-worker serve``: the command the operator's inference Deployments run.
+
+The flag names are a contract with the operator's Deployment builder; keep them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from .artifact import ArtifactError, read_artifact
+from .backend import load_backend
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger("trtops_worker.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--artifact-dir", type=Path, help="build output folder holding metadata.json"
+    )
+    source.add_argument(
+        "--model", type=Path, help="a TensorRT plan or an ONNX file to serve directly"
+    )
+    parser.add_argument("--fallback-model", type=Path, help="ONNX file for the CPU fallback")
+    parser.add_argument(
+        "--backend", choices=["onnxruntime", "tensorrt"], help="default: the artifact's"
+    )
+    parser.add_argument(
+        "--cpu-fallback", action="store_true", help="serve on ONNX Runtime if TensorRT fails"
+    )
+    parser.add_argument(
+        "--model-name", default=os.environ.get("TRTOPS_MODEL_NAME"), help="env TRTOPS_MODEL_NAME"
+    )
+    parser.add_argument(
+        "--revision", default=os.environ.get("TRTOPS_REVISION", ""), help="env TRTOPS_REVISION"
+    )
+    parser.add_argument(
+        "--precision", default=os.environ.get("TRTOPS_PRECISION"), help="env TRTOPS_PRECISION"
+    )
+    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104  # pods listen on their own IP
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--max-batch-size", type=int, default=1, help="1 turns dynamic batching off"
+    )
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument(
+        "--max-queue-size", type=int, default=128, help="past it: 503 / RESOURCE_EXHAUSTED"
+    )
+    parser.add_argument("--request-timeout-ms", type=int, default=10_000)
+    parser.add_argument("--max-body-bytes", type=int, default=64 << 20)
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=0, help="ONNX Runtime threads (0: per core)"
+    )
+    parser.add_argument(
+        "--drain-seconds", type=float, default=0.0, help="keep serving this long after SIGTERM"
+    )
+    parser.add_argument("--log-level", default=os.environ.get("TRTOPS_LOG_LEVEL", "INFO"))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.model_name:
+        log.error("--model-name (or TRTOPS_MODEL_NAME) is required")
+        return 2
+    precision = args.precision or ""
+    fallback_model: Path | None = args.fallback_model
+    if args.artifact_dir is not None:
+        try:
+            artifact = read_artifact(args.artifact_dir)
+        except ArtifactError as e:
+            log.error("%s", e)
+            return 2
+        model, backend = artifact.model, args.backend or artifact.backend
+        precision = precision or artifact.precision
+        fallback_model = fallback_model or artifact.fallback_model
+    else:
+        model = args.model
+        backend = args.backend or (
+            "tensorrt" if model.suffix in (".plan", ".engine") else "onnxruntime"
+        )
+
+    # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
+    import uvloop
+
+    from .dataplane import DataPlane, ServeConfig
+    from .metrics import Labels, ServeMetrics
+    from .server import ServerOptions, ServingProcess
+
+    try:
+        loaded = load_backend(
+            backend,
+            model,
+            fallback_model=fallback_model,
+            cpu_fallback=args.cpu_fallback,
+            intra_op_threads=args.intra_op_threads,
+        )
+    except Exception as e:  # nothing to serve: exit non-zero so the pod shows the failure
+        log.error("cannot load %s with the %s backend: %s: %s", model, backend, type(e).__name__, e)
+        return 1
+    config = ServeConfig(
+        model_name=args.model_name,
+        revision=args.revision,
+        precision=precision,
+        requested_backend=backend,
+        fallback_model=fallback_model,
+        cpu_fallback=args.cpu_fallback,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        max_queue_size=args.max_queue_size,
+        request_timeout_ms=args.request_timeout_ms,
+        intra_op_threads=args.intra_op_threads,
+    )
+    metrics = ServeMetrics(Labels(args.model_name, args.revision, precision, loaded.backend.name))
+    metrics.enable_gpu_metrics()
+    options = ServerOptions(
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        max_body_bytes=args.max_body_bytes,
+        drain_seconds=args.drain_seconds,
+        max_connections=max(1024, 4 * args.max_queue_size),
+    )
+
+    async def main() -> None:
+        dataplane = DataPlane(config, loaded, metrics)
+        await ServingProcess(dataplane, options).run()
+
+    uvloop.run(main())
+    return 0

@@ -1,0 +1,270 @@
+"""OIP v2 tensors <-> numpy, with every check a client mistake can fail (pure, no I/O).
+
+Decoding validates against the model's :class:`TensorSpec` list, so that anything reaching a
+backend has the right names, dtypes, ranks and fixed dimensions. Every client mistake raises
+:class:`InvalidInput`; nothing here lets a ``KeyError`` or ``ValueError`` escape as a 500.
+
+Also implements Triton's binary tensor data extension for HTTP (``Inference-Header-Content-Length``
+and ``binary_data_size``), which is what ``tritonclient.http`` sends by default.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput
+from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec, datatype_of
+
+__all__ = [
+    "check_tensor",
+    "decode_bytes_tensor",
+    "decode_json_request",
+    "decode_raw",
+    "encode_bytes_tensor",
+    "encode_json_response",
+    "json_data",
+    "select_outputs",
+]
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def check_tensor(spec: TensorSpec, datatype: str, shape: Sequence[int]) -> None:
+    """Reject a tensor whose datatype or shape the model cannot take."""
+    if datatype != spec.datatype:
+        raise InvalidInput(
+            f"input '{spec.name}': datatype {datatype!r} does not match"
+            f" the model's {spec.datatype!r}"
+        )
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+    ):
+        raise InvalidInput(
+            f"input '{spec.name}': shape {list(shape)} does not match"
+            f" the model's {list(spec.shape)}"
+        )
+
+
+def decode_raw(spec: TensorSpec, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """A raw little-endian, row-major buffer (gRPC ``raw_input_contents``, HTTP binary data)."""
+    check_tensor(spec, datatype, shape)
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return decode_bytes_tensor(raw, count, spec.name).reshape(shape)
+    dtype = DATATYPE_TO_NUMPY[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input '{spec.name}': {len(raw)} bytes of data, shape {list(shape)} of {datatype} "
+            f"needs {count * dtype.itemsize}"
+        )
+    return (
+        np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    )
+
+
+def decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
+    """BYTES elements serialised as a 4-byte little-endian length, then the bytes."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"input '{name}': truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(f"input '{name}': BYTES element runs past the end of the data")
+        items.append(raw[offset : offset + length])
+        offset += length
+    if len(items) != count:
+        raise InvalidInput(f"input '{name}': {len(items)} BYTES elements, shape needs {count}")
+    out = np.empty(count, dtype=np.object_)
+    out[:] = items
+    return out
+
+
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts += [struct.pack("<I", len(data)), data]
+    return b"".join(parts)
+
+
+def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    check_tensor(spec, datatype, shape)
+    count = math.prod(shape)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if datatype == "BYTES":
+            flat = np.asarray(data, dtype=np.object_).reshape(-1)
+            if flat.size and not all(isinstance(x, str | bytes) for x in flat):
+                raise InvalidInput(f"input '{spec.name}': BYTES data must be strings")
+            array = flat
+        else:
+            array = np.asarray(data, dtype=DATATYPE_TO_NUMPY[datatype])
+    except InvalidInput:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise InvalidInput(
+            f"input '{spec.name}': data is not {datatype} in a regular array: {e}"
+        ) from None
+    if array.size != count:
+        raise InvalidInput(
+            f"input '{spec.name}': {array.size} data elements, shape {list(shape)} needs {count}"
+        )
+    return array.reshape(shape)
+
+
+def decode_json_request(
+    body: Any,
+    specs: Sequence[TensorSpec],
+    output_names: Sequence[str],
+    binary: bytes = b"",
+) -> InferRequest:
+    """Decode a parsed OIP v2 JSON request body (plus trailing binary data, if any)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    inputs_json = body.get("inputs")
+    if not isinstance(inputs_json, list) or not inputs_json:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    by_name = {s.name: s for s in specs}
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(inputs_json):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"inputs[{i}] must be an object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput(f"inputs[{i}]: 'name' must be a string")
+        spec = by_name.get(name)
+        if spec is None:
+            raise InvalidInput(f"unknown input '{name}'; the model takes {sorted(by_name)}")
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' given twice")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input '{name}': 'datatype' must be a string")
+        shape = _shape(item.get("shape"), f"input '{name}'")
+        params = item.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+                or offset + size > len(binary)
+            ):
+                raise InvalidInput(f"input '{name}': binary_data_size does not fit the binary data")
+            inputs[name] = decode_raw(spec, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            inputs[name] = _json_array(spec, datatype, shape, item["data"])
+        else:
+            raise InvalidInput(f"input '{name}': no 'data'")
+    if offset != len(binary):
+        raise InvalidInput("binary data left over after the last input")
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing inputs {missing}")
+
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    req_params = body.get("parameters") or {}
+    if not isinstance(req_params, dict):
+        raise InvalidInput("'parameters' must be an object")
+    binary_all = req_params.get("binary_data_output") is True
+    requested: list[str] | None = None
+    binary_outputs: set[str] = set()
+    outputs_json = body.get("outputs")
+    if outputs_json is not None:
+        if not isinstance(outputs_json, list):
+            raise InvalidInput("'outputs' must be a list")
+        requested = []
+        for i, out in enumerate(outputs_json):
+            out_name = out.get("name") if isinstance(out, dict) else None
+            if not isinstance(out_name, str) or out_name not in output_names:
+                raise InvalidInput(
+                    f"outputs[{i}]: unknown output; the model gives {list(output_names)}"
+                )
+            requested.append(out_name)
+            out_params = out.get("parameters") or {}
+            if binary_all or (
+                isinstance(out_params, dict) and out_params.get("binary_data") is True
+            ):
+                binary_outputs.add(out_name)
+    elif binary_all:
+        binary_outputs = set(output_names)
+    return InferRequest(
+        inputs=inputs,
+        id=request_id,
+        outputs=requested,
+        binary_outputs=frozenset(binary_outputs),
+        parameters=req_params,
+    )
+
+
+def json_data(array: np.ndarray) -> list[Any]:
+    """Flat, row-major JSON data for ``array`` (BYTES as UTF-8 text where it decodes)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        return [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+            for x in array.reshape(-1)
+        ]
+    flat: list[Any] = array.reshape(-1).tolist()
+    return flat
+
+
+def encode_json_response(
+    response: InferResponse, binary_outputs: frozenset[str]
+) -> tuple[dict[str, Any], bytes]:
+    """The JSON response body, and the binary data after it (empty without binary outputs)."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if name in binary_outputs:
+            raw = (
+                encode_bytes_tensor(array)
+                if entry["datatype"] == "BYTES"
+                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = json_data(array)
+        outputs.append(entry)
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id is not None:
+        body["id"] = response.id
+    if response.parameters:
+        body["parameters"] = response.parameters
+    return body, b"".join(chunks)
+
+
+def select_outputs(
+    outputs: Mapping[str, np.ndarray], requested: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    if requested is None:
+        return dict(outputs)
+    return {name: outputs[name] for name in requested}

@@ -1,0 +1,246 @@
+"""The data plane: one model, its backend, the batcher and the metrics, shared by HTTP and gRPC.
+
+Transports only translate bytes to calls on :class:`DataPlane` and :class:`ServeError` subclasses
+to status codes (MLServer/KServe style). Readiness, CPU fallback while serving and request
+accounting live here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, LoadedBackend, load_onnxruntime
+from .batching import Batcher
+from .codec import select_outputs
+from .errors import DeviceError, ModelNotFound, NotReady, ServeError
+from .metrics import ServeMetrics
+from .types import InferRequest, InferResponse, TensorSpec
+
+__all__ = ["DataPlane", "ServeConfig"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "trtops"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data"]
+
+Decoder = Callable[[Sequence[TensorSpec], Sequence[str]], InferRequest]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_name: str
+    revision: str = ""
+    precision: str = ""
+    requested_backend: str = "onnxruntime"
+    fallback_model: Path | None = None
+    cpu_fallback: bool = False
+    max_batch_size: int = 1
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 128
+    request_timeout_ms: int = 10_000
+    intra_op_threads: int = 0
+
+    @property
+    def version(self) -> str:
+        """The one model version served: the revision, or "1" when none is given."""
+        return self.revision or "1"
+
+
+class DataPlane:
+    def __init__(self, config: ServeConfig, loaded: LoadedBackend, metrics: ServeMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._backend: Backend = loaded.backend
+        self._fallback_reason = loaded.fallback_reason
+        self._switch_lock = threading.Lock()
+        self._ready = False
+        self._loaded = False  # warmed up; stays true while draining so late requests still succeed
+        metrics.set_backend(self._backend.name, fallback=self._fallback_reason is not None)
+        batchable = all(
+            s.shape and s.shape[0] == -1 for s in (*self._backend.inputs, *self._backend.outputs)
+        )
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_us=config.max_queue_delay_us,
+            max_queue_size=config.max_queue_size,
+            batchable=batchable,
+            observer=metrics,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batcher and warm the backend up; ready only afterwards."""
+        self.batcher.start()
+        await asyncio.get_running_loop().run_in_executor(None, self.warmup)
+        self._loaded = self._ready = True
+        log.info(
+            "model %s version %s ready on %s (%s)",
+            self.config.model_name,
+            self.config.version,
+            self._backend.name,
+            "CPU fallback" if self._fallback_reason else "as requested",
+        )
+
+    def warmup(self) -> None:
+        """Run batch 1 and the largest batch once, so first requests don't pay allocation costs."""
+        sizes = sorted({1, self.batcher.max_batch_size if self.batcher.batching else 1})
+        for rows in sizes:
+            self._run_batch({s.name: _zeros(s, rows) for s in self._backend.inputs})
+
+    def stop_accepting(self) -> None:
+        """Not ready from now on (SIGTERM): load balancers stop sending, in-flight work finishes."""
+        self._ready = False
+
+    async def close(self) -> None:
+        """Finish queued requests, then release the backend (after the transports have stopped)."""
+        self._ready = False
+        await self.batcher.close()
+        self._backend.close()
+
+    # -- health and metadata ---------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _check(self, name: str, version: str | None) -> None:
+        if name != self.config.model_name or (version not in (None, "", self.config.version)):
+            shown = name if not version else f"{name} version {version}"
+            raise ModelNotFound(
+                f"unknown model '{shown}'; this server serves '{self.config.model_name}'"
+            )
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        self._check(name, version)
+        return self._ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self._fallback_reason
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        self._check(name, version)
+        backend = self._backend
+        parameters: dict[str, Any] = {
+            "backend": backend.name,
+            "requested_backend": self.config.requested_backend,
+            "fallback": self._fallback_reason is not None,
+            "revision": self.config.revision,
+            "precision": self.config.precision,
+            **self.batcher.describe(),
+        }
+        if self._fallback_reason:
+            parameters["fallback_reason"] = self._fallback_reason
+        return {
+            "name": self.config.model_name,
+            "versions": [self.config.version],
+            "platform": backend.platform,
+            "inputs": [s.as_json() for s in backend.inputs],
+            "outputs": [s.as_json() for s in backend.outputs],
+            "parameters": parameters,
+        }
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, version: str | None, decode: Decoder, started: float | None = None
+    ) -> tuple[InferResponse, InferRequest]:
+        """Validate, queue, run, and account for one request; raises :class:`ServeError`."""
+        started = time.perf_counter() if started is None else started
+        labels = self.metrics.request_started()
+        outcome = "server_error"
+        try:
+            with self.batcher.arriving():
+                if not self._loaded:
+                    raise NotReady("model is not loaded yet")
+                self._check(name, version)
+                backend = self._backend
+                request = decode(backend.inputs, [o.name for o in backend.outputs])
+            # no await between leaving `arriving` and queueing: the batcher never sees a gap
+            outputs = await self.batcher.submit(
+                request.inputs, self.config.request_timeout_ms / 1000
+            )
+            response = InferResponse(
+                model_name=self.config.model_name,
+                model_version=self.config.version,
+                outputs=select_outputs(outputs, request.outputs),
+                id=request.id,
+            )
+            outcome = "success"
+            return response, request
+        except ServeError as e:
+            outcome = e.outcome
+            raise
+        finally:
+            self.metrics.request_finished(labels, time.perf_counter() - started, outcome)
+
+    def record_failure(self, started: float, error: ServeError) -> None:
+        """Account for a request a transport refused before it reached :meth:`infer`."""
+        labels = self.metrics.request_started()
+        self.metrics.request_finished(labels, time.perf_counter() - started, error.outcome)
+
+    def arriving(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while reading a request body, so the batcher waits for it to join a batch."""
+        return self.batcher.arriving()
+
+    def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs in the batcher's worker thread; falls back to the CPU if the device fails."""
+        backend = self._backend
+        try:
+            return backend.infer(inputs)
+        except DeviceError as e:
+            if not self._fall_back(backend, e):
+                raise
+        return self._backend.infer(inputs)
+
+    def _fall_back(self, failed: Backend, error: Exception) -> bool:
+        config = self.config
+        if not config.cpu_fallback or config.fallback_model is None or failed.name == "onnxruntime":
+            return False
+        with self._switch_lock:
+            if self._backend is failed:  # another batch may have switched already
+                reason = f"{failed.name} backend failed while serving: {error}"
+                log.error("%s; falling back to ONNX Runtime on %s", reason, config.fallback_model)
+                self._backend = load_onnxruntime(
+                    config.fallback_model, intra_op_threads=config.intra_op_threads
+                )
+                self._fallback_reason = reason
+                self.metrics.set_backend(self._backend.name, fallback=True)
+                try:
+                    failed.close()
+                except Exception as close_error:  # the device is already broken; nothing to save
+                    log.warning("closing the failed backend: %s", close_error)
+        return True
+
+
+def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
+    from .types import DATATYPE_TO_NUMPY
+
+    shape = tuple(
+        rows if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(spec.shape)
+    )
+    if spec.datatype == "BYTES":
+        out = np.empty(shape, dtype=np.object_)
+        out.fill("")
+        return out
+    return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])

@@ -1,0 +1,194 @@
+"""OIP v2 over gRPC (``inference.GRPCInferenceService``) on ``grpc.aio``, sharing the data plane.
+
+Inputs come as typed ``contents`` or as ``raw_input_contents``; outputs always leave as
+``raw_output_contents`` (what Triton does, and what its clients read fastest). Errors map from
+the :class:`ServeError` class to a status code: RESOURCE_EXHAUSTED for a full queue,
+DEADLINE_EXCEEDED for a timeout, INVALID_ARGUMENT / NOT_FOUND for client mistakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from .codec import check_tensor, decode_raw, encode_bytes_tensor
+from .dataplane import DataPlane
+from .errors import InvalidInput, ServeError
+from .proto import pb, pb_grpc
+from .types import DATATYPE_TO_NUMPY, InferRequest, TensorSpec, datatype_of
+
+__all__ = ["create_grpc_server"]
+
+log = logging.getLogger(__name__)
+
+# OIP datatype -> the InferTensorContents field that carries it (FP16 travels raw only).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_grpc_request(
+    message: Any, specs: Sequence[TensorSpec], output_names: Sequence[str]
+) -> InferRequest:
+    by_name = {s.name: s for s in specs}
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs")
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(message.inputs):
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(f"unknown input '{tensor.name}'; the model takes {sorted(by_name)}")
+        if tensor.name in inputs:
+            raise InvalidInput(f"input '{tensor.name}' given twice")
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {list(shape)} has a negative dimension"
+            )
+        if raw:
+            inputs[tensor.name] = decode_raw(spec, tensor.datatype, shape, raw[index])
+            continue
+        check_tensor(spec, tensor.datatype, shape)
+        field = _CONTENTS_FIELD.get(tensor.datatype)
+        if field is None:
+            raise InvalidInput(
+                f"input '{tensor.name}': {tensor.datatype} must be sent as raw_input_contents"
+            )
+        values = getattr(tensor.contents, field)
+        if len(values) != math.prod(shape):
+            raise InvalidInput(
+                f"input '{tensor.name}': {len(values)} values,"
+                f" shape {list(shape)} needs {math.prod(shape)}"
+            )
+        try:
+            if tensor.datatype == "BYTES":
+                array = np.empty(len(values), dtype=np.object_)
+                array[:] = list(values)
+            else:
+                array = np.asarray(values, dtype=DATATYPE_TO_NUMPY[tensor.datatype])
+        except (ValueError, OverflowError) as e:
+            raise InvalidInput(f"input '{tensor.name}': {e}") from None
+        inputs[tensor.name] = array.reshape(shape)
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing inputs {missing}")
+    requested: list[str] | None = None
+    if len(message.outputs):
+        requested = []
+        for out in message.outputs:
+            if out.name not in output_names:
+                raise InvalidInput(
+                    f"unknown output '{out.name}'; the model gives {list(output_names)}"
+                )
+            requested.append(out.name)
+    return InferRequest(inputs=inputs, id=message.id or None, outputs=requested)
+
+
+def _raw(array: np.ndarray) -> bytes:
+    if datatype_of(array) == "BYTES":
+        return encode_bytes_tensor(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+class _Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # generated, untyped
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+
+    async def _fail(self, context: grpc.aio.ServicerContext, error: ServeError) -> None:
+        await context.abort(grpc.StatusCode[error.grpc_code], str(error))
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._dp.ready)
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return pb.ModelReadyResponse(
+                ready=self._dp.model_ready(request.name, request.version or None)
+            )
+        except ServeError as e:
+            await self._fail(context, e)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(**self._dp.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            meta = self._dp.model_metadata(request.name, request.version or None)
+        except ServeError as e:
+            await self._fail(context, e)
+        params = meta["parameters"]
+        # The proto has no parameters on model metadata: backend and fallback travel as metadata.
+        context.set_trailing_metadata(
+            (
+                ("trtops-backend", str(params["backend"])),
+                ("trtops-fallback", str(params["fallback"]).lower()),
+            )
+        )
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            response, _ = await self._dp.infer(
+                request.model_name,
+                request.model_version or None,
+                lambda specs, names: decode_grpc_request(request, specs, names),
+                started,
+            )
+        except ServeError as e:
+            await self._fail(context, e)
+        reply = pb.ModelInferResponse(
+            model_name=response.model_name,
+            model_version=response.model_version,
+            id=response.id or "",
+        )
+        for name, array in response.outputs.items():
+            reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            reply.raw_output_contents.append(_raw(array))
+        return reply
+
+
+def create_grpc_server(
+    dataplane: DataPlane, address: str, *, max_message_bytes: int = 64 << 20
+) -> tuple[grpc.aio.Server, int]:
+    """A ``grpc.aio`` server bound to ``address`` (not started); returns it and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(dataplane), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return server, port

@@ -1,0 +1,228 @@
+"""Prometheus metrics for the serving path, on their own registry and port.
+
+Names and labels are a contract: canary analysis and the dashboards query them. Latencies are
+histograms (not Triton-style cumulative counters) so a fleet p99 comes from
+``histogram_quantile(0.99, sum by (le) (rate(trtops_request_duration_seconds_bucket[1m])))``.
+Every series carries ``model``, ``revision``, ``precision`` and ``backend``; after a CPU fallback
+new series appear with ``backend="onnxruntime"`` and ``trtops_backend_fallback`` is 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["LATENCY_BUCKETS", "Labels", "ServeMetrics"]
+
+log = logging.getLogger(__name__)
+
+# 0.5 ms .. 10 s, roughly x2 steps with extra resolution where CPU/GPU inference lands.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LABELS = ("model", "revision", "precision", "backend")
+OUTCOMES = ("success", "client_error", "server_error", "rejected")
+
+
+@dataclass(frozen=True)
+class Labels:
+    model: str
+    revision: str
+    precision: str
+    backend: str
+
+    def values(self) -> tuple[str, str, str, str]:
+        return (self.model, self.revision, self.precision, self.backend)
+
+
+class ServeMetrics:
+    """Every serving metric; the ``backend`` label follows the backend in use right now."""
+
+    def __init__(self, labels: Labels, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._labels = labels
+        r = self.registry
+        self.request_duration = Histogram(
+            "trtops_request_duration_seconds",
+            "Inference request latency, received to answered.",
+            LABELS,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.queue_duration = Histogram(
+            "trtops_queue_duration_seconds",
+            "Time a request waited in the batching queue.",
+            LABELS,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.compute_duration = Histogram(
+            "trtops_compute_duration_seconds",
+            "Backend time per executed batch.",
+            LABELS,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.requests = Counter(
+            "trtops_requests", "Inference requests by outcome.", (*LABELS, "outcome"), registry=r
+        )
+        self.batch_size = Histogram(
+            "trtops_batch_size",
+            "Rows per executed batch.",
+            LABELS,
+            registry=r,
+            buckets=BATCH_BUCKETS,
+        )
+        self.inflight = Gauge(
+            "trtops_inflight_requests", "Inference requests being handled.", LABELS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "trtops_queue_depth", "Requests waiting in the batching queue.", LABELS, registry=r
+        )
+        self.fallback = Gauge(
+            "trtops_backend_fallback",
+            "1 when serving on the CPU fallback instead of the requested backend.",
+            LABELS,
+            registry=r,
+        )
+        self._gpu: _GpuCollector | None = None
+        self.set_backend(labels.backend, fallback=False)
+
+    @property
+    def labels(self) -> Labels:
+        return self._labels
+
+    def set_backend(self, backend: str, *, fallback: bool) -> None:
+        """Switch the ``backend`` label of new observations (CPU fallback)."""
+        old = self._labels
+        self._labels = Labels(old.model, old.revision, old.precision, backend)
+        v = self._labels.values()
+        if backend != old.backend:
+            self.fallback.labels(*old.values()).set(0)
+            self.queue_depth.labels(*old.values()).set(0)
+        self.fallback.labels(*v).set(1 if fallback else 0)
+        # Create every outcome series up front: a rate over a missing series is "no data".
+        for outcome in OUTCOMES:
+            self.requests.labels(*v, outcome)
+        for metric in (
+            self.request_duration,
+            self.queue_duration,
+            self.compute_duration,
+            self.batch_size,
+        ):
+            metric.labels(*v)
+        self.inflight.labels(*v)
+        self.queue_depth.labels(*v)
+
+    # -- observations (called from the data plane and the batcher) -------------------------
+
+    def request_started(self) -> Labels:
+        """Count a request in flight; pass the result to :meth:`request_finished`."""
+        self.inflight.labels(*self._labels.values()).inc()
+        return self._labels
+
+    def request_finished(self, started: Labels, seconds: float, outcome: str) -> None:
+        self.inflight.labels(*started.values()).dec()  # the series it was counted on
+        v = self._labels.values()
+        self.requests.labels(*v, outcome).inc()
+        if outcome == "success":
+            self.request_duration.labels(*v).observe(seconds)
+
+    def queued(self, depth: int) -> None:
+        self.queue_depth.labels(*self._labels.values()).set(depth)
+
+    def dispatched(self, waits: Sequence[float], rows: int) -> None:
+        v = self._labels.values()
+        queue = self.queue_duration.labels(*v)
+        for wait in waits:
+            queue.observe(wait)
+        self.batch_size.labels(*v).observe(rows)
+
+    def computed(self, seconds: float) -> None:
+        self.compute_duration.labels(*self._labels.values()).observe(seconds)
+
+    # -- exposition ------------------------------------------------------------------------
+
+    def enable_gpu_metrics(self) -> bool:
+        """Register GPU memory/utilisation gauges if nvidia-ml-py imports and finds a GPU."""
+        collector = _GpuCollector.create(self)
+        if collector is None:
+            return False
+        self._gpu = collector
+        self.registry.register(collector)
+        return True
+
+    def serve(self, host: str, port: int) -> tuple[Any, threading.Thread]:
+        """Start the exposition HTTP server in a daemon thread; returns ``(server, thread)``."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return server, thread
+
+
+class _GpuCollector(Collector):
+    """Reads NVML at scrape time (so no polling thread); absent without nvidia-ml-py or a GPU."""
+
+    def __init__(self, nvml: Any, metrics: ServeMetrics) -> None:
+        self._nvml = nvml
+        self._metrics = metrics
+        self._handles = [
+            nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())
+        ]
+
+    @classmethod
+    def create(cls, metrics: ServeMetrics) -> _GpuCollector | None:
+        try:
+            nvml = importlib.import_module("pynvml")
+            nvml.nvmlInit()
+            collector = cls(nvml, metrics)
+        except Exception as e:  # no package, no driver, no device: GPU metrics are simply absent
+            log.info("GPU metrics off: %s", e)
+            return None
+        return collector if collector._handles else None
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        names = [*LABELS, "gpu"]
+        memory = GaugeMetricFamily(
+            "trtops_gpu_memory_used_bytes", "GPU memory in use.", labels=names
+        )
+        util = GaugeMetricFamily(
+            "trtops_gpu_utilization_ratio", "GPU busy fraction (0..1).", labels=names
+        )
+        base = list(self._metrics.labels.values())
+        for index, handle in enumerate(self._handles):
+            try:
+                mem = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+            except Exception as e:  # a failing GPU must not break the scrape of everything else
+                log.warning("NVML read failed for GPU %d: %s", index, e)
+                continue
+            memory.add_metric([*base, str(index)], float(mem.used))
+            util.add_metric([*base, str(index)], rates.gpu / 100.0)
+        return [memory, util]

@@ -1,0 +1,118 @@
+"""Process lifecycle: metrics, HTTP and gRPC listeners around one data plane, and graceful stop.
+
+Order matters for zero failed requests while a Deployment rolls:
+
+- start: listeners come up first (liveness answers, readiness says 400), then the warm-up runs,
+  then readiness turns 200;
+- stop (SIGTERM/SIGINT): readiness turns 400 at once, the server keeps serving for
+  ``drain_seconds`` (endpoints and load balancers catch up), then the listeners stop taking new
+  connections, in-flight and queued requests finish, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import uvicorn
+
+from .dataplane import DataPlane
+from .grpc_server import create_grpc_server
+from .rest import create_app
+
+__all__ = ["ServerOptions", "ServingProcess"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "0.0.0.0"  # noqa: S104  # a pod serves its own IP; tests pass 127.0.0.1
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_body_bytes: int = 64 << 20
+    drain_seconds: float = 0.0
+    graceful_timeout_seconds: float = 30.0
+    max_connections: int = 1024
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: this process decides the shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class ServingProcess:
+    def __init__(self, dataplane: DataPlane, options: ServerOptions) -> None:
+        self.dataplane = dataplane
+        self.options = options
+        self._stop = asyncio.Event()
+        self.http_port = options.http_port
+        self.grpc_port = options.grpc_port
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: not ready any more, draining in-flight requests")
+            self.dataplane.stop_accepting()
+            self._stop.set()
+
+    async def run(self) -> None:
+        opts = self.options
+        metrics_server, _ = self.dataplane.metrics.serve(opts.host, opts.metrics_port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        grpc_server, self.grpc_port = create_grpc_server(
+            self.dataplane, f"{opts.host}:{opts.grpc_port}", max_message_bytes=opts.max_body_bytes
+        )
+        await grpc_server.start()
+        config = uvicorn.Config(
+            create_app(self.dataplane, max_body_bytes=opts.max_body_bytes),
+            host=opts.host,
+            port=opts.http_port,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            limit_concurrency=opts.max_connections,
+            timeout_graceful_shutdown=int(opts.graceful_timeout_seconds),
+        )
+        http = _Uvicorn(config)
+        http_task = asyncio.create_task(http.serve(), name="trtops-http")
+        try:
+            while not http.started:
+                if http_task.done():
+                    await http_task  # surfaces the bind error
+                    raise OSError(f"HTTP server on {opts.host}:{opts.http_port} did not start")
+                await asyncio.sleep(0.01)
+            self.http_port = http.servers[0].sockets[0].getsockname()[1]
+            log.info(
+                "listening: http %s:%d grpc %s:%d metrics %s:%d",
+                opts.host,
+                self.http_port,
+                opts.host,
+                self.grpc_port,
+                opts.host,
+                opts.metrics_port,
+            )
+            await self.dataplane.start()
+            await self._stop.wait()
+            if opts.drain_seconds > 0:
+                await asyncio.sleep(opts.drain_seconds)
+        finally:
+            http.should_exit = True
+            await asyncio.gather(
+                http_task, grpc_server.stop(opts.graceful_timeout_seconds), return_exceptions=True
+            )
+            await self.dataplane.close()
+            metrics_server.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("stopped")
