@@ -17,7 +17,7 @@ if ((${#missing[@]})); then
 fi
 
 log "installing Python packages"
-"$python" -m pip install -q --disable-pip-version-check -e "$here[worker,dev]" 2>&1 \
+"$python" -m pip install -q --disable-pip-version-check -e "$here[worker,dev,modelopt,report]" 2>&1 \
   | grep -v "Running pip as the 'root' user" || true
 
 "$here/hack/build-controlplane.sh"

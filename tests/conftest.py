@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import cluster as cluster_support
 from tests.support.kopf_runner import run_operator
+from tests.support.node_agent_process import NodeAgentHandle, start_node_agent
 from tests.support.prometheus import Prometheus
 
 
@@ -57,6 +58,14 @@ def namespace(k8s_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 def kopf_operator(kubeconfig: Path) -> Callable[..., AbstractContextManager[Any]]:
     """``with kopf_operator("pkg.module", namespaces=[ns]) as runner:`` runs the operator in-process."""
     return run_operator
+
+
+@pytest.fixture(scope="session")
+def node_agent(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgentHandle]:
+    """The local node agent (tests/support/node_agent.py) as a subprocess: pods scheduled to its
+    node (select it with ``nodeSelector: {trtops.dev/node-agent: local-0}``) really run."""
+    with start_node_agent(tmp_path_factory.mktemp("node-agent")) as handle:
+        yield handle
 
 
 @pytest.fixture
