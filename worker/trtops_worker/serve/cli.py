@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", default=os.environ.get("TRTOPS_PRECISION"), help="env TRTOPS_PRECISION"
     )
-    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104  # pods listen on their own IP
+    # Pods listen on all their addresses; a runtime that gives pods a shared network (the local
+    # node agent in tests) names the address to bind through TRTOPS_BIND_HOST.
+    parser.add_argument("--host", default=os.environ.get("TRTOPS_BIND_HOST", "0.0.0.0"))  # noqa: S104
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
