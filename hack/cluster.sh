@@ -103,6 +103,15 @@ $gpu_capacity
 YAML
 }
 
+apply_gateway_api_crds() {
+  # Gateway API's standard-channel CRDs, from the sigs.k8s.io/gateway-api module's own YAML.
+  local dir
+  dir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" \
+    || die "could not fetch sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION from the Go module proxy"
+  kc apply --server-side -f "$dir/config/crd/standard/" >/dev/null
+}
+
 cmd_up() {
   "$here/hack/build-controlplane.sh"
   local start=$SECONDS
@@ -110,6 +119,7 @@ cmd_up() {
     if healthy; then
       log "reusing running cluster '$name'"
       apply_nodes
+      apply_gateway_api_crds
       print_usage
       return 0
     fi
@@ -146,6 +156,7 @@ cmd_up() {
     sleep 1
   done
   apply_nodes
+  apply_gateway_api_crds
   # Pods need the namespace's default ServiceAccount, made by the controller manager.
   until kc -n default get serviceaccount default >/dev/null 2>&1; do
     ((SECONDS < deadline)) || die "default ServiceAccount never appeared: is kube-controller-manager running?"

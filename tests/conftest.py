@@ -69,12 +69,13 @@ def node_agent(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, list[str]]], Prometheus]]:
-    """A factory that starts a real Prometheus scraping the given ``{job: [host:port]}`` targets."""
+def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """A factory that starts a real Prometheus scraping the given ``{job: [host:port]}`` targets
+    and, with ``discover_pods=True``, the cluster's annotated pods."""
     started: list[Prometheus] = []
 
-    def start(jobs: dict[str, list[str]]) -> Prometheus:
-        server = Prometheus(workdir=tmp_path / f"prometheus-{len(started)}", jobs=jobs)
+    def start(jobs: dict[str, list[str]], discover_pods: bool = False) -> Prometheus:
+        server = Prometheus(workdir=tmp_path / f"prometheus-{len(started)}", jobs=jobs, discover_pods=discover_pods)
         started.append(server)
         server.start()
         return server

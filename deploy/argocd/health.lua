@@ -83,7 +83,7 @@ if is(c.Progressing, "True") then
   hs.message = describe(c.Progressing, "in progress")
   return hs
 end
-if canary ~= nil and canary.revision ~= nil and canary.revision ~= "" then
+if canary ~= nil and canary.revision ~= nil and canary.revision ~= "" and (canary.weight or 0) > 0 then
   hs.status = "Progressing"
   hs.message = "canary " .. canary.revision .. " at " .. tostring(canary.weight or 0) .. "%"
   return hs

@@ -1,0 +1,137 @@
+"""The PromQL of every panel in ``dashboards/trtops.json``, for tests that check the queries parse
+(promtool) and return data from a real Prometheus scraping real workers.
+
+Each query is classified by the metrics it reads, because not every metric exists everywhere:
+worker metrics exist wherever a worker serves; GPU gauges only where NVML finds a GPU; operator
+metrics only where the operator runs; and ``PENDING_OPERATOR_METRICS`` are metrics the dashboard
+already charts but the operator does not expose yet (see that list).
+
+Run as a script to print them: ``python dashboards/queries.py [--substitute]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DASHBOARD",
+    "GPU_METRICS",
+    "OPERATOR_METRICS",
+    "PENDING_OPERATOR_METRICS",
+    "WORKER_METRICS",
+    "Query",
+    "load",
+    "queries",
+    "substitute",
+]
+
+DASHBOARD = Path(__file__).resolve().parent / "trtops.json"
+
+# Fixed names: trtops_worker.serve.metrics (histograms expose _bucket/_sum/_count).
+WORKER_METRICS = frozenset({
+    "trtops_request_duration_seconds",
+    "trtops_queue_duration_seconds",
+    "trtops_compute_duration_seconds",
+    "trtops_requests_total",
+    "trtops_batch_size",
+    "trtops_inflight_requests",
+    "trtops_queue_depth",
+    "trtops_backend_fallback",
+})
+GPU_METRICS = frozenset({"trtops_gpu_memory_used_bytes", "trtops_gpu_utilization_ratio"})
+# What trtops_operator.metrics exposes today.
+OPERATOR_METRICS = frozenset({
+    "trtops_reconciles_total",
+    "trtops_reconcile_errors_total",
+    "trtops_builds_total",
+    "trtops_reconcile_duration_seconds",
+})
+# PENDING: charted by the dashboard, not yet exposed by the operator. Their panels stay empty
+# until trtops_operator.metrics adds them with these names and labels (engine, namespace,
+# revision, precision, target); then move them to OPERATOR_METRICS.
+PENDING_OPERATOR_METRICS = frozenset({
+    "trtops_build_duration_seconds",  # histogram, per finished build
+    "trtops_plan_top1_agreement",  # gauge, accuracy gate: top-1 agreement with FP32
+    "trtops_plan_mean_abs_error",  # gauge, accuracy gate: mean absolute error against FP32
+    "trtops_canary_weight",  # gauge, traffic weight (percent) the operator set per revision/role
+})
+
+# Values the variables take in the tests (and "All" in Grafana): match everything.
+DEFAULT_VARIABLES = {"namespace": ".*", "model": ".*", "revision": ".*", "__rate_interval": "1m"}
+
+_METRIC = re.compile(r"\b(trtops_[a-z0-9_]+?)(?:_bucket|_sum|_count)?\b")
+
+
+@dataclass(frozen=True)
+class Query:
+    panel: str
+    ref_id: str
+    expr: str
+
+    @property
+    def metrics(self) -> frozenset[str]:
+        found = set()
+        for name in _METRIC.findall(self.expr):
+            for base in (name, re.sub(r"_(bucket|sum|count)$", "", name)):
+                if base in WORKER_METRICS | GPU_METRICS | OPERATOR_METRICS | PENDING_OPERATOR_METRICS:
+                    found.add(base)
+        return frozenset(found)
+
+    @property
+    def source(self) -> str:
+        """``worker``, ``gpu``, ``operator`` or ``pending`` (the most demanding metric wins)."""
+        m = self.metrics
+        if m & PENDING_OPERATOR_METRICS:
+            return "pending"
+        if m & OPERATOR_METRICS:
+            return "operator"
+        if m & GPU_METRICS:
+            return "gpu"
+        return "worker"
+
+
+def load(path: Path = DASHBOARD) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for panel in panels:
+        out.append(panel)
+        out.extend(_panels(panel.get("panels", [])))  # collapsed rows nest their panels
+    return out
+
+
+def queries(dashboard: dict[str, Any] | None = None) -> list[Query]:
+    """Every target of every panel, in dashboard order."""
+    board = load() if dashboard is None else dashboard
+    return [
+        Query(panel["title"], target["refId"], target["expr"])
+        for panel in _panels(board["panels"])
+        for target in panel.get("targets", [])
+    ]
+
+
+def substitute(expr: str, variables: dict[str, str] | None = None) -> str:
+    """Replace Grafana variables (``$x``, ``${x}``, ``[[x]]``) with plain values."""
+    values = {**DEFAULT_VARIABLES, **(variables or {})}
+
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2) or match.group(3)
+        if name not in values:
+            raise KeyError(f"no value for Grafana variable {name!r} in {expr!r}")
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)", repl, expr)
+
+
+if __name__ == "__main__":
+    plain = "--substitute" in sys.argv[1:]
+    for q in queries():
+        print(f"[{q.source}] {q.panel} ({q.ref_id}): {substitute(q.expr) if plain else q.expr}")
