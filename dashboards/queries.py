@@ -64,6 +64,7 @@ PENDING_OPERATOR_METRICS = frozenset({
 # Values the variables take in the tests (and "All" in Grafana): match everything.
 DEFAULT_VARIABLES = {"namespace": ".*", "model": ".*", "revision": ".*", "__rate_interval": "1m"}
 
+_KNOWN = WORKER_METRICS | GPU_METRICS | OPERATOR_METRICS | PENDING_OPERATOR_METRICS
 _METRIC = re.compile(r"\b(trtops_[a-z0-9_]+?)(?:_bucket|_sum|_count)?\b")
 
 
@@ -78,7 +79,7 @@ class Query:
         found = set()
         for name in _METRIC.findall(self.expr):
             for base in (name, re.sub(r"_(bucket|sum|count)$", "", name)):
-                if base in WORKER_METRICS | GPU_METRICS | OPERATOR_METRICS | PENDING_OPERATOR_METRICS:
+                if base in _KNOWN:
                     found.add(base)
         return frozenset(found)
 

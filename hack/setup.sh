@@ -6,7 +6,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf '[setup] %s\n' "$*" >&2; }
 python="${PYTHON:-python3}"
 
-debs=(prometheus lua5.4)
+debs=(prometheus lua5.4 jq)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

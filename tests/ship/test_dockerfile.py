@@ -62,7 +62,8 @@ def test_operator_installs_the_base_distribution_only() -> None:
     assert s["operator"][0].startswith("FROM ${PYTHON_IMAGE}")
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in DOCKERFILE.read_text()
     installs = [i for i in s["operator"] if "pip install" in i]
-    assert installs and all("[" not in i for i in installs)
+    assert installs
+    assert all("[" not in i for i in installs)
     requirement_lists = next(i for i in s["wheel"] if "tomllib" in i)
     assert "open('operator.txt', 'w').write('\\n'.join(p['dependencies'])" in requirement_lists
 
@@ -70,7 +71,8 @@ def test_operator_installs_the_base_distribution_only() -> None:
 def test_worker_is_tensorrt_11_with_modelopt() -> None:
     text = DOCKERFILE.read_text()
     tag = re.search(r"ARG TENSORRT_IMAGE=nvcr\.io/nvidia/tensorrt:(\S+)", text)
-    assert tag is not None and re.fullmatch(r"\d\d\.\d\d-py3", tag.group(1))
+    assert tag is not None
+    assert re.fullmatch(r"\d\d\.\d\d-py3", tag.group(1))
     worker = " ".join(stages()["worker"])
     assert "startswith('11.')" in worker  # the build refuses another TensorRT major
     wheel = " ".join(stages()["wheel"])
