@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -298,8 +299,10 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Handler outcomes are in status conditions and our own Events; kopf's per-handler
     # "succeeded" Events would only double the API writes.
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 600
-    settings.watching.client_timeout = 660
+    # Watches are re-opened this often: one request per resource kind per period while idle.
+    watch_timeout = float(os.environ.get("TRTOPS_WATCH_TIMEOUT_SECONDS", "300"))
+    settings.watching.server_timeout = watch_timeout
+    settings.watching.client_timeout = watch_timeout + 30
     S.indices = {k: v for k, v in kwargs.items() if k.endswith("_index")}
     S.api = await asyncio.to_thread(k8s.Api)
     S.queue = asyncio.Queue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,3 +68,44 @@ def finish_build_pod(k8s_api: Any, namespace: str, pod: str, result: dict[str, A
     client.CoreV1Api(k8s_api).patch_namespaced_pod_status(
         pod, namespace, patch, _content_type="application/strategic-merge-patch+json"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _short_watches() -> None:
+    """kopf closes a watch only when its server timeout ends: keep operator shutdowns quick."""
+    import os
+
+    os.environ["TRTOPS_WATCH_TIMEOUT_SECONDS"] = "5"
+
+
+@pytest.fixture
+def plans_claim(k8s_api: Any, namespace: str) -> Iterator[str]:
+    """A bound ``trt-plans`` claim (a hostPath PV pre-bound to it): pods with the claim schedule."""
+    from kubernetes import client
+
+    from tests.support.cluster import wait_for
+
+    core = client.CoreV1Api(k8s_api)
+    pv_name = f"pv-{namespace}"[:63]
+    core.create_persistent_volume({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name, "labels": {"trtops.dev/test": "true"}},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+            "hostPath": {"path": f"/tmp/{pv_name}"},
+            "claimRef": {"namespace": namespace, "name": "trt-plans"},
+        },
+    })
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "trt-plans"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim("trt-plans", namespace).status.phase == "Bound",
+             timeout=60, what="claim trt-plans bound")
+    yield "trt-plans"
+    try:
+        core.delete_persistent_volume(pv_name)
+    except client.ApiException:
+        pass

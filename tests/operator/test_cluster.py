@@ -16,7 +16,7 @@ import pytest
 from tests.operator.conftest import finish_build_pod
 from tests.support.cluster import wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd")]
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd", "plans_claim")]
 
 OPERATOR = "trtops_operator.handlers"
 H100 = "NVIDIA-H100-80GB-HBM3"

@@ -225,7 +225,8 @@ def evaluate(
         and stable.p99_ms > 0
     )
     if stable_ok and canary.p99_ms is not None:
-        assert stable is not None and stable.p99_ms is not None  # narrowed by stable_ok
+        assert stable is not None  # narrowed by stable_ok
+        assert stable.p99_ms is not None
         ratio = canary.p99_ms / stable.p99_ms
     if canary.requests < max(min_requests, 1):
         return Verdict(
@@ -258,7 +259,11 @@ def evaluate(
             )
     if breaches:
         return Verdict(
-            "Failed", "; ".join(b.describe() for b in breaches), canary, stable, ratio,
+            "Failed",
+            "; ".join(b.describe() for b in breaches),
+            canary,
+            stable,
+            ratio,
             tuple(breaches),
         )
     notes = [_summary(canary)]

@@ -1,0 +1,45 @@
+"""Canary rollouts: the state machine, analysis, Prometheus and the traffic routers.
+
+Pure modules (no I/O, no kopf, no clients): :mod:`.steps`, :mod:`.analysis`, :mod:`.routers`.
+I/O, one module per outside system: :mod:`.prometheus` (aiohttp) and :mod:`.router_io`
+(the kubernetes client). ``docs/canary.md`` describes the behaviour users see.
+"""
+
+from trtops_operator.canary.analysis import RevisionMetrics, Selector, Verdict, evaluate
+from trtops_operator.canary.errors import (
+    CanaryError,
+    RouterError,
+    RouterMisconfigured,
+    RouterUnavailable,
+)
+from trtops_operator.canary.routers import canary_replicas, effective_weight, router_kind
+from trtops_operator.canary.steps import (
+    CanaryState,
+    Decision,
+    Options,
+    analysis_due,
+    decide,
+    needs_new_attempt,
+    start,
+)
+
+__all__ = [
+    "CanaryError",
+    "CanaryState",
+    "Decision",
+    "Options",
+    "RevisionMetrics",
+    "RouterError",
+    "RouterMisconfigured",
+    "RouterUnavailable",
+    "Selector",
+    "Verdict",
+    "analysis_due",
+    "canary_replicas",
+    "decide",
+    "effective_weight",
+    "evaluate",
+    "needs_new_attempt",
+    "router_kind",
+    "start",
+]
