@@ -217,7 +217,7 @@ def build_job(
         "volumes": volumes,
     }
     if target is not None:
-        container["resources"]["limits"] = {GPU_RESOURCE: 1}
+        container["resources"]["limits"] = {GPU_RESOURCE: "1"}
         pod_spec.update(_gpu_placement(target))
     job = {
         "apiVersion": "batch/v1",
@@ -275,7 +275,7 @@ def build_deployment(
     if serving.resources is not None:
         resources = serving.resources.model_dump(mode="json", exclude_none=True)
     if plan.target is not None and plan.backend == "tensorrt":
-        resources.setdefault("limits", {})[GPU_RESOURCE] = 1
+        resources.setdefault("limits", {})[GPU_RESOURCE] = "1"
     container: dict[str, Any] = {
         "name": "serve",
         "image": config.worker_image,

@@ -300,7 +300,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # "succeeded" Events would only double the API writes.
     settings.posting.level = logging.WARNING
     # Watches are re-opened this often: one request per resource kind per period while idle.
-    watch_timeout = float(os.environ.get("TRTOPS_WATCH_TIMEOUT_SECONDS", "300"))
+    watch_timeout = int(os.environ.get("TRTOPS_WATCH_TIMEOUT_SECONDS", "300"))
     settings.watching.server_timeout = watch_timeout
     settings.watching.client_timeout = watch_timeout + 30
     S.indices = {k: v for k, v in kwargs.items() if k.endswith("_index")}

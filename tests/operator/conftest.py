@@ -3,9 +3,10 @@ kubelet (kwok finishes Job pods without a termination message, so tests write th
 
 from __future__ import annotations
 
+import contextlib
 import json
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,9 @@ def trtengine_crd(k8s_api: Any) -> str:
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition(name)
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
 
     wait_for(established, timeout=30, what="CRD established")
     return name
@@ -59,8 +62,12 @@ def finish_build_pod(k8s_api: Any, namespace: str, pod: str, result: dict[str, A
             "phase": "Succeeded" if ok else "Failed",
             "containerStatuses": [
                 {
-                    "name": "build", "image": "worker", "imageID": "", "ready": False,
-                    "restartCount": 0, "state": {"terminated": terminated},
+                    "name": "build",
+                    "image": "worker",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
                 }
             ],
         }
@@ -87,25 +94,43 @@ def plans_claim(k8s_api: Any, namespace: str) -> Iterator[str]:
 
     core = client.CoreV1Api(k8s_api)
     pv_name = f"pv-{namespace}"[:63]
-    core.create_persistent_volume({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": pv_name, "labels": {"trtops.dev/test": "true"}},
-        "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
-            "hostPath": {"path": f"/tmp/{pv_name}"},
-            "claimRef": {"namespace": namespace, "name": "trt-plans"},
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "labels": {"trtops.dev/test": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/{pv_name}"},
+                "claimRef": {"namespace": namespace, "name": "trt-plans"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "trt-plans"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
         },
-    })
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "trt-plans"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })
-    wait_for(lambda: core.read_namespaced_persistent_volume_claim("trt-plans", namespace).status.phase == "Bound",
-             timeout=60, what="claim trt-plans bound")
+    )
+    wait_for(
+        lambda: (
+            core.read_namespaced_persistent_volume_claim("trt-plans", namespace).status.phase
+            == "Bound"
+        ),
+        timeout=60,
+        what="claim trt-plans bound",
+    )
     yield "trt-plans"
-    try:
+    with contextlib.suppress(client.ApiException):  # already gone
         core.delete_persistent_volume(pv_name)
-    except client.ApiException:
-        pass

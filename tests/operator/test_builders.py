@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from trtops_operator import builders, keys
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
@@ -21,7 +20,9 @@ CONFIG = OperatorConfig(worker_image="registry.example/trtops-worker:test")
 def engine(sample: str) -> builders.Engine:
     doc = yaml.safe_load((SAMPLES / sample).read_text())
     return builders.Engine(
-        name=doc["metadata"]["name"], namespace="ml", uid="uid-1",
+        name=doc["metadata"]["name"],
+        namespace="ml",
+        uid="uid-1",
         spec=TrtEngineSpec.model_validate(doc["spec"]),
     )
 
@@ -31,7 +32,9 @@ def check_golden(name: str, obj: dict[str, Any]) -> None:
     text = yaml.safe_dump(obj, sort_keys=False)
     if os.environ.get("TRTOPS_REGEN_GOLDEN"):
         path.write_text(text)
-    assert yaml.safe_load(path.read_text()) == obj, f"{name} differs from golden; regenerate and review"
+    assert yaml.safe_load(path.read_text()) == obj, (
+        f"{name} differs from golden; regenerate and review"
+    )
 
 
 def gpu_objects() -> dict[str, dict[str, Any]]:
@@ -39,7 +42,9 @@ def gpu_objects() -> dict[str, dict[str, Any]]:
     product = "NVIDIA-H100-80GB-HBM3"
     key = keys.build_key(e.spec, product, CONFIG.worker_image)
     job = keys.job_name(key, e.spec.storage.claim_name, keys.gate_json(e.spec))
-    plan = builders.PlanRef(target=product, key=key, path=f"/plans/{'a' * 64}", precision="int8", backend="tensorrt")
+    plan = builders.PlanRef(
+        target=product, key=key, path=f"/plans/{'a' * 64}", precision="int8", backend="tensorrt"
+    )
     return {
         "resnet-job.yaml": builders.build_job(e, product, key, name=job, config=CONFIG),
         "resnet-deployment.yaml": builders.build_deployment(
@@ -50,7 +55,9 @@ def gpu_objects() -> dict[str, dict[str, Any]]:
     }
 
 
-@pytest.mark.parametrize("name", ["resnet-job.yaml", "resnet-deployment.yaml", "resnet-service.yaml", "resnet-pdb.yaml"])
+@pytest.mark.parametrize(
+    "name", ["resnet-job.yaml", "resnet-deployment.yaml", "resnet-service.yaml", "resnet-pdb.yaml"]
+)
 def test_gpu_objects_match_golden(name: str) -> None:
     check_golden(name, gpu_objects()[name])
 
@@ -58,14 +65,21 @@ def test_gpu_objects_match_golden(name: str) -> None:
 def test_cpu_job_and_deployment_match_golden_and_ask_for_no_gpu() -> None:
     e = engine("cpu-fp32.yaml")
     key = keys.build_key(e.spec, None, CONFIG.worker_image)
-    job = builders.build_job(e, None, key, name=keys.job_name(key, "trt-plans", None), config=CONFIG)
-    plan = builders.PlanRef(target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime")
-    dep = builders.build_deployment(e, plan, name=keys.serving_name(e.name, None), revision="r1", config=CONFIG)
+    job = builders.build_job(
+        e, None, key, name=keys.job_name(key, "trt-plans", None), config=CONFIG
+    )
+    plan = builders.PlanRef(
+        target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime"
+    )
+    dep = builders.build_deployment(
+        e, plan, name=keys.serving_name(e.name, None), revision="r1", config=CONFIG
+    )
     check_golden("cpu-job.yaml", job)
     check_golden("cpu-deployment.yaml", dep)
     for obj in (job, dep):
         pod = obj["spec"]["template"]["spec"]
-        assert "nodeSelector" not in pod and "tolerations" not in pod
+        assert "nodeSelector" not in pod
+        assert "tolerations" not in pod
         assert "nvidia.com/gpu" not in yaml.safe_dump(pod["containers"][0]["resources"])
 
 
@@ -73,13 +87,15 @@ def test_job_command_line_follows_the_worker_contract() -> None:
     job = gpu_objects()["resnet-job.yaml"]
     container = job["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
-    assert container["command"] == ["trtops-worker"] and args[0] == "build"
+    assert container["command"] == ["trtops-worker"]
+    assert args[0] == "build"
     flags = dict(zip(args[1::2], args[2::2], strict=False))
     # The model sits on another claim than the plans: mounted read-only under /mnt/claims.
     assert flags["--model"] == "/mnt/claims/models/resnet50/model.onnx"
     assert flags["--storage"] == "/plans"
     assert flags["--profile"] == "input:1x3x224x224:8x3x224x224:32x3x224x224"
-    assert flags["--calibration-method"] == "entropy" and flags["--calibration-max-samples"] == "512"
+    assert flags["--calibration-method"] == "entropy"
+    assert flags["--calibration-max-samples"] == "512"
     assert flags["--gpu-product"] == "NVIDIA-H100-80GB-HBM3"
     assert flags["--min-top1-agreement"] == "0.99"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
@@ -96,16 +112,26 @@ def test_serving_is_pinned_to_the_plans_gpu_with_read_only_plans() -> None:
     dep = gpu_objects()["resnet-deployment.yaml"]
     pod = dep["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert pod["containers"][0]["volumeMounts"][0] == {"name": "plans", "mountPath": "/plans", "readOnly": True}
+    assert pod["containers"][0]["volumeMounts"][0] == {
+        "name": "plans",
+        "mountPath": "/plans",
+        "readOnly": True,
+    }
     assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8002"
-    # The selector leaves out revision and key: a new revision is a rolling update, not a new selector.
-    assert set(dep["spec"]["selector"]["matchLabels"]) == {"trtops.dev/engine", "trtops.dev/component", "trtops.dev/target"}
+    # No revision or key in the selector: a new revision is a rolling update.
+    assert set(dep["spec"]["selector"]["matchLabels"]) == {
+        "trtops.dev/engine",
+        "trtops.dev/component",
+        "trtops.dev/target",
+    }
 
 
 def test_hash_annotation_changes_with_the_object() -> None:
     e = engine("cpu-fp32.yaml")
-    plan = builders.PlanRef(target=None, key="k", path="/plans/x", precision="fp32", backend="onnxruntime")
+    plan = builders.PlanRef(
+        target=None, key="k", path="/plans/x", precision="fp32", backend="onnxruntime"
+    )
     a = builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
     b = builders.build_deployment(e, plan, name="n", revision="r2", config=CONFIG)
     h = builders.HASH_ANNOTATION

@@ -32,10 +32,19 @@ ENGINE: dict[str, Any] = {
     },
 }
 SUCCESS = {
-    "ok": True, "key": "f" * 64, "path": "/plans/" + "f" * 64, "artifact": "engine.plan",
-    "sha256": "e" * 64, "precision": "fp16", "backend": "tensorrt",
-    "versions": {"tensorrt": "11.4.0"}, "device": {"gpuProduct": H100, "computeCapability": "9.0"},
-    "cached": False, "buildSeconds": 42.5, "accuracy": {"top1Agreement": 1.0}, "benchmark": {"p99Ms": 1.2},
+    "ok": True,
+    "key": "f" * 64,
+    "path": "/plans/" + "f" * 64,
+    "artifact": "engine.plan",
+    "sha256": "e" * 64,
+    "precision": "fp16",
+    "backend": "tensorrt",
+    "versions": {"tensorrt": "11.4.0"},
+    "device": {"gpuProduct": H100, "computeCapability": "9.0"},
+    "cached": False,
+    "buildSeconds": 42.5,
+    "accuracy": {"top1Agreement": 1.0},
+    "benchmark": {"p99Ms": 1.2},
 }
 
 
@@ -55,10 +64,14 @@ class Cluster:
         body["metadata"]["name"] = name
         if spec_patch:
             spec_patch(body["spec"])
-        self.custom.create_namespaced_custom_object("trtops.dev", "v1alpha1", self.ns, "trtengines", body)
+        self.custom.create_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", self.ns, "trtengines", body
+        )
 
     def get(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object("trtops.dev", "v1alpha1", self.ns, "trtengines", name)
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", self.ns, "trtengines", name
+        )
         return obj
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
@@ -68,7 +81,11 @@ class Cluster:
         return {}
 
     def jobs(self) -> list[Any]:
-        return list(self.batch.list_namespaced_job(self.ns, label_selector="app.kubernetes.io/managed-by=trtops").items)
+        return list(
+            self.batch.list_namespaced_job(
+                self.ns, label_selector="app.kubernetes.io/managed-by=trtops"
+            ).items
+        )
 
     def build_pod(self, job: str) -> str:
         def probe() -> str | None:
@@ -78,7 +95,11 @@ class Cluster:
         return wait_for(probe, timeout=60, what=f"a pod of Job {job}")
 
     def deployments(self, engine: str) -> list[Any]:
-        return list(self.apps.list_namespaced_deployment(self.ns, label_selector=f"trtops.dev/engine={engine}").items)
+        return list(
+            self.apps.list_namespaced_deployment(
+                self.ns, label_selector=f"trtops.dev/engine={engine}"
+            ).items
+        )
 
 
 @pytest.fixture
@@ -104,29 +125,47 @@ def test_build_serve_share_and_garbage_collect(
         status = cluster.get("conv")["status"]
         assert status["plans"][0]["sha256"] == "e" * 64
         assert status["plans"][0]["path"] == SUCCESS["path"]
-        assert status["stable"]["weight"] == 100 and status["stable"]["revision"] == status["revision"]
+        assert status["stable"]["weight"] == 100
+        assert status["stable"]["revision"] == status["revision"]
         (dep,) = cluster.deployments("conv")
         assert dep.status.ready_replicas == 2
         args = dep.spec.template.spec.containers[0].args
         assert args[args.index("--artifact-dir") + 1] == SUCCESS["path"]
         assert cluster.core.read_namespaced_service("conv", cluster.ns).spec.ports[0].port == 8000
-        cluster.core.read_namespaced_pod_disruption_budget = None  # noqa: B010 - not on CoreV1Api
         from kubernetes import client
 
         client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("conv", cluster.ns)
 
         # An identical spec under another name reuses the plan: no second Job.
         cluster.create("conv-twin")
-        wait_for(lambda: cluster.condition("conv-twin", "Ready").get("status") == "True", timeout=90, what="twin Ready")
+        wait_for(
+            lambda: cluster.condition("conv-twin", "Ready").get("status") == "True",
+            timeout=90,
+            what="twin Ready",
+        )
         assert len(cluster.jobs()) == 1
         assert cluster.get("conv-twin")["status"]["plans"][0]["sha256"] == "e" * 64
 
         # Deleting a resource lets the garbage collector remove what it owned.
-        cluster.custom.delete_namespaced_custom_object("trtops.dev", "v1alpha1", cluster.ns, "trtengines", "conv")
-        wait_for(lambda: not cluster.deployments("conv"), timeout=90, what="conv's Deployment collected")
-        cluster.custom.delete_namespaced_custom_object("trtops.dev", "v1alpha1", cluster.ns, "trtengines", "conv-twin")
-        wait_for(lambda: not cluster.deployments("conv-twin"), timeout=90, what="twin's Deployment collected")
-        wait_for(lambda: not cluster.jobs(), timeout=90, what="the shared Job collected after its last owner")
+        cluster.custom.delete_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", cluster.ns, "trtengines", "conv"
+        )
+        wait_for(
+            lambda: not cluster.deployments("conv"), timeout=90, what="conv's Deployment collected"
+        )
+        cluster.custom.delete_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", cluster.ns, "trtengines", "conv-twin"
+        )
+        wait_for(
+            lambda: not cluster.deployments("conv-twin"),
+            timeout=90,
+            what="twin's Deployment collected",
+        )
+        wait_for(
+            lambda: not cluster.jobs(),
+            timeout=90,
+            what="the shared Job collected after its last owner",
+        )
 
 
 def test_restart_mid_build_makes_no_second_job(
@@ -138,25 +177,42 @@ def test_restart_mid_build_makes_no_second_job(
     # The operator is gone; the build finishes meanwhile.
     finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        wait_for(lambda: cluster.condition("conv", "Built").get("status") == "True", timeout=90, what="Built")
-        wait_for(lambda: cluster.condition("conv", "Ready").get("status") == "True", timeout=90, what="Ready")
+        wait_for(
+            lambda: cluster.condition("conv", "Built").get("status") == "True",
+            timeout=90,
+            what="Built",
+        )
+        wait_for(
+            lambda: cluster.condition("conv", "Ready").get("status") == "True",
+            timeout=90,
+            what="Ready",
+        )
     assert [j.metadata.name for j in cluster.jobs()] == [job.metadata.name]
 
 
 def test_worker_failure_reaches_status_and_events(
     cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
 ) -> None:
-    failure = {"ok": False, "category": "accuracy", "reason": "AccuracyGateFailed",
-               "message": "top-1 agreement 0.91 is below 0.99"}
+    failure = {
+        "ok": False,
+        "category": "accuracy",
+        "reason": "AccuracyGateFailed",
+        "message": "top-1 agreement 0.91 is below 0.99",
+    }
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv")
         job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
         finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), failure)
         built = wait_for(
-            lambda: (c := cluster.condition("conv", "Built")).get("reason") == "AccuracyGateFailed" and c,
-            timeout=90, what="Built=False with the worker's reason",
+            lambda: (
+                (c := cluster.condition("conv", "Built")).get("reason") == "AccuracyGateFailed"
+                and c
+            ),
+            timeout=90,
+            what="Built=False with the worker's reason",
         )
-        assert built["status"] == "False" and "0.91" in built["message"]
+        assert built["status"] == "False"
+        assert "0.91" in built["message"]
         assert cluster.condition("conv", "Ready")["status"] == "False"
         assert cluster.condition("conv", "Degraded")["status"] == "True"
         assert not cluster.deployments("conv")

@@ -1,0 +1,151 @@
+"""The API server itself refuses invalid TrtEngines, with a message that names the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd")]
+
+VALID: dict[str, Any] = {
+    "apiVersion": "trtops.dev/v1alpha1",
+    "kind": "TrtEngine",
+    "metadata": {"name": "valid"},
+    "spec": {
+        "model": {"uri": "pvc://models/m.onnx"},
+        "build": {
+            "precision": "fp16",
+            "targets": [{"gpuProduct": "NVIDIA-H100-80GB-HBM3"}],
+            "profiles": [
+                {
+                    "input": "input",
+                    "min": [1, 3, 32, 32],
+                    "opt": [8, 3, 32, 32],
+                    "max": [32, 3, 32, 32],
+                }
+            ],
+        },
+        "storage": {"claimName": "trt-plans"},
+        "rollout": {
+            "trafficRouter": {"replicas": {}},
+            "steps": [{"setWeight": 10, "pauseSeconds": 60}, {"setWeight": 50}],
+        },
+    },
+}
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(body: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = body
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node.setdefault(p, {})
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+    return mutate
+
+
+CASES = [
+    ("int8 without calibration", _set("spec.build.precision", "int8"), "spec.build.calibration"),
+    ("fp8 without calibration", _set("spec.build.precision", "fp8"), "spec.build.calibration"),
+    ("unknown precision", _set("spec.build.precision", "int4"), "spec.build.precision"),
+    ("opt above max", _set("spec.build.profiles.0.opt", [64, 3, 32, 32]), "spec.build.profiles"),
+    ("min above opt", _set("spec.build.profiles.0.min", [16, 3, 32, 32]), "spec.build.profiles"),
+    ("ranks differ", _set("spec.build.profiles.0.max", [32, 3, 32]), "spec.build.profiles"),
+    (
+        "decreasing weights",
+        _set("spec.rollout.steps", [{"setWeight": 50}, {"setWeight": 10}]),
+        "spec.rollout.steps",
+    ),
+    (
+        "weight above 100",
+        _set("spec.rollout.steps", [{"setWeight": 120}]),
+        "spec.rollout.steps[0].setWeight",
+    ),
+    (
+        "duplicate targets",
+        _set("spec.build.targets", [{"gpuProduct": "A"}, {"gpuProduct": "A"}]),
+        "spec.build.targets",
+    ),
+    ("no targets for tensorrt", _set("spec.build.targets", []), "spec.build.targets"),
+    (
+        "targets for onnxruntime",
+        _set("spec.serving", {"backend": "onnxruntime"}),
+        "spec.build.targets",
+    ),
+    (
+        "two traffic routers",
+        _set("spec.rollout.trafficRouter", {"replicas": {}, "gatewayAPI": {"httpRoute": "r"}}),
+        "spec.rollout.trafficRouter",
+    ),
+    ("bad model uri", _set("spec.model.uri", "s3://bucket/m.onnx"), "spec.model.uri"),
+    ("path escape", _set("spec.model.uri", "models/../../etc/passwd"), "spec.model.uri"),
+    ("short model sha256", _set("spec.model.sha256", "abc"), "spec.model.sha256"),
+    (
+        "optimization level 6",
+        _set("spec.build.optimizationLevel", 6),
+        "spec.build.optimizationLevel",
+    ),
+    ("negative replicas", _set("spec.serving.replicas", -1), "spec.serving.replicas"),
+    (
+        "both pauses",
+        _set(
+            "spec.rollout.steps", [{"setWeight": 5, "pauseSeconds": 5, "pauseUntilPromoted": True}]
+        ),
+        "spec.rollout.steps",
+    ),
+    (
+        "error rate above 1",
+        _set(
+            "spec.rollout.analysis",
+            {"prometheus": {"address": "http://p:9090"}, "slo": {"maxErrorRate": 2}},
+        ),
+        "spec.rollout.analysis.slo.maxErrorRate",
+    ),
+    (
+        "gate without thresholds",
+        _set("spec.build.accuracy", {"validation": {"uri": "val.npz"}}),
+        "spec.build.accuracy",
+    ),
+    ("unknown field", _set("spec.build.fp16", True), "spec.build"),
+    ("name too long", _set("metadata.name", "n" * 41), "metadata.name"),
+    ("missing storage", lambda b: b["spec"].pop("storage"), "spec.storage"),
+]
+
+
+def test_the_valid_base_is_accepted(k8s_api: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+        "trtops.dev", "v1alpha1", namespace, "trtengines", copy.deepcopy(VALID), dry_run="All"
+    )
+
+
+@pytest.mark.parametrize(("what", "mutate", "field"), CASES, ids=[c[0] for c in CASES])
+def test_invalid_resource_is_refused_naming_the_field(
+    k8s_api: Any, namespace: str, what: str, mutate: Callable[[dict[str, Any]], None], field: str
+) -> None:
+    from kubernetes import client
+
+    body = copy.deepcopy(VALID)
+    mutate(body)
+    with pytest.raises(client.ApiException) as refused:
+        client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+            "trtops.dev",
+            "v1alpha1",
+            namespace,
+            "trtengines",
+            body,
+            dry_run="All",
+            field_validation="Strict",
+        )
+    assert refused.value.status in (400, 422), what  # strict field validation answers 400
+    message = json.loads(refused.value.body)["message"]
+    assert field in message, message
