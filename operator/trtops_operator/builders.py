@@ -219,6 +219,11 @@ def build_job(
     if target is not None:
         container["resources"]["limits"] = {GPU_RESOURCE: "1"}
         pod_spec.update(_gpu_placement(target))
+    if engine.spec.build.node_selector:
+        pod_spec["nodeSelector"] = {
+            **pod_spec.get("nodeSelector", {}),
+            **engine.spec.build.node_selector,
+        }
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -244,9 +249,16 @@ def _serving_selector(engine: Engine) -> dict[str, str]:
 
 
 def build_deployment(
-    engine: Engine, plan: PlanRef, *, name: str, revision: str, config: OperatorConfig
+    engine: Engine,
+    plan: PlanRef,
+    *,
+    name: str,
+    revision: str,
+    config: OperatorConfig,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The serving Deployment of one plan: ``trtops-worker serve``, pinned to the plan's GPU."""
+    """The serving Deployment of one plan: ``trtops-worker serve``, pinned to the plan's GPU.
+    ``replicas`` overrides the spec's count (a canary runs fewer pods than stable)."""
     serving = engine.spec.serving
     args = ["serve", "--artifact-dir", plan.path, "--backend", plan.backend]
     if serving.cpu_fallback:
@@ -265,7 +277,13 @@ def build_deployment(
         args += ["--max-batch-size", str(serving.batching.max_batch_size)]
         args += ["--max-queue-delay-us", str(serving.batching.max_queue_delay_microseconds)]
 
-    selector = {**_serving_selector(engine), "trtops.dev/target": target_label(plan.target)}
+    # One Deployment per (revision, target): stable and canary run side by side, and their
+    # selectors must not overlap or the two Deployments would fight over each other's pods.
+    selector = {
+        **_serving_selector(engine),
+        "trtops.dev/target": target_label(plan.target),
+        "trtops.dev/revision": revision,
+    }
     labels = {
         **_labels(engine, "serve", plan.target),
         "trtops.dev/revision": revision,
@@ -327,6 +345,11 @@ def build_deployment(
     }
     if plan.target is not None:
         pod_spec.update(_gpu_placement(plan.target))
+    if engine.spec.serving.node_selector:
+        pod_spec["nodeSelector"] = {
+            **pod_spec.get("nodeSelector", {}),
+            **engine.spec.serving.node_selector,
+        }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -338,7 +361,7 @@ def build_deployment(
             "ownerReferences": [owner_reference(engine)],
         },
         "spec": {
-            "replicas": serving.replicas,
+            "replicas": serving.replicas if replicas is None else replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector},
             # Surge first: a rolling update never takes serving capacity away.
@@ -362,20 +385,28 @@ def build_deployment(
     return _stamp(deployment)
 
 
-def build_service(engine: Engine) -> dict[str, Any]:
-    """One Service per engine in front of every serving pod (all targets, all revisions)."""
+def build_service(
+    engine: Engine, *, revision: str | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """A Service in front of the engine's serving pods: of every revision (``revision=None``:
+    plain rollouts and the replica-ratio router, where pod counts are the traffic split) or of
+    one revision (the stable ``<engine>`` and ``<engine>-canary`` Services that a Gateway API
+    or Istio router weighs against each other)."""
+    selector = _serving_selector(engine)
+    if revision is not None:
+        selector = {**selector, "trtops.dev/revision": revision}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": engine.name,
+            "name": name or engine.name,
             "namespace": engine.namespace,
             "labels": {**MANAGED_BY, "trtops.dev/engine": engine.name},
             "ownerReferences": [owner_reference(engine)],
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": _serving_selector(engine),
+            "selector": selector,
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {

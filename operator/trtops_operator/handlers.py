@@ -19,14 +19,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from trtops_operator import GROUP, PLURAL, VERSION, k8s, metrics
+from trtops_operator.canary import prometheus as canary_prometheus
+from trtops_operator.canary import steps as canary_steps
+from trtops_operator.canary.analysis import Verdict
+from trtops_operator.canary.errors import RouterMisconfigured, RouterUnavailable
+from trtops_operator.canary.router_io import RouterIO
 from trtops_operator.config import OperatorConfig
+from trtops_operator.models import TrtEngineSpec
 from trtops_operator.reconcile import (
     DeploymentObs,
+    Event,
     JobObs,
     Observed,
     PodObs,
+    RouterAction,
+    canary_in_flight,
     decide,
     summarize_deployment,
     summarize_job,
@@ -62,7 +72,10 @@ S = _State()
 def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return {
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")},
+        # Annotations carry the manual canary commands (promote/abort/pause/resume).
+        "metadata": {
+            k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "annotations")
+        },
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
@@ -200,15 +213,20 @@ async def _reconcile(body: Mapping[str, Any], idx: Mapping[str, Any], trigger: s
     try:
         async with _lock((ns, name)):
             observed = _observed(ns, name, idx)
-            decision = decide(body, observed, CONFIG, _now())
+            verdict = await _analysis_if_due(body)
+            decision = decide(body, observed, CONFIG, _now(), verdict=verdict)
             for job in [j["metadata"]["name"] for j in decision.create] + list(decision.adopt):
                 S.waiting.setdefault((ns, job), set()).add((ns, name))
             for p in (decision.status or body.get("status") or {}).get("plans") or []:
                 S.waiting.get((ns, p.get("job", "")), set()).discard((ns, name))
             created = await asyncio.to_thread(k8s.apply_decision, api, dict(body), decision)
             metrics.record_builds(decision.outcomes)
+            if decision.router is not None:
+                await _set_router(body, decision.router)
             if len(created) < len(decision.create):
                 _enqueue((ns, name), delay=2.0)  # someone else made that Job: adopt it soon
+            if decision.requeue_after is not None:
+                _enqueue((ns, name), delay=max(decision.requeue_after, 0.5))
         if decision.invalid:
             error = "invalid"
             raise kopf.PermanentError(decision.invalid)
@@ -220,6 +238,60 @@ async def _reconcile(body: Mapping[str, Any], idx: Mapping[str, Any], trigger: s
         raise
     finally:
         metrics.record_reconcile(trigger, time.monotonic() - started, error)
+
+
+async def _analysis_if_due(body: Mapping[str, Any]) -> Verdict | None:
+    """Query Prometheus for the canary in flight when its next analysis is due."""
+    state = canary_in_flight(body)
+    if state is None:
+        return None
+    try:
+        spec = TrtEngineSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None
+    if spec.rollout is None or spec.rollout.analysis is None:
+        return None
+    if not canary_steps.analysis_due(spec.rollout, state, dt.datetime.now(dt.UTC)):
+        return None
+    meta = body["metadata"]
+    return await canary_prometheus.analyse(
+        spec.rollout.analysis,
+        model=spec.serving.model_name or meta["name"],
+        canary_revision=state.revision,
+        stable_revision=state.stable_revision or None,
+        extra_labels={"namespace": meta["namespace"]},
+    )
+
+
+async def _set_router(body: Mapping[str, Any], action: RouterAction) -> None:
+    """Move the traffic weights on the user's route object (only the backends we own)."""
+    assert S.api is not None
+    meta = body["metadata"]
+    router = RouterIO(S.api.client)
+    try:
+        if action.kind == "gatewayAPI":
+            await asyncio.to_thread(
+                router.set_httproute_weights,
+                meta["namespace"],
+                action.name,
+                dict(action.desired),
+                set(action.owned),
+            )
+        else:
+            await asyncio.to_thread(
+                router.set_virtualservice_weights,
+                meta["namespace"],
+                action.name,
+                dict(action.desired),
+                set(action.owned),
+                action.routes,
+            )
+    except RouterMisconfigured as exc:
+        event = Event("Warning", "RouterMisconfigured", str(exc))
+        await asyncio.to_thread(S.api.post_event, dict(body), event)
+        raise kopf.TemporaryError(str(exc), delay=30) from exc
+    except RouterUnavailable as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

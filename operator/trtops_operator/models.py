@@ -106,6 +106,7 @@ class BuildSpec(_Model):
     accuracy: Accuracy | None = None
     timeout_seconds: Annotated[int, Field(ge=60, le=172800)] = 3600
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 1
+    node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
 
     @model_validator(mode="after")
     def _rules(self) -> BuildSpec:
@@ -145,6 +146,7 @@ class ServingSpec(_Model):
     replicas: Annotated[int, Field(ge=0, le=100)] = 1
     backend: Backend = "tensorrt"
     cpu_fallback: bool = False
+    node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
     model_name: Annotated[str, Field(max_length=128)] | None = None
     batching: Batching | None = None
     resources: Resources | None = None
@@ -198,6 +200,7 @@ class Analysis(_Model):
     interval_seconds: Annotated[int, Field(ge=10, le=3600)] = 30
     failure_limit: Annotated[int, Field(ge=1, le=100)] = 2
     min_requests: Annotated[int, Field(ge=0, le=1000000000)] = 100
+    insufficient_data_deadline_seconds: Annotated[int, Field(ge=10, le=86400)] | None = None
     slo: Slo | None = None
 
 

@@ -8,6 +8,7 @@ the event that arrived, is what lets a restarted operator or a missed event conv
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,6 +16,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from trtops_operator import builders, keys
+from trtops_operator.canary import routers as canary_routers
+from trtops_operator.canary import steps as canary_steps
+from trtops_operator.canary.analysis import Verdict
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
@@ -33,13 +37,14 @@ __all__ = [
     "summarize_pod",
 ]
 
-CONDITION_TYPES = ("Built", "Ready", "Progressing", "Degraded")
+CONDITION_TYPES = ("Built", "Ready", "Progressing", "Degraded", "RolledBack")
 STATUS_KEYS = (
     "observedGeneration",
     "revision",
     "conditions",
     "plans",
     "stable",
+    "canary",
     "lastGoodRevision",
 )
 # Reasons that are part of normal progress: their transitions are Normal events, not Warnings.
@@ -197,6 +202,19 @@ class Decision:
         default_factory=list
     )  # builds finished: succeeded|cached|reused|failed
     invalid: str | None = None  # the spec cannot be used: a message for the user
+    router: RouterAction | None = None  # traffic weights to set on the user's route object
+    requeue_after: float | None = None  # come back then even if nothing changes (canary timers)
+
+
+@dataclass(frozen=True)
+class RouterAction:
+    """Give the operator's own Services these percentages on the user's route object."""
+
+    kind: str  # gatewayAPI | istio
+    name: str
+    desired: Mapping[str, int]
+    owned: tuple[str, ...]
+    routes: tuple[str, ...] = ()
 
 
 def set_condition(
@@ -338,10 +356,81 @@ def _finish_status(decision: Decision, body: Mapping[str, Any], status: dict[str
         )
 
 
+def _parse_now(now: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+
+
+def canary_in_flight(body: Mapping[str, Any]) -> canary_steps.CanaryState | None:
+    """The canary recorded in status, when one is still stepping (for the analysis to run)."""
+    raw = (body.get("status") or {}).get("canary")
+    if not raw:
+        return None
+    try:
+        state = canary_steps.CanaryState.from_json(raw)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if state.phase in ("Promoted", "RolledBack") else state
+
+
+def _canary_step(
+    spec: TrtEngineSpec,
+    body: Mapping[str, Any],
+    revision: str,
+    stable_rev: str,
+    generation: int,
+    now: str,
+    observed: Observed,
+    engine: builders.Engine,
+    verdict: Verdict | None,
+) -> canary_steps.Decision:
+    """One turn of the canary machine for ``revision`` against ``stable_rev``."""
+    assert spec.rollout is not None
+    now_dt = _parse_now(now)
+    annotations = body["metadata"].get("annotations") or {}
+    state: canary_steps.CanaryState | None
+    try:
+        raw = (body.get("status") or {}).get("canary")
+        state = canary_steps.CanaryState.from_json(raw) if raw else None
+    except (KeyError, TypeError, ValueError):
+        state = None  # a garbled record: start over rather than guess
+    if state is None or canary_steps.needs_new_attempt(
+        state, revision=revision, generation=generation
+    ):
+        state = canary_steps.start(
+            spec.rollout,
+            revision=revision,
+            key=revision,
+            stable_revision=stable_rev,
+            generation=generation,
+            now=now_dt,
+            annotations=annotations,
+        )
+        verdict = None  # measured for another attempt
+    prefix = f"{engine.name}-{revision}"
+    canary_available = min(
+        (d.available for n, d in observed.deployments.items() if n.startswith(prefix)), default=0
+    )
+    return canary_steps.decide(
+        spec.rollout,
+        state,
+        now=now_dt,
+        stable_replicas=spec.serving.replicas,
+        canary_available=canary_available,
+        verdict=verdict,
+        annotations=annotations,
+    )
+
+
 def decide(
-    body: Mapping[str, Any], observed: Observed, config: OperatorConfig, now: str
+    body: Mapping[str, Any],
+    observed: Observed,
+    config: OperatorConfig,
+    now: str,
+    *,
+    verdict: Verdict | None = None,
 ) -> Decision:
-    """Everything one reconcile of ``body`` (a TrtEngine) should do, given what exists."""
+    """Everything one reconcile of ``body`` (a TrtEngine) should do, given what exists.
+    ``verdict`` is the canary analysis the handler ran for this pass (if one was due)."""
     meta = body["metadata"]
     try:
         spec = TrtEngineSpec.model_validate(body.get("spec") or {})
@@ -373,33 +462,52 @@ def decide(
         "failed" for t in failed if t.failure is not None and t.failure.reason != old_built_reason
     ]
 
-    # Which plans serve: the new revision once fully built, else the last stable one.
+    # --- serving: which revisions run, with how many pods, and the traffic split -------------
+    replicas = spec.serving.replicas
     stable = dict(old_status.get("stable") or {})
-    serving_rev: str | None = None
-    serving_plans: Sequence[Mapping[str, Any]] = []
-    if not failed and not building:
-        serving_rev, serving_plans = revision, plans
-    elif stable.get("revision"):
-        serving_rev, serving_plans = stable["revision"], stable.get("plans") or []
+    stable_rev: str | None = stable.get("revision")
+    new_ready = not failed and not building
+    kind = canary_routers.router_kind(spec.rollout.traffic_router) if spec.rollout else None
+    canary_mode = (
+        bool(stable_rev) and stable_rev != revision and new_ready and spec.rollout is not None
+    )
+    cd: canary_steps.Decision | None = None
+    if canary_mode and stable_rev is not None:
+        cd = _canary_step(
+            spec, body, revision, stable_rev, generation, now, observed, engine, verdict
+        )
+    promoted = cd is not None and cd.state.phase == "Promoted"
+
+    # (revision, plans, replicas); the stable side keeps its full count for the whole canary.
+    serving: list[tuple[str, Sequence[Mapping[str, Any]], int]] = []
+    if stable_rev and stable_rev != revision:
+        serving.append((stable_rev, stable.get("plans") or [], replicas))
+    if new_ready:
+        serving.append((revision, plans, replicas if cd is None else cd.canary_replicas))
 
     wanted: dict[str, dict[str, Any]] = {}
-    for p in serving_plans:
-        product = (
-            None
-            if p.get("target") == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
-            else p.get("target")
-        )
-        ref = builders.PlanRef(
-            target=product,
-            key=str(p.get("key", "")),
-            path=str(p.get("path", "")),
-            precision=str(p.get("precision") or spec.build.precision),
-            backend=str(p.get("backend") or spec.serving.backend),
-        )
-        name = keys.serving_name(engine.name, product)
-        wanted[name] = builders.build_deployment(
-            engine, ref, name=name, revision=serving_rev or "", config=config
-        )
+    names_by_rev: dict[str, list[str]] = {}
+    for rev, rev_plans, rev_replicas in serving:
+        for p in rev_plans:
+            product = (
+                None
+                if p.get("target") == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
+                else p.get("target")
+            )
+            ref = builders.PlanRef(
+                target=product,
+                key=str(p.get("key", "")),
+                path=str(p.get("path", "")),
+                precision=str(p.get("precision") or spec.build.precision),
+                backend=str(p.get("backend") or spec.serving.backend),
+            )
+            name = keys.serving_name(f"{engine.name}-{rev}", product)
+            obj = builders.build_deployment(
+                engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
+            )
+            wanted[name] = obj
+            names_by_rev.setdefault(rev, []).append(name)
+
     for name, obj in wanted.items():
         have = observed.deployments.get(name)
         if (
@@ -408,44 +516,80 @@ def decide(
         ):
             decision.apply.append(obj)
     decision.delete += [("Deployment", n) for n in observed.deployments if n not in wanted]
+
+    def rolled_out(rev: str) -> bool:
+        names = names_by_rev.get(rev) or []
+        return bool(names) and all(
+            (d := observed.deployments.get(n)) is not None
+            and d.spec_hash == wanted[n]["metadata"]["annotations"][builders.HASH_ANNOTATION]
+            and d.rolled_out
+            for n in names
+        )
+
+    def available(rev: str | None) -> bool:
+        names = names_by_rev.get(rev or "") or []
+        return bool(names) and all(
+            (d := observed.deployments.get(n)) is not None and d.available >= replicas
+            for n in names
+        )
+
+    # The stable revision moves: at once for the first revision and for plain rollouts once the
+    # new pods are available; after a canary only when the machine promotes it.
+    if new_ready and (
+        (not canary_mode and (revision == stable_rev or rolled_out(revision))) or promoted
+    ):
+        stable = {
+            "revision": revision,
+            "weight": 100,
+            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in plans],
+        }
+    stable_now: str | None = stable.get("revision")
+    canary_weight = cd.canary_weight if cd is not None and not promoted else 0
+    if stable:
+        stable["weight"] = 100 - canary_weight
+
+    # Services: one per engine; Gateway API and Istio weigh a stable-pinned one against
+    # the canary's.
     if wanted:
-        service = builders.build_service(engine)
-        if (
-            observed.services.get(engine.name)
-            != service["metadata"]["annotations"][builders.HASH_ANNOTATION]
-        ):
-            decision.apply.append(service)
-        if spec.serving.replicas > 1:
+        pinned = kind in ("gatewayAPI", "istio")
+        main = builders.build_service(engine, revision=(stable_now or revision) if pinned else None)
+        services = [main]
+        if pinned and canary_mode and not promoted:
+            services.append(
+                builders.build_service(engine, revision=revision, name=f"{engine.name}-canary")
+            )
+        for svc in services:
+            if (
+                observed.services.get(svc["metadata"]["name"])
+                != svc["metadata"]["annotations"][builders.HASH_ANNOTATION]
+            ):
+                decision.apply.append(svc)
+        names = {s["metadata"]["name"] for s in services}
+        if f"{engine.name}-canary" in observed.services and f"{engine.name}-canary" not in names:
+            decision.delete.append(("Service", f"{engine.name}-canary"))
+        if pinned and spec.rollout is not None:
+            router = spec.rollout.traffic_router
+            desired = {engine.name: 100 - canary_weight}
+            if canary_mode and not promoted:
+                desired[f"{engine.name}-canary"] = canary_weight
+            decision.router = RouterAction(
+                kind=str(kind),
+                name=router.gateway_api.http_route
+                if router.gateway_api
+                else (router.istio.virtual_service if router.istio else ""),
+                routes=tuple(router.istio.routes) if router.istio else (),
+                desired=desired,
+                owned=(engine.name, f"{engine.name}-canary"),
+            )
+        if replicas > 1:
             pdb = builders.build_pdb(engine)
             if (
                 observed.pdbs.get(engine.name)
                 != pdb["metadata"]["annotations"][builders.HASH_ANNOTATION]
             ):
                 decision.apply.append(pdb)
-    if engine.name in observed.pdbs and not (wanted and spec.serving.replicas > 1):
+    if engine.name in observed.pdbs and not (wanted and replicas > 1):
         decision.delete.append(("PodDisruptionBudget", engine.name))
-
-    # Is what should serve actually serving?
-    current = {n: observed.deployments.get(n) for n in wanted}
-    up_to_date = all(
-        d is not None
-        and d.spec_hash == wanted[n]["metadata"]["annotations"][builders.HASH_ANNOTATION]
-        for n, d in current.items()
-    )
-    rolled_out = (
-        bool(wanted)
-        and up_to_date
-        and all(d is not None and d.rolled_out for d in current.values())
-    )
-    available = bool(wanted) and all(
-        d is not None and d.available >= spec.serving.replicas for d in current.values()
-    )
-    if rolled_out and serving_rev == revision:
-        stable = {
-            "revision": revision,
-            "weight": 100,
-            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in plans],
-        }
 
     def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
         return set_condition(
@@ -467,9 +611,7 @@ def decide(
         built = cond(
             "Built", "True", "Built", f"{len(plans)} plan(s) built for revision {revision}"
         )
-
-    new_rollout = serving_rev == revision and not rolled_out
-    if rolled_out and serving_rev == revision:
+    if stable_now == revision and rolled_out(revision):
         progressing = cond(
             "Progressing", "False", "RolloutComplete", f"revision {revision} serves 100%"
         )
@@ -481,38 +623,59 @@ def decide(
         progressing = cond("Progressing", "True", "Building", f"building revision {revision}")
     else:
         progressing = cond("Progressing", "True", "RollingOut", f"rolling out revision {revision}")
-
-    if available and stable.get("revision"):
-        msg = f"revision {stable['revision']} serving"
-        if stable["revision"] != revision:
-            msg += f"; revision {revision} {'rolling out' if new_rollout else 'not ready yet'}"
+    if available(stable_now):
+        msg = f"revision {stable_now} serving"
+        if cd is not None and not promoted:
+            msg += f"; canary {revision} at {canary_weight}%"
+        elif stable_now != revision:
+            msg += f"; revision {revision} not ready yet"
         ready = cond("Ready", "True", "Serving", msg)
-    elif failed and not stable.get("revision"):
+    elif failed and not stable_now:
         ready = cond("Ready", "False", "BuildFailed", built["message"])
-    elif building or not serving_rev:
+    elif building or not serving:
         ready = cond("Ready", "False", "Building", "no plan serves yet")
     else:
         ready = cond("Ready", "False", "Starting", "serving pods are not available yet")
-
     if failed:
         degraded = cond("Degraded", "True", "BuildFailed", built["message"])
-    elif stable.get("revision") and serving_rev == stable.get("revision") and not available:
+    elif stable_now and stable_now in names_by_rev and not available(stable_now):
         degraded = cond(
             "Degraded",
             "True",
             "Unavailable",
-            f"revision {stable['revision']} has too few available pods",
+            f"revision {stable_now} has too few available pods",
         )
     else:
         degraded = cond("Degraded", "False", "AsExpected", "")
+    conditions = {c["type"]: c for c in (built, ready, progressing, degraded)}
+    if cd is not None:
+        for c in cd.conditions:
+            conditions[c.type] = cond(c.type, c.status, c.reason, c.message)
+        decision.events += [Event(e.type, e.reason, e.message) for e in cd.events]
+        decision.requeue_after = cd.requeue_after
+    elif "RolledBack" in {c.get("type") for c in old_conds}:
+        conditions["RolledBack"] = cond(
+            "RolledBack", "False", "NotRolledBack", f"revision {revision} is not rolled back"
+        )
+    canary_status: dict[str, Any] | None = None
+    if cd is not None:
+        canary_status = {
+            **cd.state.to_json(),
+            "weight": canary_weight,
+            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in plans],
+        }
+    elif old_status.get("canary") and stable_now == revision:
+        canary_status = dict(old_status["canary"])  # the last attempt's record stays readable
+        canary_status["weight"] = 0
 
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "revision": revision,
-        "conditions": [built, ready, progressing, degraded],
+        "conditions": list(conditions.values()),
         "plans": plans,
         "stable": stable or None,
-        "lastGoodRevision": stable.get("revision") or old_status.get("lastGoodRevision") or None,
+        "canary": canary_status,
+        "lastGoodRevision": stable_now or old_status.get("lastGoodRevision") or None,
     }
     status = {k: v for k, v in status.items() if v is not None}
     _finish_status(decision, body, status)

@@ -119,11 +119,13 @@ def test_serving_is_pinned_to_the_plans_gpu_with_read_only_plans() -> None:
     }
     assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8002"
-    # No revision or key in the selector: a new revision is a rolling update.
+    # One Deployment per revision: the revision is in the selector, so stable and canary
+    # Deployments never claim each other's pods; the plan key is not (a label, not identity).
     assert set(dep["spec"]["selector"]["matchLabels"]) == {
         "trtops.dev/engine",
         "trtops.dev/component",
         "trtops.dev/target",
+        "trtops.dev/revision",
     }
 
 
