@@ -109,7 +109,12 @@ apply_gateway_api_crds() {
   dir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" \
     || die "could not fetch sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION from the Go module proxy"
-  kc apply --server-side -f "$dir/config/crd/standard/" >/dev/null
+  local try
+  for try in 1 2 3; do  # another `up` (a parallel test run) may be applying them too
+    kc apply --server-side --force-conflicts -f "$dir/config/crd/standard/" >/dev/null && return 0
+    sleep "$try"
+  done
+  die "could not apply the Gateway API CRDs"
 }
 
 cmd_up() {

@@ -3,6 +3,7 @@ an in-process kopf operator, and a real Prometheus."""
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from tests.support import cluster as cluster_support
 from tests.support.kopf_runner import run_operator
 from tests.support.node_agent_process import NodeAgentHandle, start_node_agent
 from tests.support.prometheus import Prometheus
+from tests.operator.conftest import trtengine_crd  # noqa: F401 - shared: the CRD, applied once
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,7 +66,8 @@ def kopf_operator(kubeconfig: Path) -> Callable[..., AbstractContextManager[Any]
 def node_agent(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgentHandle]:
     """The local node agent (tests/support/node_agent.py) as a subprocess: pods scheduled to its
     node (select it with ``nodeSelector: {trtops.dev/node-agent: local-0}``) really run."""
-    with start_node_agent(tmp_path_factory.mktemp("node-agent")) as handle:
+    node = os.environ.get("TRTOPS_NODE_AGENT_NAME", "local-0")  # distinct names let test runs share a cluster
+    with start_node_agent(tmp_path_factory.mktemp("node-agent"), node=node) as handle:
         yield handle
 
 

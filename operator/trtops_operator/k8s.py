@@ -106,6 +106,7 @@ class Api:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         fns: dict[str, Callable[..., Any]] = {
             "Deployment": self.apps.delete_namespaced_deployment,
+            "Service": self.core.delete_namespaced_service,
             "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
         }
         with _errors(f"delete {kind} {name}"):

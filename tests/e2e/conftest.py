@@ -4,16 +4,17 @@ the sample model and its calibration and validation data."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 import pytest
+from kopf.testing import KopfRunner
 
-from tests.operator.conftest import trtengine_crd  # noqa: F401 - re-exported fixture
 from tests.support.demo import Engines, fill_claim
 from tests.support.node_agent_process import NodeAgentHandle
 
@@ -38,7 +39,43 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(k8s_api: Any, namespace: str, node_agent: NodeAgentHandle, trtengine_crd: str) -> Workspace:  # noqa: F811
+def workspace(
+    k8s_api: Any, namespace: str, node_agent: NodeAgentHandle, trtengine_crd: str
+) -> Workspace:
     claim = node_agent.create_claim(namespace, "trt-plans")
     model = fill_claim(claim)
     return Workspace(Engines(k8s_api, namespace), claim, model)
+
+
+@pytest.fixture
+def operator(kubeconfig: Path) -> Callable[[str], contextlib.AbstractContextManager[KopfRunner]]:
+    """``with operator(namespace):`` runs the operator in-process (KopfRunner) on one namespace.
+
+    Unlike ``tests/support/kopf_runner.run_operator``, the operator's log is read only after the
+    runner has stopped it: ``KopfRunner.output`` waits for the operator to finish, so reading it
+    inside the block turns any test failure into a hang.
+    """
+
+    @contextlib.contextmanager
+    def run(namespace: str) -> Iterator[KopfRunner]:
+        args = [
+            "run",
+            "--standalone",
+            "--verbose",
+            "-m",
+            "trtops_operator.handlers",
+            f"--namespace={namespace}",
+        ]
+        runner = KopfRunner(args, timeout=60)
+        try:
+            with runner:
+                yield runner
+        except BaseException as exc:
+            exc.add_note(f"operator log (tail):\n{runner.output[-6000:]}")
+            raise
+        assert runner.exception is None, (
+            f"operator crashed: {runner.exception!r}\n{runner.output[-4000:]}"
+        )
+        assert runner.exit_code == 0, runner.output[-4000:]
+
+    return run

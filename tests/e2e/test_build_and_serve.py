@@ -6,7 +6,6 @@ them."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -18,16 +17,10 @@ import pytest
 
 from tests.e2e.conftest import Workspace
 from tests.support.cluster import wait_for
-from tests.support.demo import infer, load_sample
-from tests.support.gateway import start_gateway
+from tests.support.demo import infer, load_sample, sha256_file
+from tests.support.gateway import start_gateway, stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
-
-OPERATOR = "trtops_operator.handlers"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -35,16 +28,31 @@ def _run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(session.run(["logits"], inputs)[0])
 
 
+def _wait_built(workspace: Workspace) -> dict[str, Any]:
+    """The Built condition once the build has an outcome (``Building`` means in progress)."""
+
+    def finished() -> dict[str, Any] | None:
+        cond = workspace.engines.condition("conv", "Built")
+        return (
+            cond
+            if cond.get("status") == "True" or cond.get("reason") not in (None, "Building")
+            else None
+        )
+
+    return wait_for(finished, timeout=120, what="the build to finish")
+
+
 def test_int8_engine_builds_serves_and_is_scraped(
-    workspace: Workspace, kopf_operator: Callable[..., AbstractContextManager[Any]],
-    prometheus: Callable[..., Any], tmp_path: Path,
+    workspace: Workspace,
+    operator: Callable[[str], AbstractContextManager[Any]],
+    prometheus: Callable[..., Any],
+    tmp_path: Path,
 ) -> None:
     engines, ns = workspace.engines, workspace.engines.ns
     prom = prometheus({}, discover_pods=True)
-    with kopf_operator(OPERATOR, namespaces=[ns]):
+    with operator(ns):
         engines.create(load_sample("conv-int8.yaml"))
-        built = wait_for(lambda: engines.condition("conv", "Built").get("status") in ("True", "False")
-                         and engines.condition("conv", "Built"), timeout=120, what="the build to finish")
+        built = _wait_built(workspace)
         assert built["status"] == "True", built
 
         # The plan in status is the artifact the worker really wrote to the claim.
@@ -53,13 +61,16 @@ def test_int8_engine_builds_serves_and_is_scraped(
         assert plan["precision"] == "int8"
         assert plan["backend"] == "onnxruntime"
         artifact = workspace.claim / Path(plan["path"]).name / plan["artifact"]
-        assert _sha256(artifact) == plan["sha256"]
+        assert sha256_file(artifact) == plan["sha256"]
         gate = plan["accuracy"]
         assert gate["passed"] is True
         assert gate["outputs"]["logits"]["top1Agreement"] >= 0.9
 
-        wait_for(lambda: engines.condition("conv", "Ready").get("status") == "True", timeout=90,
-                 what="the engine to be Ready")
+        wait_for(
+            lambda: engines.condition("conv", "Ready").get("status") == "True",
+            timeout=90,
+            what="the engine to be Ready",
+        )
         status = engines.get("conv")["status"]
         assert status["stable"]["revision"] == status["revision"]
         pods = engines.ready_serving_pods("conv")
@@ -68,6 +79,11 @@ def test_int8_engine_builds_serves_and_is_scraped(
         # Through the engine's Service, as a client in the cluster would call it.
         x = {"input": np.load(workspace.claim / "data" / "val.npz")["input"][:4]}
         with start_gateway(service=f"{ns}/conv", log_dir=tmp_path) as url:
+            wait_for(
+                lambda: len(stats(url)["backends"][0][2]) == 2,
+                timeout=30,
+                what="the gateway to see both ready pods behind the Service",
+            )
             answers = [infer(url, "conv", x)["logits"] for _ in range(20)]
         served = answers[0]
         assert served.shape == (4, 10)
@@ -82,27 +98,32 @@ def test_int8_engine_builds_serves_and_is_scraped(
         revision = status["revision"]
 
         def scraped() -> list[dict[str, Any]] | None:
-            rows = prom.query(f'sum by (pod, revision, precision, backend) '
-                              f'(trtops_requests_total{{namespace="{ns}", outcome="success"}})')
+            rows = prom.query(
+                f"sum by (pod, revision, precision, backend) "
+                f'(trtops_requests_total{{namespace="{ns}", outcome="success"}})'
+            )
             total = sum(float(r["value"][1]) for r in rows)
             return rows if len(rows) == 2 and total >= 20 else None
 
         rows = wait_for(scraped, timeout=60, what="Prometheus to scrape both serving pods")
         assert {r["metric"]["pod"] for r in rows} == {p.metadata.name for p in pods}
-        assert {(r["metric"]["revision"], r["metric"]["precision"], r["metric"]["backend"]) for r in rows} \
-            == {(revision, "int8", "onnxruntime")}
+        assert {
+            (r["metric"]["revision"], r["metric"]["precision"], r["metric"]["backend"])
+            for r in rows
+        } == {(revision, "int8", "onnxruntime")}
 
 
 def test_bad_calibration_fails_the_accuracy_gate_and_nothing_serves(
-    workspace: Workspace, kopf_operator: Callable[..., AbstractContextManager[Any]],
+    workspace: Workspace,
+    operator: Callable[[str], AbstractContextManager[Any]],
 ) -> None:
     engines = workspace.engines
     body = load_sample("conv-int8.yaml")
     body["spec"]["build"]["calibration"]["uri"] = "data/zeros.npz"  # all zeros: useless scales
-    with kopf_operator(OPERATOR, namespaces=[engines.ns]):
+    body["spec"]["build"]["backoffLimit"] = 0  # a failed gate is permanent: no second attempt
+    with operator(engines.ns):
         engines.create(body)
-        built = wait_for(lambda: engines.condition("conv", "Built").get("status") in ("True", "False")
-                         and engines.condition("conv", "Built"), timeout=120, what="the build to finish")
+        built = _wait_built(workspace)
         assert built["status"] == "False"
         assert built["reason"] == "AccuracyGateFailed"
         assert "top-1 agreement" in built["message"]

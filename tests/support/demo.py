@@ -1,23 +1,35 @@
-"""The local demo (``hack/demo.sh`` runs ``python -m tests.support.demo``), and the helpers it shares
-with the end-to-end tests: fill a claim folder with a sample model and its data, and read and write
-TrtEngine resources through the API server (the operator's public surface: spec in, status
-conditions, plans and revisions out)."""
+"""The local demo (``hack/demo.sh`` runs ``python -m tests.support.demo``) and the helpers it
+shares with the end-to-end tests: fill a claim folder with a sample model and its data, and read
+and write TrtEngine resources through the API server (the operator's public surface: spec in,
+status conditions, plans and revisions out)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import hashlib
 import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
 import urllib.request
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import yaml
+from trtops_worker import samples
 
 from tests.support.cluster import REPO
-from trtops_worker import samples
 
 GROUP, VERSION, PLURAL = "trtops.dev", "v1alpha1", "trtengines"
 SAMPLES = REPO / "samples" / "local"
@@ -29,17 +41,29 @@ def load_sample(name: str = "conv-int8.yaml") -> dict[str, Any]:
     return body
 
 
-def fill_claim(folder: Path, model: onnx.ModelProto | None = None, *, name: str = "conv",
-               samples_n: int = 32) -> onnx.ModelProto:
-    """Write ``models/<name>.onnx``, ``data/calib.npz`` and ``data/val.npz`` (and, as a deliberately
-    bad calibration set, ``data/zeros.npz``) into a claim folder; returns the model."""
+def fill_claim(
+    folder: Path,
+    model: onnx.ModelProto | None = None,
+    *,
+    name: str = "conv",
+    samples_n: int = 32,
+    heavy: bool = False,
+) -> onnx.ModelProto:
+    """Write ``models/<name>.onnx``, ``data/calib.npz``, ``data/val.npz``, ``data/request.npz`` (one
+    request) and, as a deliberately bad calibration set, ``data/zeros.npz`` into a claim folder;
+    with ``heavy``, also ``models/<name>-heavy.onnx`` (~50x the compute). Returns the model."""
     model = model or samples.conv_classifier()
     samples.save(model, folder / "models" / f"{name}.onnx")
+    if heavy:
+        samples.save(
+            samples.conv_classifier(width=64, depth=6), folder / "models" / f"{name}-heavy.onnx"
+        )
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     calib = samples.calibration_inputs(model, samples_n, seed=1)
     np.savez(data / "calib.npz", **calib)  # type: ignore[arg-type]  # numpy's stub wants one positional
     np.savez(data / "val.npz", **samples.calibration_inputs(model, samples_n, seed=2))  # type: ignore[arg-type]
+    np.savez(data / "request.npz", **samples.calibration_inputs(model, 1, seed=3))  # type: ignore[arg-type]
     np.savez(data / "zeros.npz", **{k: np.zeros_like(v) for k, v in calib.items()})  # type: ignore[arg-type]
     return model
 
@@ -69,12 +93,16 @@ class Engines:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
 
     def get(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, self.ns, PLURAL, name
+        )
         return obj
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         """Merge ``spec`` into the resource's spec, as ``kubectl apply`` of a changed file would."""
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
+        )
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         for cond in self.get(name).get("status", {}).get("conditions") or []:
@@ -89,24 +117,485 @@ class Engines:
     def ready_serving_pods(self, name: str) -> list[Any]:
         def ready(pod: Any) -> bool:
             conds = pod.status.conditions or []
-            return not pod.metadata.deletion_timestamp and any(c.type == "Ready" and c.status == "True" for c in conds)
+            return not pod.metadata.deletion_timestamp and any(
+                c.type == "Ready" and c.status == "True" for c in conds
+            )
 
         return [p for p in self.serving_pods(name) if ready(p)]
 
     def deployments(self, name: str) -> list[Any]:
-        return list(self.apps.list_namespaced_deployment(self.ns, label_selector=f"trtops.dev/engine={name}").items)
+        return list(
+            self.apps.list_namespaced_deployment(
+                self.ns, label_selector=f"trtops.dev/engine={name}"
+            ).items
+        )
 
 
-def infer(url: str, model: str, inputs: dict[str, np.ndarray], *, timeout: float = 30) -> dict[str, np.ndarray]:
+def infer(
+    url: str, model: str, inputs: dict[str, np.ndarray], *, timeout: float = 30
+) -> dict[str, np.ndarray]:
     """One OIP v2 inference over HTTP/JSON; returns the outputs by name, shaped."""
     datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
-    body = {"id": "e2e", "inputs": [
-        {"name": k, "shape": list(v.shape), "datatype": datatypes[v.dtype], "data": v.ravel().tolist()}
-        for k, v in inputs.items()]}
-    req = urllib.request.Request(f"{url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    body = {
+        "id": "e2e",
+        "inputs": [
+            {
+                "name": k,
+                "shape": list(v.shape),
+                "datatype": datatypes[v.dtype],
+                "data": v.ravel().tolist(),
+            }
+            for k, v in inputs.items()
+        ],
+    }
+    req = urllib.request.Request(  # noqa: S310 - the loopback gateway
+        f"{url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback gateway
         answer = json.load(resp)
     if answer.get("id") != "e2e":
         raise AssertionError(f"request id not echoed: {answer.get('id')!r}")
-    return {o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"]) for o in answer["outputs"]}
+    return {
+        o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"])
+        for o in answer["outputs"]
+    }
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+NAME = "conv"
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+class _Interrupted(Exception):
+    """SIGTERM, turned into an exception so that every ``finally`` runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Interrupted(f"signal {signum}")
+
+
+@dataclass
+class RevisionRow:
+    revision: str
+    model: str
+    precision: str
+    start: float = 0.0  # wall-clock window in which it served traffic (for Prometheus)
+    end: float = 0.0
+    outcome: str = ""
+
+
+@dataclass
+class Demo:
+    workdir: Path
+    node: str
+    namespace: str
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    started: float = field(default_factory=time.monotonic)
+    last_line: str = ""
+    rows: list[RevisionRow] = field(default_factory=list)
+    engines: Engines | None = None
+    prom_url: str = ""
+    gateway_url: str = ""
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def step(self, text: str) -> None:
+        _say(f"\n==> {text}")
+
+    def bring_up(self) -> Path:
+        from kubernetes import config
+
+        from tests.support.cluster import export_cluster_env, kubectl
+        from tests.support.node_agent_process import start_node_agent
+        from tests.support.prometheus import Prometheus
+
+        kubeconfig = export_cluster_env()
+        self.step("CRD, local node agent, Prometheus, operator")
+        kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(REPO / "crds" / "trtops.dev_trtengines.yaml"),
+        )
+        kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
+        agent = self.stack.enter_context(start_node_agent(self.workdir / "agent", node=self.node))
+        _say(f"    node agent: Node {agent.node} runs the pods bound to it as local processes")
+        prom = Prometheus(workdir=self.workdir / "prometheus", discover_pods=True)
+        self.stack.callback(prom.stop)
+        prom.start()
+        self.prom_url = prom.url
+        _say(f"    Prometheus: {prom.url} (scrapes annotated pods)")
+
+        kubectl("create", "namespace", self.namespace)
+        self.stack.callback(self._delete_namespace)
+        claim = agent.create_claim(self.namespace, "trt-plans")
+        fill_claim(claim, heavy=True)
+        _say(f"    namespace {self.namespace}; claim trt-plans = {claim}")
+        _say("      models/conv.onnx, models/conv-heavy.onnx, data/val.npz, data/request.npz")
+
+        env = {**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": "30"}
+        log = (self.workdir / "operator.log").open("ab")
+        self.stack.callback(log.close)
+        operator = subprocess.Popen(
+            ["trtops-operator", "-n", self.namespace, "--metrics-port", "0", "--liveness", ""],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.stack.callback(_stop, operator, 20)
+        _say(
+            f"    operator: trtops-operator -n {self.namespace} (pid {operator.pid}, "
+            f"log {self.workdir / 'operator.log'})"
+        )
+        self.engines = Engines(
+            config.new_client_from_config(config_file=str(kubeconfig)),  # type: ignore[no-untyped-call]
+            self.namespace,
+        )
+        return claim
+
+    def _delete_namespace(self) -> None:
+        from tests.support.cluster import kubectl
+
+        _say(f"    deleting namespace {self.namespace}")
+        kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+        kubectl("delete", "pv", f"{self.namespace}-trt-plans"[:63], "--wait=false", check=False)
+        # Let the node agent stop the namespace's pods while it still runs.
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and kubectl("get", "pods", "-n", self.namespace, "-o", "name", check=False).strip()
+        ):
+            time.sleep(0.5)
+
+    # -- progress -------------------------------------------------------------------------------
+
+    def describe(self, obj: dict[str, Any]) -> str:
+        st = obj.get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions") or []}
+        rev = st.get("revision", "?")
+        parts = [f"rev {rev}"]
+        for type_ in ("Built", "Ready"):
+            if type_ in conds:
+                parts.append(f"{type_}={conds[type_]['status']}({conds[type_].get('reason', '')})")
+        canary = st.get("canary") or {}
+        if canary.get("revision") == rev and canary.get("phase"):
+            parts.append(
+                f"canary {canary['phase']} step {canary.get('stepIndex', 0) + 1} "
+                f"weight {canary.get('weight', 0)}%"
+            )
+            if canary.get("lastVerdict"):
+                # The verdict, not its figures: those change with every analysis.
+                parts.append(f"last analysis {canary['lastVerdict']}")
+        else:
+            msg = conds.get("Progressing", {}).get("message") or conds.get("Ready", {}).get(
+                "message", ""
+            )
+            parts.append(msg)
+        return "  ".join(p for p in parts if p)
+
+    def watch(self, done: Any, *, timeout: float, what: str) -> dict[str, Any]:
+        """Print the engine's state on every change until ``done(obj)``; fail after ``timeout``."""
+        assert self.engines is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            obj = self.engines.get(NAME)
+            line = self.describe(obj)
+            if line != self.last_line:
+                _say(f"    [{time.monotonic() - self.started:6.1f}s] {line}")
+                self.last_line = line
+            if done(obj):
+                return obj
+            time.sleep(0.5)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def first_revision(self) -> dict[str, Any]:
+        from tests.support.cluster import kubectl
+
+        assert self.engines is not None
+        self.step("apply samples/local/conv-canary.yaml: build -> serving -> ready")
+        body = load_sample("conv-canary.yaml")
+        body["spec"]["build"]["nodeSelector"] = {"trtops.dev/node-agent": self.node}
+        body["spec"]["serving"]["nodeSelector"] = {"trtops.dev/node-agent": self.node}
+        body["spec"]["rollout"]["analysis"]["prometheus"]["address"] = self.prom_url
+        kubectl("apply", "-n", self.namespace, "-f", str(SAMPLES / "conv-route.yaml"))
+        self.engines.create(body)
+        obj = self.watch(_stable, timeout=300, what="the first revision to serve")
+        st = obj["status"]
+        plan = st["plans"][0]
+        _say(
+            f"    plan {plan['sha256'][:16]}... precision {plan['precision']}, "
+            f"built in {plan.get('buildSeconds')} s, "
+            f"top-1 agreement {plan['accuracy']['outputs']['logits']['top1Agreement']}"
+        )
+        self.rows.append(
+            RevisionRow(st["revision"], "conv.onnx", plan["precision"], start=time.time())
+        )
+        return obj
+
+    def bench(self, claim: Path, seconds: int) -> None:
+        self.step(f"traffic: trtops-worker bench through the gateway for {seconds} s")
+        out = subprocess.run(
+            [
+                "trtops-worker",
+                "bench",
+                "--url",
+                self.gateway_url,
+                "--model",
+                NAME,
+                "--concurrency",
+                "2",
+                "--duration-seconds",
+                str(seconds),
+                "--warmup-seconds",
+                "1",
+                "--input-file",
+                str(claim / "data" / "request.npz"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
+        _say("\n".join(f"    {line}" for line in out.stdout.strip().splitlines()))
+        if out.returncode != 0:
+            raise RuntimeError(f"bench failed: {out.stderr[-2000:]}")
+
+    def canary(self, spec: dict[str, Any], model: str, precision: str, *, expect: str) -> bool:
+        """Change the spec and follow the canary to its end; False if no canary ever appears."""
+        assert self.engines is not None
+        self.engines.patch_spec(NAME, spec)
+        obj = self.watch(
+            lambda o: (
+                (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
+                and (o.get("status") or {}).get("revision") != self.rows[-1].revision
+            ),
+            timeout=60,
+            what="the operator to see the new spec",
+        )
+        revision = obj["status"]["revision"]
+        try:
+            self.watch(
+                lambda o: ((o.get("status") or {}).get("canary") or {}).get("revision") == revision,
+                timeout=180,
+                what="status.canary",
+            )
+        except TimeoutError:
+            return False
+        row = RevisionRow(revision, model, precision, start=time.time())
+        self.rows.append(row)
+        obj = self.watch(
+            lambda o: (o["status"].get("canary") or {}).get("phase") in ("Promoted", "RolledBack"),
+            timeout=300,
+            what=f"the canary of {revision} to end",
+        )
+        row.end = time.time()
+        canary = obj["status"]["canary"]
+        for record in canary.get("history") or []:
+            _say(
+                f"      analysis at step {record.get('step', 0) + 1}: {record.get('verdict')}: "
+                f"{record.get('reason', '')}"
+            )
+        if canary["phase"] == "Promoted":
+            row.outcome = "promoted"
+            previous = next(r for r in reversed(self.rows[:-1]) if r.outcome in ("", "stable"))
+            previous.end, previous.outcome = row.end, f"replaced by {revision}"
+        else:
+            rollback = canary.get("rollback") or {}
+            row.outcome = f"rolled back: {rollback.get('reason', '')}"
+            _say(f"    RolledBack: {rollback.get('message') or canary.get('message', '')}")
+        _say(f"    canary {revision}: {row.outcome} (expected: {expect})")
+        return True
+
+    def summary(self) -> None:
+        self.step("summary (server-side latency and throughput per revision, from Prometheus)")
+        now = time.time()
+        header = ("revision", "model", "precision", "p50 ms", "p99 ms", "QPS", "outcome")
+        table = [header]
+        for row in self.rows:
+            end = row.end or now
+            p50, p99, qps = self.revision_metrics(row.revision, row.start, end)
+            table.append(
+                (
+                    row.revision,
+                    row.model,
+                    row.precision,
+                    _fmt(p50),
+                    _fmt(p99),
+                    _fmt(qps, 1),
+                    row.outcome or "stable",
+                )
+            )
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for i, r in enumerate(table):
+            _say("    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+            if i == 0:
+                _say("    " + "  ".join("-" * w for w in widths))
+
+    def revision_metrics(self, revision: str, start: float, end: float) -> tuple[float | None, ...]:
+        window = max(int(end - start), 5)
+        sel = f'namespace="{self.namespace}", revision="{revision}"'
+        buckets = (
+            f"sum by (le) (increase(trtops_request_duration_seconds_bucket{{{sel}}}[{window}s]))"
+        )
+        out: list[float | None] = []
+        for q in (0.5, 0.99):
+            value = self.query(f"histogram_quantile({q}, {buckets})", end)
+            out.append(None if value is None else value * 1000)
+        count = self.query(
+            f'sum(increase(trtops_requests_total{{{sel}, outcome="success"}}[{window}s]))', end
+        )
+        out.append(None if count is None else count / window)
+        return tuple(out)
+
+    def query(self, promql: str, at: float) -> float | None:
+        qs = urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"})
+        with urllib.request.urlopen(f"{self.prom_url}/api/v1/query?{qs}", timeout=10) as resp:  # noqa: S310
+            result = json.load(resp)["data"]["result"]
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) or math.isinf(value) else value
+
+    # -- the whole story ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from tests.support.cluster import wait_for
+        from tests.support.gateway import start_gateway, stats
+
+        claim = self.bring_up()
+        self.first_revision()
+        self.gateway_url = self.stack.enter_context(
+            start_gateway(httproute=f"{self.namespace}/{NAME}", log_dir=self.workdir)
+        )
+        _say(f"    gateway {self.gateway_url} follows HTTPRoute {self.namespace}/{NAME}")
+        wait_for(
+            lambda: any(w > 0 and eps for _, w, eps in stats(self.gateway_url)["backends"]),
+            timeout=30,
+            what="the gateway to see a ready backend",
+        )
+        self.bench(claim, seconds=8)
+
+        self.step(
+            "canary phase: a good revision (same model, fp32 -> fp16), "
+            "then a bad one (a ~50x heavier model)"
+        )
+        traffic = self.background_traffic(claim)
+        try:
+            if not self.canary(
+                {"build": {"precision": "fp16"}}, "conv.onnx", "fp16", expect="promoted"
+            ):
+                _say(
+                    "    status.canary never appeared: this operator has no canary support; "
+                    "skipping the canary phase"
+                )
+                return
+            if self.rows[-1].outcome == "promoted":
+                self.watch(_stable, timeout=120, what="the promoted revision to be stable")
+            self.canary(
+                {"model": {"uri": "models/conv-heavy.onnx"}, "build": {"precision": "fp32"}},
+                "conv-heavy.onnx",
+                "fp32",
+                expect="rolled back",
+            )
+        finally:
+            _stop(traffic, 10)
+
+    def background_traffic(self, claim: Path) -> subprocess.Popen[bytes]:
+        log = (self.workdir / "bench.log").open("ab")
+        self.stack.callback(log.close)
+        proc = subprocess.Popen(
+            [
+                "trtops-worker",
+                "bench",
+                "--url",
+                self.gateway_url,
+                "--model",
+                NAME,
+                "--concurrency",
+                "2",
+                "--duration-seconds",
+                "900",
+                "--input-file",
+                str(claim / "data" / "request.npz"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.stack.callback(_stop, proc, 10)
+        _say(f"    background traffic: trtops-worker bench --concurrency 2 (pid {proc.pid})")
+        return proc
+
+
+def _stable(obj: dict[str, Any]) -> bool:
+    st = obj.get("status") or {}
+    conds = {c["type"]: c for c in st.get("conditions") or []}
+    built = conds.get("Built", {})
+    if built.get("status") == "False" and built.get("reason") not in (None, "Building"):
+        raise RuntimeError(f"build failed: {built.get('reason')}: {built.get('message')}")
+    return (
+        conds.get("Ready", {}).get("status") == "True"
+        and (st.get("stable") or {}).get("revision") == st.get("revision")
+        and st.get("observedGeneration") == obj["metadata"]["generation"]
+    )
+
+
+def _stop(proc: subprocess.Popen[Any], grace: float) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hack/demo.sh", description="The trtops local demo.")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("TRTOPS_CACHE", Path.home() / ".cache" / "trtops")) / "demo",
+        help="logs, Prometheus data and the claim folders (wiped at start)",
+    )
+    parser.add_argument("--node", default="local-demo", help="name of the local node agent's Node")
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
+    demo = Demo(args.workdir, args.node, f"trtops-demo-{uuid.uuid4().hex[:6]}")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    rc = 0
+    try:
+        with demo.stack:
+            try:
+                demo.run()
+            finally:  # what happened so far, also after a failure or Ctrl-C
+                if demo.rows:
+                    with contextlib.suppress(Exception):
+                        demo.summary()
+    except (KeyboardInterrupt, _Interrupted):
+        _say("\ninterrupted: everything this demo started has been stopped")
+        rc = 130
+    except Exception as exc:  # show what went wrong after the clean-up, and where the logs are
+        _say(f"\ndemo failed: {exc}\nlogs: {args.workdir}")
+        rc = 1
+    _say(f"\ndone in {time.monotonic() - demo.started:.0f} s; logs in {args.workdir}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,12 +19,17 @@ def run_operator(
     args = ["run", "--standalone", "--verbose", "-m", module]
     args += [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
     args += list(extra_args)
-    with KopfRunner(args, timeout=timeout) as runner:
-        try:
+    runner = KopfRunner(args, timeout=timeout)
+    try:
+        with runner:
             yield runner
-        except BaseException as exc:
-            # Show what the operator was doing when the test gave up on it.
-            exc.add_note(f"operator output (head):\n{runner.output[:6000]}")
-            raise
+    except BaseException as exc:
+        # Read the output only now: inside the block, KopfRunner.output waits for the operator
+        # to exit. It shows what the operator was doing when the test gave up on it.
+        try:
+            exc.add_note(f"operator output (tail):\n{runner.output[-6000:]}")
+        except Exception:  # noqa: BLE001 - the output is a courtesy; never mask the failure
+            pass
+        raise
     assert runner.exception is None, f"operator crashed: {runner.exception!r}\n{runner.output[-4000:]}"
     assert runner.exit_code == 0, runner.output[-4000:]

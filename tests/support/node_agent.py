@@ -5,7 +5,7 @@ It plays the kubelet for one Node of the local cluster, so that the operator's p
 - registers the Node (no kwok annotation, so kwok leaves it alone) and keeps it Ready with a Lease;
 - runs every container of every pod bound to it as a local process, with the container's own
   command, args and env (``$(VAR)`` expanded, downward-API fields resolved);
-- gives each pod its own loopback address (127.0.x.y) as its pod IP, and tells the process to bind
+- gives each pod its own loopback address (127.N.x.y) as its pod IP, and tells the process to bind
   there through ``TRTOPS_BIND_HOST``, so several pods can use the same container ports;
 - stands a host folder in for each volume (a PersistentVolumeClaim is ``<root>/pvc/<ns>/<claim>``,
   shared by every pod that mounts it), and rewrites paths under a mount point in args and env
@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import random
 import re
 import signal
 import subprocess
@@ -87,7 +88,10 @@ class NodeAgent:
                        **(labels or {})}
         self.pods: dict[str, Pod] = {}
         self.stop = threading.Event()
-        self._next_ip = 2
+        self._next_ip = 0
+        # Every agent (and every restart) takes its own 127.N.0.0/16, so pod IPs never collide
+        # with another agent's, or with processes an earlier run left behind.
+        self._octet = random.SystemRandom().randint(16, 250)
         self._last_heartbeat = 0.0
 
     # ---- node ----------------------------------------------------------------------------------
@@ -172,7 +176,7 @@ class NodeAgent:
             self._kill_all(self.pods.pop(uid), grace=2)
 
     def _admit(self, pod: Any) -> Pod:
-        ip = f"127.0.{self._next_ip // 250 + 1}.{self._next_ip % 250 + 2}"
+        ip = f"127.{self._octet}.{self._next_ip // 250 + 1}.{self._next_ip % 250 + 2}"
         self._next_ip += 1
         workdir = self.root / "pods" / pod.metadata.namespace / pod.metadata.name / pod.metadata.uid[:8]
         workdir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +215,8 @@ class NodeAgent:
         mounts.insert(0, (message_in_pod, cont.message_path))
 
         def host_path(value: str) -> str:
+            if value.startswith(str(self.root) + "/"):
+                return value  # already a host path (a build reports where it wrote, on the host)
             for in_pod, on_host in mounts:
                 if value == in_pod or value.startswith(in_pod + "/"):
                     return str(on_host) + value[len(in_pod):]

@@ -1,0 +1,149 @@
+"""Canary rollouts end to end, with nothing faked: the local control plane, the local node agent
+running the operator's build Jobs and serving pods as real processes, a real Prometheus scraping
+the real workers, the operator (KopfRunner), and traffic through a gateway that follows the
+HTTPRoute weights the operator sets.
+
+- A good new revision (same model, FP32 -> FP16) goes through its steps and is promoted; the
+  stable revision keeps its pods until then.
+- A genuinely slower revision (a ~50x heavier model on this CPU) breaches the canary/stable p99
+  ratio and is rolled back by itself; the test measures the time from the canary's first request
+  to weight 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import stack
+from tests.support.cluster import kubectl, wait_for
+from tests.support.gateway import start_gateway, stats
+from tests.support.node_agent_process import NodeAgentHandle
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
+
+NAME = "conv"
+
+
+@pytest.fixture
+def operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRTOPS_WATCH_TIMEOUT_SECONDS", "5")
+
+
+@pytest.fixture
+def rollout_stack(
+    namespace: str, node_agent: NodeAgentHandle, trtengine_crd: str, prometheus: Callable[..., Any],
+    kopf_operator: Callable[..., Any], operator_env: None, tmp_path: Path,
+) -> Iterator[dict[str, Any]]:
+    stack.fill_claim(node_agent.create_claim(namespace, "plans"))
+    prom = prometheus({}, discover_pods=True)
+    stack.apply(namespace, stack.http_route_manifest(NAME))
+    with kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60) as runner:
+        with start_gateway(httproute=f"{namespace}/{NAME}", log_dir=tmp_path) as url:
+            yield {"prom": prom, "url": url, "runner": runner, "claim": node_agent.claim_dir(namespace, "plans")}
+
+
+def _deployments(namespace: str) -> dict[str, int]:
+    out = kubectl("get", "deployments", "-n", namespace, "-l", f"trtops.dev/engine={NAME}", "-o",
+                  "jsonpath={range .items[*]}{.metadata.labels.trtops\\.dev/revision}={.spec.replicas} {end}")
+    return {k: int(v) for k, v in (item.split("=") for item in out.split())}
+
+
+def test_good_canary_is_promoted_and_bad_one_rolled_back(
+    namespace: str, node_agent: NodeAgentHandle, rollout_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    prom_url = rollout_stack["prom"].url
+    url = rollout_stack["url"]
+    manifest = stack.engine_manifest(NAME, node=node_agent.node, prometheus_url=prom_url)
+
+    # Revision 1 builds for real and becomes stable at 100%.
+    stack.apply(namespace, manifest)
+    first = stack.wait_stable(namespace, NAME, timeout=240)
+    r1 = first["status"]["stable"]["revision"]
+    assert first["status"]["plans"][0]["sha256"]
+    request = rollout_stack["claim"] / "data" / "request.npz"
+
+    wait_for(lambda: any(w > 0 and eps for _, w, eps in stats(url)["backends"]), timeout=30,
+             what=f"the gateway to see a ready backend (stats: {stats(url)})")
+    with stack.traffic(url, NAME, request, tmp_path, concurrency=2):
+        wait_for(lambda: stats(url)["requests"].get(NAME, 0) > 50, timeout=60, what="traffic to reach stable")
+
+        # --- a good canary: the same model at FP16 ---------------------------------------------
+        manifest["spec"]["build"]["precision"] = "fp16"
+        stack.apply(namespace, manifest)
+        seen_weights: set[int] = set()
+        stable_kept_pods = True
+
+        def promoted() -> bool:
+            nonlocal stable_kept_pods
+            obj = stack.engine(namespace, NAME)
+            st = obj.get("status", {})
+            canary = st.get("canary") or {}
+            if canary.get("phase") in ("Progressing", "Promoting"):
+                seen_weights.add(int(canary.get("weight", 0)))
+                # The stable side keeps its full replica count for the whole canary.
+                stable_kept_pods &= _deployments(namespace).get(r1, 0) == 1
+            if stack.condition(obj, "RolledBack").get("status") == "True":
+                raise AssertionError(f"good canary rolled back: {stack.condition(obj, 'RolledBack')}")
+            return canary.get("phase") == "Promoted" and st.get("stable", {}).get("revision") == canary.get(
+                "revision")
+
+        try:
+            wait_for(promoted, timeout=300, interval=0.5, what="the FP16 canary to be promoted")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; status: {stack.engine(namespace, NAME).get('status')}") from exc
+        good = stack.engine(namespace, NAME)
+        r2 = good["status"]["stable"]["revision"]
+        assert r2 != r1
+        assert 50 in seen_weights, seen_weights  # it went through its step
+        assert stable_kept_pods
+        assert stats(url)["requests"].get(f"{NAME}-canary", 0) > 0  # the canary really served
+        # Stable is replaced only afterwards: r1's pods go once r2 holds 100%.
+        wait_for(lambda: set(_deployments(namespace)) == {r2}, timeout=60, what="r1 to be retired")
+        wait_for(lambda: stack.route_weights(namespace, NAME).get(NAME) == 100, timeout=30,
+                 what="100% on the stable Service")
+
+        # --- a bad canary: a much heavier model -------------------------------------------------
+        before = stats(url)["requests"].get(f"{NAME}-canary", 0)
+        manifest["spec"]["model"]["uri"] = "models/conv-heavy.onnx"
+        manifest["spec"]["build"]["accuracy"] = None  # a different model: no FP32 agreement to hold it to
+        stack.apply(namespace, manifest)
+        first_request: float | None = None
+        weight_zero: float | None = None
+
+        def rolled_back() -> bool:
+            nonlocal first_request, weight_zero
+            if first_request is None and stats(url)["requests"].get(f"{NAME}-canary", 0) > before:
+                first_request = time.monotonic()
+            weights = stack.route_weights(namespace, NAME)
+            if first_request is not None and weight_zero is None and weights.get(f"{NAME}-canary", 0) == 0:
+                weight_zero = time.monotonic()
+            obj = stack.engine(namespace, NAME)
+            return stack.condition(obj, "RolledBack").get("status") == "True" and weight_zero is not None
+
+        try:
+            wait_for(rolled_back, timeout=300, interval=0.25, what="the heavy canary to be rolled back")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; status: {stack.engine(namespace, NAME).get('status')}") from exc
+        bad = stack.engine(namespace, NAME)
+        assert first_request is not None and weight_zero is not None
+        detection = weight_zero - first_request
+        print(f"\ncanary first request -> weight 0: {detection:.1f}s")
+        rb = stack.condition(bad, "RolledBack")
+        assert "p99" in rb["message"] or "latency" in rb["message"].lower(), rb
+        assert bad["status"]["stable"]["revision"] == r2  # stable untouched
+        assert bad["status"]["lastGoodRevision"] == r2
+        assert stack.condition(bad, "Ready")["status"] == "True"
+        # The canary is scaled down and gets no more traffic.
+        wait_for(lambda: _deployments(namespace).get(bad["status"]["revision"], 0) == 0, timeout=30,
+                 what="the canary to be scaled down")
+        after = stats(url)["requests"].get(f"{NAME}-canary", 0)
+        time.sleep(2)
+        assert stats(url)["requests"].get(f"{NAME}-canary", 0) == after
+        events = kubectl("get", "events", "-n", namespace, "--field-selector",
+                         f"involvedObject.name={NAME}", "-o", "jsonpath={.items[*].reason}")
+        assert "RolledBack" in events or "CanaryRolledBack" in events, events

@@ -1,0 +1,210 @@
+"""The operator's Prometheus endpoint, served by the real ``trtops-operator`` entry point.
+
+Two engines, one build that succeeds and one the worker fails: the endpoint must count each
+build once by outcome, the reconciles by what triggered them, and time every reconcile.
+
+No storage claim exists in the namespace, so the build pods never schedule and kwok never
+finishes them: the worker's result written here is the only way each build ends (kwok would
+otherwise race it with a result-less completion).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.operator.conftest import finish_build_pod
+from tests.support.cluster import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd")]
+
+ENGINE: dict[str, Any] = {
+    "apiVersion": "trtops.dev/v1alpha1",
+    "kind": "TrtEngine",
+    "metadata": {"name": "placeholder"},
+    "spec": {
+        "model": {"uri": "models/placeholder.onnx"},
+        "build": {"precision": "fp32", "backoffLimit": 0},
+        "storage": {"claimName": "trt-plans"},
+        "serving": {"backend": "onnxruntime"},
+    },
+}
+SUCCESS = {
+    "ok": True,
+    "key": "a" * 64,
+    "path": "/plans/" + "a" * 64,
+    "artifact": "model.onnx",
+    "sha256": "b" * 64,
+    "precision": "fp32",
+    "backend": "onnxruntime",
+    "cached": False,
+    "buildSeconds": 2.5,
+}
+FAILURE = {
+    "ok": False,
+    "category": "accuracy",
+    "reason": "AccuracyGateFailed",
+    "message": "top-1 agreement 0.91 is below 0.99",
+}
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _operator_binary() -> str:
+    beside = Path(sys.executable).parent / "trtops-operator"
+    found = str(beside) if beside.exists() else shutil.which("trtops-operator")
+    assert found, "the trtops-operator entry point is not installed (pip install -e .)"
+    return found
+
+
+@contextlib.contextmanager
+def operator_process(namespace: str, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``trtops-operator`` watching ``namespace`` with metrics on ``port``; stopped by SIGTERM."""
+    args = [_operator_binary(), "-n", namespace, "--metrics-port", str(port)]
+    args += ["--metrics-address", "127.0.0.1", "--liveness", ""]
+    # Short watches: kopf ends a watch (and so a shutdown) only when its server timeout ends.
+    env = {**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": "5"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    except BaseException as exc:
+        exc.add_note(f"operator log (tail):\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
+
+
+def one(samples: Samples, name: str) -> float:
+    return samples[(name, ())]
+
+
+class Engines:
+    def __init__(self, api: Any, namespace: str) -> None:
+        from kubernetes import client
+
+        self.ns = namespace
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    def create(self, name: str) -> None:
+        body = copy.deepcopy(ENGINE)
+        body["metadata"]["name"] = name
+        body["spec"]["model"]["uri"] = f"models/{name}.onnx"
+        self.custom.create_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", self.ns, "trtengines", body
+        )
+
+    def built(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", self.ns, "trtengines", name
+        )
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return next((dict(c) for c in conds if c["type"] == "Built"), {})
+
+    def finish_build(self, name: str, result: dict[str, Any]) -> None:
+        def pod() -> str | None:
+            pods = self.core.list_namespaced_pod(
+                self.ns, label_selector=f"trtops.dev/component=build,trtops.dev/engine={name}"
+            ).items
+            return pods[0].metadata.name if pods else None
+
+        finish_build_pod(
+            self.api, self.ns, wait_for(pod, timeout=60, what=f"{name}'s build pod"), result
+        )
+
+
+def test_metrics_count_reconciles_and_build_outcomes(
+    k8s_api: Any, namespace: str, tmp_path: Path
+) -> None:
+    engines = Engines(k8s_api, namespace)
+    port = _free_port()
+    with operator_process(namespace, port, tmp_path / "operator.log") as proc:
+        wait_for(lambda: scrape(port), timeout=60, what="the operator's metrics endpoint")
+        engines.create("good")
+        engines.create("bad")
+        engines.finish_build("good", SUCCESS)
+        engines.finish_build("bad", FAILURE)
+        wait_for(
+            lambda: engines.built("good").get("status") == "True",
+            timeout=60,
+            what="good Built=True",
+        )
+        wait_for(
+            lambda: engines.built("bad").get("reason") == "AccuracyGateFailed",
+            timeout=60,
+            what="bad Built=False with the worker's reason",
+        )
+
+        # The counters move right after the status writes that the waits above saw.
+        deadline = time.monotonic() + 10
+        samples = scrape(port)
+        while {"succeeded", "failed"} - set(by_label(samples, "trtops_builds_total", "outcome")):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            samples = scrape(port)
+        assert proc.poll() is None, "the operator exited"
+
+    assert proc.returncode == 0, "SIGTERM should stop the operator cleanly"
+    # Each build counted once, by how it ended (not once per reconcile that saw it).
+    assert by_label(samples, "trtops_builds_total", "outcome") == {"succeeded": 1, "failed": 1}
+    # Each new engine is reconciled once from its creation; the build pods finishing woke
+    # the engines again through the watches.
+    reconciles = by_label(samples, "trtops_reconciles_total", "trigger")
+    assert reconciles.get("create") == 2
+    assert reconciles.get("watch", 0) >= 2
+    # Every reconcile is timed; the histogram is cumulative and ends at the count.
+    count = one(samples, "trtops_reconcile_duration_seconds_count")
+    assert count == sum(reconciles.values())
+    assert 0 < one(samples, "trtops_reconcile_duration_seconds_sum") < 60 * count
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (n, labels), v in samples.items()
+        if n == "trtops_reconcile_duration_seconds_bucket"
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)
+    assert buckets[-1] == (float("inf"), count)
+    # A worker's failure is a build outcome, not a reconcile error.
+    assert not any(by_label(samples, "trtops_reconcile_errors_total", "kind").values())
