@@ -12,6 +12,7 @@ HTTPRoute weights the operator sets.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
         bad = stack.engine(namespace, NAME)
         assert first_request is not None and weight_zero is not None
         detection = weight_zero - first_request
-        print(f"\ncanary first request -> weight 0: {detection:.1f}s")
+        print(f"\ncanary first request -> weight 0: {detection:.1f}s", file=sys.__stderr__)
         rb = stack.condition(bad, "RolledBack")
         assert "p99" in rb["message"] or "latency" in rb["message"].lower(), rb
         assert bad["status"]["stable"]["revision"] == r2  # stable untouched
@@ -147,3 +148,61 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
         events = kubectl("get", "events", "-n", namespace, "--field-selector",
                          f"involvedObject.name={NAME}", "-o", "jsonpath={.items[*].reason}")
         assert "RolledBack" in events or "CanaryRolledBack" in events, events
+
+
+def test_no_traffic_prometheus_down_and_operator_restart_never_promote_or_jump(
+    namespace: str, node_agent: NodeAgentHandle, trtengine_crd: str, prometheus: Callable[..., Any],
+    kopf_operator: Callable[..., Any], operator_env: None, tmp_path: Path,
+) -> None:
+    """Without traffic the canary's analyses are InsufficientData (not failures); with Prometheus
+    down they are Inconclusive and nothing is promoted; an operator killed mid-analysis resumes at
+    the same step with the same weights."""
+    stack.fill_claim(node_agent.create_claim(namespace, "plans"))
+    prom = prometheus({}, discover_pods=True)
+    stack.apply(namespace, stack.http_route_manifest(NAME))
+    manifest = stack.engine_manifest(
+        NAME, node=node_agent.node, prometheus_url=prom.url,
+        steps=[{"setWeight": 30, "pauseSeconds": 10}, {"setWeight": 60, "pauseSeconds": 10}],
+    )
+    canary_svc = f"{NAME}-canary"
+
+    def canary() -> dict[str, Any]:
+        return dict(stack.engine(namespace, NAME)["status"].get("canary") or {})
+
+    with kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60):
+        stack.apply(namespace, manifest)
+        stack.wait_stable(namespace, NAME, timeout=240)
+        manifest["spec"]["build"]["precision"] = "fp16"
+        stack.apply(namespace, manifest)
+        # No traffic at all: two analyses come back InsufficientData, and nothing moves on.
+        wait_for(lambda: sum(h["verdict"] == "InsufficientData" for h in canary().get("history", [])) >= 2,
+                 timeout=120, what="two InsufficientData analyses")
+        state = canary()
+        assert state["phase"] == "Progressing" and state["stepIndex"] == 0 and state["weight"] == 30
+        assert stack.route_weights(namespace, NAME) == {NAME: 70, canary_svc: 30}
+        assert stack.condition(stack.engine(namespace, NAME), "RolledBack").get("status") != "True"
+
+        # Prometheus down: Inconclusive, said so in a condition, never a promotion.
+        prom.stop()
+        wait_for(lambda: canary().get("lastVerdict") == "Inconclusive", timeout=60,
+                 what="an Inconclusive analysis")
+        progressing = stack.condition(stack.engine(namespace, NAME), "Progressing")
+        assert progressing["reason"] == "AnalysisInconclusive", progressing
+        before = canary()
+
+    # The operator is gone mid-canary; the route keeps its weights while it is down...
+    assert stack.route_weights(namespace, NAME) == {NAME: 70, canary_svc: 30}
+    time.sleep(3)
+    # ...and a new operator picks up at the same step with the same weights.
+    seen: set[tuple[int, int]] = set()
+    with kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60):
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            w = stack.route_weights(namespace, NAME)
+            seen.add((w.get(NAME, -1), w.get(canary_svc, -1)))
+            time.sleep(0.5)
+        after = canary()
+    assert seen == {(70, 30)}, seen
+    assert after["stepIndex"] == before["stepIndex"] == 0
+    assert after["startedAt"] == before["startedAt"]  # the same attempt, not a new one
+    assert after["phase"] == "Progressing"

@@ -143,6 +143,12 @@ class Engines:
         conds = (obj.get("status") or {}).get("conditions") or []
         return next((dict(c) for c in conds if c["type"] == "Built"), {})
 
+    def plans(self, name: str) -> list[dict[str, Any]]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", self.ns, "trtengines", name
+        )
+        return list((obj.get("status") or {}).get("plans") or [])
+
     def finish_build(self, name: str, result: dict[str, Any]) -> None:
         def pod() -> str | None:
             pods = self.core.list_namespaced_pod(
@@ -186,6 +192,10 @@ def test_metrics_count_reconciles_and_build_outcomes(
             time.sleep(0.2)
             samples = scrape(port)
         assert proc.poll() is None, "the operator exited"
+        # good's plan is its own build: nobody else had it to reuse.
+        (plan,) = engines.plans("good")
+        assert plan["sha256"] == SUCCESS["sha256"]
+        assert not plan.get("reused"), plan
 
     assert proc.returncode == 0, "SIGTERM should stop the operator cleanly"
     # Each build counted once, by how it ended (not once per reconcile that saw it).

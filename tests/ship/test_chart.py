@@ -24,13 +24,13 @@ EXPECTED_RULES = {
     ("trtops.dev", "trtengines/status"): {"patch"},
     ("trtops.dev", "trtengines/finalizers"): {"update"},
     ("batch", "jobs"): {"list", "watch", "create", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods"): {"list", "watch"},
     ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"list", "watch", "create", "patch"},
+    ("", "services"): {"list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create"},
-    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "patch", "update"},
-    ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "patch", "update"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
+    ("networking.istio.io", "virtualservices"): {"get", "patch"},
 }
 
 
