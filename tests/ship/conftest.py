@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+# The bound `trt-plans` claim the cluster RBAC test's build and serving pods mount.
+from tests.operator.conftest import plans_claim  # noqa: F401 - re-exported as a fixture
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "trtops"
 KUBE_VERSION = "1.35.4"
