@@ -104,7 +104,13 @@ class Bench:
 
     def bring_up(self) -> Path:
         ensure_cluster()
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "trtops.dev_trtengines.yaml"))
+        kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(REPO / "crds" / "trtops.dev_trtengines.yaml"),
+        )
         kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
         agent = self.exit.enter_context(start_node_agent(self.workdir / "agent", node=self.node))
         prom = Prometheus(workdir=self.workdir / "prometheus", discover_pods=True)
@@ -119,11 +125,15 @@ class Bench:
         self.exit.callback(oplog.close)
         operator = subprocess.Popen(
             ["trtops-operator", "-n", self.namespace, "--metrics-port", "0", "--liveness", ""],
-            stdout=oplog, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=oplog,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": "5"},
         )
         self.exit.callback(_stop, operator, 20)
-        log(f"namespace {self.namespace}, node {self.node}, Prometheus {prom.url}, operator pid {operator.pid}")
+        log(
+            f"namespace {self.namespace}, node {self.node}, Prometheus {prom.url}, operator pid {operator.pid}"
+        )
         self.manifest = stack.engine_manifest(NAME, node=self.node, prometheus_url=prom.url)
         return claim
 
@@ -132,9 +142,10 @@ class Bench:
         kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
         kubectl("delete", "pv", f"{self.namespace}-plans"[:63], "--wait=false", check=False)
         deadline = time.monotonic() + 60  # let the agent stop the pods while it still runs
-        while time.monotonic() < deadline and kubectl(
-            "get", "pods", "-n", self.namespace, "-o", "name", check=False
-        ).strip():
+        while (
+            time.monotonic() < deadline
+            and kubectl("get", "pods", "-n", self.namespace, "-o", "name", check=False).strip()
+        ):
             time.sleep(0.5)
 
     # -- one canary ---------------------------------------------------------------------------
@@ -156,7 +167,11 @@ class Bench:
             if first is None and self.canary_count() > before:
                 first = now
                 run.apply_to_first_request_s = round(first - applied, 2)
-            if first is not None and weight0 is None and stack.route_weights(self.namespace, NAME).get(CANARY_SVC, 0) == 0:
+            if (
+                first is not None
+                and weight0 is None
+                and stack.route_weights(self.namespace, NAME).get(CANARY_SVC, 0) == 0
+            ):
                 weight0 = time.monotonic()
             obj = stack.engine(self.namespace, NAME)
             st = obj.get("status") or {}
@@ -176,13 +191,17 @@ class Bench:
                     return obj
                 if phase == "RolledBack" and (run.kind == "good" or weight0 is not None):
                     run.outcome = "RolledBack"
-                    run.reason = str((canary.get("rollback") or {}).get("message") or canary.get("message", ""))
+                    run.reason = str(
+                        (canary.get("rollback") or {}).get("message") or canary.get("message", "")
+                    )
                     if first is not None and weight0 is not None:
                         run.first_request_to_weight0_s = round(weight0 - first, 2)
                     return obj
                 if phase == "RolledBack" and first is None:
                     run.outcome = "RolledBack"
-                    run.reason = "rolled back before the canary served a request through the gateway"
+                    run.reason = (
+                        "rolled back before the canary served a request through the gateway"
+                    )
                     return obj
             built = stack.condition(obj, "Built")
             if built.get("status") == "False" and built.get("reason") not in (None, "Building"):
@@ -202,14 +221,28 @@ class Bench:
 
     def settle(self, stable_revision: str, canary_revision: str) -> None:
         """Stable at 100% on the route, the canary's Deployment scaled to zero, a short quiet spell."""
-        wait_for(lambda: stack.route_weights(self.namespace, NAME).get(CANARY_SVC, 0) == 0
-                 and stack.route_weights(self.namespace, NAME).get(NAME) == 100,
-                 timeout=60, interval=0.5, what="the route back to 100% stable")
+        wait_for(
+            lambda: (
+                stack.route_weights(self.namespace, NAME).get(CANARY_SVC, 0) == 0
+                and stack.route_weights(self.namespace, NAME).get(NAME) == 100
+            ),
+            timeout=60,
+            interval=0.5,
+            what="the route back to 100% stable",
+        )
 
         def scaled_down() -> bool:
-            out = kubectl("get", "deployments", "-n", self.namespace, "-l", f"trtops.dev/engine={NAME}", "-o",
-                          "jsonpath={range .items[*]}{.metadata.labels.trtops\\.dev/revision}="
-                          "{.spec.replicas} {end}")
+            out = kubectl(
+                "get",
+                "deployments",
+                "-n",
+                self.namespace,
+                "-l",
+                f"trtops.dev/engine={NAME}",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.labels.trtops\\.dev/revision}="
+                "{.spec.replicas} {end}",
+            )
             reps = dict(item.split("=") for item in out.split())
             return reps.get(stable_revision) == "1" and reps.get(canary_revision, "0") == "0"
 
@@ -226,25 +259,50 @@ class Bench:
         first = stack.wait_stable(self.namespace, NAME, timeout=300)
         stable = first["status"]["stable"]["revision"]
         log(f"stable revision {stable} (conv fp32) Ready in {time.monotonic() - t0:.0f}s")
-        self.url = self.exit.enter_context(start_gateway(httproute=f"{self.namespace}/{NAME}", log_dir=self.workdir))
-        wait_for(lambda: any(w > 0 and eps for _, w, eps in stats(self.url)["backends"]), timeout=30,
-                 what="the gateway to see a ready backend")
+        self.url = self.exit.enter_context(
+            start_gateway(httproute=f"{self.namespace}/{NAME}", log_dir=self.workdir)
+        )
+        wait_for(
+            lambda: any(w > 0 and eps for _, w, eps in stats(self.url)["backends"]),
+            timeout=30,
+            what="the gateway to see a ready backend",
+        )
         traffic = self.exit.enter_context(
-            stack.traffic(self.url, NAME, claim / "data" / "request.npz", self.workdir, concurrency=2, seconds=3600))
-        wait_for(lambda: stats(self.url)["requests"].get(NAME, 0) > 50, timeout=60, what="traffic to reach stable")
+            stack.traffic(
+                self.url,
+                NAME,
+                claim / "data" / "request.npz",
+                self.workdir,
+                concurrency=2,
+                seconds=3600,
+            )
+        )
+        wait_for(
+            lambda: stats(self.url)["requests"].get(NAME, 0) > 50,
+            timeout=60,
+            what="traffic to reach stable",
+        )
         good_build = copy.deepcopy(self.manifest["spec"]["build"])
 
         # (a) bad canaries: the heavy model; the stable stays.
         for i in range(self.runs):
             if traffic.process.poll() is not None:
-                raise RuntimeError(f"background traffic exited: {(self.workdir / 'bench.log').read_text()[-1000:]}")
+                raise RuntimeError(
+                    f"background traffic exited: {(self.workdir / 'bench.log').read_text()[-1000:]}"
+                )
             self.manifest["spec"]["model"]["uri"] = "models/conv-heavy.onnx"
-            self.manifest["spec"]["build"] = {**good_build, "accuracy": None, "workspaceMiB": 1024 + 16 * i}
+            self.manifest["spec"]["build"] = {
+                **good_build,
+                "accuracy": None,
+                "workspaceMiB": 1024 + 16 * i,
+            }
             run = Run("bad", i + 1)
             obj = self.follow(run, previous_revision=self._current_revision())
             self.results.append(run)
-            log(f"bad {i + 1}: {run.revision} {run.outcome} first request -> weight 0 "
-                f"{run.first_request_to_weight0_s}s ({run.reason[:160]})")
+            log(
+                f"bad {i + 1}: {run.revision} {run.outcome} first request -> weight 0 "
+                f"{run.first_request_to_weight0_s}s ({run.reason[:160]})"
+            )
             if run.outcome != "RolledBack":
                 self.evidence(obj)
                 raise RuntimeError(f"bad canary {i + 1} ended {run.outcome}")
@@ -257,8 +315,10 @@ class Bench:
             run = Run("good", i + 1)
             obj = self.follow(run, previous_revision=self._current_revision())
             self.results.append(run)
-            log(f"good {i + 1}: {run.revision} {run.outcome} first request -> promoted "
-                f"{run.first_request_to_promoted_s}s {run.reason[:160]}")
+            log(
+                f"good {i + 1}: {run.revision} {run.outcome} first request -> promoted "
+                f"{run.first_request_to_promoted_s}s {run.reason[:160]}"
+            )
             if run.outcome not in ("Promoted", "RolledBack"):
                 self.evidence(obj)
                 raise RuntimeError(f"good canary {i + 1} ended {run.outcome}")
@@ -269,8 +329,14 @@ class Bench:
                 stack.wait_stable(self.namespace, NAME, timeout=60)
                 old = stable
                 stable = run.revision
-                wait_for(lambda: old not in kubectl("get", "deployments", "-n", self.namespace, "-o", "name"),
-                         timeout=60, interval=0.5, what=f"{old} to be retired")
+                wait_for(
+                    lambda: (
+                        old not in kubectl("get", "deployments", "-n", self.namespace, "-o", "name")
+                    ),
+                    timeout=60,
+                    interval=0.5,
+                    what=f"{old} to be retired",
+                )
                 self.settle(stable, stable)
 
     def _current_revision(self) -> str:
@@ -280,22 +346,34 @@ class Bench:
 def summarize(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"n": 0, "min": None, "median": None, "max": None}
-    return {"n": len(values), "min": round(min(values), 2), "median": round(statistics.median(values), 2),
-            "max": round(max(values), 2)}
+    return {
+        "n": len(values),
+        "min": round(min(values), 2),
+        "median": round(statistics.median(values), 2),
+        "max": round(max(values), 2),
+    }
 
 
 def report(results: list[Run], runs: int) -> dict[str, Any]:
-    print(f"{'run':<8} {'revision':<14} {'outcome':<12} {'1st req->weight 0 s':>20} {'1st req->promoted s':>20} "
-          f"{'apply->1st req s':>17}")
+    print(
+        f"{'run':<8} {'revision':<14} {'outcome':<12} {'1st req->weight 0 s':>20} {'1st req->promoted s':>20} "
+        f"{'apply->1st req s':>17}"
+    )
     for r in results:
-        print(f"{r.kind + ' ' + str(r.index):<8} {r.revision:<14} {r.outcome:<12} "
-              f"{'-' if r.first_request_to_weight0_s is None else r.first_request_to_weight0_s:>20} "
-              f"{'-' if r.first_request_to_promoted_s is None else r.first_request_to_promoted_s:>20} "
-              f"{'-' if r.apply_to_first_request_s is None else r.apply_to_first_request_s:>17}")
+        print(
+            f"{r.kind + ' ' + str(r.index):<8} {r.revision:<14} {r.outcome:<12} "
+            f"{'-' if r.first_request_to_weight0_s is None else r.first_request_to_weight0_s:>20} "
+            f"{'-' if r.first_request_to_promoted_s is None else r.first_request_to_promoted_s:>20} "
+            f"{'-' if r.apply_to_first_request_s is None else r.apply_to_first_request_s:>17}"
+        )
     bad = [r for r in results if r.kind == "bad"]
     good = [r for r in results if r.kind == "good"]
-    rollback = [r.first_request_to_weight0_s for r in bad if r.first_request_to_weight0_s is not None]
-    promote = [r.first_request_to_promoted_s for r in good if r.first_request_to_promoted_s is not None]
+    rollback = [
+        r.first_request_to_weight0_s for r in bad if r.first_request_to_weight0_s is not None
+    ]
+    promote = [
+        r.first_request_to_promoted_s for r in good if r.first_request_to_promoted_s is not None
+    ]
     out = {
         "runs_requested": runs,
         "bad": {
@@ -320,8 +398,12 @@ def report(results: list[Run], runs: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="bad canaries, then as many good ones")
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "trtops" / "bench-canary",
-                        help="node agent root, logs, Prometheus data (wiped at start)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path.home() / ".cache" / "trtops" / "bench-canary",
+        help="node agent root, logs, Prometheus data (wiped at start)",
+    )
     parser.add_argument("--node", default="local-bench", help="the node agent's Node name")
     parser.add_argument("--json", type=Path, help="also write the figures and every run here")
     args = parser.parse_args(argv)
@@ -343,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     bad, good = out["bad"], out["good"]
-    if rc == 0 and (bad["rolled_back"] < args.runs or good["false_rollbacks"] or good["promoted"] < args.runs):
+    if rc == 0 and (
+        bad["rolled_back"] < args.runs or good["false_rollbacks"] or good["promoted"] < args.runs
+    ):
         rc = 2
     return rc
 

@@ -1,7 +1,7 @@
 """Generate docs/reference.md, a reference of every TrtEngine field, from the CRD's own schema.
 
-    python hack/crd_reference.py          # rewrite docs/reference.md
-    python hack/crd_reference.py --check  # exit 1 when docs/reference.md is stale
+python hack/crd_reference.py          # rewrite docs/reference.md
+python hack/crd_reference.py --check  # exit 1 when docs/reference.md is stale
 """
 
 from __future__ import annotations
@@ -29,9 +29,16 @@ def _type(node: dict[str, Any]) -> str:
 
 def _bounds(node: dict[str, Any]) -> str:
     parts = []
-    for key, label in (("minimum", "min"), ("maximum", "max"), ("minLength", "min length"),
-                       ("maxLength", "max length"), ("minItems", "min items"), ("maxItems", "max items"),
-                       ("maxProperties", "max entries"), ("pattern", "pattern")):
+    for key, label in (
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("minItems", "min items"),
+        ("maxItems", "max items"),
+        ("maxProperties", "max entries"),
+        ("pattern", "pattern"),
+    ):
         if key in node:
             value = f"`{node[key]}`".replace("|", "\\|") if key == "pattern" else str(node[key])
             parts.append(f"{label} {value}")
@@ -40,7 +47,9 @@ def _bounds(node: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _walk(node: dict[str, Any], path: str, required: set[str], rows: list[str], rules: list[str]) -> None:
+def _walk(
+    node: dict[str, Any], path: str, required: set[str], rows: list[str], rules: list[str]
+) -> None:
     for rule in node.get("x-kubernetes-validations", []):
         rules.append(f"| `{path or '.'}` | `{rule['rule']}` | {rule.get('message', '')} |")
     props = node.get("properties") or {}
@@ -71,11 +80,23 @@ def render() -> str:
         rules: list[str] = []
         node = schema["properties"][part]
         _walk(node, part, set(node.get("required", [])), rows, rules)
-        out += [f"## {part}", "", "| field | type | required | bounds and default | description |",
-                "| --- | --- | --- | --- | --- |", *rows, ""]
+        out += [
+            f"## {part}",
+            "",
+            "| field | type | required | bounds and default | description |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
         if rules:
-            out += [f"### {part}: cross-field rules (checked by the API server)", "",
-                    "| where | rule (CEL) | message |", "| --- | --- | --- |", *rules, ""]
+            out += [
+                f"### {part}: cross-field rules (checked by the API server)",
+                "",
+                "| where | rule (CEL) | message |",
+                "| --- | --- | --- |",
+                *rules,
+                "",
+            ]
     return "\n".join(out)
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests.operator.conftest import trtengine_crd  # noqa: F401 - shared: the CRD, applied once
 from tests.support import cluster as cluster_support
 from tests.support.kopf_runner import run_operator
 from tests.support.node_agent_process import NodeAgentHandle, start_node_agent
 from tests.support.prometheus import Prometheus
-from tests.operator.conftest import trtengine_crd  # noqa: F401 - shared: the CRD, applied once
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,14 +26,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def kubeconfig() -> Path:
-    """The local cluster's kubeconfig; KUBECONFIG and PATH (kubectl) are exported for the session."""
+    """The local cluster's kubeconfig; KUBECONFIG and PATH (kubectl) are exported."""
     return cluster_support.ensure_cluster()
 
 
 @pytest.fixture(scope="session")
 def k8s_api(kubeconfig: Path) -> Iterator[Any]:
     """A kubernetes ``ApiClient`` for the local cluster."""
-    from kubernetes import client, config
+    from kubernetes import config
 
     api_client = config.new_client_from_config(config_file=str(kubeconfig))
     yield api_client
@@ -48,9 +48,15 @@ def namespace(k8s_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     core = client.CoreV1Api(k8s_api)
     base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"trtops.dev/test": "true"})))
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"trtops.dev/test": "true"})
+        )
+    )
     cluster_support.wait_for(
-        lambda: core.read_namespaced_service_account("default", name), timeout=30, what=f"ServiceAccount default in {name}"
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        what=f"ServiceAccount default in {name}",
     )
     yield name
     core.delete_namespace(name, propagation_policy="Background")
@@ -58,15 +64,20 @@ def namespace(k8s_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def kopf_operator(kubeconfig: Path) -> Callable[..., AbstractContextManager[Any]]:
-    """``with kopf_operator("pkg.module", namespaces=[ns]) as runner:`` runs the operator in-process."""
+    """``with kopf_operator("pkg.module", namespaces=[ns]) as runner:`` runs an operator
+    in-process."""
     return run_operator
 
 
 @pytest.fixture(scope="session")
-def node_agent(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgentHandle]:
+def node_agent(
+    kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgentHandle]:
     """The local node agent (tests/support/node_agent.py) as a subprocess: pods scheduled to its
     node (select it with ``nodeSelector: {trtops.dev/node-agent: local-0}``) really run."""
-    node = os.environ.get("TRTOPS_NODE_AGENT_NAME", "local-0")  # distinct names let test runs share a cluster
+    node = os.environ.get(
+        "TRTOPS_NODE_AGENT_NAME", "local-0"
+    )  # distinct names let test runs share a cluster
     with start_node_agent(tmp_path_factory.mktemp("node-agent"), node=node) as handle:
         yield handle
 
@@ -78,7 +89,9 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     started: list[Prometheus] = []
 
     def start(jobs: dict[str, list[str]], discover_pods: bool = False) -> Prometheus:
-        server = Prometheus(workdir=tmp_path / f"prometheus-{len(started)}", jobs=jobs, discover_pods=discover_pods)
+        server = Prometheus(
+            workdir=tmp_path / f"prometheus-{len(started)}", jobs=jobs, discover_pods=discover_pods
+        )
         started.append(server)
         server.start()
         return server

@@ -16,4 +16,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.create("configmaps", labels={"trtops.dev/echo": kopf.PRESENT})
 def echo(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    patch.metadata.annotations["trtops.dev/echoed"] = str(body.get("data", {}).get("say", "")).upper()
+    patch.metadata.annotations["trtops.dev/echoed"] = str(
+        body.get("data", {}).get("say", "")
+    ).upper()

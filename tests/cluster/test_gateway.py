@@ -21,35 +21,87 @@ def _site(k8s_api: Any, namespace: str, agent: NodeAgentHandle, name: str) -> No
     root = agent.create_claim(namespace, name)
     (root / "who").write_text(name)
     labels = {"app": name}
-    client.AppsV1Api(k8s_api).create_namespaced_deployment(namespace, client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1DeploymentSpec(
-            replicas=1, selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels), spec=client.V1PodSpec(
-                node_selector=agent.node_selector,
-                containers=[client.V1Container(
-                    name="web", image="x",
-                    command=[sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", "8080", "--directory", "/srv"],
-                    env=[client.V1EnvVar(name="POD_IP", value_from=client.V1EnvVarSource(
-                        field_ref=client.V1ObjectFieldSelector(field_path="status.podIP")))],
-                    volume_mounts=[client.V1VolumeMount(name="site", mount_path="/srv")],
-                    readiness_probe=client.V1Probe(http_get=client.V1HTTPGetAction(path="/who", port=8080),
-                                                   period_seconds=1))],
-                volumes=[client.V1Volume(name="site", persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=name))])),
+    client.AppsV1Api(k8s_api).create_namespaced_deployment(
+        namespace,
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1DeploymentSpec(
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels=labels),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels=labels),
+                    spec=client.V1PodSpec(
+                        node_selector=agent.node_selector,
+                        containers=[
+                            client.V1Container(
+                                name="web",
+                                image="x",
+                                command=[
+                                    sys.executable,
+                                    "-m",
+                                    "http.server",
+                                    "--bind",
+                                    "$(POD_IP)",
+                                    "8080",
+                                    "--directory",
+                                    "/srv",
+                                ],
+                                env=[
+                                    client.V1EnvVar(
+                                        name="POD_IP",
+                                        value_from=client.V1EnvVarSource(
+                                            field_ref=client.V1ObjectFieldSelector(
+                                                field_path="status.podIP"
+                                            )
+                                        ),
+                                    )
+                                ],
+                                volume_mounts=[
+                                    client.V1VolumeMount(name="site", mount_path="/srv")
+                                ],
+                                readiness_probe=client.V1Probe(
+                                    http_get=client.V1HTTPGetAction(path="/who", port=8080),
+                                    period_seconds=1,
+                                ),
+                            )
+                        ],
+                        volumes=[
+                            client.V1Volume(
+                                name="site",
+                                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                                    claim_name=name
+                                ),
+                            )
+                        ],
+                    ),
+                ),
+            ),
         ),
-    ))
-    client.CoreV1Api(k8s_api).create_namespaced_service(namespace, client.V1Service(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1ServiceSpec(selector=labels, ports=[client.V1ServicePort(name="http", port=80, target_port=8080)]),
-    ))
+    )
+    client.CoreV1Api(k8s_api).create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1ServiceSpec(
+                selector=labels,
+                ports=[client.V1ServicePort(name="http", port=80, target_port=8080)],
+            ),
+        ),
+    )
 
 
-def test_gateway_splits_traffic_by_httproute_weights(k8s_api: Any, namespace: str, node_agent: NodeAgentHandle,
-                                                     tmp_path: Any) -> None:
+def test_gateway_splits_traffic_by_httproute_weights(
+    k8s_api: Any, namespace: str, node_agent: NodeAgentHandle, tmp_path: Any
+) -> None:
     _site(k8s_api, namespace, node_agent, "blue")
     _site(k8s_api, namespace, node_agent, "green")
-    kubectl("apply", "-n", namespace, "-f", "-", input_text="""
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input_text="""
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: site}
@@ -58,10 +110,17 @@ spec:
     - backendRefs:
         - {name: blue, port: 80, weight: 75}
         - {name: green, port: 80, weight: 25}
-""")
+""",
+    )
     with start_gateway(httproute=f"{namespace}/site", log_dir=tmp_path) as url:
-        wait_for(lambda: all(eps for _, _, eps in stats(url)["backends"]) and len(stats(url)["backends"]) == 2,
-                 timeout=60, what="both backends to have ready endpoints")
+        wait_for(
+            lambda: (
+                all(eps for _, _, eps in stats(url)["backends"])
+                and len(stats(url)["backends"]) == 2
+            ),
+            timeout=60,
+            what="both backends to have ready endpoints",
+        )
         seen = {"blue": 0, "green": 0}
         for _ in range(400):
             with urllib.request.urlopen(f"{url}/who", timeout=10) as resp:  # noqa: S310 - loopback
@@ -70,10 +129,21 @@ spec:
         assert 256 <= seen["blue"] <= 344, seen
         assert stats(url)["requests"] == seen
 
-        kubectl("patch", "httproute", "site", "-n", namespace, "--type=json", "-p",
-                '[{"op":"replace","path":"/spec/rules/0/backendRefs/1/weight","value":0}]')
-        wait_for(lambda: dict((s, w) for s, w, _ in stats(url)["backends"])["green"] == 0, timeout=10,
-                 what="the gateway to see the new weights")
+        kubectl(
+            "patch",
+            "httproute",
+            "site",
+            "-n",
+            namespace,
+            "--type=json",
+            "-p",
+            '[{"op":"replace","path":"/spec/rules/0/backendRefs/1/weight","value":0}]',
+        )
+        wait_for(
+            lambda: dict((s, w) for s, w, _ in stats(url)["backends"])["green"] == 0,
+            timeout=10,
+            what="the gateway to see the new weights",
+        )
         for _ in range(50):
             with urllib.request.urlopen(f"{url}/who", timeout=10) as resp:  # noqa: S310 - loopback
                 assert resp.read() == b"blue"

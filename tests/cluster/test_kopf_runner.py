@@ -27,12 +27,15 @@ def test_kopf_handler_runs_against_the_local_cluster(
         )
         annotations = wait_for(
             lambda: core.read_namespaced_config_map("hello", namespace).metadata.annotations,
-            timeout=30, what="the handler's annotation",
+            timeout=30,
+            what="the handler's annotation",
         )
         # An unlabelled ConfigMap must be left alone.
         core.create_namespaced_config_map(
-            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="other"), data={"say": "x"})
+            namespace,
+            client.V1ConfigMap(metadata=client.V1ObjectMeta(name="other"), data={"say": "x"}),
         )
     assert annotations["trtops.dev/echoed"] == "HELLO"
-    assert not (core.read_namespaced_config_map("other", namespace).metadata.annotations or {})
+    other = core.read_namespaced_config_map("other", namespace)
+    assert not other.metadata.annotations
     assert "Handler 'echo' succeeded" in runner.output

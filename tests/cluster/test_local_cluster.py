@@ -49,13 +49,18 @@ def test_deployment_becomes_ready_and_job_succeeds(k8s_api: Any, namespace: str)
     )
 
     ready = wait_for(
-        lambda: (apps.read_namespaced_deployment_status("web", namespace).status.ready_replicas or 0) == 2,
-        timeout=60, what="Deployment web to have 2 ready replicas",
+        lambda: (
+            (apps.read_namespaced_deployment_status("web", namespace).status.ready_replicas or 0)
+            == 2
+        ),
+        timeout=60,
+        what="Deployment web to have 2 ready replicas",
     )
     assert ready
     job = wait_for(
         lambda: (j := batch.read_namespaced_job_status("once", namespace)).status.succeeded and j,
-        timeout=60, what="Job once to succeed",
+        timeout=60,
+        what="Job once to succeed",
     )
     assert job.status.succeeded == 1
     # The ReplicaSet controller really made two pods, each bound to a node by the real scheduler.
@@ -73,26 +78,37 @@ def test_gpu_pod_lands_on_a_node_of_the_requested_product(k8s_api: Any, namespac
             spec=client.V1PodSpec(
                 node_selector={"nvidia.com/gpu.product": "NVIDIA-L4"},
                 containers=[
-                    _container("gpu", resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}))
+                    _container(
+                        "gpu",
+                        resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
+                    )
                 ],
             ),
         ),
     )
     pod = wait_for(
         lambda: (p := core.read_namespaced_pod("gpu", namespace)).status.phase == "Running" and p,
-        timeout=60, what="GPU pod to run",
+        timeout=60,
+        what="GPU pod to run",
     )
     assert pod.spec.node_name == "gpu-l4-0"
 
 
-def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(k8s_api: Any, namespace: str) -> None:
+def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
+    k8s_api: Any, namespace: str
+) -> None:
     core = client.CoreV1Api(k8s_api)
     core.create_namespaced_pod(
         namespace,
         client.V1Pod(
             metadata=client.V1ObjectMeta(name="greedy"),
             spec=client.V1PodSpec(
-                containers=[_container("g", resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "64"}))]
+                containers=[
+                    _container(
+                        "g",
+                        resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "64"}),
+                    )
+                ]
             ),
         ),
     )

@@ -37,20 +37,40 @@ def operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def rollout_stack(
-    namespace: str, node_agent: NodeAgentHandle, trtengine_crd: str, prometheus: Callable[..., Any],
-    kopf_operator: Callable[..., Any], operator_env: None, tmp_path: Path,
+    namespace: str,
+    node_agent: NodeAgentHandle,
+    trtengine_crd: str,
+    prometheus: Callable[..., Any],
+    kopf_operator: Callable[..., Any],
+    operator_env: None,
+    tmp_path: Path,
 ) -> Iterator[dict[str, Any]]:
     stack.fill_claim(node_agent.create_claim(namespace, "plans"))
     prom = prometheus({}, discover_pods=True)
     stack.apply(namespace, stack.http_route_manifest(NAME))
-    with kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60) as runner:
-        with start_gateway(httproute=f"{namespace}/{NAME}", log_dir=tmp_path) as url:
-            yield {"prom": prom, "url": url, "runner": runner, "claim": node_agent.claim_dir(namespace, "plans")}
+    with (
+        kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60) as runner,
+        start_gateway(httproute=f"{namespace}/{NAME}", log_dir=tmp_path) as url,
+    ):
+        yield {
+            "prom": prom,
+            "url": url,
+            "runner": runner,
+            "claim": node_agent.claim_dir(namespace, "plans"),
+        }
 
 
 def _deployments(namespace: str) -> dict[str, int]:
-    out = kubectl("get", "deployments", "-n", namespace, "-l", f"trtops.dev/engine={NAME}", "-o",
-                  "jsonpath={range .items[*]}{.metadata.labels.trtops\\.dev/revision}={.spec.replicas} {end}")
+    out = kubectl(
+        "get",
+        "deployments",
+        "-n",
+        namespace,
+        "-l",
+        f"trtops.dev/engine={NAME}",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.labels.trtops\\.dev/revision}={.spec.replicas} {end}",
+    )
     return {k: int(v) for k, v in (item.split("=") for item in out.split())}
 
 
@@ -68,10 +88,17 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
     assert first["status"]["plans"][0]["sha256"]
     request = rollout_stack["claim"] / "data" / "request.npz"
 
-    wait_for(lambda: any(w > 0 and eps for _, w, eps in stats(url)["backends"]), timeout=30,
-             what=f"the gateway to see a ready backend (stats: {stats(url)})")
+    wait_for(
+        lambda: any(w > 0 and eps for _, w, eps in stats(url)["backends"]),
+        timeout=30,
+        what=f"the gateway to see a ready backend (stats: {stats(url)})",
+    )
     with stack.traffic(url, NAME, request, tmp_path, concurrency=2):
-        wait_for(lambda: stats(url)["requests"].get(NAME, 0) > 50, timeout=60, what="traffic to reach stable")
+        wait_for(
+            lambda: stats(url)["requests"].get(NAME, 0) > 50,
+            timeout=60,
+            what="traffic to reach stable",
+        )
 
         # --- a good canary: the same model at FP16 ---------------------------------------------
         manifest["spec"]["build"]["precision"] = "fp16"
@@ -89,14 +116,19 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
                 # The stable side keeps its full replica count for the whole canary.
                 stable_kept_pods &= _deployments(namespace).get(r1, 0) == 1
             if stack.condition(obj, "RolledBack").get("status") == "True":
-                raise AssertionError(f"good canary rolled back: {stack.condition(obj, 'RolledBack')}")
-            return canary.get("phase") == "Promoted" and st.get("stable", {}).get("revision") == canary.get(
-                "revision")
+                raise AssertionError(
+                    f"good canary rolled back: {stack.condition(obj, 'RolledBack')}"
+                )
+            return canary.get("phase") == "Promoted" and st.get("stable", {}).get(
+                "revision"
+            ) == canary.get("revision")
 
         try:
             wait_for(promoted, timeout=300, interval=0.5, what="the FP16 canary to be promoted")
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}; status: {stack.engine(namespace, NAME).get('status')}") from exc
+            raise AssertionError(
+                f"{exc}; status: {stack.engine(namespace, NAME).get('status')}"
+            ) from exc
         good = stack.engine(namespace, NAME)
         r2 = good["status"]["stable"]["revision"]
         assert r2 != r1
@@ -105,13 +137,18 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
         assert stats(url)["requests"].get(f"{NAME}-canary", 0) > 0  # the canary really served
         # Stable is replaced only afterwards: r1's pods go once r2 holds 100%.
         wait_for(lambda: set(_deployments(namespace)) == {r2}, timeout=60, what="r1 to be retired")
-        wait_for(lambda: stack.route_weights(namespace, NAME).get(NAME) == 100, timeout=30,
-                 what="100% on the stable Service")
+        wait_for(
+            lambda: stack.route_weights(namespace, NAME).get(NAME) == 100,
+            timeout=30,
+            what="100% on the stable Service",
+        )
 
         # --- a bad canary: a much heavier model -------------------------------------------------
         before = stats(url)["requests"].get(f"{NAME}-canary", 0)
         manifest["spec"]["model"]["uri"] = "models/conv-heavy.onnx"
-        manifest["spec"]["build"]["accuracy"] = None  # a different model: no FP32 agreement to hold it to
+        manifest["spec"]["build"]["accuracy"] = (
+            None  # a different model: no FP32 agreement to hold it to
+        )
         stack.apply(namespace, manifest)
         first_request: float | None = None
         weight_zero: float | None = None
@@ -121,17 +158,29 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
             if first_request is None and stats(url)["requests"].get(f"{NAME}-canary", 0) > before:
                 first_request = time.monotonic()
             weights = stack.route_weights(namespace, NAME)
-            if first_request is not None and weight_zero is None and weights.get(f"{NAME}-canary", 0) == 0:
+            if (
+                first_request is not None
+                and weight_zero is None
+                and weights.get(f"{NAME}-canary", 0) == 0
+            ):
                 weight_zero = time.monotonic()
             obj = stack.engine(namespace, NAME)
-            return stack.condition(obj, "RolledBack").get("status") == "True" and weight_zero is not None
+            return (
+                stack.condition(obj, "RolledBack").get("status") == "True"
+                and weight_zero is not None
+            )
 
         try:
-            wait_for(rolled_back, timeout=300, interval=0.25, what="the heavy canary to be rolled back")
+            wait_for(
+                rolled_back, timeout=300, interval=0.25, what="the heavy canary to be rolled back"
+            )
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}; status: {stack.engine(namespace, NAME).get('status')}") from exc
+            raise AssertionError(
+                f"{exc}; status: {stack.engine(namespace, NAME).get('status')}"
+            ) from exc
         bad = stack.engine(namespace, NAME)
-        assert first_request is not None and weight_zero is not None
+        assert first_request is not None
+        assert weight_zero is not None
         detection = weight_zero - first_request
         print(f"\ncanary first request -> weight 0: {detection:.1f}s", file=sys.__stderr__)
         rb = stack.condition(bad, "RolledBack")
@@ -140,19 +189,35 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
         assert bad["status"]["lastGoodRevision"] == r2
         assert stack.condition(bad, "Ready")["status"] == "True"
         # The canary is scaled down and gets no more traffic.
-        wait_for(lambda: _deployments(namespace).get(bad["status"]["revision"], 0) == 0, timeout=30,
-                 what="the canary to be scaled down")
+        wait_for(
+            lambda: _deployments(namespace).get(bad["status"]["revision"], 0) == 0,
+            timeout=30,
+            what="the canary to be scaled down",
+        )
         after = stats(url)["requests"].get(f"{NAME}-canary", 0)
         time.sleep(2)
         assert stats(url)["requests"].get(f"{NAME}-canary", 0) == after
-        events = kubectl("get", "events", "-n", namespace, "--field-selector",
-                         f"involvedObject.name={NAME}", "-o", "jsonpath={.items[*].reason}")
+        events = kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"involvedObject.name={NAME}",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        )
         assert "RolledBack" in events or "CanaryRolledBack" in events, events
 
 
 def test_no_traffic_prometheus_down_and_operator_restart_never_promote_or_jump(
-    namespace: str, node_agent: NodeAgentHandle, trtengine_crd: str, prometheus: Callable[..., Any],
-    kopf_operator: Callable[..., Any], operator_env: None, tmp_path: Path,
+    namespace: str,
+    node_agent: NodeAgentHandle,
+    trtengine_crd: str,
+    prometheus: Callable[..., Any],
+    kopf_operator: Callable[..., Any],
+    operator_env: None,
+    tmp_path: Path,
 ) -> None:
     """Without traffic the canary's analyses are InsufficientData (not failures); with Prometheus
     down they are Inconclusive and nothing is promoted; an operator killed mid-analysis resumes at
@@ -161,7 +226,9 @@ def test_no_traffic_prometheus_down_and_operator_restart_never_promote_or_jump(
     prom = prometheus({}, discover_pods=True)
     stack.apply(namespace, stack.http_route_manifest(NAME))
     manifest = stack.engine_manifest(
-        NAME, node=node_agent.node, prometheus_url=prom.url,
+        NAME,
+        node=node_agent.node,
+        prometheus_url=prom.url,
         steps=[{"setWeight": 30, "pauseSeconds": 10}, {"setWeight": 60, "pauseSeconds": 10}],
     )
     canary_svc = f"{NAME}-canary"
@@ -175,17 +242,27 @@ def test_no_traffic_prometheus_down_and_operator_restart_never_promote_or_jump(
         manifest["spec"]["build"]["precision"] = "fp16"
         stack.apply(namespace, manifest)
         # No traffic at all: two analyses come back InsufficientData, and nothing moves on.
-        wait_for(lambda: sum(h["verdict"] == "InsufficientData" for h in canary().get("history", [])) >= 2,
-                 timeout=120, what="two InsufficientData analyses")
+        wait_for(
+            lambda: (
+                sum(h["verdict"] == "InsufficientData" for h in canary().get("history", [])) >= 2
+            ),
+            timeout=120,
+            what="two InsufficientData analyses",
+        )
         state = canary()
-        assert state["phase"] == "Progressing" and state["stepIndex"] == 0 and state["weight"] == 30
+        assert state["phase"] == "Progressing"
+        assert state["stepIndex"] == 0
+        assert state["weight"] == 30
         assert stack.route_weights(namespace, NAME) == {NAME: 70, canary_svc: 30}
         assert stack.condition(stack.engine(namespace, NAME), "RolledBack").get("status") != "True"
 
         # Prometheus down: Inconclusive, said so in a condition, never a promotion.
         prom.stop()
-        wait_for(lambda: canary().get("lastVerdict") == "Inconclusive", timeout=60,
-                 what="an Inconclusive analysis")
+        wait_for(
+            lambda: canary().get("lastVerdict") == "Inconclusive",
+            timeout=60,
+            what="an Inconclusive analysis",
+        )
         progressing = stack.condition(stack.engine(namespace, NAME), "Progressing")
         assert progressing["reason"] == "AnalysisInconclusive", progressing
         before = canary()

@@ -17,9 +17,16 @@ CLUSTER = REPO / "hack" / "cluster.sh"
 BUILD = REPO / "hack" / "build-controlplane.sh"
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False
+        [*args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
 
 
@@ -29,9 +36,15 @@ def test_taken_port_is_reported_without_touching_anything(kubeconfig: Path) -> N
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = _run(str(CLUSTER), "up", env={"TRTOPS_CLUSTER": "porttest", "TRTOPS_APISERVER_PORT": str(port)}, timeout=120)
+        proc = _run(
+            str(CLUSTER),
+            "up",
+            env={"TRTOPS_CLUSTER": "porttest", "TRTOPS_APISERVER_PORT": str(port)},
+            timeout=120,
+        )
     assert proc.returncode != 0
-    assert f"port {port}" in proc.stderr and "in use" in proc.stderr
+    assert f"port {port}" in proc.stderr
+    assert "in use" in proc.stderr
     # Nothing half-made is left behind.
     assert _run(str(CLUSTER), "status", env={"TRTOPS_CLUSTER": "porttest"}).returncode != 0
 
@@ -44,7 +57,9 @@ def test_stale_cluster_is_recreated(kubeconfig: Path) -> None:
         assert _run(str(CLUSTER), "up", env=env).returncode == 0
         kwokctl = str(cache_dir() / "current" / "kwokctl")
         workdir = str(cache_dir() / "kwok")
-        stop = _run(kwokctl, "stop", "cluster", "--name", "staletest", env={"KWOK_WORKDIR": workdir})
+        stop = _run(
+            kwokctl, "stop", "cluster", "--name", "staletest", env={"KWOK_WORKDIR": workdir}
+        )
         assert stop.returncode == 0, stop.stderr
         assert _run(str(CLUSTER), "status", env=env).returncode != 0
 

@@ -9,8 +9,12 @@ from tests.support.cluster import REPO
 
 
 def test_field_reference_matches_the_crd() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "hack" / "crd_reference.py"), "--check"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "crd_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 

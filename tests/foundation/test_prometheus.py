@@ -13,8 +13,13 @@ from tests.support.prometheus import free_port
 
 def test_prometheus_scrapes_a_histogram_and_aggregates_p99(prometheus: Callable[..., Any]) -> None:
     registry = CollectorRegistry()
-    latency = Histogram("demo_latency_seconds", "demo", ["revision"], registry=registry,
-                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 1.0))
+    latency = Histogram(
+        "demo_latency_seconds",
+        "demo",
+        ["revision"],
+        registry=registry,
+        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 1.0),
+    )
     for _ in range(99):
         latency.labels("a").observe(0.003)
     latency.labels("a").observe(0.5)
@@ -26,7 +31,8 @@ def test_prometheus_scrapes_a_histogram_and_aggregates_p99(prometheus: Callable[
             lambda: prom.query(
                 "histogram_quantile(0.5, sum by (le, revision) (demo_latency_seconds_bucket))"
             ),
-            timeout=30, what="Prometheus to scrape the target",
+            timeout=30,
+            what="Prometheus to scrape the target",
         )
         assert result[0]["metric"]["revision"] == "a"
         assert 0.001 < float(result[0]["value"][1]) <= 0.005

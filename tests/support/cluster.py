@@ -54,7 +54,11 @@ def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> st
     """Run the project's own kubectl against the test cluster and return its stdout."""
     proc = subprocess.run(
         ["kubectl", "--request-timeout=20s", *args],
-        input=input_text, capture_output=True, text=True, timeout=60, check=False,
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
@@ -62,7 +66,11 @@ def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> st
 
 
 def wait_for(
-    probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.25,
+    what: str = "condition",
 ) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -72,7 +80,7 @@ def wait_for(
             value = probe()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - the API may be briefly unavailable; report the last
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")

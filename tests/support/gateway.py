@@ -10,7 +10,8 @@ follows the weights the operator set:
 - ``--service NS/NAME``: every request picks a ready endpoint of the Service uniformly, as
   kube-proxy does, so a replica-ratio split shows as the ratio of ready pods.
 
-Endpoints are the Service's ready pods (whose IPs the local node agent serves on). State is refreshed every ``--refresh`` seconds.
+Endpoints are the Service's ready pods (whose IPs the local node agent serves on). State is
+refreshed every ``--refresh`` seconds.
 Counts of requests per Service are kept for the tests at ``GET /_gateway/stats``.
 """
 
@@ -43,7 +44,9 @@ class Routes:
 class Resolver:
     """Reads the router's state from the API server (in a thread: the client is synchronous)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, httproute: str | None, service: str | None) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, httproute: str | None, service: str | None
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.discovery = client.DiscoveryV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -70,7 +73,9 @@ class Resolver:
         target = int(chosen.target_port) if str(chosen.target_port).isdigit() else chosen.port
         out = []
         for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:
-            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            ready = any(
+                c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+            )
             if ready and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
                 out.append(f"{pod.status.pod_ip}:{target}")
         return sorted(out)
@@ -79,7 +84,8 @@ class Resolver:
         if self.service:
             return Routes([(self.service, 1, self.endpoints(self.service, None))])
         route = self.custom.get_namespaced_custom_object(
-            "gateway.networking.k8s.io", "v1", self.namespace, "httproutes", self.httproute or "")
+            "gateway.networking.k8s.io", "v1", self.namespace, "httproutes", self.httproute or ""
+        )
         rules = route.get("spec", {}).get("rules") or [{}]
         backends = []
         for ref in rules[0].get("backendRefs") or []:
@@ -109,13 +115,18 @@ class Gateway:
         live = [(svc, w, eps) for svc, w, eps in self.routes.backends if w > 0 and eps]
         if not live:
             return None
-        svc, _, eps = random.choices(live, weights=[w for _, w, _ in live])[0]  # noqa: S311
-        return svc, random.choice(eps)  # noqa: S311
+        svc, _, eps = random.choices(live, weights=[w for _, w, _ in live])[0]
+        return svc, random.choice(eps)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/_gateway/stats":
-            return web.json_response({"requests": dict(self.counts), "errors": dict(self.errors),
-                                      "backends": [[s, w, e] for s, w, e in self.routes.backends]})
+            return web.json_response(
+                {
+                    "requests": dict(self.counts),
+                    "errors": dict(self.errors),
+                    "backends": [[s, w, e] for s, w, e in self.routes.backends],
+                }
+            )
         choice = self.pick()
         if choice is None:
             return web.json_response({"error": "no healthy backend"}, status=503)
@@ -123,23 +134,33 @@ class Gateway:
         self.counts[svc] += 1
         assert self.session is not None
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept",
-                                                                              "inference-header-content-length")}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("content-type", "accept", "inference-header-content-length")
+        }
         try:
-            async with self.session.request(request.method, f"http://{endpoint}{request.path_qs}", data=body,
-                                            headers=headers) as upstream:
+            async with self.session.request(
+                request.method, f"http://{endpoint}{request.path_qs}", data=body, headers=headers
+            ) as upstream:
                 payload = await upstream.read()
-                out_headers = {k: v for k, v in upstream.headers.items()
-                               if k.lower() in ("content-type", "inference-header-content-length")}
+                out_headers = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() in ("content-type", "inference-header-content-length")
+                }
                 return web.Response(body=payload, status=upstream.status, headers=out_headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             self.errors[svc] += 1
             return web.json_response({"error": f"upstream {svc} failed: {exc}"}, status=502)
 
 
-async def serve(gateway: Gateway, host: str, port: int, ready: threading.Event | None = None) -> None:
-    gateway.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                            connector=aiohttp.TCPConnector(limit=256))
+async def serve(
+    gateway: Gateway, host: str, port: int, ready: threading.Event | None = None
+) -> None:
+    gateway.session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(limit=256)
+    )
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -169,8 +190,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ns, name = (args.httproute or args.service).split("/", 1)
-    resolver = Resolver(config.new_client_from_config(), ns, name if args.httproute else None,
-                        name if args.service else None)
+    resolver = Resolver(
+        config.new_client_from_config(),
+        ns,
+        name if args.httproute else None,
+        name if args.service else None,
+    )
     asyncio.run(serve(Gateway(resolver, args.refresh), args.host, args.port))
 
 
@@ -188,14 +213,15 @@ if __name__ == "__main__":
 
 
 @contextlib.contextmanager
-def start_gateway(*, httproute: str | None = None, service: str | None = None, log_dir: Any = None) -> Any:
+def start_gateway(
+    *, httproute: str | None = None, service: str | None = None, log_dir: Any = None
+) -> Any:
     """Run the gateway as a subprocess on a free loopback port; yields its base URL."""
     import os
     import socket
     import subprocess
     import sys
     import time
-    import urllib.request
     from pathlib import Path
 
     from tests.support.cluster import REPO
@@ -205,10 +231,18 @@ def start_gateway(*, httproute: str | None = None, service: str | None = None, l
         port = s.getsockname()[1]
     target = ["--httproute", httproute] if httproute else ["--service", str(service)]
     log_path = Path(log_dir or "/tmp") / f"gateway-{port}.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     with log_path.open("ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.support.gateway", *target, "--port", str(port)],
-                                cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.gateway", *target, "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -218,7 +252,9 @@ def start_gateway(*, httproute: str | None = None, service: str | None = None, l
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"gateway did not start: {log_path.read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"gateway did not start: {log_path.read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.2)
         yield url
     finally:

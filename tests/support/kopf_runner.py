@@ -10,7 +10,11 @@ from kopf.testing import KopfRunner
 
 @contextlib.contextmanager
 def run_operator(
-    module: str, *, namespaces: Sequence[str] = (), extra_args: Sequence[str] = (), timeout: float = 60
+    module: str,
+    *,
+    namespaces: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+    timeout: float = 60,
 ) -> Iterator[KopfRunner]:
     """Run ``kopf run -m module`` limited to ``namespaces`` (all when empty) until the block ends.
 
@@ -26,10 +30,10 @@ def run_operator(
     except BaseException as exc:
         # Read the output only now: inside the block, KopfRunner.output waits for the operator
         # to exit. It shows what the operator was doing when the test gave up on it.
-        try:
+        with contextlib.suppress(Exception):  # a courtesy: never mask the failure itself
             exc.add_note(f"operator output (tail):\n{runner.output[-6000:]}")
-        except Exception:  # noqa: BLE001 - the output is a courtesy; never mask the failure
-            pass
         raise
-    assert runner.exception is None, f"operator crashed: {runner.exception!r}\n{runner.output[-4000:]}"
+    assert runner.exception is None, (
+        f"operator crashed: {runner.exception!r}\n{runner.output[-4000:]}"
+    )
     assert runner.exit_code == 0, runner.output[-4000:]

@@ -11,7 +11,8 @@ It plays the kubelet for one Node of the local cluster, so that the operator's p
   shared by every pod that mounts it), and rewrites paths under a mount point in args and env
   to the host folder (there is no mount namespace);
 - reports readiness from the pod's HTTP readiness probe, the termination message from the
-  container's ``terminationMessagePath`` (or the log tail with ``FallbackToLogsOnError``), exit codes,
+  container's ``terminationMessagePath`` (or the log tail with ``FallbackToLogsOnError``), exit
+  codes,
   and restarts containers of ``restartPolicy: Always`` pods;
 - on deletion sends SIGTERM, waits the grace period, then SIGKILL, and removes the pod.
 
@@ -77,15 +78,27 @@ class Pod:
 
 
 class NodeAgent:
-    def __init__(self, api: client.ApiClient, node: str, root: Path, *, cpu: str = "64", memory: str = "256Gi",
-                 labels: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        node: str,
+        root: Path,
+        *,
+        cpu: str = "64",
+        memory: str = "256Gi",
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
         self.node = node
         self.root = root
         self.cpu, self.memory = cpu, memory
-        self.labels = {NODE_LABEL: node, "kubernetes.io/hostname": node, "kubernetes.io/os": "linux",
-                       **(labels or {})}
+        self.labels = {
+            NODE_LABEL: node,
+            "kubernetes.io/hostname": node,
+            "kubernetes.io/os": "linux",
+            **(labels or {}),
+        }
         self.pods: dict[str, Pod] = {}
         self.stop = threading.Event()
         self._next_ip = 0
@@ -108,7 +121,9 @@ class NodeAgent:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            self.core.patch_node(self.node, {"metadata": {"labels": self.labels}, "spec": {"taints": None}})
+            self.core.patch_node(
+                self.node, {"metadata": {"labels": self.labels}, "spec": {"taints": None}}
+            )
         self.heartbeat(force=True)
 
     def heartbeat(self, force: bool = False) -> None:
@@ -117,24 +132,63 @@ class NodeAgent:
         self._last_heartbeat = time.monotonic()
         stamp = now().isoformat()
         resources = {"cpu": self.cpu, "memory": self.memory, "pods": "250"}
-        self.core.patch_node_status(self.node, {"status": {
-            "capacity": resources,
-            "allocatable": resources,
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "local node agent is running", "lastHeartbeatTime": stamp,
-                            "lastTransitionTime": stamp}],
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "local-agent",
-                         "containerRuntimeVersion": "local-process://1", "kernelVersion": "", "osImage": "",
-                         "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
-        }})
-        lease = {"metadata": {"name": self.node, "namespace": "kube-node-lease"},
-                 "spec": {"holderIdentity": self.node, "leaseDurationSeconds": 40,
-                          "renewTime": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+        self.core.patch_node_status(
+            self.node,
+            {
+                "status": {
+                    "capacity": resources,
+                    "allocatable": resources,
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": self.node},
+                    ],
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "local node agent is running",
+                            "lastHeartbeatTime": stamp,
+                            "lastTransitionTime": stamp,
+                        }
+                    ],
+                    "nodeInfo": {
+                        "architecture": "amd64",
+                        "operatingSystem": "linux",
+                        "kubeletVersion": "local-agent",
+                        "containerRuntimeVersion": "local-process://1",
+                        "kernelVersion": "",
+                        "osImage": "",
+                        "kubeProxyVersion": "",
+                        "machineID": "",
+                        "systemUUID": "",
+                        "bootID": "",
+                    },
+                }
+            },
+        )
+        lease = {
+            "metadata": {"name": self.node, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": self.node,
+                "leaseDurationSeconds": 40,
+                "renewTime": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
         try:
-            self.coordination.replace_namespaced_lease(self.node, "kube-node-lease", {
-                **lease, "metadata": {**lease["metadata"], "resourceVersion": self.coordination.read_namespaced_lease(
-                    self.node, "kube-node-lease").metadata.resource_version}})
+            self.coordination.replace_namespaced_lease(
+                self.node,
+                "kube-node-lease",
+                {
+                    **lease,
+                    "metadata": {
+                        **lease["metadata"],
+                        "resourceVersion": self.coordination.read_namespaced_lease(
+                            self.node, "kube-node-lease"
+                        ).metadata.resource_version,
+                    },
+                },
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -156,7 +210,9 @@ class NodeAgent:
         self.shutdown()
 
     def sync(self) -> None:
-        listed = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items
+        listed = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.node}"
+        ).items
         seen = set()
         for pod in listed:
             uid = pod.metadata.uid
@@ -178,7 +234,9 @@ class NodeAgent:
     def _admit(self, pod: Any) -> Pod:
         ip = f"127.{self._octet}.{self._next_ip // 250 + 1}.{self._next_ip % 250 + 2}"
         self._next_ip += 1
-        workdir = self.root / "pods" / pod.metadata.namespace / pod.metadata.name / pod.metadata.uid[:8]
+        workdir = (
+            self.root / "pods" / pod.metadata.namespace / pod.metadata.name / pod.metadata.uid[:8]
+        )
         workdir.mkdir(parents=True, exist_ok=True)
         state = Pod(pod.metadata.uid, pod.metadata.namespace, pod.metadata.name, ip, workdir)
         for c in pod.spec.containers:
@@ -207,8 +265,14 @@ class NodeAgent:
 
     def _start(self, pod: Any, state: Pod, spec: Any, cont: Container) -> None:
         volumes = self._volume_dirs(pod, state)
-        mounts = sorted(((m.mount_path.rstrip("/"), volumes[m.name] / (m.sub_path or ""))
-                         for m in spec.volume_mounts or [] if m.name in volumes), key=lambda x: -len(x[0]))
+        mounts = sorted(
+            (
+                (m.mount_path.rstrip("/"), volumes[m.name] / (m.sub_path or ""))
+                for m in spec.volume_mounts or []
+                if m.name in volumes
+            ),
+            key=lambda x: -len(x[0]),
+        )
         cont.message_path = state.workdir / f"{spec.name}.termination-log"
         cont.message_path.unlink(missing_ok=True)
         message_in_pod = spec.termination_message_path or "/dev/termination-log"
@@ -219,34 +283,62 @@ class NodeAgent:
                 return value  # already a host path (a build reports where it wrote, on the host)
             for in_pod, on_host in mounts:
                 if value == in_pod or value.startswith(in_pod + "/"):
-                    return str(on_host) + value[len(in_pod):]
+                    return str(on_host) + value[len(in_pod) :]
             return value
 
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")}
-        env.update({"HOSTNAME": state.name, "TRTOPS_BIND_HOST": state.ip, "POD_IP": state.ip,
-                    "TRTOPS_TERMINATION_LOG": str(cont.message_path)})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
+        }
+        env.update(
+            {
+                "HOSTNAME": state.name,
+                "TRTOPS_BIND_HOST": state.ip,
+                "POD_IP": state.ip,
+                "TRTOPS_TERMINATION_LOG": str(cont.message_path),
+            }
+        )
         for e in spec.env or []:
             value = e.value
             if e.value_from and e.value_from.field_ref:
-                value = {"metadata.name": state.name, "metadata.namespace": state.namespace,
-                         "status.podIP": state.ip, "spec.nodeName": self.node,
-                         "metadata.uid": state.uid}.get(e.value_from.field_ref.field_path, "")
+                value = {
+                    "metadata.name": state.name,
+                    "metadata.namespace": state.namespace,
+                    "status.podIP": state.ip,
+                    "spec.nodeName": self.node,
+                    "metadata.uid": state.uid,
+                }.get(e.value_from.field_ref.field_path, "")
             elif e.value_from:
                 value = self._ref_value(state.namespace, e.value_from)
             env[e.name] = _expand(value or "", env)
         if not spec.command:
-            raise ValueError(f"container {spec.name} has no command: the local agent cannot run images")
+            raise ValueError(
+                f"container {spec.name} has no command: the local agent cannot run images"
+            )
         argv = [host_path(_expand(a, env)) for a in [*spec.command, *(spec.args or [])]]
         env = {k: host_path(v) for k, v in env.items()}
         cont.log_path = state.workdir / f"{spec.name}.log"
         with cont.log_path.open("ab") as logf:
-            cont.process = subprocess.Popen(argv, env=env, cwd=state.workdir, stdout=logf, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            cont.process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=state.workdir,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         cont.started_at, cont.exit_code, cont.ready, cont.finished_at = now(), None, False, None
         probe = spec.readiness_probe
         cont.next_probe = time.monotonic() + (probe.initial_delay_seconds or 0 if probe else 0)
-        log.info("started %s/%s[%s] pid %d: %s", state.namespace, state.name, spec.name, cont.process.pid,
-                 " ".join(argv))
+        log.info(
+            "started %s/%s[%s] pid %d: %s",
+            state.namespace,
+            state.name,
+            spec.name,
+            cont.process.pid,
+            " ".join(argv),
+        )
 
     def _ref_value(self, namespace: str, value_from: Any) -> str:
         with contextlib.suppress(ApiException, KeyError, TypeError):
@@ -265,7 +357,11 @@ class NodeAgent:
         policy = pod.spec.restart_policy or "Always"
         for spec in pod.spec.containers:
             cont = state.containers[spec.name]
-            if cont.process is None and cont.exit_code is None and time.monotonic() >= cont.next_start:
+            if (
+                cont.process is None
+                and cont.exit_code is None
+                and time.monotonic() >= cont.next_start
+            ):
                 try:
                     self._start(pod, state, spec, cont)
                 except Exception as exc:  # a pod the agent cannot run fails like a bad image would
@@ -275,7 +371,7 @@ class NodeAgent:
                 self._collect_exit(spec, cont)
                 if policy == "Always" or (policy == "OnFailure" and cont.exit_code != 0):
                     cont.restarts += 1
-                    cont.next_start = time.monotonic() + min(2 ** cont.restarts, 30)
+                    cont.next_start = time.monotonic() + min(2**cont.restarts, 30)
                     cont.exit_code = None
             if cont.process is not None and cont.exit_code is None:
                 self._probe(spec, state, cont)
@@ -290,9 +386,16 @@ class NodeAgent:
         message = ""
         if cont.message_path and cont.message_path.exists():
             message = cont.message_path.read_text(errors="replace")[:4096]
-        if not message and cont.exit_code != 0 and spec.termination_message_policy == "FallbackToLogsOnError" \
-                and cont.log_path and cont.log_path.exists():
-            message = "\n".join(cont.log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
+        if (
+            not message
+            and cont.exit_code != 0
+            and spec.termination_message_policy == "FallbackToLogsOnError"
+            and cont.log_path
+            and cont.log_path.exists()
+        ):
+            message = "\n".join(cont.log_path.read_text(errors="replace").splitlines()[-80:])[
+                -2048:
+            ]
         cont.message = message
 
     def _probe(self, spec: Any, state: Pod, cont: Container) -> None:
@@ -311,7 +414,7 @@ class NodeAgent:
             port = next((p.container_port for p in spec.ports or [] if p.name == port), port)
         url = f"http://{state.ip}:{port}{probe.http_get.path or '/'}"
         try:
-            with urllib.request.urlopen(url, timeout=max(probe.timeout_seconds or 1, 1)) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=max(probe.timeout_seconds or 1, 1)) as resp:
                 cont.ready = 200 <= resp.status < 400
         except Exception:
             cont.ready = False
@@ -337,9 +440,14 @@ class NodeAgent:
 
     def _finalize(self, pod: Any) -> None:
         with contextlib.suppress(ApiException):
-            self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
-                                            body=client.V1DeleteOptions(grace_period_seconds=0,
-                                                                        preconditions={"uid": pod.metadata.uid}))
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions={"uid": pod.metadata.uid}
+                ),
+            )
             log.info("removed pod %s/%s", pod.metadata.namespace, pod.metadata.name)
 
     def _kill_all(self, state: Pod, grace: float) -> None:
@@ -365,24 +473,40 @@ class NodeAgent:
             if cont.process is not None:
                 st: dict[str, Any] = {"running": {"startedAt": stamp}}
             elif cont.exit_code is not None or cont.finished_at is not None:
-                st = {"terminated": {"exitCode": cont.exit_code if cont.exit_code is not None else 1,
-                                     "reason": "Completed" if cont.exit_code == 0 else "Error",
-                                     "message": cont.message, "startedAt": stamp,
-                                     "finishedAt": (cont.finished_at or now()).isoformat()}}
+                st = {
+                    "terminated": {
+                        "exitCode": cont.exit_code if cont.exit_code is not None else 1,
+                        "reason": "Completed" if cont.exit_code == 0 else "Error",
+                        "message": cont.message,
+                        "startedAt": stamp,
+                        "finishedAt": (cont.finished_at or now()).isoformat(),
+                    }
+                }
                 if policy == "Always":
                     st = {"waiting": {"reason": "CrashLoopBackOff", "message": cont.message[-512:]}}
             else:
                 st = {"waiting": {"reason": "ContainerCreating"}}
-            statuses.append({"name": spec.name, "image": spec.image or "", "imageID": "", "ready": cont.ready,
-                             "restartCount": cont.restarts, "started": cont.process is not None, "state": st,
-                             "containerID": f"local://{state.uid[:8]}-{spec.name}"})
+            statuses.append(
+                {
+                    "name": spec.name,
+                    "image": spec.image or "",
+                    "imageID": "",
+                    "ready": cont.ready,
+                    "restartCount": cont.restarts,
+                    "started": cont.process is not None,
+                    "state": st,
+                    "containerID": f"local://{state.uid[:8]}-{spec.name}",
+                }
+            )
         conts = state.containers.values()
         done = all(c.process is None and c.exit_code is not None for c in conts)
         if done and policy != "Always":
             phase = "Succeeded" if all(c.exit_code == 0 for c in conts) else "Failed"
         else:
             phase = "Running" if any(c.process is not None for c in conts) else "Pending"
-        ready = phase == "Running" and all(c.ready for c in conts) and state.terminating_since is None
+        ready = (
+            phase == "Running" and all(c.ready for c in conts) and state.terminating_since is None
+        )
         status = {
             "phase": phase,
             "podIP": state.ip,
@@ -401,9 +525,14 @@ class NodeAgent:
         stamp = now().isoformat()
         for cond in status["conditions"]:
             cond["lastTransitionTime"] = stamp
-        body = {**status, "startTime": pod.status.start_time.isoformat() if pod.status.start_time else stamp}
+        body = {
+            **status,
+            "startTime": pod.status.start_time.isoformat() if pod.status.start_time else stamp,
+        }
         try:
-            self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": body})
+            self.core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": body}
+            )
             state.last_status = status
         except ApiException as exc:
             if exc.status != 404:
@@ -417,6 +546,7 @@ class NodeAgent:
 
 def _expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes' ``$(VAR)`` expansion; ``$$`` escapes, unknown names stay as written."""
+
     def sub(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -428,7 +558,9 @@ def _expand(value: str, env: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", default="local-0")
-    parser.add_argument("--root", type=Path, required=True, help="folder for volumes, logs and termination messages")
+    parser.add_argument(
+        "--root", type=Path, required=True, help="folder for volumes, logs and termination messages"
+    )
     parser.add_argument("--label", action="append", default=[], help="extra node label KEY=VALUE")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -59,8 +59,14 @@ spec:
   resources: {{requests: {{storage: {size}}}}}
 """
         kubectl("apply", "-f", "-", input_text=manifest)
-        wait_for(lambda: kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.status.phase}") == "Bound",
-                 timeout=30, what=f"claim {claim} to be bound")
+        wait_for(
+            lambda: (
+                kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.status.phase}")
+                == "Bound"
+            ),
+            timeout=30,
+            what=f"claim {claim} to be bound",
+        )
         return path
 
     def log(self) -> str:
@@ -70,18 +76,34 @@ spec:
 @contextlib.contextmanager
 def start_node_agent(root: Path, node: str = "local-0") -> Iterator[NodeAgentHandle]:
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     with (root / "agent.log").open("ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.node_agent", "--node", node, "--root", str(root)],
-            cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
         )
     handle = NodeAgentHandle(node, root, proc)
     try:
         wait_for(
-            lambda: kubectl("get", "node", node, "-o",
-                            "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False) == "True",
-            timeout=30, what=f"node {node} to be Ready",
+            lambda: (
+                kubectl(
+                    "get",
+                    "node",
+                    node,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                    check=False,
+                )
+                == "True"
+            ),
+            timeout=30,
+            what=f"node {node} to be Ready",
         )
         yield handle
     finally:

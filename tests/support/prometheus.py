@@ -52,21 +52,32 @@ class PodDiscovery:
     def discover() -> list[dict[str, Any]]:
         out = subprocess.run(
             ["kubectl", "get", "pods", "-A", "-o", "json", "--request-timeout=10s"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
         groups = []
         for pod in json.loads(out)["items"]:
             meta, status = pod["metadata"], pod.get("status", {})
             annotations = meta.get("annotations") or {}
-            if annotations.get("prometheus.io/scrape") != "true" or status.get("phase") != "Running":
+            if (
+                annotations.get("prometheus.io/scrape") != "true"
+                or status.get("phase") != "Running"
+            ):
                 continue
             if not status.get("podIP") or "prometheus.io/port" not in annotations:
                 continue
-            groups.append({
-                "targets": [f"{status['podIP']}:{annotations['prometheus.io/port']}"],
-                "labels": {"namespace": meta["namespace"], "pod": meta["name"],
-                           "__metrics_path__": annotations.get("prometheus.io/path", "/metrics")},
-            })
+            groups.append(
+                {
+                    "targets": [f"{status['podIP']}:{annotations['prometheus.io/port']}"],
+                    "labels": {
+                        "namespace": meta["namespace"],
+                        "pod": meta["name"],
+                        "__metrics_path__": annotations.get("prometheus.io/path", "/metrics"),
+                    },
+                }
+            )
         return groups
 
     def write(self, groups: list[dict[str, Any]]) -> None:
@@ -105,15 +116,23 @@ class Prometheus:
 
     def write_config(self) -> Path:
         scrape_configs: list[dict[str, Any]] = [
-            {"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in self.jobs.items()
+            {"job_name": job, "static_configs": [{"targets": targets}]}
+            for job, targets in self.jobs.items()
         ]
         if self.discover_pods:
-            scrape_configs.append({
-                "job_name": "kubernetes-pods",
-                "file_sd_configs": [{"files": [str(self.workdir / "pods.json")], "refresh_interval": "1s"}],
-            })
+            scrape_configs.append(
+                {
+                    "job_name": "kubernetes-pods",
+                    "file_sd_configs": [
+                        {"files": [str(self.workdir / "pods.json")], "refresh_interval": "1s"}
+                    ],
+                }
+            )
         config = {
-            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "evaluation_interval": self.scrape_interval,
+            },
             "scrape_configs": scrape_configs,
         }
         path = self.workdir / "prometheus.yml"
@@ -123,7 +142,9 @@ class Prometheus:
     def start(self, timeout: float = 30.0) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
-            raise RuntimeError("prometheus not found: install Debian's 'prometheus' package (.ci/run does)")
+            raise RuntimeError(
+                "prometheus not found: install Debian's 'prometheus' package (.ci/run does)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.discover_pods:
             self.discovery = PodDiscovery(self.workdir / "pods.json")
@@ -152,7 +173,9 @@ class Prometheus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:  # noqa: S310 - loopback
                     if resp.status == 200:
@@ -165,7 +188,7 @@ class Prometheus:
         """Replace the scrape targets and reload the running server."""
         self.jobs = jobs
         self.write_config()
-        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")  # noqa: S310 - loopback
         with urllib.request.urlopen(req, timeout=5):  # noqa: S310 - loopback
             pass
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from trtops_worker import samples
 
 from tests.support.cluster import kubectl, wait_for
-from trtops_worker import samples
 
 # Model files the claim holds, and how to make them.
 MODELS = {
@@ -86,25 +86,38 @@ def engine_manifest(
 
 def http_route_manifest(name: str) -> str:
     """The user's route: everything to the engine's Service; the operator adds the canary."""
-    return json.dumps({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": {"name": name},
-        "spec": {"rules": [{"backendRefs": [{"name": name, "port": 8000, "weight": 100}]}]},
-    })
+    return json.dumps(
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": name},
+            "spec": {"rules": [{"backendRefs": [{"name": name, "port": 8000, "weight": 100}]}]},
+        }
+    )
 
 
 def apply(namespace: str, obj: dict[str, Any] | str) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input_text=obj if isinstance(obj, str) else json.dumps(obj))
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input_text=obj if isinstance(obj, str) else json.dumps(obj),
+    )
 
 
 def engine(namespace: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(kubectl("get", "trtengine", name, "-n", namespace, "-o", "json"))
+    result: dict[str, Any] = json.loads(
+        kubectl("get", "trtengine", name, "-n", namespace, "-o", "json")
+    )
     return result
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == type_), {})
+    return next(
+        (c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == type_), {}
+    )
 
 
 def route_weights(namespace: str, name: str) -> dict[str, int]:
@@ -115,6 +128,7 @@ def route_weights(namespace: str, name: str) -> dict[str, int]:
 
 def wait_stable(namespace: str, name: str, *, timeout: float = 180) -> dict[str, Any]:
     """Wait until the engine is Ready with its current revision stable at 100%."""
+
     def settled() -> dict[str, Any] | None:
         obj = engine(namespace, name)
         st = obj.get("status", {})
@@ -149,14 +163,37 @@ class Traffic:
 
 
 @contextlib.contextmanager
-def traffic(url: str, model: str, input_file: Path, workdir: Path, *, concurrency: int = 2,
-            seconds: int = 600) -> Iterator[Traffic]:
+def traffic(
+    url: str,
+    model: str,
+    input_file: Path,
+    workdir: Path,
+    *,
+    concurrency: int = 2,
+    seconds: int = 600,
+) -> Iterator[Traffic]:
     report = workdir / f"bench-{time.monotonic_ns()}.json"
     with (workdir / "bench.log").open("ab") as log:
         proc = subprocess.Popen(
-            ["trtops-worker", "bench", "--url", url, "--model", model, "--concurrency", str(concurrency),
-             "--duration-seconds", str(seconds), "--input-file", str(input_file), "--json", str(report)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+            [
+                "trtops-worker",
+                "bench",
+                "--url",
+                url,
+                "--model",
+                model,
+                "--concurrency",
+                str(concurrency),
+                "--duration-seconds",
+                str(seconds),
+                "--input-file",
+                str(input_file),
+                "--json",
+                str(report),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
         )
     t = Traffic(proc, report)
     try:

@@ -43,14 +43,20 @@ def conv_classifier(
     prev, channels = "input", 3
     for i in range(depth):
         out_ch = width * (2 ** min(i, 3))
-        w = rng.normal(0, np.sqrt(2.0 / (channels * 9)), (out_ch, channels, 3, 3)).astype(np.float32)
+        w = rng.normal(0, np.sqrt(2.0 / (channels * 9)), (out_ch, channels, 3, 3)).astype(
+            np.float32
+        )
         b = rng.normal(0, 0.05, (out_ch,)).astype(np.float32)
         inits += [_init(f"conv{i}.w", w), _init(f"conv{i}.b", b)]
         stride = 2 if i % 2 == 1 else 1
         nodes.append(
             helper.make_node(
-                "Conv", [prev, f"conv{i}.w", f"conv{i}.b"], [f"conv{i}"],
-                kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride],
+                "Conv",
+                [prev, f"conv{i}.w", f"conv{i}.b"],
+                [f"conv{i}"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
             )
         )
         nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"]))
@@ -64,7 +70,11 @@ def conv_classifier(
     graph = helper.make_graph(
         nodes,
         "conv_classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, image_size, image_size])],
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["N", 3, image_size, image_size]
+            )
+        ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
         inits,
     )
@@ -78,7 +88,12 @@ def transformer_classifier(
     rng = np.random.default_rng(seed)
 
     def dense(name: str, fan_in: int, fan_out: int) -> None:
-        inits.append(_init(f"{name}.w", rng.normal(0, np.sqrt(1.0 / fan_in), (fan_in, fan_out)).astype(np.float32)))
+        inits.append(
+            _init(
+                f"{name}.w",
+                rng.normal(0, np.sqrt(1.0 / fan_in), (fan_in, fan_out)).astype(np.float32),
+            )
+        )
         inits.append(_init(f"{name}.b", rng.normal(0, 0.02, (fan_out,)).astype(np.float32)))
 
     inits: list[TensorProto] = [
@@ -90,9 +105,15 @@ def transformer_classifier(
         _init("ln2.b", np.zeros(hidden, np.float32)),
         _init("scale", np.array(1.0 / np.sqrt(hidden), np.float32)),
     ]
-    for name, fi, fo in [("q", hidden, hidden), ("k", hidden, hidden), ("v", hidden, hidden),
-                         ("o", hidden, hidden), ("ff1", hidden, 4 * hidden), ("ff2", 4 * hidden, hidden),
-                         ("head", hidden, classes)]:
+    for name, fi, fo in [
+        ("q", hidden, hidden),
+        ("k", hidden, hidden),
+        ("v", hidden, hidden),
+        ("o", hidden, hidden),
+        ("ff1", hidden, 4 * hidden),
+        ("ff2", 4 * hidden, hidden),
+        ("head", hidden, classes),
+    ]:
         dense(name, fi, fo)
 
     def linear(x: str, name: str) -> str:
@@ -146,7 +167,9 @@ def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     return model
 
 
-def calibration_inputs(model: onnx.ModelProto, samples: int, *, seed: int = 1) -> dict[str, np.ndarray]:
+def calibration_inputs(
+    model: onnx.ModelProto, samples: int, *, seed: int = 1
+) -> dict[str, np.ndarray]:
     """Representative random inputs for ``model`` (one array per input, batch ``samples``)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
