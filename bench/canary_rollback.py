@@ -132,7 +132,8 @@ class Bench:
         )
         self.exit.callback(_stop, operator, 20)
         log(
-            f"namespace {self.namespace}, node {self.node}, Prometheus {prom.url}, operator pid {operator.pid}"
+            f"namespace {self.namespace}, node {self.node}, Prometheus {prom.url}, "
+            f"operator pid {operator.pid}"
         )
         self.manifest = stack.engine_manifest(NAME, node=self.node, prometheus_url=prom.url)
         return claim
@@ -220,7 +221,7 @@ class Bench:
         log("operator log (last 30 lines):\n" + "\n".join(oplog[-30:]))
 
     def settle(self, stable_revision: str, canary_revision: str) -> None:
-        """Stable at 100% on the route, the canary's Deployment scaled to zero, a short quiet spell."""
+        """Stable at 100% on the route, the canary scaled to zero, then a short quiet spell."""
         wait_for(
             lambda: (
                 stack.route_weights(self.namespace, NAME).get(CANARY_SVC, 0) == 0
@@ -330,14 +331,15 @@ class Bench:
                 old = stable
                 stable = run.revision
                 wait_for(
-                    lambda: (
-                        old not in kubectl("get", "deployments", "-n", self.namespace, "-o", "name")
-                    ),
+                    lambda old=old: old not in self._deployment_names(),  # type: ignore[misc]
                     timeout=60,
                     interval=0.5,
                     what=f"{old} to be retired",
                 )
                 self.settle(stable, stable)
+
+    def _deployment_names(self) -> str:
+        return kubectl("get", "deployments", "-n", self.namespace, "-o", "name")
 
     def _current_revision(self) -> str:
         return str((stack.engine(self.namespace, NAME).get("status") or {}).get("revision", ""))
@@ -354,17 +356,21 @@ def summarize(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def report(results: list[Run], runs: int) -> dict[str, Any]:
     print(
-        f"{'run':<8} {'revision':<14} {'outcome':<12} {'1st req->weight 0 s':>20} {'1st req->promoted s':>20} "
+        f"{'run':<8} {'revision':<14} {'outcome':<12} "
+        f"{'1st req->weight 0 s':>20} {'1st req->promoted s':>20} "
         f"{'apply->1st req s':>17}"
     )
     for r in results:
         print(
             f"{r.kind + ' ' + str(r.index):<8} {r.revision:<14} {r.outcome:<12} "
-            f"{'-' if r.first_request_to_weight0_s is None else r.first_request_to_weight0_s:>20} "
-            f"{'-' if r.first_request_to_promoted_s is None else r.first_request_to_promoted_s:>20} "
-            f"{'-' if r.apply_to_first_request_s is None else r.apply_to_first_request_s:>17}"
+            f"{_fmt(r.first_request_to_weight0_s):>20} {_fmt(r.first_request_to_promoted_s):>20} "
+            f"{_fmt(r.apply_to_first_request_s):>17}"
         )
     bad = [r for r in results if r.kind == "bad"]
     good = [r for r in results if r.kind == "good"]

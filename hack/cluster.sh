@@ -190,9 +190,20 @@ cmd_down() {
   log "cluster '$name' deleted"
 }
 
+# One `up` or `down` at a time per cluster: parallel test runs share it, and two creations racing
+# would each see the other's half-made cluster as stale and tear it down.
+locked() {
+  mkdir -p "$cache/clusters"
+  exec 9>"$cache/clusters/$name.lock"
+  if ! flock -w 600 9; then
+    die "another hack/cluster.sh has held $cache/clusters/$name.lock for 10 minutes"
+  fi
+  "$@"
+}
+
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up) locked cmd_up ;;
+  down) locked cmd_down ;;
   status) if healthy; then echo "up ($kubeconfig)"; else echo "down"; exit 1; fi ;;
   env) echo "export KUBECONFIG=$kubeconfig PATH=$bin:\$PATH" ;;
   *) echo "usage: $0 {up|down|status|env}" >&2; exit 2 ;;

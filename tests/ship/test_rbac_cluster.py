@@ -124,7 +124,8 @@ class Release:
 
 @pytest.fixture
 def install(namespace: str, k8s_api: Any) -> Iterator[Any]:
-    """``install(watch=[...])`` helm-installs the chart into its own namespace; uninstalled after."""
+    """``install(watch=[...])``: helm-install the chart into a namespace of its own; uninstalled
+    after."""
     from kubernetes import client
 
     core = client.CoreV1Api(k8s_api)
@@ -133,7 +134,8 @@ def install(namespace: str, k8s_api: Any) -> Iterator[Any]:
 
     def run(watch: list[str]) -> Release:
         rel_ns = f"{namespace}-op"
-        core.create_namespace({"metadata": {"name": rel_ns, "labels": {"trtops.dev/test": "true"}}})
+        meta = client.V1ObjectMeta(name=rel_ns, labels={"trtops.dev/test": "true"})
+        core.create_namespace(client.V1Namespace(metadata=meta))
         rel = Release(rel_ns, "", "")
         done.append(rel)
         args = ["install", name, str(CHART), "-n", rel_ns, "--set", "crds.enabled=false"]
@@ -168,7 +170,9 @@ def sa_kubeconfig(admin: Path, rel: Release, path: Path) -> Path:
         "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
         "current-context": "operator",
     }))
-    whoami = kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=path)
+    whoami = kubectl(
+        "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=path
+    )
     assert whoami.stdout == rel.user, whoami.stderr
     return path
 
