@@ -36,6 +36,7 @@ class Workspace:
     engines: Engines
     claim: Path  # the host folder behind the claim trt-plans
     model: onnx.ModelProto
+    node: str  # the local node agent's Node: the engine's pods are pinned to it
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def workspace(
 ) -> Workspace:
     claim = node_agent.create_claim(namespace, "trt-plans")
     model = fill_claim(claim)
-    return Workspace(Engines(k8s_api, namespace), claim, model)
+    return Workspace(Engines(k8s_api, namespace), claim, model, node_agent.node)
 
 
 @pytest.fixture

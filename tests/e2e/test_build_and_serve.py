@@ -51,7 +51,7 @@ def test_int8_engine_builds_serves_and_is_scraped(
     engines, ns = workspace.engines, workspace.engines.ns
     prom = prometheus({}, discover_pods=True)
     with operator(ns):
-        engines.create(load_sample("conv-int8.yaml"))
+        engines.create(load_sample("conv-int8.yaml", node=workspace.node))
         built = _wait_built(workspace)
         assert built["status"] == "True", built
 
@@ -118,7 +118,7 @@ def test_bad_calibration_fails_the_accuracy_gate_and_nothing_serves(
     operator: Callable[[str], AbstractContextManager[Any]],
 ) -> None:
     engines = workspace.engines
-    body = load_sample("conv-int8.yaml")
+    body = load_sample("conv-int8.yaml", node=workspace.node)
     body["spec"]["build"]["calibration"]["uri"] = "data/zeros.npz"  # all zeros: useless scales
     body["spec"]["build"]["backoffLimit"] = 0  # a failed gate is permanent: no second attempt
     with operator(engines.ns):

@@ -35,9 +35,12 @@ GROUP, VERSION, PLURAL = "trtops.dev", "v1alpha1", "trtengines"
 SAMPLES = REPO / "samples" / "local"
 
 
-def load_sample(name: str = "conv-int8.yaml") -> dict[str, Any]:
-    """A TrtEngine from ``samples/local/`` as a dict."""
+def load_sample(name: str = "conv-int8.yaml", node: str | None = None) -> dict[str, Any]:
+    """A TrtEngine from ``samples/local/`` as a dict, its pods pinned to ``node`` if given."""
     body: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
+    if node is not None:
+        for part in ("build", "serving"):
+            body["spec"][part]["nodeSelector"] = {"trtops.dev/node-agent": node}
     return body
 
 
