@@ -18,7 +18,11 @@ The stable revision is ``models/conv.onnx`` at FP32. Then:
 Targets: weight 0 within 35 s of the canary's first request; zero false rollbacks.
 A script, not a test::
 
-    python bench/canary_rollback.py [--runs 5] [--json out.json]
+    [TRTOPS_CLUSTER=trtops-canary] python bench/canary_rollback.py [--runs 5] [--json out.json]
+
+It uses ``hack/cluster.sh up`` (the shared ``trtops`` cluster, reused if it answers). With
+``TRTOPS_CLUSTER`` naming a cluster that is not up yet, it makes that cluster and deletes it at
+the end, which keeps other engineers' test runs (and their ``cluster.sh up``) out of the way.
 
 Everything it starts (namespace, PersistentVolume, node agent, Prometheus, operator, gateway,
 traffic) is stopped or deleted on exit, also on Ctrl-C or SIGTERM.
@@ -46,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support import stack  # noqa: E402
-from tests.support.cluster import ensure_cluster, kubectl, wait_for  # noqa: E402
+from tests.support.cluster import CLUSTER_SCRIPT, ensure_cluster, kubectl, wait_for  # noqa: E402
 from tests.support.gateway import start_gateway, stats  # noqa: E402
 from tests.support.node_agent_process import start_node_agent  # noqa: E402
 from tests.support.prometheus import Prometheus  # noqa: E402
@@ -103,6 +107,17 @@ class Bench:
     # -- set-up -------------------------------------------------------------------------------
 
     def bring_up(self) -> Path:
+        name = os.environ.get("TRTOPS_CLUSTER", "trtops")
+        existed = (
+            subprocess.run(
+                [str(CLUSTER_SCRIPT), "status"], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
+        if not existed and name != "trtops":  # a cluster of this run's own: deleted at the end
+            self.exit.callback(
+                subprocess.run, [str(CLUSTER_SCRIPT), "down"], check=False, timeout=120
+            )
         ensure_cluster()
         kubectl(
             "apply",
@@ -113,6 +128,7 @@ class Bench:
         )
         kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
         agent = self.exit.enter_context(start_node_agent(self.workdir / "agent", node=self.node))
+        self.wait_agent_owns_node()
         prom = Prometheus(workdir=self.workdir / "prometheus", discover_pods=True)
         self.exit.callback(prom.stop)
         prom.start()
@@ -137,6 +153,35 @@ class Bench:
         )
         self.manifest = stack.engine_manifest(NAME, node=self.node, prometheus_url=prom.url)
         return claim
+
+    def wait_agent_owns_node(self) -> None:
+        """Wait until the node agent, not kwok, holds the Node's Lease, for 5 s in a row.
+
+        kwok runs with ``--manage-all-nodes`` and manages a node whose Lease it holds: on a fresh
+        cluster it can take the new Node's Lease before the agent does and then "run" the first
+        build pod itself (Completed at once, no termination message: ``ResultMissing``).
+        """
+        since: float | None = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            holder = kubectl(
+                "get",
+                "lease",
+                self.node,
+                "-n",
+                "kube-node-lease",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+                check=False,
+            ).strip()
+            if holder == self.node:
+                since = since or time.monotonic()
+                if time.monotonic() - since >= 5:
+                    return
+            else:
+                since = None
+            time.sleep(0.5)
+        raise TimeoutError(f"the node agent never held the Lease of {self.node} for 5 s")
 
     def _delete_namespace(self) -> None:
         log(f"deleting namespace {self.namespace}")

@@ -22,10 +22,13 @@ Targets: (a) < 120 s, (b) < 300 MB, (c) near zero beyond watches. A script, not 
 Usage::
 
     python bench/operator_scale.py [--engines 500] [--models 500] [--idle-seconds 60] \
-        [--resync-seconds 30] [--json out.json] [--keep]
+        [--resync-seconds 30] [--cluster trtops-bench] [--json out.json] [--keep]
 
-Everything it creates (namespace, PersistentVolume, kwok node) is removed at the end with
-bounded waits, unless ``--keep``. The kwok node stays if pods of other namespaces landed on it.
+By default the run gets a cluster of its own (``TRTOPS_CLUSTER=trtops-bench``), created and
+deleted by ``hack/cluster.sh``: the API server's counters then hold only this run and the
+cluster's own controllers. On a cluster that already runs (``--cluster trtops``), everything the
+run creates (namespace, PersistentVolume, ServiceCIDR, kwok node) is removed with bounded waits
+unless ``--keep``; the kwok node stays (cordoned) if pods of other namespaces landed on it.
 """
 
 from __future__ import annotations

@@ -155,9 +155,9 @@ cmd_up() {
     kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
     die "cluster creation failed (full log: $cache/clusters/$name.create.log)"
   fi
-  local deadline=$((SECONDS + 90))
+  local deadline=$((SECONDS + 180))
   until healthy; do
-    ((SECONDS < deadline)) || die "API server did not become ready within 90s"
+    ((SECONDS < deadline)) || die "API server did not become ready within 180s (see $cache/clusters/$name.create.log and $KWOK_WORKDIR/clusters/$name/logs)"
     sleep 1
   done
   apply_nodes
