@@ -23,6 +23,11 @@ A script, not a test::
 It uses ``hack/cluster.sh up`` (the shared ``trtops`` cluster, reused if it answers). With
 ``TRTOPS_CLUSTER`` naming a cluster that is not up yet, it makes that cluster and deletes it at
 the end, which keeps other engineers' test runs (and their ``cluster.sh up``) out of the way.
+Known issue: ``hack/cluster.sh`` starts kwok with ``--manage-all-nodes=true``, so on a freshly
+made cluster kwok also "runs" the pods bound to the node agent's Node (build pods Completed at
+once with no termination message: ``Built=False/ResultMissing``). The figures in BENCHMARKS.md
+were taken on a cluster whose kwok-controller was restarted with
+``--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake``.
 
 Everything it starts (namespace, PersistentVolume, node agent, Prometheus, operator, gateway,
 traffic) is stopped or deleted on exit, also on Ctrl-C or SIGTERM.
@@ -42,7 +47,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +88,8 @@ class Run:
     first_request_to_weight0_s: float | None = None  # bad runs
     first_request_to_promoted_s: float | None = None  # good runs
     reason: str = ""
+    # Every analysis of the canary: its verdict and canary/stable p99 ratio (the margin to the SLO).
+    analyses: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _stop(proc: subprocess.Popen[Any], grace: float) -> None:
@@ -128,7 +135,6 @@ class Bench:
         )
         kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
         agent = self.exit.enter_context(start_node_agent(self.workdir / "agent", node=self.node))
-        self.wait_agent_owns_node()
         prom = Prometheus(workdir=self.workdir / "prometheus", discover_pods=True)
         self.exit.callback(prom.stop)
         prom.start()
@@ -153,35 +159,6 @@ class Bench:
         )
         self.manifest = stack.engine_manifest(NAME, node=self.node, prometheus_url=prom.url)
         return claim
-
-    def wait_agent_owns_node(self) -> None:
-        """Wait until the node agent, not kwok, holds the Node's Lease, for 5 s in a row.
-
-        kwok runs with ``--manage-all-nodes`` and manages a node whose Lease it holds: on a fresh
-        cluster it can take the new Node's Lease before the agent does and then "run" the first
-        build pod itself (Completed at once, no termination message: ``ResultMissing``).
-        """
-        since: float | None = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            holder = kubectl(
-                "get",
-                "lease",
-                self.node,
-                "-n",
-                "kube-node-lease",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-                check=False,
-            ).strip()
-            if holder == self.node:
-                since = since or time.monotonic()
-                if time.monotonic() - since >= 5:
-                    return
-            else:
-                since = None
-            time.sleep(0.5)
-        raise TimeoutError(f"the node agent never held the Lease of {self.node} for 5 s")
 
     def _delete_namespace(self) -> None:
         log(f"deleting namespace {self.namespace}")
@@ -229,6 +206,14 @@ class Bench:
             )
             if fresh:
                 run.revision = st["revision"]
+                run.analyses = [
+                    {
+                        "step": h.get("step"),
+                        "verdict": h.get("verdict"),
+                        "latencyRatio": h.get("latencyRatio"),
+                    }
+                    for h in canary.get("history") or []
+                ]
                 phase = canary.get("phase")
                 if phase == "Promoted" and (st.get("stable") or {}).get("revision") == run.revision:
                     run.outcome = "Promoted"
@@ -409,13 +394,14 @@ def report(results: list[Run], runs: int) -> dict[str, Any]:
     print(
         f"{'run':<8} {'revision':<14} {'outcome':<12} "
         f"{'1st req->weight 0 s':>20} {'1st req->promoted s':>20} "
-        f"{'apply->1st req s':>17}"
+        f"{'apply->1st req s':>17}  analyses (verdict, p99 ratio)"
     )
     for r in results:
         print(
             f"{r.kind + ' ' + str(r.index):<8} {r.revision:<14} {r.outcome:<12} "
             f"{_fmt(r.first_request_to_weight0_s):>20} {_fmt(r.first_request_to_promoted_s):>20} "
-            f"{_fmt(r.apply_to_first_request_s):>17}"
+            f"{_fmt(r.apply_to_first_request_s):>17}  "
+            + ", ".join(f"{a['verdict']} {a['latencyRatio']}" for a in r.analyses)
         )
     bad = [r for r in results if r.kind == "bad"]
     good = [r for r in results if r.kind == "good"]
@@ -438,6 +424,16 @@ def report(results: list[Run], runs: int) -> dict[str, Any]:
             "runs": len(good),
             "promoted": sum(r.outcome == "Promoted" for r in good),
             "false_rollbacks": sum(r.outcome == "RolledBack" for r in good),
+            "analyses": sum(len(r.analyses) for r in good),
+            "max_latency_ratio": max(
+                (
+                    a["latencyRatio"]
+                    for r in good
+                    for a in r.analyses
+                    if a["latencyRatio"] is not None
+                ),
+                default=None,
+            ),
             "first_request_to_promoted_s": summarize(promote),
         },
         "results": [asdict(r) for r in results],

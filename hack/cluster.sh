@@ -129,7 +129,7 @@ cmd_up() {
       return 0
     fi
     log "cluster '$name' exists but does not answer (stale, e.g. after a reboot): recreating it"
-    kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+    kwokctl delete cluster --name "$name" >/dev/null 2>&1 9>&- || true
     rm -rf "$KWOK_WORKDIR/clusters/$name"
   fi
   local port="${TRTOPS_APISERVER_PORT:-}"
@@ -150,9 +150,11 @@ cmd_up() {
       --etcd-binary "$bin/etcd" \
       --kubeconfig "$kubeconfig" \
       --disable-qps-limits \
-      --timeout 3m --wait 2m >"$cache/clusters/$name.create.log" 2>&1; then
+      --extra-args "kwok-controller=manage-all-nodes=false" \
+      --extra-args "kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake" \
+      --timeout 3m --wait 2m >"$cache/clusters/$name.create.log" 2>&1 9>&-; then
     tail -20 "$cache/clusters/$name.create.log" >&2
-    kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+    kwokctl delete cluster --name "$name" >/dev/null 2>&1 9>&- || true
     die "cluster creation failed (full log: $cache/clusters/$name.create.log)"
   fi
   local deadline=$((SECONDS + 180))
@@ -184,7 +186,7 @@ TXT
 cmd_down() {
   export PATH="$bin:$PATH"
   if command -v kwokctl >/dev/null && kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
-    kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+    kwokctl delete cluster --name "$name" >/dev/null 2>&1 9>&- || true
   fi
   rm -rf "$KWOK_WORKDIR/clusters/$name" "$kubeconfig"
   log "cluster '$name' deleted"
