@@ -1,0 +1,194 @@
+"""The TensorRT backend: the only module that imports ``tensorrt`` (and ``cuda``), lazily.
+
+Written against the TensorRT 11 Python API: strongly typed networks (precision comes from the
+converted ONNX: dtypes and Q/DQ nodes), ``create_network(0)``, ``build_serialized_network``,
+``set_memory_pool_limit``, the name-based I/O tensor API. It runs only in the GPU worker image;
+this machine cannot install TensorRT, so nothing here is exercised by the test suite.
+
+Timing cache: the build starts from the store's shared cache for this TensorRT version and
+device (``settings.timing_cache``, when there is one) and writes ``timing.cache`` into the key
+folder; the pipeline then refreshes the shared copy, so later builds on the same GPU type
+reuse the measured tactics. Optimization level 0 ignores the cache (TensorRT's rule).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtops_worker.build.benchmark import latency_summary
+from trtops_worker.build.engine import EngineSettings
+from trtops_worker.build.errors import BackendError, ConfigError, EngineError
+from trtops_worker.cachekey import Device
+
+__all__ = ["TIMING_CACHE", "TensorRTBackend", "create"]
+
+TIMING_CACHE = "timing.cache"
+
+
+def _import() -> tuple[Any, Any]:
+    try:
+        import tensorrt as trt
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        raise BackendError(
+            "BackendUnavailable",
+            f"the tensorrt backend needs TensorRT and cuda-python (the GPU worker image): {exc}",
+        ) from exc
+    return trt, cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns ``(error, *values)``; turn a non-success error into a BuildFailed."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise EngineError("BuildFailed", f"CUDA {what} failed: {err}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+    artifact_name = "engine.plan"
+    gate_runs_artifact = False  # the gate runs converted.onnx on ONNX Runtime (CPU)
+
+    def __init__(self) -> None:
+        self._trt, self._cudart = _import()
+        self._logger = self._trt.Logger(self._trt.Logger.WARNING)
+
+    def version(self) -> str:
+        return str(self._trt.__version__)
+
+    def device(self, gpu_product: str | None) -> Device:
+        props = _check(self._cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        return Device(
+            compute_capability=f"{props.major}.{props.minor}",
+            gpu_product=gpu_product or name.strip("\x00"),
+        )
+
+    def build(self, converted: Path, folder: Path, settings: EngineSettings) -> Path:
+        trt = self._trt
+        declared = {p.input for p in settings.profiles}
+        undeclared = [s.name for s in settings.inputs if -1 in s.shape and s.name not in declared]
+        if undeclared:
+            raise ConfigError(
+                "InvalidProfile", f"dynamic inputs {undeclared} need a --profile NAME:MIN:OPT:MAX"
+            )
+
+        builder = trt.Builder(self._logger)
+        network = builder.create_network(0)  # TensorRT 11: always explicit batch, strongly typed
+        parser = trt.OnnxParser(network, self._logger)
+        if not parser.parse_from_file(str(converted)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(
+                "BuildFailed", f"TensorRT's ONNX parser rejected the model: {errors[:1000]}"
+            )
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+        config.builder_optimization_level = settings.optimization_level
+        if settings.precision != "tf32":
+            config.clear_flag(trt.BuilderFlag.TF32)  # on by default; FP32 means FP32
+        seed = (
+            settings.timing_cache.read_bytes()
+            if settings.timing_cache and settings.timing_cache.is_file()
+            else b""
+        )
+        cache = config.create_timing_cache(seed)
+        config.set_timing_cache(cache, False)  # ignore_mismatch=False: a foreign cache is not used
+
+        if settings.profiles:
+            profile = builder.create_optimization_profile()
+            for p in settings.profiles:  # one profile object carrying every declared input's range
+                profile.set_shape(p.input, p.min, p.opt, p.max)
+            config.add_optimization_profile(profile)
+
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise EngineError(
+                "BuildFailed", "TensorRT build_serialized_network returned nothing (see the log)"
+            )
+        artifact = folder / self.artifact_name
+        artifact.write_bytes(bytes(plan))
+        (folder / TIMING_CACHE).write_bytes(bytes(config.get_timing_cache().serialize()))
+        return artifact
+
+    def benchmark(
+        self,
+        artifact: Path,
+        feeds: dict[int, dict[str, Any]],
+        iterations: int,
+        time_budget_s: float,
+    ) -> dict[str, Any]:
+        trt, cudart = self._trt, self._cudart
+        free_before, _ = _check(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+        engine = trt.Runtime(self._logger).deserialize_cuda_engine(artifact.read_bytes())
+        if engine is None:
+            raise EngineError("BuildFailed", "TensorRT cannot deserialize the plan it just built")
+        context = engine.create_execution_context()
+        stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        lowest_free = free_before
+        results = []
+        try:
+            for batch_size, feed in sorted(feeds.items()):
+                pointers = []
+                try:
+                    for name, array in feed.items():
+                        context.set_input_shape(name, array.shape)
+                    for i in range(engine.num_io_tensors):
+                        name = engine.get_tensor_name(i)
+                        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                        nbytes = max(
+                            1, int(np.prod(tuple(context.get_tensor_shape(name)))) * dtype.itemsize
+                        )
+                        ptr = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+                        pointers.append(ptr)
+                        context.set_tensor_address(name, ptr)
+                        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                            host = np.ascontiguousarray(feed[name], dtype=dtype)
+                            _check(
+                                cudart.cudaMemcpy(
+                                    ptr,
+                                    host.ctypes.data,
+                                    host.nbytes,
+                                    cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                ),
+                                "cudaMemcpy",
+                            )
+
+                    def infer() -> None:
+                        if not context.execute_async_v3(stream):
+                            raise EngineError("BuildFailed", "TensorRT execute_async_v3 failed")
+                        _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+                    for _ in range(3):
+                        infer()
+                    latencies: list[float] = []
+                    deadline = time.perf_counter() + time_budget_s
+                    for _ in range(max(1, iterations)):
+                        start = time.perf_counter()
+                        infer()
+                        latencies.append((time.perf_counter() - start) * 1000.0)
+                        if time.perf_counter() > deadline:
+                            break
+                    free_now, _ = _check(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+                    lowest_free = min(lowest_free, free_now)
+                    results.append(latency_summary(latencies, batch_size))
+                finally:
+                    for ptr in pointers:
+                        cudart.cudaFree(ptr)
+        finally:
+            cudart.cudaStreamDestroy(stream)
+        return {
+            "runtime": f"tensorrt {trt.__version__}",
+            "batches": results,
+            "peakMemoryMiB": round((free_before - lowest_free) / (1 << 20), 2),
+            "memoryMethod": "gpu-free-memory-delta (cudaMemGetInfo)",
+        }
+
+
+def create() -> TensorRTBackend:
+    return TensorRTBackend()

@@ -1,0 +1,370 @@
+"""One build, start to finish: check inputs -> key -> cache hit, or convert -> engine -> accuracy
+gate -> benchmark -> publish.
+
+Cheap checks come first (model digest and format, profiles, calibration names and shapes, the
+backend's runtime, storage), so a bad request fails in about a second, before any conversion.
+Nothing reaches ``<storage>/<key>/`` unless it passed the gate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from trtops_worker import __version__
+from trtops_worker.build import precision as precision_stage
+from trtops_worker.build.accuracy import OutputMetrics, Thresholds, evaluate, output_metrics
+from trtops_worker.build.benchmark import feeds_for
+from trtops_worker.build.data import InputSet, batches, load_input_set
+from trtops_worker.build.engine import Backend, EngineSettings, load_backend
+from trtops_worker.build.errors import AccuracyError, CalibrationError
+from trtops_worker.build.model import LoadedModel, load_model, sha256_file
+from trtops_worker.build.profiles import check_profiles
+from trtops_worker.build.store import METADATA, Store
+from trtops_worker.cachekey import (
+    CalibrationIngredients,
+    KeyIngredients,
+    ProfileIngredients,
+    cache_key,
+)
+
+__all__ = ["BuildRequest", "build"]
+
+log = logging.getLogger(__name__)
+CONVERTED = "converted.onnx"
+TIMING_CACHE = "timing.cache"  # written by backends that have one (TensorRT)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model: Path
+    precision: str
+    backend: str
+    storage: Path
+    model_sha256: str | None = None
+    calibration: Path | None = None
+    calibration_method: str = "entropy"
+    calibration_max_samples: int = 512
+    profiles: tuple[ProfileIngredients, ...] = ()
+    optimization_level: int = 3
+    workspace_mib: int = 2048
+    validation: Path | None = None
+    validation_max_samples: int = 256
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    benchmark_batch_sizes: tuple[int, ...] = (1, 8)
+    benchmark_iterations: int = 50
+    benchmark_seconds: float = 2.0
+    gpu_product: str | None = None
+
+
+def build(request: BuildRequest) -> dict[str, Any]:
+    """Build (or find) the artifact: the operator's result, or a ``BuildError``."""
+    started = time.perf_counter()
+    model = load_model(request.model, request.model_sha256)
+    check_profiles(request.profiles, model.inputs)
+    quantized = request.precision in precision_stage.QUANTIZED
+    calibration: InputSet | None = None
+    if quantized and request.calibration is None:
+        raise CalibrationError(
+            "CalibrationRequired",
+            f"{request.precision} needs calibration data (--calibration .npz/.npy)",
+        )
+    if quantized and request.calibration is not None:
+        calibration = load_input_set(
+            request.calibration, model.inputs, request.calibration_max_samples, kind="calibration"
+        )
+        precision_stage.check_calibration_method(request.precision, request.calibration_method)
+    validation = _validation_set(request, model, calibration)
+    backend = load_backend(request.backend)
+    store = Store(request.storage)
+    store.ensure_writable()
+
+    ingredients = KeyIngredients(
+        model_sha256=model.sha256,
+        precision=request.precision,
+        backend=backend.name,
+        backend_version=backend.version(),
+        device=backend.device(request.gpu_product),
+        # Calibration shapes only quantized precisions: elsewhere it must not split the cache.
+        calibration=CalibrationIngredients(
+            calibration.sha256, request.calibration_method, request.calibration_max_samples
+        )
+        if calibration
+        else None,
+        profiles=request.profiles,
+        optimization_level=request.optimization_level,
+        workspace_mib=request.workspace_mib,
+    )
+    key = cache_key(ingredients)
+    cached = store.lookup(key)
+    if cached is not None:
+        _regate(cached, request.thresholds)
+        log.info("cache hit %s", key)
+        return _result(cached, store.entry(key), cached=True)
+
+    shared_cache = _timing_cache_name(ingredients)
+    log.info("building %s: %s on %s, key %s", model.path.name, request.precision, backend.name, key)
+    temp = store.begin(key)
+    try:
+        metadata = _build_into(
+            temp.path,
+            request,
+            model,
+            backend,
+            ingredients,
+            key,
+            calibration,
+            validation,
+            started,
+            store.shared_file(shared_cache),
+        )
+        final = store.publish(temp, key)
+    except BaseException:
+        store.abandon(temp)
+        raise
+    log.info("published %s", final)
+    if (final / TIMING_CACHE).is_file():
+        store.replace_shared(shared_cache, final / TIMING_CACHE)
+    published = store.lookup(key) or metadata  # another builder may have won the race
+    return _result(published, final, cached=False)
+
+
+def _timing_cache_name(ingredients: KeyIngredients) -> str:
+    """Tactic timings are valid per backend version and device, whatever the model."""
+    device = ingredients.device.to_json()
+    parts = [
+        ingredients.backend,
+        ingredients.backend_version,
+        str(device.get("computeCapability") or "cpu"),
+        str(device.get("gpuProduct") or ""),
+    ]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(p for p in parts if p)) + ".timing.cache"
+
+
+def _validation_set(
+    request: BuildRequest, model: LoadedModel, calibration: InputSet | None
+) -> InputSet | None:
+    """Validation data if given; else the calibration data (better than nothing, and said so)."""
+    if request.validation is not None:
+        return load_input_set(
+            request.validation, model.inputs, request.validation_max_samples, kind="validation"
+        )
+    if request.calibration is not None:
+        if calibration is not None:
+            n = min(calibration.samples, request.validation_max_samples)
+            arrays = {name: a[:n] for name, a in calibration.arrays.items()}
+            return InputSet(arrays=arrays, sha256=calibration.sha256, samples=n)
+        return load_input_set(
+            request.calibration, model.inputs, request.validation_max_samples, kind="validation"
+        )
+    return None
+
+
+def _build_into(
+    folder: Path,
+    request: BuildRequest,
+    model: LoadedModel,
+    backend: Backend,
+    ingredients: KeyIngredients,
+    key: str,
+    calibration: InputSet | None,
+    validation: InputSet | None,
+    started: float,
+    timing_cache: Path,
+) -> dict[str, Any]:
+    converted = folder / CONVERTED
+    precision_stage.convert(
+        model.path,
+        converted,
+        request.precision,
+        calibration=calibration.arrays if calibration else None,
+        calibration_method=request.calibration_method,
+    )
+    settings = EngineSettings(
+        precision=request.precision,
+        inputs=model.inputs,
+        profiles=request.profiles,
+        optimization_level=request.optimization_level,
+        workspace_mib=request.workspace_mib,
+        timing_cache=timing_cache,
+    )
+    log.info("precision stage done (%s)", request.precision)
+    artifact = backend.build(converted, folder, settings)
+    log.info("engine stage done: %s", artifact.name)
+    build_seconds = round(time.perf_counter() - started, 3)
+
+    accuracy = _gate(
+        model,
+        converted if not backend.gate_runs_artifact else artifact,
+        backend,
+        validation,
+        request.thresholds,
+        used_calibration=request.validation is None,
+    )
+    feeds = feeds_for(
+        model.inputs,
+        list(request.benchmark_batch_sizes),
+        validation.arrays if validation else None,
+        {p.input: p.opt for p in request.profiles},
+    )
+    log.info("accuracy gate: %s", "passed" if accuracy.get("passed") else "not checked")
+    benchmark = backend.benchmark(
+        artifact, feeds, request.benchmark_iterations, request.benchmark_seconds
+    )
+
+    converted_model = onnx.load(str(converted), load_external_data=False)
+    metadata: dict[str, Any] = {
+        "key": key,
+        "backend": backend.name,
+        "precision": request.precision,
+        "artifact": artifact.name,
+        "artifact_sha256": sha256_file(artifact),
+        "artifact_bytes": artifact.stat().st_size,
+        "converted_onnx": CONVERTED,
+        "converted_onnx_sha256": sha256_file(converted),
+        "inputs": [s.to_json() for s in model.inputs],
+        "outputs": [s.to_json() for s in model.outputs],
+        "opset": max(
+            (o.version for o in converted_model.opset_import if o.domain in ("", "ai.onnx")),
+            default=0,
+        ),
+        "ingredients": ingredients.to_json(),
+        "versions": _versions(backend),
+        "device": ingredients.device.to_json(),
+        "build_seconds": build_seconds,
+        "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "accuracy": accuracy,
+        "benchmark": benchmark,
+    }
+    (folder / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return metadata
+
+
+def _versions(backend: Backend) -> dict[str, str]:
+    versions = {
+        "trtops": __version__,
+        "python": platform.python_version(),
+        "onnx": str(onnx.__version__),
+        backend.name: backend.version(),
+    }
+    modelopt = precision_stage.modelopt_version()
+    if modelopt is not None:
+        versions["modelopt"] = modelopt
+    return versions
+
+
+def _gate(
+    model: LoadedModel,
+    candidate: Path,
+    backend: Backend,
+    validation: InputSet | None,
+    thresholds: Thresholds,
+    *,
+    used_calibration: bool,
+) -> dict[str, Any]:
+    """Run FP32 and candidate on the validation set; raise ``AccuracyError`` on a miss."""
+    from trtops_worker.build.engine_onnxruntime import Runner
+
+    checked = (
+        candidate.name
+        if backend.gate_runs_artifact
+        else (
+            f"{candidate.name} on ONNX Runtime (CPU): "
+            "the TensorRT plan itself is not run by the gate"
+        )
+    )
+    report: dict[str, Any] = {"thresholds": thresholds.to_json(), "checked": checked}
+    if validation is None:
+        report |= {
+            "passed": None,
+            "note": "no validation or calibration data: accuracy not checked",
+        }
+        return report
+    reference, built = Runner(model.path), Runner(candidate)
+    outs_ref: dict[str, list[np.ndarray]] = {}
+    outs_new: dict[str, list[np.ndarray]] = {}
+    for feed in batches(validation.arrays, model.inputs, preferred=32):
+        for store, runner in ((outs_ref, reference), (outs_new, built)):
+            for name, value in runner.run(feed).items():
+                store.setdefault(name, []).append(value)
+    metrics: dict[str, OutputMetrics] = {
+        name: output_metrics(np.concatenate(outs_ref[name]), np.concatenate(outs_new[name]))
+        for name in outs_ref
+    }
+    problems = evaluate(metrics, thresholds)
+    report |= {
+        "samples": sum(len(v) for v in next(iter(outs_ref.values()))),
+        "data": "calibration set (no --validation given)" if used_calibration else "validation set",
+        "outputs": {name: m.to_json() for name, m in sorted(metrics.items())},
+        "passed": not problems,
+    }
+    if problems:
+        raise AccuracyError(
+            "AccuracyGateFailed", "accuracy gate failed against FP32: " + "; ".join(problems)
+        )
+    return report
+
+
+def _regate(metadata: dict[str, Any], thresholds: Thresholds) -> None:
+    """A cached artifact passed the gate it was built with; it must also pass today's thresholds."""
+    outputs = (metadata.get("accuracy") or {}).get("outputs") or {}
+    metrics = {
+        name: OutputMetrics(
+            m.get("top1Agreement"),
+            float(m["meanAbsError"]),
+            float(m["maxAbsError"]),
+            float(m["cosineSimilarity"]),
+        )
+        for name, m in outputs.items()
+    }
+    problems = evaluate(metrics, thresholds)
+    if problems:
+        raise AccuracyError(
+            "AccuracyGateFailed",
+            "cached artifact misses the requested thresholds: " + "; ".join(problems),
+        )
+
+
+def _result(metadata: dict[str, Any], folder: Path, *, cached: bool) -> dict[str, Any]:
+    bench = metadata.get("benchmark") or {}
+    accuracy = metadata.get("accuracy") or {}
+    return {
+        "ok": True,
+        "key": metadata["key"],
+        "path": str(folder),
+        "artifact": metadata["artifact"],
+        "sha256": metadata["artifact_sha256"],
+        "precision": metadata["precision"],
+        "backend": metadata["backend"],
+        "versions": metadata.get("versions", {}),
+        "device": metadata.get("device", {}),
+        "cached": cached,
+        "buildSeconds": metadata.get("build_seconds"),
+        "accuracy": {
+            "passed": accuracy.get("passed"),
+            "samples": accuracy.get("samples"),
+            "outputs": accuracy.get("outputs", {}),
+        },
+        "benchmark": {
+            "batches": [
+                {
+                    "batchSize": b["batchSize"],
+                    "p50Ms": b["latencyMs"]["p50"],
+                    "p99Ms": b["latencyMs"]["p99"],
+                    "throughputPerSecond": b["throughputPerSecond"],
+                }
+                for b in bench.get("batches", [])
+            ],
+            "peakMemoryMiB": bench.get("peakMemoryMiB"),
+        },
+    }
