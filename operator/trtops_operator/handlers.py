@@ -30,6 +30,7 @@ from trtops_operator.canary.router_io import RouterIO
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.reconcile import (
+    OWNER_KEY,
     DeploymentObs,
     Event,
     JobObs,
@@ -89,8 +90,15 @@ def engine_index(
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def plan_index(namespace: str | None, status: kopf.Status, **_: Any) -> dict[Hashable, Any]:
-    return {(namespace, p["job"]): dict(p) for p in status.get("plans") or [] if p.get("job")}
+def plan_index(
+    namespace: str | None, status: kopf.Status, uid: str | None = None, **_: Any
+) -> dict[Hashable, Any]:
+    # Remember which engine recorded each plan: an engine's own plan is never "reused".
+    return {
+        (namespace, p["job"]): {**p, OWNER_KEY: uid}
+        for p in status.get("plans") or []
+        if p.get("job")
+    }
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
@@ -212,6 +220,10 @@ async def _reconcile(body: Mapping[str, Any], idx: Mapping[str, Any], trigger: s
     error: str | None = None
     try:
         async with _lock((ns, name)):
+            # The body may have been read before waiting for the lock; a reconcile that finished
+            # meanwhile wrote status (e.g. this engine's own plans), so take the freshest copy.
+            for fresh in (idx.get("engine_index") or {}).get((ns, name), ()):
+                body = fresh
             observed = _observed(ns, name, idx)
             verdict = await _analysis_if_due(body)
             decision = decide(body, observed, CONFIG, _now(), verdict=verdict)

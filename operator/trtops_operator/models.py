@@ -36,7 +36,8 @@ Dims = Annotated[list[Dim], Field(min_length=1, max_length=8)]
 Uri = Annotated[
     str,
     Field(
-        max_length=1024, pattern=r"^(pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/\S+|[A-Za-z0-9_][^\s:]*)$"
+        max_length=1024,
+        pattern=r"^(pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/\S+|[A-Za-z0-9_][^\s:]*)$",
     ),
 ]
 

@@ -25,6 +25,7 @@ from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
 
 __all__ = [
     "CONDITION_TYPES",
+    "OWNER_KEY",
     "Decision",
     "DeploymentObs",
     "JobObs",
@@ -37,6 +38,7 @@ __all__ = [
     "summarize_pod",
 ]
 
+OWNER_KEY = "_recordedBy"  # in plan index entries: the uid of the engine whose status holds it
 CONDITION_TYPES = ("Built", "Ready", "Progressing", "Degraded", "RolledBack")
 STATUS_KEYS = (
     "observedGeneration",
@@ -273,8 +275,12 @@ def _observe_target(
         return _Target(product, key, job, "built", dict(old_plans[job]))
     known = observed.known_plans.get(job)
     if known is not None:
+        fields = {k: v for k, v in known.items() if k != OWNER_KEY}
+        if known.get(OWNER_KEY) == engine.uid:
+            # Our own plan, seen in the index before our status caught up: not a reuse.
+            return _Target(product, key, job, "built", _plan_record(product, key, job, fields))
         decision.outcomes.append("reused")
-        plan = {**_plan_record(product, key, job, known), "reused": True}
+        plan = {**_plan_record(product, key, job, fields), "reused": True}
         return _Target(product, key, job, "built", plan)
     obs = observed.jobs.get(job)
     if obs is None:
