@@ -181,8 +181,13 @@ def test_per_revision_metrics_and_ratio_breach(
     # increase() extrapolates the sampled span to the window's end: right after a burst on a
     # fresh Prometheus (a span of 2-3 s) that inflates counts by up to ~50 %; it fades as the
     # span grows (in a cluster the span is the whole window: a few %). Poll until it has.
-    stable = measure_until(prom.url, Selector(MODEL, "r1"), lambda m: 108 <= m.requests <= 140)
-    canary = measure_until(prom.url, Selector(MODEL, "r2"), lambda m: 36 <= m.requests <= 47)
+    # The request counter and the latency histogram are separate series: wait for both.
+    stable = measure_until(
+        prom.url, Selector(MODEL, "r1"), lambda m: 108 <= m.requests <= 140 and m.p99_ms is not None
+    )
+    canary = measure_until(
+        prom.url, Selector(MODEL, "r2"), lambda m: 36 <= m.requests <= 47 and m.p99_ms is not None
+    )
     assert stable.requests == pytest.approx(120, rel=0.2)
     assert canary.requests == pytest.approx(40, rel=0.2)
     assert stable.error_rate == 0.0
