@@ -55,7 +55,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support import stack  # noqa: E402
-from tests.support.cluster import CLUSTER_SCRIPT, ensure_cluster, kubectl, wait_for  # noqa: E402
+from tests.support.cluster import (  # noqa: E402
+    CLUSTER_SCRIPT,
+    ensure_cluster,
+    kubectl,
+    stop_process,
+    wait_for,
+)
 from tests.support.gateway import start_gateway, stats  # noqa: E402
 from tests.support.node_agent_process import start_node_agent  # noqa: E402
 from tests.support.prometheus import Prometheus  # noqa: E402
@@ -90,16 +96,6 @@ class Run:
     reason: str = ""
     # Every analysis of the canary: its verdict and canary/stable p99 ratio (the margin to the SLO).
     analyses: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _stop(proc: subprocess.Popen[Any], grace: float) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Bench:
@@ -152,7 +148,7 @@ class Bench:
             start_new_session=True,
             env={**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": "5"},
         )
-        self.exit.callback(_stop, operator, 20)
+        self.exit.callback(stop_process, operator, 20)
         log(
             f"namespace {self.namespace}, node {self.node}, Prometheus {prom.url}, "
             f"operator pid {operator.pid}"

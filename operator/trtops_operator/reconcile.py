@@ -366,16 +366,22 @@ def _parse_now(now: str) -> dt.datetime:
     return dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
 
 
-def canary_in_flight(body: Mapping[str, Any]) -> canary_steps.CanaryState | None:
-    """The canary recorded in status, when one is still stepping (for the analysis to run)."""
+def _recorded_canary(body: Mapping[str, Any]) -> canary_steps.CanaryState | None:
+    """The canary recorded in status; None when there is none or it is garbled (start over
+    rather than guess)."""
     raw = (body.get("status") or {}).get("canary")
     if not raw:
         return None
     try:
-        state = canary_steps.CanaryState.from_json(raw)
+        return canary_steps.CanaryState.from_json(raw)
     except (KeyError, TypeError, ValueError):
         return None
-    return None if state.phase in ("Promoted", "RolledBack") else state
+
+
+def canary_in_flight(body: Mapping[str, Any]) -> canary_steps.CanaryState | None:
+    """The canary recorded in status, when one is still stepping (for the analysis to run)."""
+    state = _recorded_canary(body)
+    return None if state is None or state.phase in ("Promoted", "RolledBack") else state
 
 
 def _canary_step(
@@ -393,12 +399,7 @@ def _canary_step(
     assert spec.rollout is not None
     now_dt = _parse_now(now)
     annotations = body["metadata"].get("annotations") or {}
-    state: canary_steps.CanaryState | None
-    try:
-        raw = (body.get("status") or {}).get("canary")
-        state = canary_steps.CanaryState.from_json(raw) if raw else None
-    except (KeyError, TypeError, ValueError):
-        state = None  # a garbled record: start over rather than guess
+    state = _recorded_canary(body)
     if state is None or canary_steps.needs_new_attempt(
         state, revision=revision, generation=generation
     ):

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "hack" / "cluster.sh"
@@ -63,6 +63,18 @@ def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> st
     if check and proc.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL; a no-op for a finished process."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for(

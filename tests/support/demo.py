@@ -29,7 +29,7 @@ import onnx
 import yaml
 from trtops_worker import samples
 
-from tests.support.cluster import REPO
+from tests.support.cluster import REPO, stop_process
 
 GROUP, VERSION, PLURAL = "trtops.dev", "v1alpha1", "trtengines"
 SAMPLES = REPO / "samples" / "local"
@@ -253,7 +253,7 @@ class Demo:
             env=env,
             start_new_session=True,
         )
-        self.stack.callback(_stop, operator, 20)
+        self.stack.callback(stop_process, operator, 20)
         _say(
             f"    operator: trtops-operator -n {self.namespace} (pid {operator.pid}, "
             f"log {self.workdir / 'operator.log'})"
@@ -511,7 +511,7 @@ class Demo:
                 expect="rolled back",
             )
         finally:
-            _stop(traffic, 10)
+            stop_process(traffic, 10)
 
     def background_traffic(self, claim: Path) -> subprocess.Popen[bytes]:
         log = (self.workdir / "bench.log").open("ab")
@@ -535,7 +535,7 @@ class Demo:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.stack.callback(_stop, proc, 10)
+        self.stack.callback(stop_process, proc, 10)
         _say(f"    background traffic: trtops-worker bench --concurrency 2 (pid {proc.pid})")
         return proc
 
@@ -551,16 +551,6 @@ def _stable(obj: dict[str, Any]) -> bool:
         and (st.get("stable") or {}).get("revision") == st.get("revision")
         and st.get("observedGeneration") == obj["metadata"]["generation"]
     )
-
-
-def _stop(proc: subprocess.Popen[Any], grace: float) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

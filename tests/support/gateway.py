@@ -224,7 +224,7 @@ def start_gateway(
     import time
     from pathlib import Path
 
-    from tests.support.cluster import REPO
+    from tests.support.cluster import REPO, stop_process
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -258,9 +258,4 @@ def start_gateway(
                 time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=10)

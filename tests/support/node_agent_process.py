@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.cluster import REPO, kubectl, wait_for
+from tests.support.cluster import REPO, kubectl, stop_process, wait_for
 
 
 @dataclass
@@ -107,10 +107,5 @@ def start_node_agent(root: Path, node: str = "local-0") -> Iterator[NodeAgentHan
         )
         yield handle
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=30)
         kubectl("delete", "node", node, "--wait=false", check=False)

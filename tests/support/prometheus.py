@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.cluster import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -205,10 +207,5 @@ class Prometheus:
     def stop(self) -> None:
         if self.discovery is not None:
             self.discovery.stop()
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, grace=10)

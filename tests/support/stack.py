@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from trtops_worker import samples
 
-from tests.support.cluster import kubectl, wait_for
+from tests.support.cluster import kubectl, stop_process, wait_for
 
 # Model files the claim holds, and how to make them.
 MODELS = {
@@ -153,13 +153,7 @@ class Traffic:
     report: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=10)
 
 
 @contextlib.contextmanager
