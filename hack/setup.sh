@@ -8,7 +8,9 @@ python="${PYTHON:-python3}"
 
 debs=(prometheus lua5.4 jq)
 missing=()
-for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# `dpkg -s` also succeeds for a removed package whose config files remain, so ask for the state.
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
+for p in "${debs[@]}"; do installed "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
