@@ -23,14 +23,10 @@ A script, not a test::
 It uses ``hack/cluster.sh up`` (the shared ``trtops`` cluster, reused if it answers). With
 ``TRTOPS_CLUSTER`` naming a cluster that is not up yet, it makes that cluster and deletes it at
 the end, which keeps other engineers' test runs (and their ``cluster.sh up``) out of the way.
-Known issue: ``hack/cluster.sh`` starts kwok with ``--manage-all-nodes=true``, so on a freshly
-made cluster kwok also "runs" the pods bound to the node agent's Node (build pods Completed at
-once with no termination message: ``Built=False/ResultMissing``). The figures in BENCHMARKS.md
-were taken on a cluster whose kwok-controller was restarted with
-``--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake``.
 
-Everything it starts (namespace, PersistentVolume, node agent, Prometheus, operator, gateway,
-traffic) is stopped or deleted on exit, also on Ctrl-C or SIGTERM.
+The stack is ``tests.support.stack.local_stack``, the same as the demo's. Everything it starts
+(namespace, PersistentVolume, node agent, Prometheus, operator, gateway, traffic) is stopped or
+deleted on exit, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,16 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support import stack  # noqa: E402
-from tests.support.cluster import (  # noqa: E402
-    CLUSTER_SCRIPT,
-    ensure_cluster,
-    kubectl,
-    stop_process,
-    wait_for,
-)
-from tests.support.gateway import start_gateway, stats  # noqa: E402
-from tests.support.node_agent_process import start_node_agent  # noqa: E402
-from tests.support.prometheus import Prometheus  # noqa: E402
+from tests.support.cluster import CLUSTER_SCRIPT, ensure_cluster, kubectl, wait_for  # noqa: E402
+from tests.support.gateway import stats  # noqa: E402
 
 NAME = "conv"
 CANARY_SVC = f"{NAME}-canary"
@@ -74,14 +61,6 @@ RUN_TIMEOUT_S = 300.0
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Interrupted(Exception):
-    """SIGTERM as an exception, so that every clean-up runs."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Interrupted(f"signal {signum}")
 
 
 @dataclass
@@ -109,7 +88,7 @@ class Bench:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def bring_up(self) -> Path:
+    def bring_up(self) -> stack.LocalStack:
         name = os.environ.get("TRTOPS_CLUSTER", "trtops")
         existed = (
             subprocess.run(
@@ -122,50 +101,14 @@ class Bench:
                 subprocess.run, [str(CLUSTER_SCRIPT), "down"], check=False, timeout=120
             )
         ensure_cluster()
-        kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(REPO / "crds" / "trtops.dev_trtengines.yaml"),
+        local = self.exit.enter_context(
+            stack.local_stack(self.workdir, namespace=self.namespace, node=self.node, say=log)
         )
-        kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
-        agent = self.exit.enter_context(start_node_agent(self.workdir / "agent", node=self.node))
-        prom = Prometheus(workdir=self.workdir / "prometheus", discover_pods=True)
-        self.exit.callback(prom.stop)
-        prom.start()
-        kubectl("create", "namespace", self.namespace)
-        self.exit.callback(self._delete_namespace)
-        claim = agent.create_claim(self.namespace, "plans")
-        stack.fill_claim(claim)
         stack.apply(self.namespace, stack.http_route_manifest(NAME))
-        oplog = (self.workdir / "operator.log").open("ab")
-        self.exit.callback(oplog.close)
-        operator = subprocess.Popen(
-            ["trtops-operator", "-n", self.namespace, "--metrics-port", "0", "--liveness", ""],
-            stdout=oplog,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": "5"},
+        self.manifest = stack.engine_manifest(
+            NAME, node=self.node, prometheus_url=local.prometheus.url
         )
-        self.exit.callback(stop_process, operator, 20)
-        log(
-            f"namespace {self.namespace}, node {self.node}, Prometheus {prom.url}, "
-            f"operator pid {operator.pid}"
-        )
-        self.manifest = stack.engine_manifest(NAME, node=self.node, prometheus_url=prom.url)
-        return claim
-
-    def _delete_namespace(self) -> None:
-        log(f"deleting namespace {self.namespace}")
-        kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
-        kubectl("delete", "pv", f"{self.namespace}-plans"[:63], "--wait=false", check=False)
-        deadline = time.monotonic() + 60  # let the agent stop the pods while it still runs
-        while (
-            time.monotonic() < deadline
-            and kubectl("get", "pods", "-n", self.namespace, "-o", "name", check=False).strip()
-        ):
-            time.sleep(0.5)
+        return local
 
     # -- one canary ---------------------------------------------------------------------------
 
@@ -280,30 +223,14 @@ class Bench:
     # -- the benchmark ------------------------------------------------------------------------
 
     def run(self) -> None:
-        claim = self.bring_up()
+        local = self.bring_up()
         t0 = time.monotonic()
         stack.apply(self.namespace, self.manifest)
         first = stack.wait_stable(self.namespace, NAME, timeout=300)
         stable = first["status"]["stable"]["revision"]
         log(f"stable revision {stable} (conv fp32) Ready in {time.monotonic() - t0:.0f}s")
-        self.url = self.exit.enter_context(
-            start_gateway(httproute=f"{self.namespace}/{NAME}", log_dir=self.workdir)
-        )
-        wait_for(
-            lambda: any(w > 0 and eps for _, w, eps in stats(self.url)["backends"]),
-            timeout=30,
-            what="the gateway to see a ready backend",
-        )
-        traffic = self.exit.enter_context(
-            stack.traffic(
-                self.url,
-                NAME,
-                claim / "data" / "request.npz",
-                self.workdir,
-                concurrency=2,
-                seconds=3600,
-            )
-        )
+        self.url = local.gateway(NAME)
+        traffic = local.traffic(NAME, seconds=3600)
         wait_for(
             lambda: stats(self.url)["requests"].get(NAME, 0) > 50,
             timeout=60,
@@ -453,12 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     bench = Bench(args.workdir, args.node, args.runs)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stack.raise_on_sigterm()
     rc = 0
     try:
         with bench.exit:
             bench.run()
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, stack.Interrupted):
         log("interrupted; everything started here is stopped")
         rc = 130
     except Exception as exc:  # the figures so far, after the clean-up

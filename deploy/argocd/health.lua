@@ -1,6 +1,8 @@
 -- Argo CD health check for trtops.dev/TrtEngine (resource.customizations.health.trtops.dev_TrtEngine).
 -- Argo CD sets the global `obj` (the live resource) and uses the table this chunk returns.
--- Written for Lua 5.1 (Argo CD's gopher-lua): no integer division, goto or bit operators.
+-- Written for Lua 5.1 (Argo CD's gopher-lua): no integer division, goto or bit operators, and
+-- only the base and table libraries (Argo CD opens no string or math library for an argocd-cm
+-- script).
 --
 --   Degraded     RolledBack=True (the canary was rolled back: Git still asks for the bad revision),
 --                Degraded=True, or Built=False because a build failed
@@ -9,6 +11,13 @@
 --                (Progressing=True), or a canary is taking traffic
 --   Healthy      Ready=True and no canary in flight
 local hs = {}
+
+-- The table Argo CD reads: status (Healthy, Progressing, Degraded, Suspended) and message.
+local function health(status, message)
+  hs.status = status
+  hs.message = message
+  return hs
+end
 
 local function conditions(status)
   local byType = {}
@@ -41,16 +50,16 @@ local function describe(c, fallback)
 end
 
 local status = obj.status
-local generation = obj.metadata and obj.metadata.generation
+-- tonumber: Argo CD hands a JSON number over as a string when it was decoded as json.Number, and
+-- strings compare as text ("9" < "10" is false).
+local generation = tonumber(obj.metadata and obj.metadata.generation)
 if status == nil then
-  hs.status = "Progressing"
-  hs.message = "waiting for the operator"
-  return hs
+  return health("Progressing", "waiting for the operator")
 end
-if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
-  hs.status = "Progressing"
-  hs.message = "waiting for the operator to observe generation " .. tostring(generation)
-  return hs
+local observed = tonumber(status.observedGeneration)
+if generation ~= nil and (observed == nil or observed < generation) then
+  local waiting = "waiting for the operator to observe generation " .. tostring(generation)
+  return health("Progressing", waiting)
 end
 
 local c = conditions(status)
@@ -59,40 +68,26 @@ local canary = status.canary
 local building = { Building = true, Pending = true, Waiting = true }
 
 if is(c.RolledBack, "True") then
-  hs.status = "Degraded"
-  hs.message = describe(c.RolledBack, "the canary was rolled back")
-  return hs
+  return health("Degraded", describe(c.RolledBack, "the canary was rolled back"))
 end
 if is(c.Degraded, "True") then
-  hs.status = "Degraded"
-  hs.message = describe(c.Degraded, "degraded")
-  return hs
+  return health("Degraded", describe(c.Degraded, "degraded"))
 end
 if is(c.Built, "False") and c.Built.reason ~= nil and not building[c.Built.reason] then
-  hs.status = "Degraded"
-  hs.message = describe(c.Built, "the build failed")
-  return hs
+  return health("Degraded", describe(c.Built, "the build failed"))
 end
 if is(c.Paused, "True") or (canary ~= nil and canary.paused == true) then
-  hs.status = "Suspended"
-  hs.message = describe(c.Paused, "the rollout is paused")
-  return hs
+  return health("Suspended", describe(c.Paused, "the rollout is paused"))
 end
 if is(c.Progressing, "True") then
-  hs.status = "Progressing"
-  hs.message = describe(c.Progressing, "in progress")
-  return hs
+  return health("Progressing", describe(c.Progressing, "in progress"))
 end
-if canary ~= nil and canary.revision ~= nil and canary.revision ~= "" and (canary.weight or 0) > 0 then
-  hs.status = "Progressing"
-  hs.message = "canary " .. canary.revision .. " at " .. tostring(canary.weight or 0) .. "%"
-  return hs
+local weight = canary ~= nil and tonumber(canary.weight) or 0
+if canary ~= nil and canary.revision ~= nil and canary.revision ~= "" and weight > 0 then
+  local share = "canary " .. tostring(canary.revision) .. " at " .. tostring(weight) .. "%"
+  return health("Progressing", share)
 end
 if is(c.Ready, "True") then
-  hs.status = "Healthy"
-  hs.message = describe(c.Ready, "ready")
-  return hs
+  return health("Healthy", describe(c.Ready, "ready"))
 end
-hs.status = "Progressing"
-hs.message = describe(c.Ready, "waiting for the engine to become ready")
-return hs
+return health("Progressing", describe(c.Ready, "waiting for the engine to become ready"))

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.operator_metrics import panels
 from tests.support import stack
 from tests.support.cluster import kubectl, wait_for
 from tests.support.gateway import start_gateway, stats
@@ -44,9 +45,11 @@ def rollout_stack(
     kopf_operator: Callable[..., Any],
     operator_env: None,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, Any]]:
     stack.fill_claim(node_agent.create_claim(namespace, "plans"))
-    prom = prometheus({}, discover_pods=True)
+    # Prometheus scrapes the serving pods and the operator's own metrics port.
+    prom = prometheus(panels.serve_operator_metrics(monkeypatch), discover_pods=True)
     stack.apply(namespace, stack.http_route_manifest(NAME))
     with (
         kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60) as runner,
@@ -88,11 +91,7 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
     assert first["status"]["plans"][0]["sha256"]
     request = rollout_stack["claim"] / "data" / "request.npz"
 
-    wait_for(
-        lambda: any(w > 0 and eps for _, w, eps in stats(url)["backends"]),
-        timeout=30,
-        what=f"the gateway to see a ready backend (stats: {stats(url)})",
-    )
+    stack.wait_for_backend(url)
     with stack.traffic(url, NAME, request, tmp_path, concurrency=2):
         wait_for(
             lambda: stats(url)["requests"].get(NAME, 0) > 50,
@@ -143,6 +142,22 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
             what="100% on the stable Service",
         )
 
+        # Every operator panel of the dashboard returns data, from the operator's metrics port.
+        prom = rollout_stack["prom"]
+        panels.wait_operator_panels(prom, namespace, NAME)
+        sel = f'namespace="{namespace}", engine="{NAME}"'
+        # The FP16 canary is charted at its step's weight; now it holds 100% as stable.
+        canary_max = f'max_over_time(trtops_canary_weight{{{sel}, role="canary"}}[10m])'
+        assert panels.value(prom, canary_max) == 50
+        assert panels.value(prom, f'trtops_canary_weight{{{sel}, role="stable"}}') == 100
+        # Its accuracy gate as its status reports it; both builds timed, one per precision.
+        (plan,) = good["status"]["plans"]
+        top1 = plan["accuracy"]["outputs"]["logits"]["top1Agreement"]
+        assert panels.value(prom, f'trtops_plan_top1_agreement{{{sel}, revision="{r2}"}}') == top1
+        builds = prom.query(f"sum by (precision) (trtops_build_duration_seconds_count{{{sel}}})")
+        counts = {r["metric"]["precision"]: r["value"][1] for r in builds}
+        assert counts == {"fp32": "1", "fp16": "1"}
+
         # --- a bad canary: a much heavier model -------------------------------------------------
         before = stats(url)["requests"].get(f"{NAME}-canary", 0)
         manifest["spec"]["model"]["uri"] = "models/conv-heavy.onnx"
@@ -187,6 +202,10 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
         assert "p99" in rb["message"] or "latency" in rb["message"].lower(), rb
         assert bad["status"]["stable"]["revision"] == r2  # stable untouched
         assert bad["status"]["lastGoodRevision"] == r2
+        # The dashboard shows the rolled-back canary at 0, not left at its last step.
+        r3 = bad["status"]["revision"]
+        bad_weight = f'trtops_canary_weight{{{sel}, role="canary", revision="{r3}"}}'
+        wait_for(lambda: panels.value(prom, bad_weight) == 0, timeout=15, what="canary weight 0")
         assert stack.condition(bad, "Ready")["status"] == "True"
         # The canary is scaled down and gets no more traffic.
         wait_for(

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,8 @@ import onnx
 import yaml
 from trtops_worker import samples
 
-from tests.support.cluster import REPO, stop_process
+from tests.support.cluster import REPO
+from tests.support.stack import Interrupted, LocalStack, local_stack, raise_on_sigterm
 
 GROUP, VERSION, PLURAL = "trtops.dev", "v1alpha1", "trtengines"
 SAMPLES = REPO / "samples" / "local"
@@ -175,14 +175,6 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-class _Interrupted(Exception):
-    """SIGTERM, turned into an exception so that every ``finally`` runs."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Interrupted(f"signal {signum}")
-
-
 @dataclass
 class RevisionRow:
     revision: str
@@ -198,7 +190,7 @@ class Demo:
     workdir: Path
     node: str
     namespace: str
-    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     started: float = field(default_factory=time.monotonic)
     last_line: str = ""
     rows: list[RevisionRow] = field(default_factory=list)
@@ -211,72 +203,27 @@ class Demo:
     def step(self, text: str) -> None:
         _say(f"\n==> {text}")
 
-    def bring_up(self) -> Path:
+    def bring_up(self) -> LocalStack:
         from kubernetes import config
 
-        from tests.support.cluster import export_cluster_env, kubectl
-        from tests.support.node_agent_process import start_node_agent
-        from tests.support.prometheus import Prometheus
-
-        kubeconfig = export_cluster_env()
         self.step("CRD, local node agent, Prometheus, operator")
-        kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(REPO / "crds" / "trtops.dev_trtengines.yaml"),
+        local = self.exit.enter_context(
+            local_stack(
+                self.workdir,
+                namespace=self.namespace,
+                node=self.node,
+                claim="trt-plans",  # the claim samples/local/conv-canary.yaml names
+                fill=lambda folder: fill_claim(folder, heavy=True),
+                watch_timeout_seconds=30,
+                say=_say,
+            )
         )
-        kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
-        agent = self.stack.enter_context(start_node_agent(self.workdir / "agent", node=self.node))
-        _say(f"    node agent: Node {agent.node} runs the pods bound to it as local processes")
-        prom = Prometheus(workdir=self.workdir / "prometheus", discover_pods=True)
-        self.stack.callback(prom.stop)
-        prom.start()
-        self.prom_url = prom.url
-        _say(f"    Prometheus: {prom.url} (scrapes annotated pods)")
-
-        kubectl("create", "namespace", self.namespace)
-        self.stack.callback(self._delete_namespace)
-        claim = agent.create_claim(self.namespace, "trt-plans")
-        fill_claim(claim, heavy=True)
-        _say(f"    namespace {self.namespace}; claim trt-plans = {claim}")
-        _say("      models/conv.onnx, models/conv-heavy.onnx, data/val.npz, data/request.npz")
-
-        env = {**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": "30"}
-        log = (self.workdir / "operator.log").open("ab")
-        self.stack.callback(log.close)
-        operator = subprocess.Popen(
-            ["trtops-operator", "-n", self.namespace, "--metrics-port", "0", "--liveness", ""],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        self.stack.callback(stop_process, operator, 20)
-        _say(
-            f"    operator: trtops-operator -n {self.namespace} (pid {operator.pid}, "
-            f"log {self.workdir / 'operator.log'})"
-        )
+        self.prom_url = local.prometheus.url
         self.engines = Engines(
-            config.new_client_from_config(config_file=str(kubeconfig)),  # type: ignore[no-untyped-call]
+            config.new_client_from_config(config_file=os.environ["KUBECONFIG"]),  # type: ignore[no-untyped-call]
             self.namespace,
         )
-        return claim
-
-    def _delete_namespace(self) -> None:
-        from tests.support.cluster import kubectl
-
-        _say(f"    deleting namespace {self.namespace}")
-        kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
-        kubectl("delete", "pv", f"{self.namespace}-trt-plans"[:63], "--wait=false", check=False)
-        # Let the node agent stop the namespace's pods while it still runs.
-        deadline = time.monotonic() + 30
-        while (
-            time.monotonic() < deadline
-            and kubectl("get", "pods", "-n", self.namespace, "-o", "name", check=False).strip()
-        ):
-            time.sleep(0.5)
+        return local
 
     # -- progress -------------------------------------------------------------------------------
 
@@ -472,27 +419,16 @@ class Demo:
     # -- the whole story ------------------------------------------------------------------------
 
     def run(self) -> None:
-        from tests.support.cluster import wait_for
-        from tests.support.gateway import start_gateway, stats
-
-        claim = self.bring_up()
+        local = self.bring_up()
         self.first_revision()
-        self.gateway_url = self.stack.enter_context(
-            start_gateway(httproute=f"{self.namespace}/{NAME}", log_dir=self.workdir)
-        )
-        _say(f"    gateway {self.gateway_url} follows HTTPRoute {self.namespace}/{NAME}")
-        wait_for(
-            lambda: any(w > 0 and eps for _, w, eps in stats(self.gateway_url)["backends"]),
-            timeout=30,
-            what="the gateway to see a ready backend",
-        )
-        self.bench(claim, seconds=8)
+        self.gateway_url = local.gateway(NAME)
+        self.bench(local.claim, seconds=8)
 
         self.step(
             "canary phase: a good revision (same model, fp32 -> fp16), "
             "then a bad one (a ~50x heavier model)"
         )
-        traffic = self.background_traffic(claim)
+        traffic = local.traffic(NAME, seconds=900)
         try:
             if not self.canary(
                 {"build": {"precision": "fp16"}}, "conv.onnx", "fp16", expect="promoted"
@@ -511,33 +447,7 @@ class Demo:
                 expect="rolled back",
             )
         finally:
-            stop_process(traffic, 10)
-
-    def background_traffic(self, claim: Path) -> subprocess.Popen[bytes]:
-        log = (self.workdir / "bench.log").open("ab")
-        self.stack.callback(log.close)
-        proc = subprocess.Popen(
-            [
-                "trtops-worker",
-                "bench",
-                "--url",
-                self.gateway_url,
-                "--model",
-                NAME,
-                "--concurrency",
-                "2",
-                "--duration-seconds",
-                "900",
-                "--input-file",
-                str(claim / "data" / "request.npz"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.stack.callback(stop_process, proc, 10)
-        _say(f"    background traffic: trtops-worker bench --concurrency 2 (pid {proc.pid})")
-        return proc
+            traffic.stop()
 
 
 def _stable(obj: dict[str, Any]) -> bool:
@@ -565,22 +475,26 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(os.environ.get("TRTOPS_CACHE", Path.home() / ".cache" / "trtops")) / "demo",
         help="logs, Prometheus data and the claim folders (wiped at start)",
     )
-    parser.add_argument("--node", default="local-demo", help="name of the local node agent's Node")
+    parser.add_argument(
+        "--node",
+        default=os.environ.get("TRTOPS_NODE_AGENT_NAME", "local-demo"),
+        help="name of the local node agent's Node (default: $TRTOPS_NODE_AGENT_NAME or local-demo)",
+    )
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     demo = Demo(args.workdir, args.node, f"trtops-demo-{uuid.uuid4().hex[:6]}")
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_on_sigterm()
     rc = 0
     try:
-        with demo.stack:
+        with demo.exit:
             try:
                 demo.run()
             finally:  # what happened so far, also after a failure or Ctrl-C
                 if demo.rows:
                     with contextlib.suppress(Exception):
                         demo.summary()
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Interrupted):
         _say("\ninterrupted: everything this demo started has been stopped")
         rc = 130
     except Exception as exc:  # show what went wrong after the clean-up, and where the logs are

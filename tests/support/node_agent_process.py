@@ -87,6 +87,9 @@ def start_node_agent(root: Path, node: str = "local-0") -> Iterator[NodeAgentHan
             env=env,
             stdout=logf,
             stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C leaves it running until the caller's clean-up
+            # has deleted the pods it runs, then stops it.
+            start_new_session=True,
         )
     handle = NodeAgentHandle(node, root, proc)
     try:

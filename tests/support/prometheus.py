@@ -168,6 +168,7 @@ class Prometheus:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives a terminal's Ctrl-C until the caller stops it
         )
 
     def _wait_ready(self, timeout: float) -> None:

@@ -1,23 +1,31 @@
 """The whole local stack for end-to-end runs (tests, benchmarks, the demo): a claim filled with
 sample models and data, a TrtEngine whose build and serving pods land on the local node agent,
-traffic through the local gateway, and readers for what the operator reports."""
+traffic through the local gateway, and readers for what the operator reports.
+
+:func:`local_stack` brings all of it up on a running cluster for the demo and the canary
+benchmark (the tests get the same pieces from pytest fixtures), and takes it down again."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 from trtops_worker import samples
 
-from tests.support.cluster import kubectl, stop_process, wait_for
+from tests.support.cluster import REPO, export_cluster_env, kubectl, stop_process, wait_for
+from tests.support.gateway import start_gateway, stats
+from tests.support.node_agent_process import NodeAgentHandle, start_node_agent
+from tests.support.prometheus import Prometheus
 
 # Model files the claim holds, and how to make them.
 MODELS = {
@@ -188,9 +196,166 @@ def traffic(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ},
+            # Its own session: Ctrl-C reaches only the caller, whose clean-up stops it.
+            start_new_session=True,
         )
     t = Traffic(proc, report)
     try:
         yield t
     finally:
         t.stop()
+
+
+def wait_for_backend(url: str, *, timeout: float = 30) -> None:
+    """Wait until the gateway at ``url`` routes to a ready endpoint with a non-zero weight."""
+    wait_for(
+        lambda: any(weight > 0 and endpoints for _, weight, endpoints in stats(url)["backends"]),
+        timeout=timeout,
+        what=f"the gateway {url} to see a ready backend",
+    )
+
+
+class Interrupted(Exception):
+    """SIGTERM, turned into an exception so that every clean-up runs, as after Ctrl-C."""
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Interrupted` in the main thread (``kill`` cleans up too)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _quiet(text: str) -> None:
+    """The default narrator of :func:`local_stack`: says nothing."""
+
+
+@dataclass
+class LocalStack:
+    """What :func:`local_stack` started: use it inside the ``with`` block only."""
+
+    workdir: Path
+    namespace: str
+    agent: NodeAgentHandle
+    prometheus: Prometheus
+    operator: subprocess.Popen[bytes]
+    claim: Path
+    exit: contextlib.ExitStack
+    say: Callable[[str], None] = _quiet
+    gateway_url: str = ""
+
+    @property
+    def node(self) -> str:
+        return self.agent.node
+
+    def gateway(self, route: str) -> str:
+        """Start the local gateway following HTTPRoute ``route`` (once) and wait until it sees a
+        ready backend; return its URL. Call it once the route's engine serves."""
+        if not self.gateway_url:
+            self.gateway_url = self.exit.enter_context(
+                start_gateway(httproute=f"{self.namespace}/{route}", log_dir=self.workdir)
+            )
+            self.say(f"    gateway {self.gateway_url} follows HTTPRoute {self.namespace}/{route}")
+        wait_for_backend(self.gateway_url)
+        return self.gateway_url
+
+    def traffic(self, model: str, *, seconds: int, concurrency: int = 2) -> Traffic:
+        """Background ``trtops-worker bench`` through the gateway with the claim's one request
+        (``data/request.npz``); stopped when the stack is, or earlier with ``.stop()``."""
+        if not self.gateway_url:
+            raise RuntimeError("start the gateway before the traffic")
+        t = self.exit.enter_context(
+            traffic(
+                self.gateway_url,
+                model,
+                self.claim / "data" / "request.npz",
+                self.workdir,
+                concurrency=concurrency,
+                seconds=seconds,
+            )
+        )
+        self.say(
+            f"    background traffic: trtops-worker bench --concurrency {concurrency} "
+            f"(pid {t.process.pid}, log {self.workdir / 'bench.log'})"
+        )
+        return t
+
+
+def _delete_namespace(
+    namespace: str, claim: str, agent: NodeAgentHandle, say: Callable[[str], None]
+) -> None:
+    say(f"    deleting namespace {namespace}")
+    kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    kubectl("delete", "pv", f"{namespace}-{claim}"[:63], "--wait=false", check=False)
+    # Let the node agent stop the namespace's pods while it still runs.
+    deadline = time.monotonic() + 60
+    while (
+        time.monotonic() < deadline
+        and agent.process.poll() is None
+        and kubectl("get", "pods", "-n", namespace, "-o", "name", check=False).strip()
+    ):
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def local_stack(
+    workdir: Path,
+    *,
+    namespace: str,
+    node: str,
+    claim: str = "plans",
+    fill: Callable[[Path], object] = fill_claim,
+    watch_timeout_seconds: int = 5,
+    say: Callable[[str], None] = _quiet,
+) -> Iterator[LocalStack]:
+    """Everything a canary needs on the running cluster: the TrtEngine CRD, a local node agent
+    (Node ``node``) that runs the operator's pods as processes, Prometheus discovering the
+    annotated pods, namespace ``namespace`` with a bound claim ``claim`` that ``fill`` fills,
+    and ``trtops-operator`` watching that namespace (log in ``workdir/operator.log``). The gateway
+    and background traffic are started later through the yielded :class:`LocalStack`.
+
+    On leaving the block, also by an exception, Ctrl-C or (with :func:`raise_on_sigterm`) SIGTERM,
+    all of it is stopped in reverse order: traffic, gateway, operator, the namespace and its
+    PersistentVolume (waiting for the agent to stop their pods), Prometheus, the node agent.
+    """
+    export_cluster_env()
+    with contextlib.ExitStack() as exit_stack:
+        kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(REPO / "crds" / "trtops.dev_trtengines.yaml"),
+        )
+        kubectl("wait", "--for=condition=Established", "crd/trtengines.trtops.dev", "--timeout=60s")
+        agent = exit_stack.enter_context(start_node_agent(workdir / "agent", node=node))
+        say(f"    node agent: Node {agent.node} runs the pods bound to it as local processes")
+        prom = Prometheus(workdir=workdir / "prometheus", discover_pods=True)
+        exit_stack.callback(prom.stop)
+        prom.start()
+        say(f"    Prometheus: {prom.url} (scrapes annotated pods)")
+
+        kubectl("create", "namespace", namespace)
+        exit_stack.callback(_delete_namespace, namespace, claim, agent, say)
+        claim_dir = agent.create_claim(namespace, claim)
+        fill(claim_dir)
+        files = sorted(str(p.relative_to(claim_dir)) for p in claim_dir.rglob("*") if p.is_file())
+        say(f"    namespace {namespace}; claim {claim} = {claim_dir}")
+        say(f"      {', '.join(files)}")
+
+        log = exit_stack.enter_context((workdir / "operator.log").open("ab"))
+        operator = subprocess.Popen(
+            ["trtops-operator", "-n", namespace, "--metrics-port", "0", "--liveness", ""],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": str(watch_timeout_seconds)},
+            start_new_session=True,
+        )
+        exit_stack.callback(stop_process, operator, 20)
+        say(
+            f"    operator: trtops-operator -n {namespace} (pid {operator.pid}, "
+            f"log {workdir / 'operator.log'})"
+        )
+        yield LocalStack(workdir, namespace, agent, prom, operator, claim_dir, exit_stack, say)
