@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("TRTOPS_RESYNC_SECONDS", "300")),
     )
     p.add_argument(
+        "--api-threads",
+        type=int,
+        default=int(os.environ.get("TRTOPS_API_THREADS", "16")),
+        help="API requests in flight at once (threads and pooled connections)",
+    )
+    p.add_argument(
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
         help="kopf liveness endpoint URL ('' disables it)",
@@ -84,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "TRTOPS_METRICS_ADDRESS": args.metrics_address,
             "TRTOPS_JOB_TTL_SECONDS": str(args.job_ttl_seconds),
             "TRTOPS_RESYNC_SECONDS": str(args.resync_seconds),
+            "TRTOPS_API_THREADS": str(args.api_threads),
         }
     )
     logging.basicConfig(

@@ -24,6 +24,9 @@ class OperatorConfig:
     job_ttl_seconds: int = 86400  # finished build Jobs (and their results) are kept this long
     resync_seconds: float = 300.0  # every engine is re-checked this often even without events
     workers: int = 4  # engines reconciled at the same time by the resync loop
+    # API writes run in threads (the kubernetes client blocks); this many at once, each with its
+    # own pooled connection, so build results and readiness do not queue behind every creation.
+    api_threads: int = 16
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -36,4 +39,5 @@ class OperatorConfig:
             job_ttl_seconds=int(e.get("TRTOPS_JOB_TTL_SECONDS", "86400")),
             resync_seconds=float(e.get("TRTOPS_RESYNC_SECONDS", "300")),
             workers=int(e.get("TRTOPS_WORKERS", "4")),
+            api_threads=max(1, int(e.get("TRTOPS_API_THREADS", "16"))),
         )

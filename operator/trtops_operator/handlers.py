@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import time
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import ValidationError
@@ -48,6 +50,7 @@ log = logging.getLogger("trtops_operator")
 CONFIG = OperatorConfig.from_env()
 MANAGED = {"app.kubernetes.io/managed-by": "trtops"}
 EngineKey = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,9 +65,19 @@ class _State:
     waiting: dict[tuple[str, str], set[EngineKey]] = field(default_factory=dict)
     indices: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The API writes' own threads: asyncio's default executor is cpu_count + 4 threads, shared
+    # with everything else, which serialized 500 engines' writes behind each other.
+    executor: ThreadPoolExecutor | None = None
 
 
 S = _State()
+
+
+async def _api_call(fn: Callable[..., T], *args: Any) -> T:
+    """Run one blocking kubernetes-client call on the API threads."""
+    return await asyncio.get_running_loop().run_in_executor(
+        S.executor, functools.partial(fn, *args)
+    )
 
 
 # --- indexes: what exists ---------------------------------------------------------------------
@@ -231,8 +244,8 @@ async def _reconcile(body: Mapping[str, Any], idx: Mapping[str, Any], trigger: s
                 S.waiting.setdefault((ns, job), set()).add((ns, name))
             for p in (decision.status or body.get("status") or {}).get("plans") or []:
                 S.waiting.get((ns, p.get("job", "")), set()).discard((ns, name))
-            created = await asyncio.to_thread(k8s.apply_decision, api, dict(body), decision)
-            metrics.record_builds(decision.outcomes)
+            created = await _api_call(k8s.apply_decision, api, dict(body), decision)
+            metrics.record_builds(body, decision)
             if decision.router is not None:
                 await _set_router(body, decision.router)
             if len(created) < len(decision.create):
@@ -282,7 +295,7 @@ async def _set_router(body: Mapping[str, Any], action: RouterAction) -> None:
     router = RouterIO(S.api.client)
     try:
         if action.kind == "gatewayAPI":
-            await asyncio.to_thread(
+            await _api_call(
                 router.set_httproute_weights,
                 meta["namespace"],
                 action.name,
@@ -290,7 +303,7 @@ async def _set_router(body: Mapping[str, Any], action: RouterAction) -> None:
                 set(action.owned),
             )
         else:
-            await asyncio.to_thread(
+            await _api_call(
                 router.set_virtualservice_weights,
                 meta["namespace"],
                 action.name,
@@ -300,7 +313,7 @@ async def _set_router(body: Mapping[str, Any], action: RouterAction) -> None:
             )
     except RouterMisconfigured as exc:
         event = Event("Warning", "RouterMisconfigured", str(exc))
-        await asyncio.to_thread(S.api.post_event, dict(body), event)
+        await _api_call(S.api.post_event, dict(body), event)
         raise kopf.TemporaryError(str(exc), delay=30) from exc
     except RouterUnavailable as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
@@ -388,11 +401,13 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.watching.server_timeout = watch_timeout
     settings.watching.client_timeout = watch_timeout + 30
     S.indices = {k: v for k, v in kwargs.items() if k.endswith("_index")}
-    S.api = await asyncio.to_thread(k8s.Api)
+    S.executor = ThreadPoolExecutor(CONFIG.api_threads, thread_name_prefix="trtops-api")
+    S.api = await _api_call(functools.partial(k8s.Api, connections=CONFIG.api_threads))
     S.queue = asyncio.Queue()
     S.pending.clear()
     S.tasks = [asyncio.create_task(_worker()) for _ in range(max(CONFIG.workers, 1))]
     S.tasks.append(asyncio.create_task(_resync()))
+    metrics.watch_engines(lambda: S.indices.get("engine_index") or {})
     if CONFIG.metrics_port:
         metrics.serve(CONFIG.metrics_port, CONFIG.metrics_address)
 
@@ -404,6 +419,10 @@ async def cleanup(**_: Any) -> None:
     await asyncio.gather(*S.tasks, return_exceptions=True)
     S.tasks = []
     S.queue = None
+    metrics.stop()
     if S.api is not None:
         S.api.client.close()  # type: ignore[no-untyped-call]  # kubernetes is untyped
         S.api = None
+    if S.executor is not None:
+        S.executor.shutdown(wait=False, cancel_futures=True)
+        S.executor = None

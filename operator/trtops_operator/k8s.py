@@ -21,12 +21,13 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from trtops_operator import GROUP, KIND, PLURAL, VERSION
-from trtops_operator.reconcile import Decision, Event
+from trtops_operator.reconcile import Decision, Event, refused
 
 __all__ = ["Api", "apply_decision"]
 
 FIELD_MANAGER = "trtops-operator"
 APPLY = "application/apply-patch+yaml"
+REFUSED_RETRY_SECONDS = 60
 log = logging.getLogger(__name__)
 
 
@@ -47,13 +48,16 @@ def _errors(what: str) -> Iterator[None]:
 class Api:
     """Thin typed wrappers over the kubernetes client for exactly what the operator writes."""
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(self, api_client: client.ApiClient | None = None, *, connections: int = 4) -> None:
         if api_client is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped library
             except config.ConfigException:
                 config.load_kube_config()  # type: ignore[no-untyped-call]  # untyped library
-            api_client = client.ApiClient()
+            configuration = client.Configuration.get_default_copy()
+            # One pooled connection per calling thread; urllib3 would open and drop extras.
+            configuration.connection_pool_maxsize = connections
+            api_client = client.ApiClient(configuration)
         self.client = api_client
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -180,13 +184,24 @@ def apply_decision(api: Api, engine: dict[str, Any], decision: Decision) -> list
     }
     # A Job that already exists (409) is adopted by a later reconcile, once the watch shows
     # whether this engine is among its owners already (it is after a restart).
-    created = [job["metadata"]["name"] for job in decision.create if api.create_job(job)]
-    for name in decision.adopt:
-        api.adopt_job(ns, name, owner)
-    for obj in decision.apply:
-        api.apply(obj)
-    for kind, name in decision.delete:
-        api.delete(kind, ns, name)
+    created: list[str] = []
+    try:
+        created += [job["metadata"]["name"] for job in decision.create if api.create_job(job)]
+        for name in decision.adopt:
+            api.adopt_job(ns, name, owner)
+        for obj in decision.apply:
+            api.apply(obj)
+        for kind, name in decision.delete:
+            api.delete(kind, ns, name)
+    except kopf.PermanentError as exc:
+        # The user must see why nothing changes: say it in status, then let kopf log it.
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        status, event = refused(engine, decision.status, str(exc)[:1024], now)
+        api.patch_status(ns, meta["name"], status)
+        if event is not None:
+            api.post_event(engine, event)
+        # A policy, quota or webhook that refused it can change without the engine changing.
+        raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_SECONDS) from exc
     if decision.status is not None:
         api.patch_status(ns, meta["name"], decision.status)
     for event in decision.events:

@@ -26,6 +26,7 @@ from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
 __all__ = [
     "CONDITION_TYPES",
     "OWNER_KEY",
+    "BuildOutcome",
     "Decision",
     "DeploymentObs",
     "JobObs",
@@ -190,6 +191,18 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    transition: bool = False  # a condition changed (folded into one Event per reconcile)
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """One build that reached an outcome, with what its metrics are labelled by."""
+
+    outcome: Literal["succeeded", "cached", "reused", "failed"]
+    job: str
+    precision: str
+    target: str
+    build_seconds: float | None = None  # the worker's ``buildSeconds``, for successes
 
 
 @dataclass
@@ -200,9 +213,7 @@ class Decision:
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     status: dict[str, Any] | None = None  # the operator's status fields, when they changed
     events: list[Event] = field(default_factory=list)
-    outcomes: list[str] = field(
-        default_factory=list
-    )  # builds finished: succeeded|cached|reused|failed
+    outcomes: list[BuildOutcome] = field(default_factory=list)  # builds that finished
     invalid: str | None = None  # the spec cannot be used: a message for the user
     router: RouterAction | None = None  # traffic weights to set on the user's route object
     requeue_after: float | None = None  # come back then even if nothing changes (canary timers)
@@ -279,7 +290,14 @@ def _observe_target(
         if known.get(OWNER_KEY) == engine.uid:
             # Our own plan, seen in the index before our status caught up: not a reuse.
             return _Target(product, key, job, "built", _plan_record(product, key, job, fields))
-        decision.outcomes.append("reused")
+        decision.outcomes.append(
+            BuildOutcome(
+                "reused",
+                job,
+                str(fields.get("precision") or engine.spec.build.precision),
+                keys.target_label(product),
+            )
+        )
         plan = {**_plan_record(product, key, job, fields), "reused": True}
         return _Target(product, key, job, "built", plan)
     obs = observed.jobs.get(job)
@@ -292,7 +310,16 @@ def _observe_target(
     results = [r for r in (parse_result(p.message) for p in pods) if r is not None]
     success = next((r for r in reversed(results) if isinstance(r, BuildSuccess)), None)
     if success is not None:
-        decision.outcomes.append("cached" if success.fields.get("cached") else "succeeded")
+        seconds = success.fields.get("buildSeconds")
+        decision.outcomes.append(
+            BuildOutcome(
+                "cached" if success.fields.get("cached") else "succeeded",
+                job,
+                str(success.fields.get("precision") or engine.spec.build.precision),
+                keys.target_label(product),
+                float(seconds) if isinstance(seconds, int | float) else None,
+            )
+        )
         return _Target(
             product, key, job, "built", _plan_record(product, key, job, success.plan_fields())
         )
@@ -357,9 +384,49 @@ def _finish_status(decision: Decision, body: Mapping[str, Any], status: dict[str
             Event(
                 "Warning" if bad else "Normal",
                 cond["reason"],
-                f"{cond['type']}={cond['status']}: {cond['message']}",
+                f"{cond['type']}={cond['status']}: {cond['message']}".rstrip(": "),
+                transition=True,
             )
         )
+
+
+def refused(
+    body: Mapping[str, Any], status: Mapping[str, Any] | None, message: str, now: str
+) -> tuple[dict[str, Any], Event | None]:
+    """What to report when the API server refused an object this reconcile built: the status
+    that was about to be written (or the current one) with ``Degraded=True/ApplyRefused``, and
+    a Warning unless the same refusal is already reported."""
+    current = body.get("status") or {}
+    base = dict(status if status is not None else current)
+    old = current.get("conditions") or []
+    generation = int(body["metadata"].get("generation") or 0)
+    degraded = set_condition(
+        old, "Degraded", "True", "ApplyRefused", message, generation=generation, now=now
+    )
+    conds = [c for c in base.get("conditions") or [] if c.get("type") != "Degraded"]
+    base["conditions"] = [*conds, degraded]
+    prev: Mapping[str, Any] = next((c for c in old if c.get("type") == "Degraded"), {})
+    same = (prev.get("reason"), prev.get("message")) == ("ApplyRefused", degraded["message"])
+    return base, None if same else Event("Warning", "ApplyRefused", message)
+
+
+def fold_transitions(events: Sequence[Event]) -> list[Event]:
+    """One Event per type and reconcile: every condition transition is still told, but inside the
+    first explicit Event of its type (or one Event led by the first transition) rather than one
+    API write each, which was most of the operator's writes at scale."""
+    out = [e for e in events if not e.transition]
+    for type_ in ("Warning", "Normal"):
+        told = "; ".join(e.message for e in events if e.transition and e.type == type_)
+        if not told:
+            continue
+        lead = next((i for i, e in enumerate(out) if e.type == type_), None)
+        if lead is None:
+            first = next(e for e in events if e.transition and e.type == type_)
+            out.append(Event(type_, first.reason, told))
+        else:
+            e = out[lead]
+            out[lead] = Event(e.type, e.reason, f"{e.message}; {told}")
+    return out
 
 
 def _parse_now(now: str) -> dt.datetime:
@@ -438,6 +505,19 @@ def decide(
 ) -> Decision:
     """Everything one reconcile of ``body`` (a TrtEngine) should do, given what exists.
     ``verdict`` is the canary analysis the handler ran for this pass (if one was due)."""
+    decision = _decide(body, observed, config, now, verdict=verdict)
+    decision.events = fold_transitions(decision.events)
+    return decision
+
+
+def _decide(
+    body: Mapping[str, Any],
+    observed: Observed,
+    config: OperatorConfig,
+    now: str,
+    *,
+    verdict: Verdict | None,
+) -> Decision:
     meta = body["metadata"]
     try:
         spec = TrtEngineSpec.model_validate(body.get("spec") or {})
@@ -466,7 +546,9 @@ def decide(
     revision = keys.revision_of(t.key for t in targets)
     old_built_reason = next((c.get("reason") for c in old_conds if c.get("type") == "Built"), None)
     decision.outcomes += [
-        "failed" for t in failed if t.failure is not None and t.failure.reason != old_built_reason
+        BuildOutcome("failed", t.job, spec.build.precision, keys.target_label(t.product))
+        for t in failed
+        if t.failure is not None and t.failure.reason != old_built_reason
     ]
 
     # --- serving: which revisions run, with how many pods, and the traffic split -------------

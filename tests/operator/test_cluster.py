@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import finish_build_pod
-from tests.support.cluster import wait_for
+from tests.support.cluster import kubectl, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd", "plans_claim")]
 
@@ -222,3 +222,83 @@ def test_worker_failure_reaches_status_and_events(
             return any(e.reason == "AccuracyGateFailed" and e.type == "Warning" for e in events)
 
         wait_for(warning, timeout=30, what="a Warning event with the worker's reason")
+
+
+def test_a_refused_deployment_reaches_status_and_events(
+    cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
+) -> None:
+    """A cluster policy (a real ValidatingAdmissionPolicy, enforced by the API server) refuses
+    the serving Deployment: the user must read why in status and Events, not in operator logs."""
+    policy = f"no-deployments-{cluster.ns}"
+    manifest = f"""
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [apps]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [deployments]
+  validations:
+  - expression: "false"
+    message: deployments are frozen in this namespace
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {cluster.ns}}}
+"""
+    kubectl("apply", "-f", "-", input_text=manifest)
+    probe = (
+        '{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"}, "spec": '
+        '{"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},'
+        ' "spec": {"containers": [{"name": "c", "image": "i"}]}}}}'
+    )
+
+    def enforced() -> bool:
+        # The API server loads new policies asynchronously; dry-run until it refuses.
+        out = kubectl(
+            "create", "--dry-run=server", "-n", cluster.ns, "-f", "-", input_text=probe, check=False
+        )
+        return "probe" not in out
+
+    wait_for(enforced, timeout=60, what="the admission policy to be enforced")
+    try:
+        with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
+            cluster.create("conv")
+            job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
+            finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
+            degraded = wait_for(
+                lambda: (
+                    (c := cluster.condition("conv", "Degraded")).get("reason") == "ApplyRefused"
+                    and c
+                ),
+                timeout=90,
+                what="Degraded=True/ApplyRefused",
+            )
+            assert degraded["status"] == "True"
+            assert "deployments are frozen in this namespace" in degraded["message"]
+            assert cluster.get("conv")["status"]["plans"][0]["sha256"] == SUCCESS["sha256"]
+            assert not cluster.deployments("conv")
+
+            def warning() -> bool:
+                events = cluster.core.list_namespaced_event(cluster.ns).items
+                return any(e.reason == "ApplyRefused" and e.type == "Warning" for e in events)
+
+            wait_for(warning, timeout=30, what="a Warning event ApplyRefused")
+    finally:
+        kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            policy,
+            "--ignore-not-found",
+            check=False,
+        )

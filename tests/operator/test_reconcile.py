@@ -8,7 +8,14 @@ from typing import Any
 from trtops_operator import keys
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
-from trtops_operator.reconcile import DeploymentObs, JobObs, Observed, PodObs, decide
+from trtops_operator.reconcile import (
+    BuildOutcome,
+    DeploymentObs,
+    JobObs,
+    Observed,
+    PodObs,
+    decide,
+)
 from trtops_operator.results import BuildFailure, parse_result
 
 CONFIG = OperatorConfig(worker_image="w:1")
@@ -64,7 +71,7 @@ def test_plan_recorded_by_another_engine_is_reused_without_a_job() -> None:
     }
     d = decide(body(uid="u2"), Observed(known_plans=known), CONFIG, NOW)
     assert not d.create
-    assert d.outcomes == ["reused"]
+    assert d.outcomes == [BuildOutcome("reused", job_name(), "fp16", "H100")]
     assert d.status["plans"][0]["reused"] is True
     assert [o["kind"] for o in d.apply] == ["Deployment", "Service"]
 
@@ -76,7 +83,7 @@ def test_result_in_termination_message_becomes_a_plan_and_a_deployment() -> None
     )
     d = decide(body(), obs, CONFIG, NOW)
     assert d.status["plans"][0]["sha256"] == "s" * 64
-    assert d.outcomes == ["succeeded"]
+    assert d.outcomes == [BuildOutcome("succeeded", job_name(), "fp16", "H100")]
     dep = next(o for o in d.apply if o["kind"] == "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--artifact-dir") + 1] == "/plans/kkk"
@@ -104,7 +111,7 @@ def test_worker_failure_sets_built_false_with_its_reason_and_a_warning() -> None
     assert cond(d, "Built")["reason"] == "AccuracyGateFailed"
     assert "0.9 < 0.99" in cond(d, "Built")["message"]
     assert any(e.type == "Warning" and e.reason == "AccuracyGateFailed" for e in d.events)
-    assert d.outcomes == ["failed"]
+    assert d.outcomes == [BuildOutcome("failed", job_name(), "fp16", "H100")]
 
 
 def test_steady_state_writes_nothing() -> None:

@@ -1,7 +1,8 @@
 """The operator's Prometheus endpoint, served by the real ``trtops-operator`` entry point.
 
 Two engines, one build that succeeds and one the worker fails: the endpoint must count each
-build once by outcome, the reconciles by what triggered them, and time every reconcile.
+build once by outcome, time the successful build, report its plan's accuracy gate, count the
+reconciles by what triggered them, and time every reconcile.
 
 No storage claim exists in the namespace, so the build pods never schedule and kwok never
 finishes them: the worker's result written here is the only way each build ends (kwok would
@@ -53,6 +54,10 @@ SUCCESS = {
     "backend": "onnxruntime",
     "cached": False,
     "buildSeconds": 2.5,
+    "accuracy": {
+        "passed": True,
+        "outputs": {"logits": {"top1Agreement": 0.995, "meanAbsError": 0.0125}},
+    },
 }
 FAILURE = {
     "ok": False,
@@ -119,6 +124,10 @@ def one(samples: Samples, name: str) -> float:
     return samples[(name, ())]
 
 
+def series(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
 class Engines:
     def __init__(self, api: Any, namespace: str) -> None:
         from kubernetes import client
@@ -142,6 +151,12 @@ class Engines:
         )
         conds = (obj.get("status") or {}).get("conditions") or []
         return next((dict(c) for c in conds if c["type"] == "Built"), {})
+
+    def revision(self, name: str) -> str:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", self.ns, "trtengines", name
+        )
+        return str(obj["status"]["revision"])
 
     def plans(self, name: str) -> list[dict[str, Any]]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
@@ -184,11 +199,13 @@ def test_metrics_count_reconciles_and_build_outcomes(
         )
 
         # The counters move right after the status writes that the waits above saw.
+        def counted(samples: Samples) -> bool:
+            outcomes = by_label(samples, "trtops_builds_total", "outcome")
+            return outcomes.get("succeeded", 0) >= 1 and outcomes.get("failed", 0) >= 1
+
         deadline = time.monotonic() + 10
         samples = scrape(port)
-        while {"succeeded", "failed"} - set(by_label(samples, "trtops_builds_total", "outcome")):
-            if time.monotonic() > deadline:
-                break
+        while not counted(samples) and time.monotonic() < deadline:
             time.sleep(0.2)
             samples = scrape(port)
         assert proc.poll() is None, "the operator exited"
@@ -196,10 +213,35 @@ def test_metrics_count_reconciles_and_build_outcomes(
         (plan,) = engines.plans("good")
         assert plan["sha256"] == SUCCESS["sha256"]
         assert not plan.get("reused"), plan
+        revision = engines.revision("good")
 
     assert proc.returncode == 0, "SIGTERM should stop the operator cleanly"
-    # Each build counted once, by how it ended (not once per reconcile that saw it).
-    assert by_label(samples, "trtops_builds_total", "outcome") == {"succeeded": 1, "failed": 1}
+    # Each build counted once, by how it ended (not once per reconcile that saw it); the
+    # outcomes nothing reached yet are there at 0 (so a dashboard's increase() sees the first).
+    assert by_label(samples, "trtops_builds_total", "outcome") == {
+        "succeeded": 1,
+        "failed": 1,
+        "cached": 0,
+        "reused": 0,
+    }
+    # The successful build is timed as the worker reported it; the failed one is not timed,
+    # but its series started at 0 while it built.
+    good = {"namespace": namespace, "engine": "good", "precision": "fp32", "target": "cpu"}
+    bad = {**good, "engine": "bad"}
+    assert series(samples, "trtops_build_duration_seconds_count", **good) == 1
+    assert series(samples, "trtops_build_duration_seconds_sum", **good) == 2.5
+    assert series(samples, "trtops_build_duration_seconds_bucket", **good, le="1.0") == 0
+    assert series(samples, "trtops_build_duration_seconds_bucket", **good, le="5.0") == 1
+    assert series(samples, "trtops_build_duration_seconds_count", **bad) == 0
+    # The accuracy gate of good's plan, read from its status at scrape time.
+    gate = {**good, "revision": revision, "output": "logits"}
+    assert series(samples, "trtops_plan_top1_agreement", **gate) == 0.995
+    assert series(samples, "trtops_plan_mean_abs_error", **gate) == 0.0125
+    assert {dict(labels)["engine"] for (n, labels) in samples if n.startswith("trtops_plan_")} == {
+        "good"
+    }
+    # Neither engine serves (no claim, so no pod starts): no traffic weight to report.
+    assert not [k for k in samples if k[0] == "trtops_canary_weight"]
     # Each new engine is reconciled once from its creation; the build pods finishing woke
     # the engines again through the watches.
     reconciles = by_label(samples, "trtops_reconciles_total", "trigger")

@@ -1,6 +1,7 @@
 """dashboards/trtops.json: valid, every panel's PromQL parses (promtool), the fixed worker metrics
-are all charted; and, against a real worker scraped by a real Prometheus, every worker panel
-returns data."""
+are all charted, the operator metrics it charts are the ones the operator exposes; and, against a
+real worker scraped by a real Prometheus, every worker panel returns data (the operator panels
+return data in tests/e2e_canary, where a real operator is scraped)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,37 @@ def test_latency_is_per_revision_and_precision_from_histograms() -> None:
 def test_pending_metrics_only_in_panels_marked_pending() -> None:
     for q in dq.queries(BOARD):
         assert (q.source == "pending") == ("pending operator metric" in q.panel), q.panel
+
+
+def _operator_exposes() -> set[str]:
+    """Metric names as ``trtops_operator.metrics`` exposes them (counters with ``_total``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.metrics import MetricWrapperBase
+    from trtops_operator import metrics
+
+    registry = CollectorRegistry()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase | metrics.EngineCollector):
+            registry.register(value)
+    text = generate_latest(registry).decode()
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    return {n for n in names if not n.endswith("_created")}  # prometheus_client's timestamps
+
+
+def test_operator_panels_chart_what_the_operator_exposes() -> None:
+    exposed = _operator_exposes()
+    assert exposed == set(dq.OPERATOR_METRICS)
+    assert not dq.PENDING_OPERATOR_METRICS & exposed, "exposed now: move them to OPERATOR_METRICS"
+    charted = set().union(*(q.metrics for q in dq.queries(BOARD) if q.source == "operator"))
+    assert charted <= exposed
+    # The state the operator reports per engine is on the dashboard.
+    assert {
+        "trtops_build_duration_seconds",
+        "trtops_plan_top1_agreement",
+        "trtops_plan_mean_abs_error",
+        "trtops_canary_weight",
+        "trtops_builds_total",
+    } <= charted
 
 
 def test_substitute_refuses_unknown_variables() -> None:
