@@ -90,3 +90,69 @@ def test_request_timeout_is_504(model_dir: Path, tmp_path: Path) -> None:
         assert requests.get(f"{s.url}/v2/health/ready", timeout=5).status_code == 200
     finally:
         assert s.stop() == 0
+
+
+async def test_instances_run_batches_at_once() -> None:
+    """In process: each batch waits at a two-party barrier, so it only completes when two batches
+    are on the backend at the same time (one instance would break the barrier)."""
+    import asyncio
+    import threading
+
+    from trtops_worker.serve.batching import Batcher
+
+    barrier = threading.Barrier(2, timeout=20)
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        barrier.wait()
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(
+        run,
+        max_batch_size=8,
+        max_queue_delay_us=0,
+        max_queue_size=8,
+        batchable=True,
+        instances=2,
+    )
+    batcher.start()
+    try:
+        # different trailing shapes never merge: two batches
+        a, b = np.ones((1, 3), np.float32), np.ones((1, 4), np.float32)
+        out_a, out_b = await asyncio.gather(
+            batcher.submit({"x": a}, 30), batcher.submit({"x": b}, 30)
+        )
+    finally:
+        await batcher.close()
+    np.testing.assert_array_equal(out_a["y"], a * 2)
+    np.testing.assert_array_equal(out_b["y"], b * 2)
+    assert batcher.describe()["instances"] == 2
+
+
+def test_two_instances_serve_exact_results_and_say_so(model_dir: Path, tmp_path: Path) -> None:
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "conv.onnx"),
+        "--model-name",
+        "conv",
+        "--max-batch-size",
+        "4",
+        "--instances",
+        "2",
+    )
+    try:
+        meta = requests.get(f"{s.url}/v2/models/conv", timeout=5).json()
+        assert meta["parameters"]["instances"] == 2
+        inputs = [conv_input(1 + i % 2, seed=200 + i) for i in range(16)]
+
+        def send(x: np.ndarray) -> np.ndarray:
+            response = requests.post(s.infer_url(), json=infer_body(x), timeout=30)
+            assert response.status_code == 200, response.text
+            return np.array(response.json()["outputs"][0]["data"], np.float32).reshape(len(x), 10)
+
+        with ThreadPoolExecutor(8) as pool:
+            outputs = list(pool.map(send, inputs))
+        for x, out in zip(inputs, outputs, strict=True):
+            np.testing.assert_allclose(out, reference(model_dir, x), rtol=1e-5, atol=1e-6)
+    finally:
+        assert s.stop() == 0

@@ -13,12 +13,15 @@ import pytest
 from .conftest import Server
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "http-binary", "grpc"])
 def test_bench_reports_percentiles_and_errors_as_json(
     server: Server, tmp_path: Path, protocol: str
 ) -> None:
-    url = server.url if protocol == "http" else server.grpc
+    """Each wire format is accepted by the server: any 4xx would show up under ``errors``."""
+    url = server.grpc if protocol == "grpc" else server.url
+    binary = ["--binary-data"] if protocol == "http-binary" else []
     out = tmp_path / "result.json"
+    before = server.metric("trtops_requests_total", outcome="success")
     proc = subprocess.run(
         [
             sys.executable,
@@ -28,7 +31,8 @@ def test_bench_reports_percentiles_and_errors_as_json(
             "--url",
             url,
             "--protocol",
-            protocol,
+            protocol.removesuffix("-binary"),
+            *binary,
             "--model",
             "conv",
             "--concurrency",
@@ -50,6 +54,11 @@ def test_bench_reports_percentiles_and_errors_as_json(
     assert summary["errors"] == {}
     assert set(summary["latency_ms"]) >= {"p50", "p90", "p95", "p99"}
     assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    assert summary["binary_data"] is (protocol == "http-binary")
+    assert "(binary data)" in proc.stdout if binary else "(binary data)" not in proc.stdout
+    # every request the bench sent reached the model (warm-up is 0 s here)
+    served = server.metric("trtops_requests_total", outcome="success") - before
+    assert served >= summary["successes"]
 
 
 def test_bench_rate_mode_with_an_input_file_and_error_counts(
@@ -111,3 +120,27 @@ def test_bench_rate_mode_with_an_input_file_and_error_counts(
         check=False,
     )
     assert wrong.returncode != 0
+
+
+def test_binary_request_body_decodes_to_the_same_tensors_and_asks_for_binary_outputs() -> None:
+    from trtops_worker.bench.clients import http_infer_body
+    from trtops_worker.serve.codec import decode_json_request
+    from trtops_worker.serve.types import TensorSpec
+
+    x = np.random.default_rng(1).normal(0, 1, (2, 3, 4)).astype(np.float32)
+    ids = np.array([[7], [9]], np.int64)
+    specs = [TensorSpec("x", "FP32", (-1, 3, 4)), TensorSpec("ids", "INT64", (-1, 1))]
+    body, header_length = http_infer_body({"x": x, "ids": ids}, binary=True)
+    assert 0 < header_length < len(body)
+    request = decode_json_request(
+        json.loads(body[:header_length]), specs, ["y"], body[header_length:]
+    )
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    np.testing.assert_array_equal(request.inputs["ids"], ids)
+    assert request.binary_outputs == {"y"}
+
+    text, no_header = http_infer_body({"x": x, "ids": ids})
+    assert no_header == 0
+    decoded = decode_json_request(json.loads(text), specs, ["y"])
+    np.testing.assert_array_equal(decoded.inputs["x"], x)
+    assert decoded.binary_outputs == frozenset()

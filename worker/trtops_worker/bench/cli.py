@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--url", default="http://127.0.0.1:8000", help="server URL (gRPC: host:port)"
     )
     parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    parser.add_argument(
+        "--binary-data",
+        action="store_true",
+        help="HTTP: tensors as raw bytes (binary tensor data extension) instead of JSON numbers",
+    )
     parser.add_argument("--model", required=True)
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 url=args.url,
                 model=args.model,
                 protocol=args.protocol,
+                binary_data=args.binary_data,
                 concurrency=concurrency,
                 rate=args.rate,
                 duration_s=args.duration_seconds,

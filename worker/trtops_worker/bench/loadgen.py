@@ -75,6 +75,7 @@ async def run_load(
     url: str,
     model: str,
     protocol: str = "http",
+    binary_data: bool = False,
     concurrency: int = 1,
     rate: float | None = None,
     duration_s: float = 10.0,
@@ -92,15 +93,21 @@ async def run_load(
         target = grpc_target(url)
         factory = lambda: GrpcClient(target, model, inputs)  # noqa: E731
     else:
-        body = http_infer_body(inputs)
-        factory = lambda: HttpClient(url, model, body)  # noqa: E731
+        body, header_length = http_infer_body(inputs, binary=binary_data)
+        factory = lambda: HttpClient(url, model, body, header_length)  # noqa: E731
     clients = [factory() for _ in range(concurrency)]
     result = BenchResult(protocol, url, model, concurrency, rate, batch_size, 0.0)
+    result.binary_data = binary_data and protocol == "http"
     start = time.perf_counter()
     measure_from = start + warmup_s
     end = measure_from + duration_s
     sent = 0
     due: asyncio.Queue[float] = asyncio.Queue(maxsize=concurrency)
+    # The generator's own CPU over the measured window: near one core, it is the bottleneck.
+    cpu_from = [time.process_time()]
+    timer = asyncio.get_running_loop().call_later(
+        warmup_s, lambda: cpu_from.__setitem__(0, time.process_time())
+    )
 
     async def one(client: BenchClient, t0: float) -> None:
         try:
@@ -154,6 +161,8 @@ async def run_load(
     finally:
         # the last requests finish after `end`: measure the window they actually took
         result.duration_seconds = max(1e-9, time.perf_counter() - measure_from)
+        result.cpu_seconds = time.process_time() - cpu_from[0]
+        timer.cancel()
         for c in clients:
             await c.close()
     return result

@@ -31,6 +31,8 @@ class BenchResult:
     latencies_s: list[float] = field(default_factory=list, repr=False)
     errors: Counter[str] = field(default_factory=Counter)
     not_sent: int = 0  # rate mode: requests due while every connection was busy
+    binary_data: bool = False  # HTTP with the binary tensor data extension instead of JSON
+    cpu_seconds: float = 0.0  # the load generator's own CPU time over the measured window
 
     @property
     def successes(self) -> int:
@@ -44,6 +46,7 @@ class BenchResult:
         rps = self.successes / self.duration_seconds if self.duration_seconds > 0 else 0.0
         return {
             "protocol": self.protocol,
+            "binary_data": self.binary_data,
             "url": self.url,
             "model": self.model,
             "concurrency": self.concurrency,
@@ -57,6 +60,9 @@ class BenchResult:
             "throughput_rps": round(rps, 1),
             "throughput_infer_per_s": round(rps * self.batch_size, 1),
             "latency_ms": {k: round(v, 3) for k, v in ms.items()},
+            "client_cpu_cores": round(self.cpu_seconds / self.duration_seconds, 2)
+            if self.duration_seconds > 0
+            else 0.0,
         }
 
 
@@ -67,7 +73,11 @@ def render_table(summary: dict[str, Any]) -> str:
     )
     errors = ", ".join(f"{k}={v}" for k, v in sorted(summary["errors"].items())) or "none"
     rows = [
-        ("target", f"{summary['protocol']} {summary['url']} model={summary['model']}"),
+        (
+            "target",
+            f"{summary['protocol']}{' (binary data)' if summary.get('binary_data') else ''} "
+            f"{summary['url']} model={summary['model']}",
+        ),
         ("load", f"{mode}, batch {summary['batch_size']}, {summary['duration_seconds']} s"),
         ("requests", f"{summary['requests']} ({summary['successes']} ok)"),
         ("errors", errors + (f"; not sent: {summary['not_sent']}" if summary["not_sent"] else "")),
@@ -79,6 +89,7 @@ def render_table(summary: dict[str, Any]) -> str:
             "latency ms",
             " ".join(f"{k}={lat[k]:.3f}" for k in ("p50", "p90", "p95", "p99", "mean", "max")),
         ),
+        ("client cpu", f"{summary.get('client_cpu_cores', 0.0)} cores"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -27,6 +27,8 @@ class Backend(Protocol):
     platform: str  # OIP v2 platform string: "onnxruntime_onnx" | "tensorrt_plan"
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # How many batches ``infer`` may run at once from different threads (``--instances`` caps).
+    max_concurrent_runs: int
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one (possibly merged) batch; raise ``DeviceError`` when the device itself fails."""

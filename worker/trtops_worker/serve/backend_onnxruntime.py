@@ -44,6 +44,7 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     platform = "onnxruntime_onnx"
+    max_concurrent_runs = 64  # InferenceSession.run is thread-safe
 
     def __init__(self, model: Path, *, intra_op_threads: int = 0) -> None:
         options = ort.SessionOptions()

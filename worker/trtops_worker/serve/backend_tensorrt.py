@@ -35,6 +35,7 @@ def _check(result: Any, what: str) -> Any:
 class TensorRTBackend:
     name = "tensorrt"
     platform = "tensorrt_plan"
+    max_concurrent_runs = 1  # one execution context
 
     def __init__(self, plan: Path) -> None:
         # Lazy imports: importing this module must not need TensorRT; constructing it does.

@@ -83,18 +83,23 @@ def merge(batch: Sequence[Tensors]) -> dict[str, np.ndarray]:
 
 
 def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Cut merged outputs back into per-request outputs (copies: no request pins the batch)."""
+    """Cut merged outputs back into per-request outputs.
+
+    Views, not copies: each response is encoded right after the split, so a view pins the
+    batch's output arrays only for that long.
+    """
     if len(rows) == 1:
         return [dict(outputs)]
     total = sum(rows)
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != total:
             raise BackendError(f"output '{name}' has {array.shape} rows, the batch had {total}")
-    bounds = np.cumsum(rows)[:-1]
     parts: list[dict[str, np.ndarray]] = [{} for _ in rows]
     for name, array in outputs.items():
-        for i, piece in enumerate(np.split(array, bounds, axis=0)):
-            parts[i][name] = piece.copy()
+        start = 0
+        for part, n in zip(parts, rows, strict=True):
+            part[name] = array[start : start + n]
+            start += n
     return parts
 
 
@@ -129,6 +134,11 @@ class BatchObserver(Protocol):
     def computed(self, seconds: float) -> None: ...
 
 
+def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(f"no result within {timeout_s * 1000:.0f} ms"))
+
+
 @dataclass(eq=False)
 class _Item:
     inputs: Tensors
@@ -150,6 +160,7 @@ class Batcher:
         max_queue_delay_us: int,
         max_queue_size: int,
         batchable: bool,
+        instances: int = 1,
         observer: BatchObserver | None = None,
     ) -> None:
         self._run = run
@@ -161,8 +172,13 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._arrivals = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtops-infer")
-        self._computing: asyncio.Task[None] | None = None
+        # Batches on the backend at once, each in its own worker thread (Triton's instance
+        # count): with one-thread ORT runs, no run waits on a barrier for a preempted thread.
+        self.instances = max(1, instances)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.instances, thread_name_prefix="trtops-infer"
+        )
+        self._computing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -183,18 +199,20 @@ class Batcher:
             raise Overloaded(f"queue full ({self.max_queue_size} requests waiting); retry later")
         key, rows = batch_key(inputs) if self.batching else (None, 1)
         now = time.monotonic()
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         item = _Item(inputs, key, rows, now, now + timeout_s, future)
         self._queue.append(item)
         if self._observer:
             self._observer.queued(len(self._queue))
         self._wakeup.set()
+        # A timer on the future itself (cheaper than wait_for + shield, which cost a task per
+        # request): a timed-out request is skipped if still queued, its result dropped if computing.
+        timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            if not future.done():
-                future.cancel()  # skipped if still queued; result dropped if computing
-            raise RequestTimeout(f"no result within {timeout_s * 1000:.0f} ms") from None
+            return await future
+        finally:
+            timer.cancel()
 
     @property
     def depth(self) -> int:
@@ -269,9 +287,9 @@ class Batcher:
 
     async def _loop(self) -> None:
         while await self._wait_for_work():
-            if self._computing is not None:
-                await self._computing  # one batch on the backend at a time; the queue keeps growing
-                self._computing = None
+            if len(self._computing) >= self.instances:
+                # every instance busy: the queue keeps growing until one is free
+                await asyncio.wait(self._computing, return_when=asyncio.FIRST_COMPLETED)
                 self._drop_dead()
                 if not self._queue:
                     continue
@@ -289,9 +307,11 @@ class Batcher:
                 self._observer.dispatched(
                     [now - i.enqueued for i in batch], sum(i.rows for i in batch)
                 )
-            self._computing = asyncio.get_running_loop().create_task(self._compute(batch))
-        if self._computing is not None:
-            await self._computing
+            task = asyncio.get_running_loop().create_task(self._compute(batch))
+            self._computing.add(task)
+            task.add_done_callback(self._computing.discard)
+        if self._computing:
+            await asyncio.wait(self._computing)
 
     async def _compute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -324,4 +344,5 @@ class Batcher:
             "max_batch_size": self.max_batch_size,
             "max_queue_delay_microseconds": int(self._delay * 1e6),
             "max_queue_size": self.max_queue_size,
+            "instances": self.instances,
         }

@@ -58,7 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-ms", type=int, default=10_000)
     parser.add_argument("--max-body-bytes", type=int, default=64 << 20)
     parser.add_argument(
-        "--intra-op-threads", type=int, default=0, help="ONNX Runtime threads (0: per core)"
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per run (0: cores / instances)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="batches running at once (ONNX Runtime only; TensorRT runs one)",
     )
     parser.add_argument(
         "--drain-seconds", type=float, default=0.0, help="keep serving this long after SIGTERM"
@@ -91,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
         )
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
+    if args.instances < 1 or args.intra_op_threads < 0:
+        log.error("--instances must be >= 1 and --intra-op-threads >= 0")
+        return 2
+    intra_op_threads = args.intra_op_threads
+    if intra_op_threads == 0 and args.instances > 1:
+        # the instances share the cores instead of each one spreading over all of them
+        intra_op_threads = max(1, (os.cpu_count() or 1) // args.instances)
+
     import uvloop
 
     from .dataplane import DataPlane, ServeConfig
@@ -103,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             fallback_model=fallback_model,
             cpu_fallback=args.cpu_fallback,
-            intra_op_threads=args.intra_op_threads,
+            intra_op_threads=intra_op_threads,
         )
     except Exception as e:  # nothing to serve: exit non-zero so the pod shows the failure
         log.error("cannot load %s with the %s backend: %s: %s", model, backend, type(e).__name__, e)
@@ -119,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size,
         request_timeout_ms=args.request_timeout_ms,
-        intra_op_threads=args.intra_op_threads,
+        intra_op_threads=intra_op_threads,
+        instances=args.instances,
     )
     metrics = ServeMetrics(Labels(args.model_name, args.revision, precision, loaded.backend.name))
     metrics.enable_gpu_metrics()

@@ -50,6 +50,7 @@ class ServeConfig:
     max_queue_size: int = 128
     request_timeout_ms: int = 10_000
     intra_op_threads: int = 0
+    instances: int = 1  # batches on the backend at once (capped by what the backend allows)
 
     @property
     def version(self) -> str:
@@ -76,6 +77,7 @@ class DataPlane:
             max_queue_delay_us=config.max_queue_delay_us,
             max_queue_size=config.max_queue_size,
             batchable=batchable,
+            instances=min(config.instances, self._backend.max_concurrent_runs),
             observer=metrics,
         )
 

@@ -63,6 +63,20 @@ class Labels:
         return (self.model, self.revision, self.precision, self.backend)
 
 
+@dataclass(frozen=True)
+class _Series:
+    """The labelled children of one backend's series (prometheus_client's types are untyped)."""
+
+    labels: Labels
+    requests: dict[str, Any]
+    request_duration: Any
+    queue_duration: Any
+    compute_duration: Any
+    batch_size: Any
+    inflight: Any
+    queue_depth: Any
+
+
 class ServeMetrics:
     """Every serving metric; the ``backend`` label follows the backend in use right now."""
 
@@ -129,45 +143,45 @@ class ServeMetrics:
             self.fallback.labels(*old.values()).set(0)
             self.queue_depth.labels(*old.values()).set(0)
         self.fallback.labels(*v).set(1 if fallback else 0)
-        # Create every outcome series up front: a rate over a missing series is "no data".
-        for outcome in OUTCOMES:
-            self.requests.labels(*v, outcome)
-        for metric in (
-            self.request_duration,
-            self.queue_duration,
-            self.compute_duration,
-            self.batch_size,
-        ):
-            metric.labels(*v)
-        self.inflight.labels(*v)
-        self.queue_depth.labels(*v)
+        # Every series is created up front (a rate over a missing series is "no data") and its
+        # child kept, so the per-request path does no label lookups.
+        self._series = _Series(
+            labels=self._labels,
+            requests={outcome: self.requests.labels(*v, outcome) for outcome in OUTCOMES},
+            request_duration=self.request_duration.labels(*v),
+            queue_duration=self.queue_duration.labels(*v),
+            compute_duration=self.compute_duration.labels(*v),
+            batch_size=self.batch_size.labels(*v),
+            inflight=self.inflight.labels(*v),
+            queue_depth=self.queue_depth.labels(*v),
+        )
 
     # -- observations (called from the data plane and the batcher) -------------------------
 
-    def request_started(self) -> Labels:
+    def request_started(self) -> _Series:
         """Count a request in flight; pass the result to :meth:`request_finished`."""
-        self.inflight.labels(*self._labels.values()).inc()
-        return self._labels
+        series = self._series
+        series.inflight.inc()
+        return series
 
-    def request_finished(self, started: Labels, seconds: float, outcome: str) -> None:
-        self.inflight.labels(*started.values()).dec()  # the series it was counted on
-        v = self._labels.values()
-        self.requests.labels(*v, outcome).inc()
+    def request_finished(self, started: _Series, seconds: float, outcome: str) -> None:
+        started.inflight.dec()  # the series it was counted on
+        series = self._series
+        series.requests[outcome].inc()
         if outcome == "success":
-            self.request_duration.labels(*v).observe(seconds)
+            series.request_duration.observe(seconds)
 
     def queued(self, depth: int) -> None:
-        self.queue_depth.labels(*self._labels.values()).set(depth)
+        self._series.queue_depth.set(depth)
 
     def dispatched(self, waits: Sequence[float], rows: int) -> None:
-        v = self._labels.values()
-        queue = self.queue_duration.labels(*v)
+        series = self._series
         for wait in waits:
-            queue.observe(wait)
-        self.batch_size.labels(*v).observe(rows)
+            series.queue_duration.observe(wait)
+        series.batch_size.observe(rows)
 
     def computed(self, seconds: float) -> None:
-        self.compute_duration.labels(*self._labels.values()).observe(seconds)
+        self._series.compute_duration.observe(seconds)
 
     # -- exposition ------------------------------------------------------------------------
 

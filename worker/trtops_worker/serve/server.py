@@ -80,6 +80,10 @@ class ServingProcess:
             http="httptools",
             lifespan="off",
             access_log=False,
+            # No per-request work nobody reads: the gateway in front keeps client addresses.
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
             log_level="warning",
             limit_concurrency=opts.max_connections,
             timeout_graceful_shutdown=int(opts.graceful_timeout_seconds),
@@ -113,6 +117,7 @@ class ServingProcess:
             )
             await self.dataplane.close()
             metrics_server.shutdown()
+            metrics_server.server_close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
