@@ -510,6 +510,66 @@ def decide(
     return decision
 
 
+@dataclass(frozen=True)
+class _Builds:
+    """Where each build target stands, for the revision the spec asks for."""
+
+    targets: list[_Target]
+    revision: str
+
+    @property
+    def plans(self) -> list[dict[str, Any]]:
+        return [t.plan for t in self.targets if t.plan is not None]
+
+    @property
+    def failed(self) -> list[_Target]:
+        return [t for t in self.targets if t.state == "failed"]
+
+    @property
+    def building(self) -> list[_Target]:
+        return [t for t in self.targets if t.state == "building"]
+
+    @property
+    def ready(self) -> bool:
+        return not self.failed and not self.building
+
+
+@dataclass
+class _Serving:
+    """Which Deployments should run, and where the traffic is."""
+
+    observed: Observed
+    replicas: int
+    wanted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    names_by_rev: dict[str, list[str]] = field(default_factory=dict)
+    stable: dict[str, Any] = field(default_factory=dict)
+    canary: canary_steps.Decision | None = None
+    canary_mode: bool = False
+    promoted: bool = False
+    canary_weight: int = 0
+
+    @property
+    def stable_revision(self) -> str | None:
+        rev = self.stable.get("revision")
+        return str(rev) if rev else None
+
+    def rolled_out(self, rev: str) -> bool:
+        names = self.names_by_rev.get(rev) or []
+        return bool(names) and all(
+            (d := self.observed.deployments.get(n)) is not None
+            and d.spec_hash == self.wanted[n]["metadata"]["annotations"][builders.HASH_ANNOTATION]
+            and d.rolled_out
+            for n in names
+        )
+
+    def available(self, rev: str | None) -> bool:
+        names = self.names_by_rev.get(rev or "") or []
+        return bool(names) and all(
+            (d := self.observed.deployments.get(n)) is not None and d.available >= self.replicas
+            for n in names
+        )
+
+
 def _decide(
     body: Mapping[str, Any],
     observed: Observed,
@@ -526,12 +586,25 @@ def _decide(
     engine = builders.Engine(
         name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], spec=spec
     )
-    generation = int(meta.get("generation") or 0)
-    old_status = body.get("status") or {}
-    old_conds = old_status.get("conditions") or []
-    old_plans = {p.get("job", ""): p for p in old_status.get("plans") or []}
     decision = Decision()
+    builds = _decide_builds(engine, body, observed, config, decision)
+    serving = _decide_deployments(engine, body, builds, observed, config, now, verdict, decision)
+    _decide_services(engine, builds.revision, serving, decision)
+    _decide_status(engine, body, builds, serving, now, decision)
+    return decision
 
+
+def _decide_builds(
+    engine: builders.Engine,
+    body: Mapping[str, Any],
+    observed: Observed,
+    config: OperatorConfig,
+    decision: Decision,
+) -> _Builds:
+    """One build per GPU target: reuse, wait for, create or adopt its Job, read its result."""
+    spec = engine.spec
+    old_status = body.get("status") or {}
+    old_plans = {p.get("job", ""): p for p in old_status.get("plans") or []}
     gate = keys.gate_json(spec)
     targets = []
     for product in spec.target_products():
@@ -540,43 +613,65 @@ def _decide(
         targets.append(
             _observe_target(engine, product, key, job, old_plans, observed, config, decision)
         )
-    plans = [t.plan for t in targets if t.plan is not None]
-    failed = [t for t in targets if t.state == "failed"]
-    building = [t for t in targets if t.state == "building"]
-    revision = keys.revision_of(t.key for t in targets)
-    old_built_reason = next((c.get("reason") for c in old_conds if c.get("type") == "Built"), None)
+    builds = _Builds(targets, keys.revision_of(t.key for t in targets))
+    old_built_reason = _conditions(body).get("Built", {}).get("reason")
     decision.outcomes += [
         BuildOutcome("failed", t.job, spec.build.precision, keys.target_label(t.product))
-        for t in failed
+        for t in builds.failed
         if t.failure is not None and t.failure.reason != old_built_reason
     ]
+    for t in targets:
+        if t.state == "built" and t.plan and t.plan.get("reused") and t.job not in old_plans:
+            decision.events.append(
+                Event(
+                    "Normal",
+                    "PlanReused",
+                    f"{keys.target_label(t.product)}: reused plan of Job {t.job}",
+                )
+            )
+    decision.events += [
+        Event("Normal", "BuildStarted", f"build Job {job['metadata']['name']} created")
+        for job in decision.create
+    ]
+    return builds
 
-    # --- serving: which revisions run, with how many pods, and the traffic split -------------
-    replicas = spec.serving.replicas
-    stable = dict(old_status.get("stable") or {})
-    stable_rev: str | None = stable.get("revision")
-    new_ready = not failed and not building
-    kind = canary_routers.router_kind(spec.rollout.traffic_router) if spec.rollout else None
-    canary_mode = (
-        bool(stable_rev) and stable_rev != revision and new_ready and spec.rollout is not None
+
+def _decide_deployments(
+    engine: builders.Engine,
+    body: Mapping[str, Any],
+    builds: _Builds,
+    observed: Observed,
+    config: OperatorConfig,
+    now: str,
+    verdict: Verdict | None,
+    decision: Decision,
+) -> _Serving:
+    """Which revisions run with how many pods, the canary's turn, and when stable moves."""
+    spec = engine.spec
+    revision = builds.revision
+    generation = int(body["metadata"].get("generation") or 0)
+    serving = _Serving(observed, spec.serving.replicas)
+    serving.stable = dict((body.get("status") or {}).get("stable") or {})
+    stable_rev = serving.stable_revision
+    serving.canary_mode = (
+        bool(stable_rev) and stable_rev != revision and builds.ready and spec.rollout is not None
     )
-    cd: canary_steps.Decision | None = None
-    if canary_mode and stable_rev is not None:
-        cd = _canary_step(
+    if serving.canary_mode and stable_rev is not None:
+        serving.canary = _canary_step(
             spec, body, revision, stable_rev, generation, now, observed, engine, verdict
         )
-    promoted = cd is not None and cd.state.phase == "Promoted"
+    cd = serving.canary
+    serving.promoted = cd is not None and cd.state.phase == "Promoted"
 
     # (revision, plans, replicas); the stable side keeps its full count for the whole canary.
-    serving: list[tuple[str, Sequence[Mapping[str, Any]], int]] = []
+    runs: list[tuple[str, Sequence[Mapping[str, Any]], int]] = []
     if stable_rev and stable_rev != revision:
-        serving.append((stable_rev, stable.get("plans") or [], replicas))
-    if new_ready:
-        serving.append((revision, plans, replicas if cd is None else cd.canary_replicas))
-
-    wanted: dict[str, dict[str, Any]] = {}
-    names_by_rev: dict[str, list[str]] = {}
-    for rev, rev_plans, rev_replicas in serving:
+        runs.append((stable_rev, serving.stable.get("plans") or [], serving.replicas))
+    if builds.ready:
+        runs.append(
+            (revision, builds.plans, serving.replicas if cd is None else cd.canary_replicas)
+        )
+    for rev, rev_plans, rev_replicas in runs:
         for p in rev_plans:
             product = (
                 None
@@ -591,76 +686,65 @@ def _decide(
                 backend=str(p.get("backend") or spec.serving.backend),
             )
             name = keys.serving_name(f"{engine.name}-{rev}", product)
-            obj = builders.build_deployment(
+            serving.wanted[name] = builders.build_deployment(
                 engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
             )
-            wanted[name] = obj
-            names_by_rev.setdefault(rev, []).append(name)
+            serving.names_by_rev.setdefault(rev, []).append(name)
 
-    for name, obj in wanted.items():
+    for name, obj in serving.wanted.items():
         have = observed.deployments.get(name)
         if (
             have is None
             or have.spec_hash != obj["metadata"]["annotations"][builders.HASH_ANNOTATION]
         ):
             decision.apply.append(obj)
-    decision.delete += [("Deployment", n) for n in observed.deployments if n not in wanted]
-
-    def rolled_out(rev: str) -> bool:
-        names = names_by_rev.get(rev) or []
-        return bool(names) and all(
-            (d := observed.deployments.get(n)) is not None
-            and d.spec_hash == wanted[n]["metadata"]["annotations"][builders.HASH_ANNOTATION]
-            and d.rolled_out
-            for n in names
-        )
-
-    def available(rev: str | None) -> bool:
-        names = names_by_rev.get(rev or "") or []
-        return bool(names) and all(
-            (d := observed.deployments.get(n)) is not None and d.available >= replicas
-            for n in names
-        )
+    decision.delete += [("Deployment", n) for n in observed.deployments if n not in serving.wanted]
 
     # The stable revision moves: at once for the first revision and for plain rollouts once the
     # new pods are available; after a canary only when the machine promotes it.
-    if new_ready and (
-        (not canary_mode and (revision == stable_rev or rolled_out(revision))) or promoted
-    ):
-        stable = {
+    plain = not serving.canary_mode and (revision == stable_rev or serving.rolled_out(revision))
+    if builds.ready and (plain or serving.promoted):
+        serving.stable = {
             "revision": revision,
             "weight": 100,
-            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in plans],
+            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in builds.plans],
         }
-    stable_now: str | None = stable.get("revision")
-    canary_weight = cd.canary_weight if cd is not None and not promoted else 0
-    if stable:
-        stable["weight"] = 100 - canary_weight
+    serving.canary_weight = cd.canary_weight if cd is not None and not serving.promoted else 0
+    if serving.stable:
+        serving.stable["weight"] = 100 - serving.canary_weight
+    return serving
 
-    # Services: one per engine; Gateway API and Istio weigh a stable-pinned one against
-    # the canary's.
-    if wanted:
+
+def _decide_services(
+    engine: builders.Engine, revision: str, serving: _Serving, decision: Decision
+) -> None:
+    """One Service per engine (Gateway API and Istio weigh a stable-pinned one against the
+    canary's), the route weights, and a PDB when there is more than one replica."""
+    spec, observed = engine.spec, serving.observed
+    kind = canary_routers.router_kind(spec.rollout.traffic_router) if spec.rollout else None
+    in_canary = serving.canary_mode and not serving.promoted
+    canary_svc = f"{engine.name}-canary"
+    if serving.wanted:
         pinned = kind in ("gatewayAPI", "istio")
-        main = builders.build_service(engine, revision=(stable_now or revision) if pinned else None)
+        main = builders.build_service(
+            engine, revision=(serving.stable_revision or revision) if pinned else None
+        )
         services = [main]
-        if pinned and canary_mode and not promoted:
-            services.append(
-                builders.build_service(engine, revision=revision, name=f"{engine.name}-canary")
-            )
+        if pinned and in_canary:
+            services.append(builders.build_service(engine, revision=revision, name=canary_svc))
         for svc in services:
             if (
                 observed.services.get(svc["metadata"]["name"])
                 != svc["metadata"]["annotations"][builders.HASH_ANNOTATION]
             ):
                 decision.apply.append(svc)
-        names = {s["metadata"]["name"] for s in services}
-        if f"{engine.name}-canary" in observed.services and f"{engine.name}-canary" not in names:
-            decision.delete.append(("Service", f"{engine.name}-canary"))
+        if canary_svc in observed.services and not (pinned and in_canary):
+            decision.delete.append(("Service", canary_svc))
         if pinned and spec.rollout is not None:
             router = spec.rollout.traffic_router
-            desired = {engine.name: 100 - canary_weight}
-            if canary_mode and not promoted:
-                desired[f"{engine.name}-canary"] = canary_weight
+            desired = {engine.name: 100 - serving.canary_weight}
+            if in_canary:
+                desired[canary_svc] = serving.canary_weight
             decision.router = RouterAction(
                 kind=str(kind),
                 name=router.gateway_api.http_route
@@ -668,17 +752,33 @@ def _decide(
                 else (router.istio.virtual_service if router.istio else ""),
                 routes=tuple(router.istio.routes) if router.istio else (),
                 desired=desired,
-                owned=(engine.name, f"{engine.name}-canary"),
+                owned=(engine.name, canary_svc),
             )
-        if replicas > 1:
+        if serving.replicas > 1:
             pdb = builders.build_pdb(engine)
             if (
                 observed.pdbs.get(engine.name)
                 != pdb["metadata"]["annotations"][builders.HASH_ANNOTATION]
             ):
                 decision.apply.append(pdb)
-    if engine.name in observed.pdbs and not (wanted and replicas > 1):
+    if engine.name in observed.pdbs and not (serving.wanted and serving.replicas > 1):
         decision.delete.append(("PodDisruptionBudget", engine.name))
+
+
+def _decide_status(
+    engine: builders.Engine,
+    body: Mapping[str, Any],
+    builds: _Builds,
+    serving: _Serving,
+    now: str,
+    decision: Decision,
+) -> None:
+    """Conditions and the status fields, written only when they differ from what is there."""
+    old_status = body.get("status") or {}
+    old_conds = old_status.get("conditions") or []
+    generation = int(body["metadata"].get("generation") or 0)
+    revision, failed, building = builds.revision, builds.failed, builds.building
+    stable_now, cd = serving.stable_revision, serving.canary
 
     def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
         return set_condition(
@@ -698,9 +798,9 @@ def _decide(
         built = cond("Built", "False", "Building", "; ".join(t.note for t in building))
     else:
         built = cond(
-            "Built", "True", "Built", f"{len(plans)} plan(s) built for revision {revision}"
+            "Built", "True", "Built", f"{len(builds.plans)} plan(s) built for revision {revision}"
         )
-    if stable_now == revision and rolled_out(revision):
+    if stable_now == revision and serving.rolled_out(revision):
         progressing = cond(
             "Progressing", "False", "RolloutComplete", f"revision {revision} serves 100%"
         )
@@ -712,22 +812,22 @@ def _decide(
         progressing = cond("Progressing", "True", "Building", f"building revision {revision}")
     else:
         progressing = cond("Progressing", "True", "RollingOut", f"rolling out revision {revision}")
-    if available(stable_now):
+    if serving.available(stable_now):
         msg = f"revision {stable_now} serving"
-        if cd is not None and not promoted:
-            msg += f"; canary {revision} at {canary_weight}%"
+        if cd is not None and not serving.promoted:
+            msg += f"; canary {revision} at {serving.canary_weight}%"
         elif stable_now != revision:
             msg += f"; revision {revision} not ready yet"
         ready = cond("Ready", "True", "Serving", msg)
     elif failed and not stable_now:
         ready = cond("Ready", "False", "BuildFailed", built["message"])
-    elif building or not serving:
+    elif building or not serving.names_by_rev:
         ready = cond("Ready", "False", "Building", "no plan serves yet")
     else:
         ready = cond("Ready", "False", "Starting", "serving pods are not available yet")
     if failed:
         degraded = cond("Degraded", "True", "BuildFailed", built["message"])
-    elif stable_now and stable_now in names_by_rev and not available(stable_now):
+    elif stable_now and stable_now in serving.names_by_rev and not serving.available(stable_now):
         degraded = cond(
             "Degraded",
             "True",
@@ -750,8 +850,8 @@ def _decide(
     if cd is not None:
         canary_status = {
             **cd.state.to_json(),
-            "weight": canary_weight,
-            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in plans],
+            "weight": serving.canary_weight,
+            "plans": [{k: p[k] for k in STABLE_PLAN_FIELDS if k in p} for p in builds.plans],
         }
     elif old_status.get("canary") and stable_now == revision:
         canary_status = dict(old_status["canary"])  # the last attempt's record stays readable
@@ -761,8 +861,8 @@ def _decide(
         "observedGeneration": generation,
         "revision": revision,
         "conditions": list(conditions.values()),
-        "plans": plans,
-        "stable": stable or None,
+        "plans": builds.plans,
+        "stable": serving.stable or None,
         "canary": canary_status,
         "lastGoodRevision": stable_now or old_status.get("lastGoodRevision") or None,
     }
@@ -772,22 +872,3 @@ def _decide(
         # Merge patches drop keys that are absent; null them explicitly to clear old values.
         for k in STATUS_KEYS:
             decision.status.setdefault(k, None)
-    for t in targets:
-        if (
-            t.state == "built"
-            and t.plan is not None
-            and t.plan.get("reused")
-            and t.job not in old_plans
-        ):
-            decision.events.append(
-                Event(
-                    "Normal",
-                    "PlanReused",
-                    f"{keys.target_label(t.product)}: reused plan of Job {t.job}",
-                )
-            )
-    for new_job in decision.create:
-        decision.events.append(
-            Event("Normal", "BuildStarted", f"build Job {new_job['metadata']['name']} created")
-        )
-    return decision
