@@ -3,13 +3,23 @@
 # plane, a local node agent that really runs the operator's pods, Prometheus and the operator; a
 # sample TrtEngine built and served on CPU, traffic from `trtops-worker bench`, a good canary
 # promoted and a bad one rolled back, then a summary table. Everything it starts is stopped on exit
-# and on Ctrl-C (the cluster itself stays up for the next run: `hack/cluster.sh down` removes it).
+# and on Ctrl-C, the control plane too when this run started it (TRTOPS_KEEP_CLUSTER=1 keeps it up
+# for a quicker next run; a cluster that was already up is left as it was).
 # Flags go to tests/support/demo.py (--workdir, --node).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
+started=0
+"$here/hack/cluster.sh" status >/dev/null 2>&1 || started=1
+stop_cluster() {
+  if [[ $started == 1 && "${TRTOPS_KEEP_CLUSTER:-0}" != 1 ]]; then
+    "$here/hack/cluster.sh" down >/dev/null 2>&1 || true
+    echo "stopped the local control plane this run started (TRTOPS_KEEP_CLUSTER=1 keeps it)"
+  fi
+}
+trap stop_cluster EXIT
 "$here/hack/cluster.sh" up
 eval "$("$here/hack/cluster.sh" env)"
 cd "$here"
-# exec: Ctrl-C and SIGTERM reach the demo itself, which stops what it started.
-exec env PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$python" -m tests.support.demo "$@"
+# In the foreground: Ctrl-C reaches the demo, which stops what it started, then the trap runs.
+env PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$python" -m tests.support.demo "$@"
