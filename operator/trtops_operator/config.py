@@ -23,7 +23,10 @@ class OperatorConfig:
     metrics_address: str = "0.0.0.0"  # noqa: S104 - scraped from other pods
     job_ttl_seconds: int = 86400  # finished build Jobs (and their results) are kept this long
     resync_seconds: float = 300.0  # every engine is re-checked this often even without events
-    workers: int = 4  # engines reconciled at the same time by the resync loop
+    # Engines the work queue (watch wake-ups, resync) reconciles at once. A reconcile mostly
+    # waits on its API writes, so this matches the API threads: with 4, 500 engines' build
+    # results and rollouts queued behind each other.
+    workers: int = 16
     # API writes run in threads (the kubernetes client blocks); this many at once, each with its
     # own pooled connection, so build results and readiness do not queue behind every creation.
     api_threads: int = 16
@@ -38,6 +41,6 @@ class OperatorConfig:
             metrics_address=e.get("TRTOPS_METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - as above
             job_ttl_seconds=int(e.get("TRTOPS_JOB_TTL_SECONDS", "86400")),
             resync_seconds=float(e.get("TRTOPS_RESYNC_SECONDS", "300")),
-            workers=int(e.get("TRTOPS_WORKERS", "4")),
+            workers=int(e.get("TRTOPS_WORKERS", "16")),
             api_threads=max(1, int(e.get("TRTOPS_API_THREADS", "16"))),
         )
