@@ -94,6 +94,22 @@ class Cluster:
 
         return wait_for(probe, timeout=60, what=f"a pod of Job {job}")
 
+    def wait_condition(self, name: str, type_: str, reason: str) -> dict[str, Any]:
+        """The condition ``type_`` once its reason is ``reason``."""
+
+        def probe() -> dict[str, Any] | None:
+            c = self.condition(name, type_)
+            return c if c.get("reason") == reason else None
+
+        return wait_for(probe, timeout=90, what=f"{type_} with reason {reason}")
+
+    def wait_warning(self, reason: str) -> None:
+        def probe() -> bool:
+            events = self.core.list_namespaced_event(self.ns).items
+            return any(e.reason == reason and e.type == "Warning" for e in events)
+
+        wait_for(probe, timeout=30, what=f"a Warning event {reason}")
+
     def deployments(self, engine: str) -> list[Any]:
         return list(
             self.apps.list_namespaced_deployment(
@@ -203,25 +219,13 @@ def test_worker_failure_reaches_status_and_events(
         cluster.create("conv")
         job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
         finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), failure)
-        built = wait_for(
-            lambda: (
-                (c := cluster.condition("conv", "Built")).get("reason") == "AccuracyGateFailed"
-                and c
-            ),
-            timeout=90,
-            what="Built=False with the worker's reason",
-        )
+        built = cluster.wait_condition("conv", "Built", "AccuracyGateFailed")
         assert built["status"] == "False"
         assert "0.91" in built["message"]
         assert cluster.condition("conv", "Ready")["status"] == "False"
         assert cluster.condition("conv", "Degraded")["status"] == "True"
         assert not cluster.deployments("conv")
-
-        def warning() -> bool:
-            events = cluster.core.list_namespaced_event(cluster.ns).items
-            return any(e.reason == "AccuracyGateFailed" and e.type == "Warning" for e in events)
-
-        wait_for(warning, timeout=30, what="a Warning event with the worker's reason")
+        cluster.wait_warning("AccuracyGateFailed")
 
 
 def test_a_refused_deployment_reaches_status_and_events(
@@ -276,24 +280,12 @@ spec:
             cluster.create("conv")
             job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
             finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
-            degraded = wait_for(
-                lambda: (
-                    (c := cluster.condition("conv", "Degraded")).get("reason") == "ApplyRefused"
-                    and c
-                ),
-                timeout=90,
-                what="Degraded=True/ApplyRefused",
-            )
+            degraded = cluster.wait_condition("conv", "Degraded", "ApplyRefused")
             assert degraded["status"] == "True"
             assert "deployments are frozen in this namespace" in degraded["message"]
             assert cluster.get("conv")["status"]["plans"][0]["sha256"] == SUCCESS["sha256"]
             assert not cluster.deployments("conv")
-
-            def warning() -> bool:
-                events = cluster.core.list_namespaced_event(cluster.ns).items
-                return any(e.reason == "ApplyRefused" and e.type == "Warning" for e in events)
-
-            wait_for(warning, timeout=30, what="a Warning event ApplyRefused")
+            cluster.wait_warning("ApplyRefused")
     finally:
         kubectl(
             "delete",
