@@ -128,42 +128,56 @@ def throughput(
     return sum(counts) * len(x) / (time.perf_counter() - t0)
 
 
-def raw_ort(model: Path, seconds: float, config: RawConfig) -> dict[str, Any]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if config.spinning else "0"
-    )
-    session = ort.InferenceSession(
-        str(model), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    rng = np.random.default_rng(0)
-    size = MODEL["image_size"]
-    x1 = rng.normal(0, 1, (1, 3, size, size)).astype(np.float32)
-    for _ in range(20):
-        session.run(None, {"input": x1})
-    latencies = []
-    end = time.perf_counter() + seconds / 2
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        session.run(None, {"input": x1})
-        latencies.append(time.perf_counter() - t0)
-    batched = {}
-    for b in BATCHES:
-        xb = rng.normal(0, 1, (b, 3, size, size)).astype(np.float32)
-        session.run(None, {"input": xb})
-        batched[b] = throughput(session, xb, config.parallel, seconds / 4)
-    best = max(batched, key=lambda b: batched[b])
-    return {
-        "label": config.label,
-        "p50_ms": percentile_ms(latencies, 50),
-        "p99_ms": percentile_ms(latencies, 99),
-        "batch1_infer_per_s": len(latencies) / (seconds / 2),
-        "batched_infer_per_s": batched,
-        "best_batch": best,
-        "best_infer_per_s": batched[best],
-    }
+class RawBackend:
+    """The ORT session alone under one configuration, measured in this process."""
+
+    def __init__(self, model: Path, config: RawConfig) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if config.spinning else "0"
+        )
+        self.config = config
+        self.session = ort.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        rng = np.random.default_rng(0)
+        size = MODEL["image_size"]
+        self.inputs = {b: rng.normal(0, 1, (b, 3, size, size)).astype(np.float32) for b in BATCHES}
+        for x in self.inputs.values():
+            self.session.run(None, {"input": x})
+        self.best_batch = 1
+
+    def latency(self, seconds: float) -> tuple[float, float]:
+        """Batch-1 ``(p50, p99)`` in ms, one call at a time."""
+        latencies = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            self.session.run(None, {"input": self.inputs[1]})
+            latencies.append(time.perf_counter() - t0)
+        return percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+
+    def sweep(self, seconds: float) -> dict[int, float]:
+        """Throughput at every batch size; remembers the best batch for :meth:`best`."""
+        batched = {
+            b: throughput(self.session, x, self.config.parallel, seconds / len(BATCHES))
+            for b, x in self.inputs.items()
+        }
+        self.best_batch = max(batched, key=lambda b: batched[b])
+        return batched
+
+    def best(self, seconds: float) -> float:
+        return throughput(self.session, self.inputs[self.best_batch], self.config.parallel, seconds)
+
+
+def raw_now(raws: list[RawBackend], seconds: float) -> dict[str, Any]:
+    """The raw reference right now: best batch-1 p50 and best batched throughput of any config."""
+    p50 = min(r.latency(seconds / 2)[0] for r in raws if r.config.parallel == 1)
+    rates = {r.config.label: r.best(seconds) for r in raws}
+    label = max(rates, key=lambda k: rates[k])
+    return {"p50_ms": p50, "best_infer_per_s": rates[label], "best_label": label}
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -370,6 +384,11 @@ def load(
     return summary
 
 
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -385,15 +404,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     model = samples.save(samples.conv_classifier(**MODEL), work / "conv.onnx")
-    with open("/proc/loadavg") as f:
-        loadavg = " ".join(f.read().split()[:3])
     print(
         f"model: samples.conv_classifier({MODEL}) input [N,3,32,32] FP32; "
-        f"cores: {os.cpu_count()}; load average at start: {loadavg}"
+        f"cores: {os.cpu_count()}; load average at start: {loadavg()}"
     )
-    raws = [raw_ort(model, args.seconds, config) for config in RAW_CONFIGS]
-    raw_best = max(raws, key=lambda r: r["best_infer_per_s"])
-    raw_p50 = min(r["p50_ms"] for r in raws if r["label"] != RAW_CONFIGS[-1].label)
+    raws = [RawBackend(model, config) for config in RAW_CONFIGS]
+    sweeps = {r.config.label: r.sweep(args.seconds * 1.5) for r in raws}
+    latencies = {
+        r.config.label: r.latency(args.seconds / 2) for r in raws if r.config.parallel == 1
+    }
     batching = ["--max-batch-size", "32", "--max-queue-delay-us", "2000"]
     targets = [
         trtops(model, "trtops, batching off", []),
@@ -405,99 +424,105 @@ def main() -> int:
     else:
         print(f"MLServer not found at {args.mlserver}: peer skipped")
     c = args.concurrency
-    rows: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    # The machine is shared: every server measurement is bracketed by a raw one just before and
+    # just after, and compared with their mean, never with a raw figure from another minute.
+    rows: list[dict[str, Any]] = []
     for target in targets:
         log = work / f"{target.name.replace(' ', '_').replace(',', '')}.log"
         with (
             running(target.cmd, target.url, log, cwd=work) as process,
             CpuSampler(process.pid) as sampler,
         ):
-            rows[target.name] = {
-                wire: {n: load(target, wire, n, args.seconds, sampler) for n in (1, c)}
-                for wire in target.wires
-            }
+            for wire in target.wires:
+                before = raw_now(raws, args.seconds / 4)
+                by_c = {n: load(target, wire, n, args.seconds, sampler) for n in (1, c)}
+                after = raw_now(raws, args.seconds / 4)
+                raw = {k: (before[k] + after[k]) / 2 for k in ("p50_ms", "best_infer_per_s")}
+                rows.append(
+                    {
+                        "target": target.name,
+                        "wire": wire,
+                        "by_concurrency": by_c,
+                        "raw": raw,
+                        "raw_before": before,
+                        "raw_after": after,
+                        "loadavg": loadavg(),
+                    }
+                )
 
     print()
+    print("Raw ORT alone, at the start (batch-1 latency; throughput by batch size, infer/s):")
+    for r in raws:
+        label = r.config.label
+        lat = (
+            f"p50 {latencies[label][0]:.2f} ms, p99 {latencies[label][1]:.2f} ms; "
+            if (label in latencies)
+            else ""
+        )
+        print(f"  {label}: {lat}{ {b: round(v) for b, v in sweeps[label].items()} }")
+    print()
     print(
-        f"{'configuration':<46} {'wire':<6} {'conc':>4} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'infer/s':>8} {'err':>4} {'srv cores':>9} {'loop us/req':>11} {'client cores':>12}"
+        f"{'configuration':<33} {'wire':<6} {'conc':>4} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'infer/s':>8} {'err':>4} {'raw':>7} {'ratio':>6} {'srv cores':>9} {'loop us/req':>11} "
+        f"{'client cores':>12}"
     )
-    for r in raws:
-        if r["label"] != RAW_CONFIGS[-1].label:
+    for row in rows:
+        for n, m in row["by_concurrency"].items():
+            lat = m["latency_ms"]
+            raw = row["raw"]
+            if n == 1:
+                ref, ratio = f"{raw['p50_ms']:.2f}", f"{lat['p50'] - raw['p50_ms']:+.2f}"
+            else:
+                ref = f"{raw['best_infer_per_s']:.0f}"
+                ratio = f"{m['throughput_infer_per_s'] / raw['best_infer_per_s']:.0%}"
+            loop_us = m["loop_us_per_request"]
             print(
-                f"{'raw ORT, batch 1: ' + r['label']:<46} {'-':<6} {1:>4} {r['p50_ms']:>7.2f} "
-                f"{r['p99_ms']:>7.2f} {r['batch1_infer_per_s']:>8.1f} {0:>4}"
+                f"{row['target']:<33} {row['wire']:<6} {n:>4} "
+                f"{lat['p50']:>7.2f} {lat['p99']:>7.2f} {m['throughput_infer_per_s']:>8.1f} "
+                f"{sum(m['errors'].values()):>4} {ref:>7} "
+                f"{ratio:>6} {m['server_cores']:>9.2f} "
+                f"{loop_us if loop_us is not None else '-':>11} {m['client_cpu_cores']:>12.2f}"
             )
-    for r in raws:
-        label = f"raw ORT, batch {r['best_batch']}: {r['label']}"
-        dashes = f"{'-':<6} {'-':>4} {'-':>7} {'-':>7}"
-        print(f"{label:<46} {dashes} {r['best_infer_per_s']:>8.1f} {0:>4}")
-    for name, by_wire in rows.items():
-        for wire, by_c in by_wire.items():
-            for n, s in by_c.items():
-                lat = s["latency_ms"]
-                loop_us = s["loop_us_per_request"]
-                print(
-                    f"{name:<46} {wire:<6} {n:>4} {lat['p50']:>7.2f} {lat['p99']:>7.2f} "
-                    f"{s['throughput_infer_per_s']:>8.1f} {sum(s['errors'].values()):>4} "
-                    f"{s['server_cores']:>9.2f} {loop_us if loop_us is not None else '-':>11} "
-                    f"{s['client_cpu_cores']:>12.2f}"
-                )
-    for r in raws:
+    print(
+        "raw: at c=1 the raw batch-1 p50 (ms) and the server's p50 minus it; at c="
+        f"{c} the raw best batched infer/s and the server's share of it; both the mean of a raw"
+        " measurement just before and just after that server's runs."
+    )
+
+    print()
+    ours = [r for r in rows if r["target"].startswith("trtops")]
+    for row in ours:
+        delta = row["by_concurrency"][1]["latency_ms"]["p50"] - row["raw"]["p50_ms"]
         print(
-            f"raw ORT by batch, {r['label']}:",
-            {b: round(v, 1) for b, v in r["batched_infer_per_s"].items()},
+            f"target c=1 p50 within 1 ms of raw ({row['target']}, {row['wire']}): {delta:+.2f} ms"
+            f" -> {'MET' if delta <= 1 else 'MISSED'}"
         )
 
-    print()
-    trtops_rows = {name: w for name, w in rows.items() if name.startswith("trtops")}
-    for name, by_wire in trtops_rows.items():
-        for wire, by_c in by_wire.items():
-            delta = by_c[1]["latency_ms"]["p50"] - raw_p50
-            print(
-                f"target c=1 p50 within 1 ms of raw ({name}, {wire}): {delta:+.2f} ms"
-                f" -> {'MET' if delta <= 1 else 'MISSED'}"
-            )
-    best_name, best_wire, ours = max(
-        (
-            (name, wire, by_c[c]["throughput_infer_per_s"])
-            for name, by_wire in trtops_rows.items()
-            if "batching on" in name
-            for wire, by_c in by_wire.items()
-        ),
-        key=lambda t: t[2],
-    )
-    for name, by_wire in trtops_rows.items():
-        if "batching on" in name:
-            for wire, by_c in by_wire.items():
-                ratio = by_c[c]["throughput_infer_per_s"] / raw_best["best_infer_per_s"]
-                print(f"saturated throughput vs raw best ({name}, {wire}): {ratio:.0%}")
-    best = raw_best["best_infer_per_s"]
-    ratio = ours / best
+    def share(r: dict[str, Any]) -> float:
+        rate: float = r["by_concurrency"][c]["throughput_infer_per_s"]
+        return rate / float(r["raw"]["best_infer_per_s"])
+
+    batched = [row for row in ours if "batching on" in row["target"]]
+    best = max(batched, key=share)
     print(
-        f"target saturated throughput >= 90% of raw best batched ({best:.1f} infer/s:"
-        f" {raw_best['label']}, batch {raw_best['best_batch']}): best is {best_name},"
-        f" {best_wire}: {ours:.1f} = {ratio:.0%} -> {'MET' if ratio >= 0.9 else 'MISSED'}"
+        f"target saturated throughput >= 90% of raw best batched: best is {best['target']},"
+        f" {best['wire']}: {share(best):.0%} -> {'MET' if share(best) >= 0.9 else 'MISSED'}"
     )
-    for name, by_wire in rows.items():
-        if name.startswith("trtops"):
-            continue
-        for wire, by_c in by_wire.items():
-            peer = by_c[c]["throughput_infer_per_s"]
-            mine = max(
-                w[wire][c]["throughput_infer_per_s"]
-                for n, w in trtops_rows.items()
-                if "batching on" in n
-            )
-            print(
-                f"target above the peer at c={c} ({wire}): {mine:.1f} vs {name} {peer:.1f}"
-                f" -> {'MET' if mine > peer else 'MISSED'}"
-            )
-    with open("/proc/loadavg") as f:
-        print("load average at the end:", " ".join(f.read().split()[:3]))
+    for peer in (row for row in rows if not row["target"].startswith("trtops")):
+        mine = max((row for row in batched if row["wire"] == peer["wire"]), key=share)
+        print(
+            f"target above the peer at c={c} ({peer['wire']}): {mine['target']} {share(mine):.0%}"
+            f" of raw vs {peer['target']} {share(peer):.0%}"
+            f" -> {'MET' if share(mine) > share(peer) else 'MISSED'}"
+        )
+    print("load average at the end:", loadavg())
     if args.json:
         args.json.write_text(
-            json.dumps({"model": MODEL, "raw": raws, "servers": rows}, indent=2, default=str)
+            json.dumps(
+                {"model": MODEL, "raw_sweeps": sweeps, "raw_latency": latencies, "rows": rows},
+                indent=2,
+                default=str,
+            )
         )
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -156,3 +156,18 @@ def test_two_instances_serve_exact_results_and_say_so(model_dir: Path, tmp_path:
             np.testing.assert_allclose(out, reference(model_dir, x), rtol=1e-5, atol=1e-6)
     finally:
         assert s.stop() == 0
+
+
+def test_instances_below_one_is_a_flag_error(model_dir: Path, tmp_path: Path) -> None:
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "conv.onnx"),
+        "--model-name",
+        "conv",
+        "--instances",
+        "0",
+        wait_ready=False,
+    )
+    assert s.process.wait(60) == 2
+    assert "--instances must be >= 1" in s.output()

@@ -99,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
             "tensorrt" if model.suffix in (".plan", ".engine") else "onnxruntime"
         )
 
-    # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     if args.instances < 1 or args.intra_op_threads < 0:
         log.error("--instances must be >= 1 and --intra-op-threads >= 0")
         return 2
@@ -108,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         # the instances share the cores instead of each one spreading over all of them
         intra_op_threads = max(1, (os.cpu_count() or 1) // args.instances)
 
+    # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop
 
     from .dataplane import DataPlane, ServeConfig
