@@ -30,7 +30,10 @@ def tool(name: str, hint: str) -> str:
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [tool("helm", "run hack/setup.sh (builds Helm from Go modules)"), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
@@ -52,6 +55,5 @@ def render(namespace: str = "trtops-system", **sets: str) -> list[dict[str, Any]
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [
-        d for d in docs
-        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
     ]

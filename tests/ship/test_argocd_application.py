@@ -44,8 +44,12 @@ def normalize(obj: dict[str, Any], kind: str) -> Any:
     rule = next(r for r in APP["spec"]["ignoreDifferences"] if r["kind"] == kind)
     for expression in rule["jqPathExpressions"]:
         proc = subprocess.run(
-            [jq, "-c", f"del({expression})"], input=json.dumps(obj),
-            capture_output=True, text=True, timeout=10, check=True,
+            [jq, "-c", f"del({expression})"],
+            input=json.dumps(obj),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         obj = json.loads(proc.stdout)
     return obj

@@ -59,7 +59,10 @@ def test_chart_crd_is_the_canonical_crd() -> None:
 def test_sync_script_reports_no_drift() -> None:
     proc = subprocess.run(
         [str(REPO / "hack" / "sync-chart-crds.sh"), "--check"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -214,9 +217,7 @@ def test_operator_deployment_defaults() -> None:
 
 def test_digest_pins_the_images() -> None:
     digest = "sha256:" + "a" * 64
-    (deployment,) = find(
-        render(image__digest=digest, worker__image__digest=digest), "Deployment"
-    )
+    (deployment,) = find(render(image__digest=digest, worker__image__digest=digest), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"ghcr.io/trtops/trtops-operator@{digest}"
     assert f"--worker-image=ghcr.io/trtops/trtops-worker@{digest}" in container["args"]
@@ -251,8 +252,18 @@ def test_install_dry_run_prints_notes(namespace: str) -> None:
     """`helm install --dry-run=server` against the live cluster (Helm's own kube-version check
     passes) renders NOTES.txt with the namespace scope the values ask for. The CRD is left out:
     the other tests' CRD, created without Helm, cannot be adopted by a release."""
-    proc = helm("install", "t", str(CHART), "--dry-run=server", "-n", namespace,
-                "--set", f"watchNamespaces={{{namespace}}}", "--set", "crds.enabled=false")
+    proc = helm(
+        "install",
+        "t",
+        str(CHART),
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        "crds.enabled=false",
+    )
     assert f"The operator watches TrtEngines in {namespace}." in proc.stdout
     assert "install the TrtEngine CRD yourself" in proc.stdout
     assert "kubectl get trtengines" in proc.stdout
@@ -279,7 +290,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     manifest = helm(*template_args(namespace, **sets)).stdout
     proc = subprocess.run(
         [tool("kubectl", "hack/cluster.sh env"), "apply", "--dry-run=server", "-f", "-"],
-        input=manifest, capture_output=True, text=True, timeout=60, check=False,
+        input=manifest,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "deployment.apps/t-trtops created (server dry run)" in proc.stdout

