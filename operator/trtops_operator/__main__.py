@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("TRTOPS_RESYNC_SECONDS", "300")),
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("TRTOPS_WORKERS", "16")),
+        help="engines the work queue reconciles at once",
+    )
+    p.add_argument(
         "--api-threads",
         type=int,
         default=int(os.environ.get("TRTOPS_API_THREADS", "16")),
@@ -91,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "TRTOPS_JOB_TTL_SECONDS": str(args.job_ttl_seconds),
             "TRTOPS_RESYNC_SECONDS": str(args.resync_seconds),
             "TRTOPS_API_THREADS": str(args.api_threads),
+            "TRTOPS_WORKERS": str(args.workers),
         }
     )
     logging.basicConfig(
