@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "owner_reference",
     "resolve_uri",
     "spec_hash",
+    "stamped_hash",
 ]
 
 PLANS_MOUNT = "/plans"
@@ -85,6 +87,11 @@ def owner_reference(engine: Engine, *, controller: bool = True) -> dict[str, Any
 def spec_hash(obj: dict[str, Any]) -> str:
     """Hash of an object as built (before the hash annotation is added): unchanged -> no write."""
     return hashlib.sha256(canonical_json(obj).encode("ascii")).hexdigest()[:16]
+
+
+def stamped_hash(obj: Mapping[str, Any]) -> str:
+    """The hash annotation an object carries ("" for none): built here, or read from a watch."""
+    return str(((obj.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION, ""))
 
 
 def _stamp(obj: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
-from trtops_operator import GROUP, PLURAL, VERSION, k8s, metrics
+from trtops_operator import GROUP, PLURAL, VERSION, builders, k8s, metrics
 from trtops_operator.canary import prometheus as canary_prometheus
 from trtops_operator.canary import steps as canary_steps
 from trtops_operator.canary.analysis import Verdict
@@ -131,20 +131,16 @@ def deployment_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[H
     return {(namespace, dep.engine): dep}
 
 
-def _hash(body: kopf.Body) -> str:
-    return str(body.get("metadata", {}).get("annotations", {}).get("trtops.dev/spec-hash", ""))
-
-
 @kopf.index("v1", "services", labels=MANAGED)
 def service_index(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[Hashable, Any]:
-    return {(namespace, name): _hash(body)}
+    return {(namespace, name): builders.stamped_hash(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 def pdb_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
-    return {(namespace, name): _hash(body)}
+    return {(namespace, name): builders.stamped_hash(body)}
 
 
 class _NsView(Mapping[str, Any]):

@@ -161,7 +161,7 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentObs:
     return DeploymentObs(
         name=meta["name"],
         engine=(meta.get("labels") or {}).get("trtops.dev/engine", ""),
-        spec_hash=(meta.get("annotations") or {}).get(builders.HASH_ANNOTATION, ""),
+        spec_hash=builders.stamped_hash(body),
         generation=int(meta.get("generation") or 0),
         observed_generation=int(status.get("observedGeneration") or 0),
         replicas=int((body.get("spec") or {}).get("replicas", 1)),
@@ -557,7 +557,7 @@ class _Serving:
         names = self.names_by_rev.get(rev) or []
         return bool(names) and all(
             (d := self.observed.deployments.get(n)) is not None
-            and d.spec_hash == self.wanted[n]["metadata"]["annotations"][builders.HASH_ANNOTATION]
+            and d.spec_hash == builders.stamped_hash(self.wanted[n])
             and d.rolled_out
             for n in names
         )
@@ -592,6 +592,12 @@ def _decide(
     _decide_services(engine, builds.revision, serving, decision)
     _decide_status(engine, body, builds, serving, now, decision)
     return decision
+
+
+def _apply_if_changed(decision: Decision, obj: dict[str, Any], have_hash: str | None) -> None:
+    """Apply ``obj`` unless what exists carries its hash already (a steady state writes nothing)."""
+    if have_hash != builders.stamped_hash(obj):
+        decision.apply.append(obj)
 
 
 def _decide_builds(
@@ -693,11 +699,7 @@ def _decide_deployments(
 
     for name, obj in serving.wanted.items():
         have = observed.deployments.get(name)
-        if (
-            have is None
-            or have.spec_hash != obj["metadata"]["annotations"][builders.HASH_ANNOTATION]
-        ):
-            decision.apply.append(obj)
+        _apply_if_changed(decision, obj, have.spec_hash if have is not None else None)
     decision.delete += [("Deployment", n) for n in observed.deployments if n not in serving.wanted]
 
     # The stable revision moves: at once for the first revision and for plain rollouts once the
@@ -733,11 +735,7 @@ def _decide_services(
         if pinned and in_canary:
             services.append(builders.build_service(engine, revision=revision, name=canary_svc))
         for svc in services:
-            if (
-                observed.services.get(svc["metadata"]["name"])
-                != svc["metadata"]["annotations"][builders.HASH_ANNOTATION]
-            ):
-                decision.apply.append(svc)
+            _apply_if_changed(decision, svc, observed.services.get(svc["metadata"]["name"]))
         if canary_svc in observed.services and not (pinned and in_canary):
             decision.delete.append(("Service", canary_svc))
         if pinned and spec.rollout is not None:
@@ -755,12 +753,7 @@ def _decide_services(
                 owned=(engine.name, canary_svc),
             )
         if serving.replicas > 1:
-            pdb = builders.build_pdb(engine)
-            if (
-                observed.pdbs.get(engine.name)
-                != pdb["metadata"]["annotations"][builders.HASH_ANNOTATION]
-            ):
-                decision.apply.append(pdb)
+            _apply_if_changed(decision, builders.build_pdb(engine), observed.pdbs.get(engine.name))
     if engine.name in observed.pdbs and not (serving.wanted and serving.replicas > 1):
         decision.delete.append(("PodDisruptionBudget", engine.name))
 
