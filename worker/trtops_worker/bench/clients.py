@@ -45,24 +45,14 @@ def http_infer_body(inputs: dict[str, np.ndarray], *, binary: bool = False) -> t
     sends by default): the tensors follow the JSON header as raw little-endian bytes, and the
     outputs are asked for the same way, so neither side spends CPU on decimal text.
     """
-    from trtops_worker.serve.codec import encode_bytes_tensor, json_data
-    from trtops_worker.serve.types import datatype_of
+    from trtops_worker.serve.codec import encode_tensor
 
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, a in inputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(a), "shape": list(a.shape)}
-        if binary:
-            raw = (
-                encode_bytes_tensor(a)
-                if entry["datatype"] == "BYTES"
-                else np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
-            )
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = json_data(a)
+        entry, raw = encode_tensor(name, a, binary=binary)
         entries.append(entry)
+        chunks.append(raw)
     payload: dict[str, Any] = {"inputs": entries}
     if not binary:
         return json.dumps(payload).encode(), 0

@@ -27,6 +27,7 @@ __all__ = [
     "decode_raw",
     "encode_bytes_tensor",
     "encode_json_response",
+    "encode_tensor",
     "json_data",
     "select_outputs",
 ]
@@ -227,6 +228,26 @@ def json_data(array: np.ndarray) -> list[Any]:
     return flat
 
 
+def encode_tensor(name: str, array: np.ndarray, *, binary: bool) -> tuple[dict[str, Any], bytes]:
+    """One tensor of a JSON request or response: its entry, and with ``binary`` (the binary
+    tensor data extension) its raw little-endian bytes to send after the JSON (else b"")."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "datatype": datatype_of(array),
+        "shape": list(array.shape),
+    }
+    if not binary:
+        entry["data"] = json_data(array)
+        return entry, b""
+    raw = (
+        encode_bytes_tensor(array)
+        if entry["datatype"] == "BYTES"
+        else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    )
+    entry["parameters"] = {"binary_data_size": len(raw)}
+    return entry, raw
+
+
 def encode_json_response(
     response: InferResponse, binary_outputs: frozenset[str]
 ) -> tuple[dict[str, Any], bytes]:
@@ -234,22 +255,9 @@ def encode_json_response(
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in response.outputs.items():
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": datatype_of(array),
-            "shape": list(array.shape),
-        }
-        if name in binary_outputs:
-            raw = (
-                encode_bytes_tensor(array)
-                if entry["datatype"] == "BYTES"
-                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            )
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = json_data(array)
+        entry, raw = encode_tensor(name, array, binary=name in binary_outputs)
         outputs.append(entry)
+        chunks.append(raw)
     body: dict[str, Any] = {
         "model_name": response.model_name,
         "model_version": response.model_version,
