@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,10 @@ from trtops_operator.canary.prometheus import PrometheusClient, PrometheusError,
 from trtops_operator.models import Analysis
 from trtops_worker import samples
 
-from tests.support.prometheus import Prometheus
+from tests.support.prometheus import Prometheus, free_port
 
 MODEL = "resnet"
 WINDOW = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -16,7 +16,6 @@ import copy
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.conftest import finish_build_pod
 from tests.support.cluster import wait_for
+from tests.support.prometheus import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd")]
 
@@ -67,12 +67,6 @@ FAILURE = {
 }
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _operator_binary() -> str:
@@ -180,7 +174,7 @@ def test_metrics_count_reconciles_and_build_outcomes(
     k8s_api: Any, namespace: str, tmp_path: Path
 ) -> None:
     engines = Engines(k8s_api, namespace)
-    port = _free_port()
+    port = free_port()
     with operator_process(namespace, port, tmp_path / "operator.log") as proc:
         wait_for(lambda: scrape(port), timeout=60, what="the operator's metrics endpoint")
         engines.create("good")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.ship.conftest import REPO, tool
+from tests.support.prometheus import free_port
 
 sys.path.insert(0, str(REPO / "dashboards"))
 import queries as dq  # dashboards/ is a folder of assets, not a package
@@ -165,12 +166,6 @@ def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
 # --- a real worker, a real Prometheus ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    from tests.support.prometheus import free_port
-
-    return free_port()
-
-
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """`trtops-worker serve` on the small conv sample (ONNX Runtime, dynamic batching)."""
@@ -178,7 +173,7 @@ def worker(tmp_path: Path) -> Iterator[dict[str, Any]]:
     from trtops_worker import samples
 
     model = samples.save(samples.conv_classifier(width=8, depth=1), tmp_path / "conv.onnx")
-    ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
         [
