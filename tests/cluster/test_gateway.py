@@ -3,7 +3,6 @@ tests that check canary traffic depend on it."""
 
 from __future__ import annotations
 
-import sys
 import urllib.request
 from typing import Any
 
@@ -22,61 +21,7 @@ def _site(k8s_api: Any, namespace: str, agent: NodeAgentHandle, name: str) -> No
     (root / "who").write_text(name)
     labels = {"app": name}
     client.AppsV1Api(k8s_api).create_namespaced_deployment(
-        namespace,
-        client.V1Deployment(
-            metadata=client.V1ObjectMeta(name=name),
-            spec=client.V1DeploymentSpec(
-                replicas=1,
-                selector=client.V1LabelSelector(match_labels=labels),
-                template=client.V1PodTemplateSpec(
-                    metadata=client.V1ObjectMeta(labels=labels),
-                    spec=client.V1PodSpec(
-                        node_selector=agent.node_selector,
-                        containers=[
-                            client.V1Container(
-                                name="web",
-                                image="x",
-                                command=[
-                                    sys.executable,
-                                    "-m",
-                                    "http.server",
-                                    "--bind",
-                                    "$(POD_IP)",
-                                    "8080",
-                                    "--directory",
-                                    "/srv",
-                                ],
-                                env=[
-                                    client.V1EnvVar(
-                                        name="POD_IP",
-                                        value_from=client.V1EnvVarSource(
-                                            field_ref=client.V1ObjectFieldSelector(
-                                                field_path="status.podIP"
-                                            )
-                                        ),
-                                    )
-                                ],
-                                volume_mounts=[
-                                    client.V1VolumeMount(name="site", mount_path="/srv")
-                                ],
-                                readiness_probe=client.V1Probe(
-                                    http_get=client.V1HTTPGetAction(path="/who", port=8080),
-                                    period_seconds=1,
-                                ),
-                            )
-                        ],
-                        volumes=[
-                            client.V1Volume(
-                                name="site",
-                                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                                    claim_name=name
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
-        ),
+        namespace, agent.static_site(name, claim=name, ready_path="/who")
     )
     client.CoreV1Api(k8s_api).create_namespaced_service(
         namespace,

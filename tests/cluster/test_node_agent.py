@@ -23,56 +23,15 @@ def test_deployment_pod_runs_as_a_process_and_becomes_ready(
     apps, core = client.AppsV1Api(k8s_api), client.CoreV1Api(k8s_api)
     claim = node_agent.create_claim(namespace, "site")
     (claim / "index.html").write_text("served from the claim")
-    labels = {"app": "web"}
-    container = client.V1Container(
-        name="web",
-        image="python:3.11",
-        command=[
-            sys.executable,
-            "-m",
-            "http.server",
-            "--bind",
-            "$(POD_IP)",
-            "8080",
-            "--directory",
-            "/srv",
-        ],
-        env=[
-            client.V1EnvVar(
-                name="POD_IP",
-                value_from=client.V1EnvVarSource(
-                    field_ref=client.V1ObjectFieldSelector(field_path="status.podIP")
-                ),
-            )
-        ],
-        volume_mounts=[client.V1VolumeMount(name="site", mount_path="/srv", read_only=True)],
-        readiness_probe=client.V1Probe(
-            http_get=client.V1HTTPGetAction(path="/index.html", port=8080), period_seconds=1
-        ),
-    )
     apps.create_namespaced_deployment(
         namespace,
-        client.V1Deployment(
-            metadata=client.V1ObjectMeta(name="web"),
-            spec=client.V1DeploymentSpec(
-                replicas=2,
-                selector=client.V1LabelSelector(match_labels=labels),
-                template=client.V1PodTemplateSpec(
-                    metadata=client.V1ObjectMeta(labels=labels),
-                    spec=client.V1PodSpec(
-                        node_selector=node_agent.node_selector,
-                        containers=[container],
-                        volumes=[
-                            client.V1Volume(
-                                name="site",
-                                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                                    claim_name="site"
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
+        node_agent.static_site(
+            "web",
+            claim="site",
+            ready_path="/index.html",
+            replicas=2,
+            image="python:3.11",
+            read_only=True,
         ),
     )
     wait_for(

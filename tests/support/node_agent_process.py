@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.cluster import REPO, kubectl, stop_process, wait_for
 
@@ -22,6 +23,63 @@ class NodeAgentHandle:
     @property
     def node_selector(self) -> dict[str, str]:
         return {"trtops.dev/node-agent": self.node}
+
+    def static_site(
+        self,
+        name: str,
+        *,
+        claim: str,
+        ready_path: str,
+        replicas: int = 1,
+        image: str = "x",
+        read_only: bool = False,
+    ) -> Any:
+        """A Deployment (pods labelled ``app: name``) whose pods this agent runs as
+        ``python -m http.server`` on their pod IP, port 8080, serving ``claim``'s folder."""
+        from kubernetes import client
+
+        labels = {"app": name}
+        pod_ip = client.V1EnvVarSource(
+            field_ref=client.V1ObjectFieldSelector(field_path="status.podIP")
+        )
+        container = client.V1Container(
+            name="web",
+            image=image,
+            command=[
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                "$(POD_IP)",
+                "8080",
+                "--directory",
+                "/srv",
+            ],
+            env=[client.V1EnvVar(name="POD_IP", value_from=pod_ip)],
+            volume_mounts=[
+                client.V1VolumeMount(name="site", mount_path="/srv", read_only=read_only)
+            ],
+            readiness_probe=client.V1Probe(
+                http_get=client.V1HTTPGetAction(path=ready_path, port=8080), period_seconds=1
+            ),
+        )
+        volume = client.V1Volume(
+            name="site",
+            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name=claim),
+        )
+        return client.V1Deployment(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1DeploymentSpec(
+                replicas=replicas,
+                selector=client.V1LabelSelector(match_labels=labels),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels=labels),
+                    spec=client.V1PodSpec(
+                        node_selector=self.node_selector, containers=[container], volumes=[volume]
+                    ),
+                ),
+            ),
+        )
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """The host folder that stands in for a PersistentVolumeClaim."""
