@@ -355,6 +355,32 @@ def success_result(job: str) -> dict[str, Any]:
     }
 
 
+def follow(
+    stop: threading.Event,
+    errors: list[str],
+    on_event: Callable[[dict[str, Any]], None],
+    list_fn: Callable[..., Any],
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Hand every watch event of ``list_fn(*args, **kwargs)`` to ``on_event`` until ``stop``;
+    the watch is re-opened every 5 s and after an error (errors are reported at the end)."""
+    from kubernetes import watch
+
+    while not stop.is_set():
+        w = watch.Watch()
+        try:
+            for event in w.stream(list_fn, *args, timeout_seconds=5, **kwargs):
+                on_event(event)
+                if stop.is_set():
+                    break
+        except Exception as exc:
+            errors.append(f"watch: {exc}")
+            time.sleep(1)
+        finally:
+            w.stop()
+
+
 class BuildFinisher:
     """Acts as the kubelet of builds that finish at once: every build pod that appears gets the
     worker's result as its termination message (kwok finishes Job pods without one)."""
@@ -378,36 +404,28 @@ class BuildFinisher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _watch(self) -> None:
-        from kubernetes import watch
+        follow(
+            self.stop,
+            self.errors,
+            self._on_pod,
+            self.kube.core.list_namespaced_pod,
+            self.namespace,
+            label_selector="trtops.dev/component=build",
+        )
 
-        while not self.stop.is_set():
-            w = watch.Watch()
-            try:
-                for event in w.stream(
-                    self.kube.core.list_namespaced_pod,
-                    self.namespace,
-                    label_selector="trtops.dev/component=build",
-                    timeout_seconds=5,
-                ):
-                    pod = event["object"]
-                    name = pod.metadata.name
-                    if _has_result(pod):
-                        self.done.add(name)
-                    elif event["type"] != "DELETED" and name not in self.in_flight:
-                        # kwok's own stages rewrite containerStatuses (and drop the message)
-                        # when they run after us: write it again, a bounded number of times.
-                        self.attempts[name] += 1
-                        if self.attempts[name] <= 5:
-                            job = (pod.metadata.labels or {}).get("job-name", name)
-                            self.in_flight.add(name)
-                            self.pool.submit(self._finish, name, job)
-                    if self.stop.is_set():
-                        break
-            except Exception as exc:  # the watch is re-opened; reported at the end
-                self.errors.append(f"watch: {exc}")
-                time.sleep(1)
-            finally:
-                w.stop()
+    def _on_pod(self, event: dict[str, Any]) -> None:
+        pod = event["object"]
+        name = pod.metadata.name
+        if _has_result(pod):
+            self.done.add(name)
+        elif event["type"] != "DELETED" and name not in self.in_flight:
+            # kwok's own stages rewrite containerStatuses (and drop the message) when they run
+            # after us: write it again, a bounded number of times.
+            self.attempts[name] += 1
+            if self.attempts[name] <= 5:
+                job = (pod.metadata.labels or {}).get("job-name", name)
+                self.in_flight.add(name)
+                self.pool.submit(self._finish, name, job)
 
     def _finish(self, pod: str, job: str) -> None:
         terminated = {
@@ -484,36 +502,28 @@ class EngineTracker:
         return sum(self.built.values()), sum(self.steady.values())
 
     def _watch(self) -> None:
-        from kubernetes import watch
+        follow(
+            self.stop,
+            self.errors,
+            self._on_engine,
+            self.kube.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+        )
 
-        while not self.stop.is_set():
-            w = watch.Watch()
-            try:
-                for event in w.stream(
-                    self.kube.custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    timeout_seconds=5,
-                ):
-                    obj = event["object"]
-                    name = obj["metadata"]["name"]
-                    self.built[name] = conditions(obj).get("Built", {}).get("status") == "True"
-                    self.steady[name] = steady(obj)
-                    built, ready = self.counts()
-                    now = time.monotonic() - self.t0
-                    if self.all_built_at is None and built == self.engines:
-                        self.all_built_at = now
-                    if self.all_steady_at is None and ready == self.engines:
-                        self.all_steady_at = now
-                    if self.stop.is_set():
-                        break
-            except Exception as exc:  # the watch is re-opened; reported at the end
-                self.errors.append(f"watch: {exc}")
-                time.sleep(1)
-            finally:
-                w.stop()
+    def _on_engine(self, event: dict[str, Any]) -> None:
+        obj = event["object"]
+        name = obj["metadata"]["name"]
+        self.built[name] = conditions(obj).get("Built", {}).get("status") == "True"
+        self.steady[name] = steady(obj)
+        built, ready = self.counts()
+        now = time.monotonic() - self.t0
+        if self.all_built_at is None and built == self.engines:
+            self.all_built_at = now
+        if self.all_steady_at is None and ready == self.engines:
+            self.all_steady_at = now
 
 
 # --- the operator -------------------------------------------------------------------------------
