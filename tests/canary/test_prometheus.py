@@ -6,10 +6,7 @@ on this CPU, under the same model name, as a slower precision or model would. A
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +24,7 @@ from trtops_operator.models import Analysis
 from trtops_worker import samples
 
 from tests.support.prometheus import Prometheus, free_port
+from tests.support.worker import start_server
 
 MODEL = "resnet"
 WINDOW = 30
@@ -69,20 +67,8 @@ class Worker:
 
 
 def start_worker(tmp: Path, model: Path, revision: str, image_size: int) -> Worker:
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "trtops_worker",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
+    server = start_server(
+        tmp,
         "--model",
         str(model),
         "--model-name",
@@ -93,20 +79,8 @@ def start_worker(tmp: Path, model: Path, revision: str, image_size: int) -> Work
         "fp32",
         "--intra-op-threads",
         "1",
-    ]
-    log = (tmp / f"{revision}.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((tmp / f"{revision}.log").read_text())
-        ready = f"http://127.0.0.1:{http}/v2/health/ready"
-        with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=1):
-            return Worker(proc, http, metrics, image_size)
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("worker not ready")
+    )
+    return Worker(server.process, server.http_port, server.metrics_port, image_size)
 
 
 @pytest.fixture(scope="module")

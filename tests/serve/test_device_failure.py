@@ -27,7 +27,9 @@ from trtops_worker.serve.errors import DeviceError
 from trtops_worker.serve.metrics import Labels, ServeMetrics
 from trtops_worker.serve.server import ServerOptions, ServingProcess
 
-from .conftest import conv_input, free_port, infer_body
+from tests.support.prometheus import free_port
+
+from .conftest import conv_input, infer_body
 from .test_rest import reference
 
 WARMUP_BATCHES = 2  # the data plane warms up with batch 1 and the max batch

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.ship.conftest import REPO, tool
-from tests.support.prometheus import free_port
+from tests.support.worker import start_server
 
 sys.path.insert(0, str(REPO / "dashboards"))
 import queries as dq  # dashboards/ is a folder of assets, not a package
@@ -169,65 +169,30 @@ def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """`trtops-worker serve` on the small conv sample (ONNX Runtime, dynamic batching)."""
-    import requests
     from trtops_worker import samples
 
     model = samples.save(samples.conv_classifier(width=8, depth=1), tmp_path / "conv.onnx")
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trtops_worker",
-            "serve",
-            "--model",
-            str(model),
-            "--model-name",
-            "conv",
-            "--revision",
-            "r1",
-            "--precision",
-            "fp32",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(ports["http"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--max-batch-size",
-            "4",
-            "--max-queue-delay-us",
-            "2000",
-            "--intra-op-threads",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    server = start_server(
+        tmp_path,
+        "--model",
+        str(model),
+        "--model-name",
+        "conv",
+        "--revision",
+        "r1",
+        "--precision",
+        "fp32",
+        "--max-batch-size",
+        "4",
+        "--max-queue-delay-us",
+        "2000",
+        "--intra-op-threads",
+        "1",
     )
-    url = f"http://127.0.0.1:{ports['http']}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
-            try:
-                if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "worker did not become ready"
-            time.sleep(0.2)
-        yield {"url": url, "metrics": f"127.0.0.1:{ports['metrics']}"}
+        yield {"url": server.url, "metrics": f"127.0.0.1:{server.metrics_port}"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        server.stop()
 
 
 def _traffic(url: str, requests_total: int = 120) -> None:
