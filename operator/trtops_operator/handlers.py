@@ -235,12 +235,13 @@ async def _reconcile(body: Mapping[str, Any], idx: Mapping[str, Any], trigger: s
                 body = fresh
             observed = _observed(ns, name, idx)
             verdict = await _analysis_if_due(body)
-            decision = decide(body, observed, CONFIG, _now(), verdict=verdict)
+            now = _now()
+            decision = decide(body, observed, CONFIG, now, verdict=verdict)
             for job in [j["metadata"]["name"] for j in decision.create] + list(decision.adopt):
                 S.waiting.setdefault((ns, job), set()).add((ns, name))
             for p in (decision.status or body.get("status") or {}).get("plans") or []:
                 S.waiting.get((ns, p.get("job", "")), set()).discard((ns, name))
-            created = await _api_call(k8s.apply_decision, api, dict(body), decision)
+            created = await _api_call(k8s.apply_decision, api, dict(body), decision, now)
             metrics.record_builds(body, decision)
             if decision.router is not None:
                 await _set_router(body, decision.router)

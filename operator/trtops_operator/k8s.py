@@ -170,8 +170,9 @@ class Api:
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc)
 
 
-def apply_decision(api: Api, engine: dict[str, Any], decision: Decision) -> list[str]:
-    """Carry out a decision in a safe order; returns the names of the Jobs this call created."""
+def apply_decision(api: Api, engine: dict[str, Any], decision: Decision, now: str) -> list[str]:
+    """Carry out a decision (made at ``now``) in a safe order; returns the names of the Jobs
+    this call created."""
     meta = engine["metadata"]
     ns = meta["namespace"]
     owner = {
@@ -195,7 +196,6 @@ def apply_decision(api: Api, engine: dict[str, Any], decision: Decision) -> list
             api.delete(kind, ns, name)
     except kopf.PermanentError as exc:
         # The user must see why nothing changes: say it in status, then let kopf log it.
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         status, event = refused(engine, decision.status, str(exc)[:1024], now)
         api.patch_status(ns, meta["name"], status)
         if event is not None:
