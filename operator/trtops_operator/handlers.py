@@ -73,10 +73,10 @@ class _State:
 S = _State()
 
 
-async def _api_call(fn: Callable[..., T], *args: Any) -> T:
+async def _api_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one blocking kubernetes-client call on the API threads."""
     return await asyncio.get_running_loop().run_in_executor(
-        S.executor, functools.partial(fn, *args)
+        S.executor, functools.partial(fn, *args, **kwargs)
     )
 
 
@@ -399,7 +399,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.watching.client_timeout = watch_timeout + 30
     S.indices = {k: v for k, v in kwargs.items() if k.endswith("_index")}
     S.executor = ThreadPoolExecutor(CONFIG.api_threads, thread_name_prefix="trtops-api")
-    S.api = await _api_call(functools.partial(k8s.Api, connections=CONFIG.api_threads))
+    S.api = await _api_call(k8s.Api, connections=CONFIG.api_threads)
     S.queue = asyncio.Queue()
     S.pending.clear()
     S.tasks = [asyncio.create_task(_worker()) for _ in range(max(CONFIG.workers, 1))]
