@@ -149,7 +149,9 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
         # The FP16 canary is charted at its step's weight; now it holds 100% as stable.
         canary_max = f'max_over_time(trtops_canary_weight{{{sel}, role="canary"}}[10m])'
         assert panels.value(prom, canary_max) == 50
-        assert panels.value(prom, f'trtops_canary_weight{{{sel}, role="stable"}}') == 100
+        # Prometheus scrapes every second: the promotion reaches it one scrape after status.
+        stable_weight = f'trtops_canary_weight{{{sel}, role="stable"}}'
+        wait_for(lambda: panels.value(prom, stable_weight) == 100, timeout=15, what="stable 100")
         # Its accuracy gate as its status reports it; both builds timed, one per precision.
         (plan,) = good["status"]["plans"]
         top1 = plan["accuracy"]["outputs"]["logits"]["top1Agreement"]
