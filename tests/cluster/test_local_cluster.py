@@ -18,6 +18,11 @@ def _container(name: str, **extra: Any) -> client.V1Container:
     return client.V1Container(name=name, image="example.invalid/none:0", **extra)
 
 
+# kwok's fake nodes (hack/cluster.sh); without it the scheduler may pick the local node agent's
+# node (the session's node_agent fixture keeps one registered), which runs pods for real.
+ON_KWOK = {"type": "kwok"}
+
+
 def test_deployment_becomes_ready_and_job_succeeds(k8s_api: Any, namespace: str) -> None:
     apps, batch = client.AppsV1Api(k8s_api), client.BatchV1Api(k8s_api)
     labels = {"app": "web"}
@@ -30,7 +35,7 @@ def test_deployment_becomes_ready_and_job_succeeds(k8s_api: Any, namespace: str)
                 selector=client.V1LabelSelector(match_labels=labels),
                 template=client.V1PodTemplateSpec(
                     metadata=client.V1ObjectMeta(labels=labels),
-                    spec=client.V1PodSpec(containers=[_container("web")]),
+                    spec=client.V1PodSpec(node_selector=ON_KWOK, containers=[_container("web")]),
                 ),
             ),
         ),
@@ -42,7 +47,11 @@ def test_deployment_becomes_ready_and_job_succeeds(k8s_api: Any, namespace: str)
             spec=client.V1JobSpec(
                 backoff_limit=0,
                 template=client.V1PodTemplateSpec(
-                    spec=client.V1PodSpec(restart_policy="Never", containers=[_container("once")])
+                    spec=client.V1PodSpec(
+                        node_selector=ON_KWOK,
+                        restart_policy="Never",
+                        containers=[_container("once")],
+                    )
                 ),
             ),
         ),
