@@ -18,7 +18,7 @@ from trtops_worker.cachekey import canonical_json
 from trtops_operator import GROUP, KIND, VERSION
 from trtops_operator.config import OperatorConfig
 from trtops_operator.keys import target_label
-from trtops_operator.models import TrtEngineSpec
+from trtops_operator.models import Toleration, TrtEngineSpec
 
 __all__ = [
     "HASH_ANNOTATION",
@@ -132,6 +132,20 @@ def _gpu_placement(product: str) -> dict[str, Any]:
     }
 
 
+def _place(
+    pod_spec: dict[str, Any], node_selector: Mapping[str, str], tolerations: list[Toleration]
+) -> None:
+    """Add the spec's node selector and tolerations to the pod's own (the GPU placement's);
+    nothing is added when they are empty, so such pod specs read as before the fields existed."""
+    if node_selector:
+        pod_spec["nodeSelector"] = {**pod_spec.get("nodeSelector", {}), **node_selector}
+    if tolerations:
+        merged: list[dict[str, Any]] = list(pod_spec.get("tolerations", []))
+        # A repeat of the GPU toleration (or of another entry) is listed once.
+        merged += [t for t in (tol.pod_json() for tol in tolerations) if t not in merged]
+        pod_spec["tolerations"] = merged
+
+
 _POD_SECURITY = {
     "runAsNonRoot": True,
     "runAsUser": 1000,
@@ -226,11 +240,7 @@ def build_job(
     if target is not None:
         container["resources"]["limits"] = {GPU_RESOURCE: "1"}
         pod_spec.update(_gpu_placement(target))
-    if engine.spec.build.node_selector:
-        pod_spec["nodeSelector"] = {
-            **pod_spec.get("nodeSelector", {}),
-            **engine.spec.build.node_selector,
-        }
+    _place(pod_spec, build.node_selector, build.tolerations)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -352,11 +362,7 @@ def build_deployment(
     }
     if plan.target is not None:
         pod_spec.update(_gpu_placement(plan.target))
-    if engine.spec.serving.node_selector:
-        pod_spec["nodeSelector"] = {
-            **pod_spec.get("nodeSelector", {}),
-            **engine.spec.serving.node_selector,
-        }
+    _place(pod_spec, serving.node_selector, serving.tolerations)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

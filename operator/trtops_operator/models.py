@@ -8,7 +8,7 @@ match the CRD's, so a body that never went through the API server (unit tests) r
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -26,6 +26,7 @@ __all__ = [
     "ServingSpec",
     "StorageSpec",
     "Target",
+    "Toleration",
     "TrtEngineSpec",
 ]
 
@@ -39,6 +40,18 @@ Uri = Annotated[
         max_length=1024,
         pattern=r"^(pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/\S+|[A-Za-z0-9_][^\s:]*)$",
     ),
+]
+# A label key ([DNS subdomain/]name) or "" (with operator Exists: every key); a label value.
+TaintKey = Annotated[
+    str,
+    Field(
+        max_length=316,
+        pattern=r"^((([a-z0-9]([-a-z0-9]*[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$",
+    ),
+]
+TaintValue = Annotated[
+    str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 ]
 
 
@@ -86,6 +99,43 @@ class Target(_Model):
     ]
 
 
+class Toleration(_Model):
+    """A core/v1 Toleration as the CRD admits it; passed to the pod spec as written, so an unset
+    ``operator`` stays unset (Kubernetes reads it as Equal) and a round trip shows no diff."""
+
+    key: TaintKey | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: TaintValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: Annotated[int, Field(ge=0, le=31536000)] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Toleration:
+        # The CRD's CEL rules, with the same messages.
+        if self.operator == "Exists" and self.value:
+            raise ValueError(
+                "operator Exists matches every value of the key: drop value, or use operator Equal"
+            )
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(
+                "tolerationSeconds only applies to effect NoExecute:"
+                " set effect NoExecute, or drop tolerationSeconds"
+            )
+        if not self.key and self.operator != "Exists":
+            raise ValueError(
+                "an empty key matches every taint and needs operator Exists:"
+                " set key, or set operator Exists"
+            )
+        return self
+
+    def pod_json(self) -> dict[str, Any]:
+        """The toleration as a pod spec lists it (unset fields left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Tolerations = Annotated[list[Toleration], Field(max_length=16)]
+
+
 class Validation(_Model):
     uri: Uri
 
@@ -108,6 +158,7 @@ class BuildSpec(_Model):
     timeout_seconds: Annotated[int, Field(ge=60, le=172800)] = 3600
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 1
     node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
+    tolerations: Tolerations = []
 
     @model_validator(mode="after")
     def _rules(self) -> BuildSpec:
@@ -148,6 +199,7 @@ class ServingSpec(_Model):
     backend: Backend = "tensorrt"
     cpu_fallback: bool = False
     node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
+    tolerations: Tolerations = []
     model_name: Annotated[str, Field(max_length=128)] | None = None
     batching: Batching | None = None
     resources: Resources | None = None

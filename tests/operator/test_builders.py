@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from trtops_operator import builders, keys
 from trtops_operator.config import OperatorConfig
-from trtops_operator.models import TrtEngineSpec
+from trtops_operator.models import Toleration, TrtEngineSpec
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 GOLDEN = Path(__file__).parent / "golden"
@@ -139,3 +140,133 @@ def test_hash_annotation_changes_with_the_object() -> None:
     h = builders.HASH_ANNOTATION
     assert a["metadata"]["annotations"][h] != b["metadata"]["annotations"][h]
     assert a == builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+TEAM_TAINT = {"key": "dedicated", "value": "ml-gpu", "effect": "NoSchedule"}
+DRAIN = {"key": "node.example/draining", "operator": "Exists", "effect": "NoExecute"}
+
+
+def with_tolerations(
+    e: builders.Engine,
+    build: list[dict[str, Any]] | None = None,
+    serving: list[dict[str, Any]] | None = None,
+) -> builders.Engine:
+    """``e`` with the given build and serving tolerations (as a user writes them)."""
+    spec = e.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if build is not None:
+        spec["build"]["tolerations"] = build
+    if serving is not None:
+        spec["serving"]["tolerations"] = serving
+    return builders.Engine(e.name, e.namespace, e.uid, TrtEngineSpec.model_validate(spec))
+
+
+def gpu_job_and_deployment(e: builders.Engine) -> tuple[dict[str, Any], dict[str, Any]]:
+    product = "NVIDIA-H100-80GB-HBM3"
+    key = keys.build_key(e.spec, product, CONFIG.worker_image)
+    job = keys.job_name(key, e.spec.storage.claim_name, keys.gate_json(e.spec))
+    plan = builders.PlanRef(
+        target=product, key=key, path="/plans/p", precision="int8", backend="tensorrt"
+    )
+    return (
+        builders.build_job(e, product, key, name=job, config=CONFIG),
+        builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG),
+    )
+
+
+def pod_tolerations(obj: dict[str, Any]) -> Any:
+    return obj["spec"]["template"]["spec"].get("tolerations")
+
+
+def test_tolerations_follow_the_gpu_one_in_each_pod_spec_as_written() -> None:
+    # An unset operator stays unset (Kubernetes reads it as Equal): applying it back shows no diff.
+    e = with_tolerations(
+        engine("resnet-int8.yaml"),
+        build=[TEAM_TAINT],
+        serving=[TEAM_TAINT, {**DRAIN, "tolerationSeconds": 300}],
+    )
+    job, dep = gpu_job_and_deployment(e)
+    assert pod_tolerations(job) == [GPU_TOLERATION, TEAM_TAINT]
+    assert pod_tolerations(dep) == [GPU_TOLERATION, TEAM_TAINT, {**DRAIN, "tolerationSeconds": 300}]
+
+
+def test_a_repeat_of_the_gpu_toleration_is_listed_once() -> None:
+    e = with_tolerations(engine("resnet-int8.yaml"), build=[GPU_TOLERATION, TEAM_TAINT])
+    job, _ = gpu_job_and_deployment(e)
+    assert pod_tolerations(job) == [GPU_TOLERATION, TEAM_TAINT]
+
+
+def test_cpu_pods_get_only_the_spec_tolerations() -> None:
+    e = with_tolerations(engine("cpu-fp32.yaml"), build=[DRAIN], serving=[TEAM_TAINT])
+    key = keys.build_key(e.spec, None, CONFIG.worker_image)
+    plan = builders.PlanRef(
+        target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime"
+    )
+    job = builders.build_job(e, None, key, name="j", config=CONFIG)
+    dep = builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    assert pod_tolerations(job) == [DRAIN]
+    assert pod_tolerations(dep) == [TEAM_TAINT]
+
+
+def test_no_tolerations_in_the_spec_leave_the_pods_as_before() -> None:
+    # [] is what a client that always sends the field writes: same objects, same hashes.
+    base = engine("resnet-int8.yaml")
+    assert gpu_job_and_deployment(with_tolerations(base, build=[], serving=[])) == (
+        gpu_job_and_deployment(base)
+    )
+    assert pod_tolerations(gpu_job_and_deployment(base)[0]) == [GPU_TOLERATION]
+
+
+def test_tolerations_never_change_the_build_identity() -> None:
+    base = engine("resnet-int8.yaml")
+    tolerant = with_tolerations(base, build=[TEAM_TAINT], serving=[DRAIN])
+    for product in (None, "NVIDIA-H100-80GB-HBM3"):
+        key = keys.build_key(tolerant.spec, product, CONFIG.worker_image)
+        assert key == keys.build_key(base.spec, product, CONFIG.worker_image)
+    base_job, base_dep = gpu_job_and_deployment(base)
+    job, dep = gpu_job_and_deployment(tolerant)
+    # Same build Job name (so no new Job, no rebuild) and the same plan key on the Deployment...
+    assert job["metadata"]["name"] == base_job["metadata"]["name"]
+    notes, base_notes = dep["metadata"]["annotations"], base_dep["metadata"]["annotations"]
+    assert notes[builders.KEY_ANNOTATION] == base_notes[builders.KEY_ANNOTATION]
+    # ...while the serving Deployment is rewritten, so its pods roll onto the new tolerations.
+    assert notes[builders.HASH_ANNOTATION] != base_notes[builders.HASH_ANNOTATION]
+
+
+@pytest.mark.parametrize(
+    ("toleration", "refusal"),
+    [
+        ({"key": "k", "operator": "Exists", "value": "v"}, "drop value, or use operator Equal"),
+        ({"key": "k", "value": "v", "tolerationSeconds": 60}, "set effect NoExecute"),
+        (
+            {"key": "k", "effect": "NoSchedule", "tolerationSeconds": 60},
+            "set effect NoExecute",
+        ),
+        ({"value": "v"}, "set key, or set operator Exists"),
+        ({"key": "", "operator": "Equal"}, "set key, or set operator Exists"),
+        ({"key": "k", "operator": "In"}, "operator"),
+        ({"key": "k", "effect": "NoEvict"}, "effect"),
+        ({"key": "a/b/c"}, "key"),
+        ({"key": "k", "value": "-v"}, "value"),
+        ({"key": "k", "effect": "NoExecute", "tolerationSeconds": -1}, "tolerationSeconds"),
+    ],
+)
+def test_nonsense_toleration_is_refused_like_the_crd_does(
+    toleration: dict[str, Any], refusal: str
+) -> None:
+    with pytest.raises(ValidationError, match=refusal):
+        Toleration.model_validate(toleration)
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"operator": "Exists"},  # tolerates every taint
+        {"key": "", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 0},
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"},
+        {"key": "k", "operator": "Exists", "value": ""},
+        {"key": "k", "value": ""},
+    ],
+)
+def test_sensible_toleration_is_accepted(toleration: dict[str, Any]) -> None:
+    assert Toleration.model_validate(toleration).pod_json() == toleration

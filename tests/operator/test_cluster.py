@@ -294,3 +294,87 @@ spec:
             "--ignore-not-found",
             check=False,
         )
+
+
+def test_a_tainted_gpu_pool_is_reached_through_tolerations(
+    cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
+) -> None:
+    """The real scheduler keeps pods off a tainted pool unless they tolerate its taint; adding
+    serving tolerations later rolls the serving pods onto it without a rebuild."""
+    suffix = cluster.ns[-6:]
+    node, product = f"tainted-{suffix}", f"TEST-TAINTED-{suffix}"  # this test's own GPU pool
+    taint = {"key": "trtops.dev/pool", "value": suffix, "effect": "NoSchedule"}
+    manifest = f"""
+apiVersion: v1
+kind: Node
+metadata:
+  name: {node}
+  annotations: {{kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}}
+  labels: {{kubernetes.io/hostname: {node}, type: kwok, nvidia.com/gpu.product: {product}}}
+spec:
+  taints: [{{key: "{taint["key"]}", value: "{suffix}", effect: NoSchedule}}]
+status:
+  allocatable: &res {{cpu: "32", memory: 256Gi, pods: "110", nvidia.com/gpu: "8"}}
+  capacity: *res
+"""
+    kubectl("apply", "-f", "-", input_text=manifest)
+
+    def pods(selector: str) -> list[Any]:
+        return list(cluster.core.list_namespaced_pod(cluster.ns, label_selector=selector).items)
+
+    def untolerated(selector: str) -> bool:
+        """A pod of ``selector`` is unschedulable, and a taint is why (only the pool matches)."""
+        return any(
+            c.type == "PodScheduled"
+            and c.reason == "Unschedulable"
+            and "untolerated taint" in (c.message or "")
+            for p in pods(selector)
+            for c in p.status.conditions or []
+        )
+
+    def all_on_the_pool(selector: str) -> bool:
+        found = [p for p in pods(selector) if p.metadata.deletion_timestamp is None]
+        return bool(found) and all(p.spec.node_name == node for p in found)
+
+    def with_tolerations(spec: dict[str, Any]) -> None:
+        spec["build"]["targets"] = [{"gpuProduct": product}]
+        spec["build"]["tolerations"] = [taint]
+        spec["serving"]["replicas"] = 1
+
+    try:
+        with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
+            cluster.create("conv", with_tolerations)
+            job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0].metadata.name
+            wait_for(lambda: all_on_the_pool(f"job-name={job}"), what="build pod on the pool")
+            result = {**SUCCESS, "device": {"gpuProduct": product, "computeCapability": "9.0"}}
+            finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job), result)
+
+            # Serving does not tolerate the taint yet: its pods cannot be placed.
+            serve = "trtops.dev/engine=conv,trtops.dev/component=serve"
+            wait_for(lambda: untolerated(serve), timeout=90, what="a serve pod kept off the pool")
+            assert cluster.condition("conv", "Ready").get("status") != "True"
+            revision = cluster.get("conv")["status"]["revision"]
+            (before,) = cluster.deployments("conv")
+
+            cluster.custom.patch_namespaced_custom_object(
+                "trtops.dev",
+                "v1alpha1",
+                cluster.ns,
+                "trtengines",
+                "conv",
+                {"spec": {"serving": {"tolerations": [taint]}}},
+            )
+            wait_for(
+                lambda: cluster.condition("conv", "Ready").get("status") == "True",
+                timeout=90,
+                what="conv Ready once serving tolerates the taint",
+            )
+            (after,) = cluster.deployments("conv")
+            assert after.metadata.name == before.metadata.name  # rolled in place
+            assert cluster.get("conv")["status"]["revision"] == revision
+            assert [j.metadata.name for j in cluster.jobs()] == [job]  # no rebuild
+            wait_for(lambda: all_on_the_pool(serve), what="serve pods only on the pool")
+    finally:
+        # Pods bound to the node go first (nothing else would remove them), then the node.
+        cluster.core.delete_collection_namespaced_pod(cluster.ns, grace_period_seconds=0)
+        kubectl("delete", "node", node, "--ignore-not-found", check=False)

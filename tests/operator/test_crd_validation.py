@@ -114,6 +114,21 @@ CASES = [
         _set("spec.build.accuracy", {"validation": {"uri": "val.npz"}}),
         "spec.build.accuracy",
     ),
+    (
+        "unknown toleration operator",
+        _set("spec.serving.tolerations", [{"key": "k", "operator": "Lt", "value": "1"}]),
+        "spec.serving.tolerations[0].operator",
+    ),
+    (
+        "toleration key not a label key",
+        _set("spec.build.tolerations", [{"key": "a b", "operator": "Exists"}]),
+        "spec.build.tolerations[0].key",
+    ),
+    (
+        "too many tolerations",
+        _set("spec.build.tolerations", [{"operator": "Exists"}] * 17),
+        "spec.build.tolerations",
+    ),
     ("unknown field", _set("spec.build.fp16", True), "spec.build"),
     ("name too long", _set("metadata.name", "n" * 41), "metadata.name"),
     ("missing storage", lambda b: b["spec"].pop("storage"), "spec.storage"),
@@ -126,6 +141,84 @@ def test_the_valid_base_is_accepted(k8s_api: Any, namespace: str) -> None:
     client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
         "trtops.dev", "v1alpha1", namespace, "trtengines", copy.deepcopy(VALID), dry_run="All"
     )
+
+
+def test_sensible_tolerations_are_accepted_as_written(k8s_api: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    tolerations = [
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"},
+        {"key": "dedicated", "value": "ml-gpu"},
+        {"key": "node.example/draining", "effect": "NoExecute", "tolerationSeconds": 300},
+        {"operator": "Exists"},
+    ]
+    body = copy.deepcopy(VALID)
+    body["spec"]["build"]["tolerations"] = tolerations
+    body["spec"]["serving"] = {"tolerations": tolerations}
+    created = client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+        "trtops.dev", "v1alpha1", namespace, "trtengines", body, dry_run="All"
+    )
+    # No default is filled in (an unset operator stays unset), so a GitOps diff stays quiet.
+    assert created["spec"]["build"]["tolerations"] == tolerations
+    assert created["spec"]["serving"]["tolerations"] == tolerations
+
+
+# Each CEL rule of a toleration, on either list: the refusal names the entry and says what to do.
+TOLERATION_CASES = [
+    (
+        "Exists with a value",
+        "build",
+        {"key": "nvidia.com/gpu", "operator": "Exists", "value": "present"},
+        "operator Exists matches every value of the key: drop value, or use operator Equal",
+    ),
+    (
+        "tolerationSeconds without effect",
+        "serving",
+        {"key": "k", "operator": "Exists", "tolerationSeconds": 60},
+        "tolerationSeconds only applies to effect NoExecute: set effect NoExecute,"
+        " or drop tolerationSeconds",
+    ),
+    (
+        "tolerationSeconds with NoSchedule",
+        "build",
+        {"key": "k", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 60},
+        "tolerationSeconds only applies to effect NoExecute",
+    ),
+    (
+        "no key, no operator",
+        "serving",
+        {"value": "v", "effect": "NoSchedule"},
+        "an empty key matches every taint and needs operator Exists:"
+        " set key, or set operator Exists",
+    ),
+    (
+        "empty key with Equal",
+        "build",
+        {"key": "", "operator": "Equal"},
+        "an empty key matches every taint and needs operator Exists",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "where", "toleration", "fix"), TOLERATION_CASES, ids=[c[0] for c in TOLERATION_CASES]
+)
+def test_nonsense_toleration_is_refused_saying_what_to_fix(
+    k8s_api: Any, namespace: str, what: str, where: str, toleration: dict[str, Any], fix: str
+) -> None:
+    from kubernetes import client
+
+    body = copy.deepcopy(VALID)
+    # The second entry is the bad one: the message must point at it, not at the list.
+    body["spec"].setdefault(where, {})["tolerations"] = [{"operator": "Exists"}, toleration]
+    with pytest.raises(client.ApiException) as refused:
+        client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", namespace, "trtengines", body, dry_run="All"
+        )
+    assert refused.value.status == 422, what
+    message = json.loads(refused.value.body)["message"]
+    assert f"spec.{where}.tolerations[1]" in message, message
+    assert fix in message, message
 
 
 @pytest.mark.parametrize(("what", "mutate", "field"), CASES, ids=[c[0] for c in CASES])

@@ -146,3 +146,35 @@ def test_crashed_worker_log_tail_is_reported_as_crash() -> None:
     assert r.reason == "WorkerCrashed"
     assert "MemoryError" in r.message
     assert parse_result(None) is None
+
+
+def test_a_toleration_change_rolls_serving_without_a_build_or_new_revision() -> None:
+    obs = Observed(
+        jobs={job_name(): JobObs(job_name(), ("u1",), succeeded=True)},
+        pods={job_name(): [PodObs("p", job_name(), "t", "Succeeded", json.dumps(RESULT))]},
+    )
+    first = decide(body(), obs, CONFIG, NOW)
+    dep = next(o for o in first.apply if o["kind"] == "Deployment")
+    h = "trtops.dev/spec-hash"
+    running = Observed(
+        jobs=obs.jobs,
+        pods=obs.pods,
+        deployments={
+            dep["metadata"]["name"]: DeploymentObs(
+                dep["metadata"]["name"], "e", dep["metadata"]["annotations"][h], 1, 1, 1, 1, 1, 1
+            )
+        },
+    )
+    taint = {"key": "dedicated", "value": "ml-gpu", "effect": "NoSchedule"}
+    changed = body(first.status)
+    changed["spec"] = {
+        **SPEC,
+        "build": {**SPEC["build"], "tolerations": [taint]},
+        "serving": {"tolerations": [taint]},
+    }
+    d = decide(changed, running, CONFIG, "2026-01-01T00:05:00Z")
+    assert not d.create  # the build Job's name, hence the plan, does not depend on tolerations
+    [rolled] = [o for o in d.apply if o["kind"] == "Deployment"]
+    assert rolled["metadata"]["name"] == dep["metadata"]["name"]  # same revision, same Deployment
+    assert not d.delete
+    assert taint in rolled["spec"]["template"]["spec"]["tolerations"]
