@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from trtops_worker.serve.batching import batch_key, decide, merge, split, take_batch
+from trtops_worker.serve.batching import batch_key, batch_limit, decide, merge, split, take_batch
 from trtops_worker.serve.errors import BackendError
 
 A = (("input", "<f4", (3,)),)
@@ -28,6 +28,22 @@ B = (("input", "<f4", (4,)),)
 )
 def test_take_batch(items: list[tuple[object, int]], max_batch: int, expected: list[int]) -> None:
     assert take_batch(items, max_batch) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("queued", "free", "max_batch", "expected"),
+    [
+        (32, 1, 32, 32),  # one free instance takes a full batch
+        (32, 2, 32, 16),  # two free instances share the queue evenly
+        (33, 2, 32, 17),  # the first takes the odd row
+        (64, 2, 32, 32),  # never over the max batch size
+        (1, 2, 32, 1),
+        (3, 4, 32, 1),  # more free instances than rows: one row each
+        (5, 0, 8, 5),  # defensive: no free instance counts as one
+    ],
+)
+def test_batch_limit(queued: int, free: int, max_batch: int, expected: int) -> None:
+    assert batch_limit(queued, free, max_batch) == expected
 
 
 @pytest.mark.parametrize(

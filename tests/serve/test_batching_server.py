@@ -128,6 +128,37 @@ async def test_instances_run_batches_at_once() -> None:
     assert batcher.describe()["instances"] == 2
 
 
+async def test_free_instances_share_a_burst_instead_of_one_taking_it_all() -> None:
+    """In process: four same-shape requests arrive at once and two instances are free. Each batch
+    waits at a two-party barrier, so the burst only completes if it is split over both instances
+    (one batch of four would wait alone at the barrier and time out)."""
+    import asyncio
+    import threading
+
+    from trtops_worker.serve.batching import Batcher
+
+    barrier = threading.Barrier(2, timeout=20)
+    rows: list[int] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows.append(len(inputs["x"]))
+        barrier.wait()
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(
+        run, max_batch_size=8, max_queue_delay_us=0, max_queue_size=8, batchable=True, instances=2
+    )
+    batcher.start()
+    xs = [np.full((1, 3), i, np.float32) for i in range(4)]
+    try:
+        outs = await asyncio.gather(*(batcher.submit({"x": x}, 30) for x in xs))
+    finally:
+        await batcher.close()
+    assert sorted(rows) == [2, 2]
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)
+
+
 def test_two_instances_serve_exact_results_and_say_so(model_dir: Path, tmp_path: Path) -> None:
     s = start_server(
         tmp_path,

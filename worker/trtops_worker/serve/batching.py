@@ -32,6 +32,7 @@ __all__ = [
     "Batcher",
     "Key",
     "batch_key",
+    "batch_limit",
     "decide",
     "merge",
     "split",
@@ -74,6 +75,17 @@ def take_batch(items: Sequence[tuple[Key | None, int]], max_batch_size: int) -> 
             if total == max_batch_size:
                 break
     return chosen
+
+
+def batch_limit(queued_rows: int, free_instances: int, max_batch_size: int) -> int:
+    """Rows the next batch may take: the queued rows shared evenly over the free instances.
+
+    One instance taking everything while another sits idle would halve throughput with
+    ``--instances 2`` whenever the whole load arrives at once (every client waiting on the same
+    batch); an even share keeps every instance computing, each on a smaller batch.
+    """
+    share = -(-queued_rows // max(1, free_instances))  # ceiling division
+    return max(1, min(max_batch_size, share))
 
 
 def merge(batch: Sequence[Tensors]) -> dict[str, np.ndarray]:
@@ -250,20 +262,21 @@ class Batcher:
             self._wakeup.clear()
             await self._wakeup.wait()
 
+    def _queued_rows(self) -> int:
+        """Rows queued that could join the oldest request's batch (a full batch if none can)."""
+        first = self._queue[0]
+        if first.key is None:
+            return self.max_batch_size
+        return sum(i.rows for i in self._queue if i.key == first.key)
+
     async def _form_batch(self) -> None:
         """Let the batch grow while that is worth it (see :func:`decide`)."""
         idle_rounds = 0
         deadline = self._queue[0].enqueued + self._delay
         while True:
-            first = self._queue[0]
-            queued_rows = (
-                self.max_batch_size
-                if first.key is None
-                else sum(i.rows for i in self._queue if i.key == first.key)
-            )
             before = len(self._queue)
             action = decide(
-                queued_rows=queued_rows,
+                queued_rows=self._queued_rows(),
                 max_batch_size=self.max_batch_size,
                 now=time.monotonic(),
                 deadline=deadline,
@@ -297,7 +310,10 @@ class Batcher:
                 await self._form_batch()
                 if not self._queue:
                     continue
-            picked = take_batch([(i.key, i.rows) for i in self._queue], self.max_batch_size)
+            limit = batch_limit(
+                self._queued_rows(), self.instances - len(self._computing), self.max_batch_size
+            )
+            picked = take_batch([(i.key, i.rows) for i in self._queue], limit)
             batch = [self._queue[i] for i in picked]
             for i in reversed(picked):
                 del self._queue[i]
