@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -156,6 +157,55 @@ async def test_free_instances_share_a_burst_instead_of_one_taking_it_all() -> No
         await batcher.close()
     assert sorted(rows) == [2, 2]
     for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)
+
+
+async def test_a_full_batch_is_sent_ahead_while_every_instance_is_busy() -> None:
+    """In process: while the only instance runs a lone request, two more fill a batch. That batch
+    cannot grow, so it leaves the queue for the executor at once (queue depth 0) and runs the
+    moment the instance is free; a batch that is not full stays queued and may still grow."""
+    import asyncio
+    import threading
+
+    from trtops_worker.serve.batching import Batcher
+
+    release = threading.Event()
+    rows: list[int] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows.append(len(inputs["x"]))
+        release.wait(20)
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(
+        run, max_batch_size=2, max_queue_delay_us=0, max_queue_size=8, batchable=True, instances=1
+    )
+    batcher.start()
+    xs = [np.full((1, 3), i, np.float32) for i in range(4)]
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(2000):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("condition not reached")
+
+    try:
+        first = asyncio.ensure_future(batcher.submit({"x": xs[0]}, 30))
+        await until(lambda: rows == [1])  # the lone request is running
+        lone = asyncio.ensure_future(batcher.submit({"x": xs[1]}, 30))
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 1  # not full: it waits in the queue, where it can still grow
+        rest = asyncio.ensure_future(batcher.submit({"x": xs[2]}, 30))
+        await until(lambda: batcher.depth == 0)  # now full: sent ahead to the executor
+        assert rows == [1]  # ... but not running before the instance is free
+        release.set()
+        outs = await asyncio.gather(first, lone, rest)
+    finally:
+        release.set()
+        await batcher.close()
+    assert rows == [1, 2]
+    for x, out in zip(xs, outs, strict=False):
         np.testing.assert_array_equal(out["y"], x * 2)
 
 
