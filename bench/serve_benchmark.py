@@ -20,7 +20,7 @@ of raw best batched and above every peer). A script, not a test: numbers depend 
 
 Usage::
 
-    python bench/serve_benchmark.py [--seconds 4] [--concurrency 32] \
+    python bench/serve_benchmark.py [--seconds 4] [--image-size 32] [--concurrency 96] \
         [--mlserver /tmp/peer-venv/bin/mlserver] [--json out.json]
 
 MLServer is installed in its own venv (its pins differ from ours):
@@ -52,7 +52,7 @@ import numpy as np
 import onnxruntime as ort
 from trtops_worker import samples
 
-MODEL = {"width": 48, "depth": 4, "image_size": 32}
+MODEL = {"width": 48, "depth": 4}
 BATCHES = (1, 2, 4, 8, 16, 32)
 
 MLSERVER_RUNTIME = textwrap.dedent(
@@ -131,7 +131,7 @@ def throughput(
 class RawBackend:
     """The ORT session alone under one configuration, measured in this process."""
 
-    def __init__(self, model: Path, config: RawConfig) -> None:
+    def __init__(self, model: Path, config: RawConfig, image_size: int) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -143,7 +143,7 @@ class RawBackend:
             str(model), sess_options=options, providers=["CPUExecutionProvider"]
         )
         rng = np.random.default_rng(0)
-        size = MODEL["image_size"]
+        size = image_size
         self.inputs = {b: rng.normal(0, 1, (b, 3, size, size)).astype(np.float32) for b in BATCHES}
         for x in self.inputs.values():
             self.session.run(None, {"input": x})
@@ -304,7 +304,7 @@ def trtops(model: Path, name: str, extra: list[str]) -> Target:
     return Target(name, cmd, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", tuple(WIRES))
 
 
-def mlserver(binary: str, model: Path, work: Path) -> Target:
+def mlserver(binary: str, model: Path, work: Path, image_size: int) -> Target:
     port, grpc_port = free_port(), free_port()
     root = work / "mlserver"
     (root / "conv").mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,9 @@ def mlserver(binary: str, model: Path, work: Path) -> Target:
                 "name": "conv",
                 "implementation": "ort_runtime.OrtModel",
                 "parameters": {"uri": str(model)},
-                "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [-1, 3, image_size, image_size]}
+                ],
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
             }
         )
@@ -394,7 +396,19 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--concurrency", type=int, default=32, help="the saturating concurrency")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="the model's input side: compute per row grows with its square (32: ~2 core-ms)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=96,
+        help="the saturating concurrency: (instances + 1) x the max batch size, so with two"
+        " instances busy a full third batch is always waiting and no instance idles",
+    )
     parser.add_argument(
         "--mlserver",
         default=shutil.which("mlserver") or "/tmp/peer-venv/bin/mlserver",  # noqa: S108  # documented venv
@@ -403,12 +417,14 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    model = samples.save(samples.conv_classifier(**MODEL), work / "conv.onnx")
+    spec = {**MODEL, "image_size": args.image_size}
+    model = samples.save(samples.conv_classifier(**spec), work / "conv.onnx")
+    side = args.image_size
     print(
-        f"model: samples.conv_classifier({MODEL}) input [N,3,32,32] FP32; "
+        f"model: samples.conv_classifier({spec}) input [N,3,{side},{side}] FP32; "
         f"cores: {os.cpu_count()}; load average at start: {loadavg()}"
     )
-    raws = [RawBackend(model, config) for config in RAW_CONFIGS]
+    raws = [RawBackend(model, config, args.image_size) for config in RAW_CONFIGS]
     sweeps = {r.config.label: r.sweep(args.seconds * 1.5) for r in raws}
     latencies = {
         r.config.label: r.latency(args.seconds / 2) for r in raws if r.config.parallel == 1
@@ -420,7 +436,7 @@ def main() -> int:
         trtops(model, "trtops, batching on, 2 instances", [*batching, "--instances", "2"]),
     ]
     if Path(args.mlserver).exists():
-        targets.append(mlserver(args.mlserver, model, work))
+        targets.append(mlserver(args.mlserver, model, work, args.image_size))
     else:
         print(f"MLServer not found at {args.mlserver}: peer skipped")
     c = args.concurrency
@@ -510,6 +526,9 @@ def main() -> int:
     )
     for peer in (row for row in rows if not row["target"].startswith("trtops")):
         mine = max((row for row in batched if row["wire"] == peer["wire"]), key=share)
+        if sum(peer["by_concurrency"][c]["errors"].values()):
+            print(f"target above the peer at c={c} ({peer['wire']}): the peer failed requests")
+            continue
         print(
             f"target above the peer at c={c} ({peer['wire']}): {mine['target']} {share(mine):.0%}"
             f" of raw vs {peer['target']} {share(peer):.0%}"
@@ -519,7 +538,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"model": MODEL, "raw_sweeps": sweeps, "raw_latency": latencies, "rows": rows},
+                {"model": spec, "raw_sweeps": sweeps, "raw_latency": latencies, "rows": rows},
                 indent=2,
                 default=str,
             )
