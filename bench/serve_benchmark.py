@@ -20,8 +20,8 @@ of raw best batched and above every peer). A script, not a test: numbers depend 
 
 Usage::
 
-    python bench/serve_benchmark.py [--seconds 4] [--image-size 32] [--concurrency 96] \
-        [--mlserver /tmp/peer-venv/bin/mlserver] [--json out.json]
+    python bench/serve_benchmark.py [--seconds 4] [--image-size 32] [--max-batch-size 32] \
+        [--concurrency N] [--mlserver /tmp/peer-venv/bin/mlserver] [--json out.json]
 
 MLServer is installed in its own venv (its pins differ from ours):
 ``python -m venv /tmp/peer-venv && /tmp/peer-venv/bin/pip install mlserver onnxruntime``.
@@ -403,11 +403,17 @@ def main() -> int:
         help="the model's input side: compute per row grows with its square (32: ~2 core-ms)",
     )
     parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="the servers' max batch size; tune it like the raw sweep says (a model whose"
+        " activations spill out of cache at large batches runs fewer rows per second there)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
-        default=96,
-        help="the saturating concurrency: (instances + 1) x the max batch size, so with two"
-        " instances busy a full third batch is always waiting and no instance idles",
+        help="the saturating concurrency (default: 3 x the max batch size, so with two"
+        " instances busy a full third batch is always waiting and no instance idles)",
     )
     parser.add_argument(
         "--mlserver",
@@ -429,7 +435,7 @@ def main() -> int:
     latencies = {
         r.config.label: r.latency(args.seconds / 2) for r in raws if r.config.parallel == 1
     }
-    batching = ["--max-batch-size", "32", "--max-queue-delay-us", "2000"]
+    batching = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", "2000"]
     targets = [
         trtops(model, "trtops, batching off", []),
         trtops(model, "trtops, batching on", batching),
@@ -439,7 +445,11 @@ def main() -> int:
         targets.append(mlserver(args.mlserver, model, work, args.image_size))
     else:
         print(f"MLServer not found at {args.mlserver}: peer skipped")
-    c = args.concurrency
+    c = args.concurrency or 3 * args.max_batch_size
+    print(
+        f"batching on: max batch {args.max_batch_size}, max queue delay 2000 us;"
+        f" saturation at c={c}"
+    )
     # The machine is shared: every server measurement is bracketed by a raw one just before and
     # just after, and compared with their mean, never with a raw figure from another minute.
     rows: list[dict[str, Any]] = []
