@@ -3,8 +3,8 @@
 One run, one model, side by side:
 
   (a) the raw ORT session in a tight loop, under every session configuration the server can use
-      (ORT's defaults; the server's options; two runs at once with one thread each): batch 1
-      latency and throughput at each batch size. The baseline is the best of all of them.
+      (ORT's defaults, which the server uses; no spinning; two runs at once with one thread
+      each): batch 1 latency and throughput at each batch size. The baseline is the best of all.
   (b) this server with dynamic batching off, (c) with it on (and (c') with two batches running
       at once, ``--instances 2``),
   (d) MLServer (its documented custom-runtime API: ``MLModel.load``/``predict`` with
@@ -101,9 +101,9 @@ class RawConfig:
 
 
 RAW_CONFIGS = (
-    RawConfig("ORT defaults (threads per core, spinning)", 0, True, 1),
-    RawConfig("server options (threads per core, no spinning)", 0, False, 1),
-    RawConfig("2 runs at once, 1 thread each", 1, False, 2),
+    RawConfig("ORT defaults, the server's (threads per core, spinning)", 0, True, 1),
+    RawConfig("no spinning (threads per core)", 0, False, 1),
+    RawConfig("2 runs at once, 1 thread each (--instances 2)", 1, False, 2),
 )
 
 

@@ -43,10 +43,10 @@ class LoadedBackend:
     fallback_reason: str | None = None  # set when the CPU fallback replaced the requested backend
 
 
-def load_onnxruntime(model: Path, *, intra_op_threads: int = 0) -> Backend:
+def load_onnxruntime(model: Path, *, intra_op_threads: int = 0, spinning: bool = True) -> Backend:
     from .backend_onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(model, intra_op_threads=intra_op_threads)
+    return OnnxRuntimeBackend(model, intra_op_threads=intra_op_threads, spinning=spinning)
 
 
 def load_tensorrt(plan: Path) -> Backend:
@@ -62,10 +62,13 @@ def load_backend(
     fallback_model: Path | None = None,
     cpu_fallback: bool = False,
     intra_op_threads: int = 0,
+    spinning: bool = True,
 ) -> LoadedBackend:
     """Load ``kind``; if TensorRT cannot load and fallback is on, load ONNX Runtime instead."""
     if kind == "onnxruntime":
-        return LoadedBackend(load_onnxruntime(model, intra_op_threads=intra_op_threads))
+        return LoadedBackend(
+            load_onnxruntime(model, intra_op_threads=intra_op_threads, spinning=spinning)
+        )
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     try:
@@ -76,6 +79,6 @@ def load_backend(
         reason = f"TensorRT backend failed to load: {type(e).__name__}: {e}"
         log.warning("%s; falling back to ONNX Runtime on %s", reason, fallback_model)
         return LoadedBackend(
-            load_onnxruntime(fallback_model, intra_op_threads=intra_op_threads),
+            load_onnxruntime(fallback_model, intra_op_threads=intra_op_threads, spinning=spinning),
             fallback_reason=reason,
         )

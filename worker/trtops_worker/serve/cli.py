@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
+from .cpus import usable_cpus
 
 __all__ = ["add_arguments", "run"]
 
@@ -64,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ONNX Runtime threads per run (0: cores / instances)",
     )
     parser.add_argument(
+        "--no-intra-op-spinning",
+        dest="intra_op_spinning",
+        action="store_false",
+        help="ONNX Runtime pool threads sleep at once between parallel regions instead of"
+        " spinning briefly (always so under a cgroup CPU quota: spinning burns it)",
+    )
+    parser.add_argument(
         "--instances",
         type=int,
         default=1,
@@ -102,10 +110,22 @@ def run(args: argparse.Namespace) -> int:
     if args.instances < 1 or args.intra_op_threads < 0:
         log.error("--instances must be >= 1 and --intra-op-threads >= 0")
         return 2
+    cpus = usable_cpus()
     intra_op_threads = args.intra_op_threads
-    if intra_op_threads == 0 and args.instances > 1:
-        # the instances share the cores instead of each one spreading over all of them
-        intra_op_threads = max(1, (os.cpu_count() or 1) // args.instances)
+    if intra_op_threads == 0 and (args.instances > 1 or cpus.quota is not None):
+        # the instances share the usable cores instead of each one spreading over all of them
+        # (0 leaves ORT's own choice, the machine's cores: right only without a CPU quota)
+        intra_op_threads = max(1, cpus.cores // args.instances)
+    # Spinning burns CFS quota while it waits: under a CPU limit, threads sleep at once.
+    spinning = args.intra_op_spinning and cpus.quota is None
+    log.info(
+        "ONNX Runtime: %s threads per run, %d at once, spinning %s (usable cores %d, CPU quota %s)",
+        intra_op_threads or "ORT's default",
+        args.instances,
+        "on" if spinning else "off",
+        cpus.cores,
+        "none" if cpus.quota is None else f"{cpus.quota:g}",
+    )
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop
@@ -121,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             fallback_model=fallback_model,
             cpu_fallback=args.cpu_fallback,
             intra_op_threads=intra_op_threads,
+            spinning=spinning,
         )
     except Exception as e:  # nothing to serve: exit non-zero so the pod shows the failure
         log.error("cannot load %s with the %s backend: %s: %s", model, backend, type(e).__name__, e)
@@ -137,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue_size=args.max_queue_size,
         request_timeout_ms=args.request_timeout_ms,
         intra_op_threads=intra_op_threads,
+        intra_op_spinning=spinning,
         instances=args.instances,
     )
     metrics = ServeMetrics(Labels(args.model_name, args.revision, precision, loaded.backend.name))

@@ -50,6 +50,7 @@ class ServeConfig:
     max_queue_size: int = 128
     request_timeout_ms: int = 10_000
     intra_op_threads: int = 0
+    intra_op_spinning: bool = True
     instances: int = 1  # batches on the backend at once (capped by what the backend allows)
 
     @property
@@ -224,7 +225,9 @@ class DataPlane:
                 reason = f"{failed.name} backend failed while serving: {error}"
                 log.error("%s; falling back to ONNX Runtime on %s", reason, config.fallback_model)
                 self._backend = load_onnxruntime(
-                    config.fallback_model, intra_op_threads=config.intra_op_threads
+                    config.fallback_model,
+                    intra_op_threads=config.intra_op_threads,
+                    spinning=config.intra_op_spinning,
                 )
                 self._fallback_reason = reason
                 self.metrics.set_backend(self._backend.name, fallback=True)
