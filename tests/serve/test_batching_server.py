@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
+from trtops_worker.serve.batching import Batcher
 
 from .conftest import Server, conv_input, infer_body, start_server
 from .test_rest import reference
@@ -96,11 +99,6 @@ def test_request_timeout_is_504(model_dir: Path, tmp_path: Path) -> None:
 async def test_instances_run_batches_at_once() -> None:
     """In process: each batch waits at a two-party barrier, so it only completes when two batches
     are on the backend at the same time (one instance would break the barrier)."""
-    import asyncio
-    import threading
-
-    from trtops_worker.serve.batching import Batcher
-
     barrier = threading.Barrier(2, timeout=20)
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -133,11 +131,6 @@ async def test_free_instances_share_a_burst_instead_of_one_taking_it_all() -> No
     """In process: four same-shape requests arrive at once and two instances are free. Each batch
     waits at a two-party barrier, so the burst only completes if it is split over both instances
     (one batch of four would wait alone at the barrier and time out)."""
-    import asyncio
-    import threading
-
-    from trtops_worker.serve.batching import Batcher
-
     barrier = threading.Barrier(2, timeout=20)
     rows: list[int] = []
 
@@ -164,11 +157,6 @@ async def test_a_full_batch_is_sent_ahead_while_every_instance_is_busy() -> None
     """In process: while the only instance runs a lone request, two more fill a batch. That batch
     cannot grow, so it leaves the queue for the executor at once (queue depth 0) and runs the
     moment the instance is free; a batch that is not full stays queued and may still grow."""
-    import asyncio
-    import threading
-
-    from trtops_worker.serve.batching import Batcher
-
     release = threading.Event()
     rows: list[int] = []
 

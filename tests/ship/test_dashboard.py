@@ -108,6 +108,16 @@ def test_substitute_refuses_unknown_variables() -> None:
         dq.substitute('x{a=~"$cluster"}')
 
 
+def promtool_check_rules(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("promtool", "apt-get install prometheus"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     rules = {
         "groups": [
@@ -122,13 +132,7 @@ def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     }
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules))
-    proc = subprocess.run(
-        [tool("promtool", "apt-get install prometheus"), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = promtool_check_rules(path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rules['groups'][0]['rules'])} rules found" in proc.stdout
 
@@ -153,13 +157,7 @@ def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
             }
         )
     )
-    proc = subprocess.run(
-        [tool("promtool", "apt-get install prometheus"), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = promtool_check_rules(path)
     assert proc.returncode != 0
 
 

@@ -52,8 +52,8 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ORT's default: pool threads spin briefly between parallel regions instead of sleeping.
         # Measured on the 2-core benchmark machine it cut the c=1 p50 by 0.2-0.4 ms and did not
-        # cost saturated throughput; off for pods whose CPU limit is below their thread count
-        # (spinning burns CFS quota).
+        # cost saturated throughput. `serve` turns it off under a cgroup CPU quota (spinning
+        # burns the quota) or with --no-intra-op-spinning.
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if spinning else "0"
         )
