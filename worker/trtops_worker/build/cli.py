@@ -8,13 +8,17 @@ goes to stderr only, never as the only output.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtops_worker.build.errors import BuildError, ConfigError
+from trtops_worker.build.errors import BuildError, ConfigError, StorageError
 from trtops_worker.build.result import compact, failure, write_termination_log
 from trtops_worker.cachekey import BACKENDS, CALIBRATION_METHODS, PRECISIONS
 
@@ -116,6 +120,62 @@ def request_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NO_SPACE_TEXT = "No space left on device"  # strerror(ENOSPC), as libraries rewrap it
+
+
+def storage_fault(exc: BaseException) -> StorageError | None:
+    """A full or read-only volume, found anywhere in the exception's chain; None otherwise."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if (isinstance(seen, OSError) and seen.errno in _FULL) or _NO_SPACE_TEXT in str(seen):
+            return StorageError("StorageFull", f"the storage volume is full: {seen}")
+        if isinstance(seen, OSError) and seen.errno == errno.EROFS:
+            return StorageError("StorageUnwritable", f"the storage volume is read-only: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def exit_on_sigterm(termination_log: Path) -> Callable[[], None]:
+    """On SIGTERM (Job deleted, pod evicted) remove this build's temporary folder and exit 143.
+
+    A thread does it, woken through the signal wakeup fd: a Python-level handler would wait
+    until the main thread leaves its native call, and a TensorRT build can stay in one for
+    minutes, past the pod's grace period. Call from the main thread; the returned function
+    puts the previous handling back (the tests run builds in-process)."""
+    from trtops_worker.build.store import abandon_active
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    old_handler = signal.signal(signal.SIGTERM, lambda *_: None)  # the thread below acts
+    old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            data = os.read(read_fd, 64)
+            if not data:  # restored: the build is over
+                os.close(read_fd)
+                return
+            if signal.SIGTERM in data:
+                break
+        removed = abandon_active()
+        message = f"stopped by SIGTERM; removed {len(removed)} temporary folder(s)"
+        logging.getLogger("trtops_worker.build").warning("%s", message)
+        write_termination_log(termination_log, compact(failure("internal", "Terminated", message)))
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sigterm", daemon=True).start()
+
+    def restore() -> None:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGTERM, old_handler)
+        os.close(write_fd)
+
+    return restore
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -123,18 +183,33 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     code = 0
+    restore = (
+        exit_on_sigterm(args.termination_log)
+        if threading.current_thread() is threading.main_thread()
+        else lambda: None
+    )
     try:
         from trtops_worker.build.pipeline import build
 
         result: dict[str, Any] = build(request_from_args(args))
     except BuildError as exc:
+        if isinstance(exc, StorageError):  # a write that failed for want of space says so
+            exc = storage_fault(exc) or exc
         logging.getLogger("trtops_worker.build").error(
             "%s (%s): %s", exc.reason, exc.category, exc.message
         )
         result, code = failure(exc.category, exc.reason, exc.message), exc.exit_code
     except Exception as exc:  # the operator still gets a reason, the traceback goes to stderr
-        logging.getLogger("trtops_worker.build").exception("unexpected failure")
-        result, code = failure("internal", "InternalError", f"{type(exc).__name__}: {exc}"), 1
+        fault = storage_fault(exc)
+        if fault is not None:
+            logging.getLogger("trtops_worker.build").error("%s: %s", fault.reason, fault.message)
+            result, code = failure(fault.category, fault.reason, fault.message), fault.exit_code
+        else:
+            logging.getLogger("trtops_worker.build").exception("unexpected failure")
+            result = failure("internal", "InternalError", f"{type(exc).__name__}: {exc}")
+            code = 1
+    finally:
+        restore()
     text = compact(result)
     write_termination_log(args.termination_log, text)
     if args.json:

@@ -11,11 +11,12 @@ operator can decide from the pod status alone whether retrying could help::
      |                                         CalibrationMethodUnsupported
      +-- ConfigError        config         12  InvalidProfile, InvalidArgument, ValidationMismatch,
      |                                         ValidationNotFound, ValidationUnreadable
-     +-- StorageError       storage        13  StorageUnwritable
+     +-- StorageError       storage        13  StorageFull (no space), StorageUnwritable
      +-- AccuracyError      accuracy       14  AccuracyGateFailed
      +-- BackendError       backend        15  BackendUnavailable
      +-- EngineError        build          16  BuildFailed, PrecisionConversionFailed
     (anything unexpected)   internal        1  InternalError
+    (SIGTERM)               internal      143  Terminated (its temporary folder removed)
 
 Categories model/calibration/config/accuracy are permanent (the inputs must change); storage,
 backend and build may be transient (a full volume, a node without the right image, an OOM).

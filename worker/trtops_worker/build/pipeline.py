@@ -88,6 +88,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
     backend = load_backend(request.backend)
     store = Store(request.storage)
     store.ensure_writable()
+    store.clean_stale()  # a killed build's leftovers go at the next build here, cached or not
 
     ingredients = KeyIngredients(
         model_sha256=model.sha256,

@@ -6,6 +6,9 @@ leaves only a temporary folder, which the next run removes. A live builder holds
 ``flock`` on ``.lock`` inside its temporary folder; a folder whose lock can be taken belongs to
 a dead process (on this or another node sharing the claim) and is stale.
 
+A build stopped by SIGTERM (the Job deleted, the pod evicted) removes its own temporary folder
+before it exits: :func:`abandon_active` is what the worker's signal watcher calls.
+
 An entry counts only if its ``metadata.json`` parses and its artifact still has the sha256
 recorded there; anything else (a truncated or corrupted plan) is moved aside and rebuilt.
 """
@@ -26,13 +29,30 @@ from typing import IO, Any
 from trtops_worker.build.errors import StorageError
 from trtops_worker.build.model import sha256_file
 
-__all__ = ["METADATA", "Store", "TempEntry"]
+__all__ = ["METADATA", "Store", "TempEntry", "abandon_active"]
 
 METADATA = "metadata.json"
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _LOCK = ".lock"
 _NO_LOCK_GRACE_S = 60.0  # a folder is created a moment before its lock: don't race the creator
+_ACTIVE: set[Path] = set()  # this process's temporary folders, for abandon_active
+
+
+def abandon_active() -> list[Path]:
+    """Remove this process's temporary folders now (from any thread): each is first renamed
+    aside, so a build still writing into it fails instead of recreating files behind us."""
+    removed = []
+    for path in list(_ACTIVE):
+        trash = path.with_name(f"{_TRASH_PREFIX}{path.name}")
+        try:
+            os.rename(path, trash)
+        except OSError:
+            continue  # published or removed meanwhile
+        shutil.rmtree(trash, ignore_errors=True)
+        _ACTIVE.discard(path)
+        removed.append(path)
+    return removed
 
 
 class TempEntry:
@@ -92,6 +112,7 @@ class Store:
             raise StorageError(
                 "StorageUnwritable", f"cannot create a build folder in {self.root}: {exc}"
             ) from exc
+        _ACTIVE.add(path)
         return TempEntry(path, lock)
 
     def publish(self, temp: TempEntry, key: str) -> Path:
@@ -113,6 +134,7 @@ class Store:
                 "StorageUnwritable", f"cannot publish {key} in {self.root}: {exc}"
             ) from exc
         finally:
+            _ACTIVE.discard(temp.path)
             temp.release()
         return final
 
@@ -133,6 +155,7 @@ class Store:
 
     def abandon(self, temp: TempEntry) -> None:
         shutil.rmtree(temp.path, ignore_errors=True)
+        _ACTIVE.discard(temp.path)
         temp.release()
 
     def clean_stale(self) -> list[Path]:
