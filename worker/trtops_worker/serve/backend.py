@@ -43,10 +43,14 @@ class LoadedBackend:
     fallback_reason: str | None = None  # set when the CPU fallback replaced the requested backend
 
 
-def load_onnxruntime(model: Path, *, intra_op_threads: int = 0, spinning: bool = True) -> Backend:
+def load_onnxruntime(
+    model: Path, *, intra_op_threads: int = 0, spinning: bool = True, sessions: int = 1
+) -> Backend:
     from .backend_onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(model, intra_op_threads=intra_op_threads, spinning=spinning)
+    return OnnxRuntimeBackend(
+        model, intra_op_threads=intra_op_threads, spinning=spinning, sessions=sessions
+    )
 
 
 def load_tensorrt(plan: Path) -> Backend:
@@ -63,12 +67,18 @@ def load_backend(
     cpu_fallback: bool = False,
     intra_op_threads: int = 0,
     spinning: bool = True,
+    sessions: int = 1,
 ) -> LoadedBackend:
-    """Load ``kind``; if TensorRT cannot load and fallback is on, load ONNX Runtime instead."""
-    if kind == "onnxruntime":
-        return LoadedBackend(
-            load_onnxruntime(model, intra_op_threads=intra_op_threads, spinning=spinning)
+    """Load ``kind``; if TensorRT cannot load and fallback is on, load ONNX Runtime instead
+    (``sessions`` independent ORT sessions of ``intra_op_threads`` threads each)."""
+
+    def onnxruntime(path: Path) -> Backend:
+        return load_onnxruntime(
+            path, intra_op_threads=intra_op_threads, spinning=spinning, sessions=sessions
         )
+
+    if kind == "onnxruntime":
+        return LoadedBackend(onnxruntime(model))
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     try:
@@ -79,6 +89,6 @@ def load_backend(
         reason = f"TensorRT backend failed to load: {type(e).__name__}: {e}"
         log.warning("%s; falling back to ONNX Runtime on %s", reason, fallback_model)
         return LoadedBackend(
-            load_onnxruntime(fallback_model, intra_op_threads=intra_op_threads, spinning=spinning),
+            onnxruntime(fallback_model),
             fallback_reason=reason,
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,11 +43,20 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
 
 
 class OnnxRuntimeBackend:
+    """``sessions`` independent ORT sessions of the same model, each with its own thread pool.
+
+    A run checks a free session out and back in, so ``sessions`` batches compute at once without
+    sharing a pool: one pool shared by concurrent runs lets only part of the cores compute (16
+    cores: one 16-thread session ran 8.5k infer/s, 16 one-thread sessions 11.3k). Each session
+    holds its own copy of the weights (memory grows with ``sessions``).
+    """
+
     name = "onnxruntime"
     platform = "onnxruntime_onnx"
-    max_concurrent_runs = 64  # InferenceSession.run is thread-safe
 
-    def __init__(self, model: Path, *, intra_op_threads: int = 0, spinning: bool = True) -> None:
+    def __init__(
+        self, model: Path, *, intra_op_threads: int = 0, spinning: bool = True, sessions: int = 1
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0 = one per core
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -57,19 +67,35 @@ class OnnxRuntimeBackend:
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if spinning else "0"
         )
-        self._session = ort.InferenceSession(
-            str(model), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
-        self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        self._sessions = [
+            ort.InferenceSession(
+                str(model), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            for _ in range(max(1, sessions))
+        ]
+        first = self._sessions[0]
+        self.inputs = tuple(_spec(a) for a in first.get_inputs())
+        self.outputs = tuple(_spec(a) for a in first.get_outputs())
         self._output_names = [o.name for o in self.outputs]
+        # The batcher never runs more batches at once than there are sessions; a run beyond
+        # that (warm-up beside a batch, the fallback switch) shares one, which ORT allows.
+        self.max_concurrent_runs = len(self._sessions)
+        self._free = list(self._sessions)
+        self._lock = threading.Lock()
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            session = self._free.pop() if self._free else self._sessions[0]
         try:
-            results = self._session.run(self._output_names, dict(inputs))
+            results = session.run(self._output_names, dict(inputs))
         except Exception as e:  # ORT raises its own exception types; all mean "the run failed"
             raise BackendError(f"ONNX Runtime failed: {e}") from e
+        finally:
+            with self._lock:
+                if len(self._free) < len(self._sessions) and session not in self._free:
+                    self._free.append(session)
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
-        del self._session
+        self._sessions.clear()
+        self._free.clear()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
-from .cpus import usable_cpus
+from .cpus import CORES_PER_FRONT_END, plan_sizing, usable_cpus
+from .frontends import FrontEnds, is_front_end, reserve_port
 
 __all__ = ["add_arguments", "run"]
 
@@ -59,10 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-ms", type=int, default=10_000)
     parser.add_argument("--max-body-bytes", type=int, default=64 << 20)
     parser.add_argument(
+        "--front-ends",
+        type=int,
+        default=0,
+        help="server processes sharing the ports, each with its own event loop and instances"
+        f" (0: one per {CORES_PER_FRONT_END} usable cores)",
+    )
+    parser.add_argument(
         "--intra-op-threads",
         type=int,
         default=0,
-        help="ONNX Runtime threads per run (0: cores / instances)",
+        help="ONNX Runtime threads per instance (0: the front end's cores / instances)",
     )
     parser.add_argument(
         "--no-intra-op-spinning",
@@ -74,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--instances",
         type=int,
-        default=1,
-        help="batches running at once (ONNX Runtime only; TensorRT runs one)",
+        default=0,
+        help="ONNX Runtime sessions per front end, one batch each at a time (0: the front"
+        " end's cores / intra-op threads; TensorRT runs one)",
     )
     parser.add_argument(
         "--drain-seconds", type=float, default=0.0, help="keep serving this long after SIGTERM"
@@ -107,25 +117,53 @@ def run(args: argparse.Namespace) -> int:
             "tensorrt" if model.suffix in (".plan", ".engine") else "onnxruntime"
         )
 
-    if args.instances < 1 or args.intra_op_threads < 0:
-        log.error("--instances must be >= 1 and --intra-op-threads >= 0")
+    if min(args.instances, args.intra_op_threads, args.front_ends) < 0:
+        log.error("--front-ends, --instances and --intra-op-threads must be >= 0 (0: automatic)")
         return 2
     cpus = usable_cpus()
-    intra_op_threads = args.intra_op_threads
-    if intra_op_threads == 0 and (args.instances > 1 or cpus.quota is not None):
-        # the instances share the usable cores instead of each one spreading over all of them
-        # (0 leaves ORT's own choice, the machine's cores: right only without a CPU quota)
-        intra_op_threads = max(1, cpus.cores // args.instances)
+    sizing = plan_sizing(
+        cpus.cores,
+        front_ends=args.front_ends,
+        instances=args.instances,
+        intra_op_threads=args.intra_op_threads,
+    )
     # Spinning burns CFS quota while it waits: under a CPU limit, threads sleep at once.
     spinning = args.intra_op_spinning and cpus.quota is None
+    if sizing.front_ends > 1 and not is_front_end():
+        log.info(
+            "%d front ends, each %d instances of %d ONNX Runtime threads (usable cores %d,"
+            " CPU quota %s)",
+            sizing.front_ends,
+            sizing.instances,
+            sizing.intra_op_threads,
+            cpus.cores,
+            "none" if cpus.quota is None else f"{cpus.quota:g}",
+        )
+        with (
+            reserve_port(args.host, args.http_port) as http_port,
+            reserve_port(args.host, args.grpc_port) as grpc_port,
+        ):
+            front_ends = FrontEnds(
+                [
+                    *sys.argv[1:],
+                    *("--front-ends", str(sizing.front_ends)),
+                    *("--instances", str(sizing.instances)),
+                    *("--intra-op-threads", str(sizing.intra_op_threads)),
+                    *("--http-port", str(http_port), "--grpc-port", str(grpc_port)),
+                ],
+                sizing.front_ends,
+            )
+            labels = (args.model_name, args.revision, precision, backend)
+            return front_ends.run(args.host, args.metrics_port, labels)
     log.info(
-        "ONNX Runtime: %s threads per run, %d at once, spinning %s (usable cores %d, CPU quota %s)",
-        intra_op_threads or "ORT's default",
-        args.instances,
+        "ONNX Runtime: %d instances of %d threads, spinning %s (usable cores %d, CPU quota %s)",
+        sizing.instances,
+        sizing.intra_op_threads,
         "on" if spinning else "off",
         cpus.cores,
         "none" if cpus.quota is None else f"{cpus.quota:g}",
     )
+    intra_op_threads = sizing.intra_op_threads
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop
@@ -142,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             cpu_fallback=args.cpu_fallback,
             intra_op_threads=intra_op_threads,
             spinning=spinning,
+            sessions=sizing.instances,
         )
     except Exception as e:  # nothing to serve: exit non-zero so the pod shows the failure
         log.error("cannot load %s with the %s backend: %s: %s", model, backend, type(e).__name__, e)
@@ -159,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_ms=args.request_timeout_ms,
         intra_op_threads=intra_op_threads,
         intra_op_spinning=spinning,
-        instances=args.instances,
+        instances=sizing.instances,
     )
     metrics = ServeMetrics(Labels(args.model_name, args.revision, precision, loaded.backend.name))
     metrics.enable_gpu_metrics()
@@ -167,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
+        metrics_port=None if is_front_end() else args.metrics_port,
+        reuse_port=is_front_end(),
         max_body_bytes=args.max_body_bytes,
         drain_seconds=args.drain_seconds,
         max_connections=max(1024, 4 * args.max_queue_size),

@@ -228,6 +228,7 @@ class DataPlane:
                     config.fallback_model,
                     intra_op_threads=config.intra_op_threads,
                     spinning=config.intra_op_spinning,
+                    sessions=config.instances,
                 )
                 self._fallback_reason = reason
                 self.metrics.set_backend(self._backend.name, fallback=True)

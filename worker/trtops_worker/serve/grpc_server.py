@@ -177,14 +177,20 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # 
 
 
 def create_grpc_server(
-    dataplane: DataPlane, address: str, *, max_message_bytes: int = 64 << 20
+    dataplane: DataPlane,
+    address: str,
+    *,
+    max_message_bytes: int = 64 << 20,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
-    """A ``grpc.aio`` server bound to ``address`` (not started); returns it and the bound port."""
+    """A ``grpc.aio`` server bound to ``address`` (not started); returns it and the bound port.
+
+    ``reuse_port``: share the port with the pod's other front ends (serve/frontends.py)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(dataplane), server)

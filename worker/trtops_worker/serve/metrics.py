@@ -115,17 +115,28 @@ class ServeMetrics:
             registry=r,
             buckets=BATCH_BUCKETS,
         )
+        # multiprocess_mode: how several front ends' gauges combine (serve/frontends.py); it
+        # only applies in prometheus_client's multiprocess mode.
         self.inflight = Gauge(
-            "trtops_inflight_requests", "Inference requests being handled.", LABELS, registry=r
+            "trtops_inflight_requests",
+            "Inference requests being handled.",
+            LABELS,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_depth = Gauge(
-            "trtops_queue_depth", "Requests waiting in the batching queue.", LABELS, registry=r
+            "trtops_queue_depth",
+            "Requests waiting in the batching queue.",
+            LABELS,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.fallback = Gauge(
             "trtops_backend_fallback",
             "1 when serving on the CPU fallback instead of the requested backend.",
             LABELS,
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._gpu: _GpuCollector | None = None
         self.set_backend(labels.backend, fallback=False)
@@ -185,13 +196,14 @@ class ServeMetrics:
 
     # -- exposition ------------------------------------------------------------------------
 
-    def enable_gpu_metrics(self) -> bool:
-        """Register GPU memory/utilisation gauges if nvidia-ml-py imports and finds a GPU."""
+    def enable_gpu_metrics(self, registry: CollectorRegistry | None = None) -> bool:
+        """Register GPU memory/utilisation gauges (in ``registry``, default this one's) if
+        nvidia-ml-py imports and finds a GPU."""
         collector = _GpuCollector.create(self)
         if collector is None:
             return False
         self._gpu = collector
-        self.registry.register(collector)
+        (registry or self.registry).register(collector)
         return True
 
     def serve(self, host: str, port: int) -> tuple[Any, threading.Thread]:

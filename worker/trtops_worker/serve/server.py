@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -34,11 +35,13 @@ class ServerOptions:
     host: str = "0.0.0.0"  # noqa: S104  # a pod serves its own IP; tests pass 127.0.0.1
     http_port: int = 8000
     grpc_port: int = 8001
-    metrics_port: int = 8002
+    metrics_port: int | None = 8002  # None: a front end; its supervisor serves the metrics
     max_body_bytes: int = 64 << 20
     drain_seconds: float = 0.0
     graceful_timeout_seconds: float = 30.0
     max_connections: int = 1024
+    # SO_REUSEPORT on the HTTP socket (gRPC sets it by default): front ends share the port.
+    reuse_port: bool = False
 
 
 class _Uvicorn(uvicorn.Server):
@@ -65,12 +68,17 @@ class ServingProcess:
 
     async def run(self) -> None:
         opts = self.options
-        metrics_server, _ = self.dataplane.metrics.serve(opts.host, opts.metrics_port)
+        metrics_server = None
+        if opts.metrics_port is not None:
+            metrics_server, _ = self.dataplane.metrics.serve(opts.host, opts.metrics_port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         grpc_server, self.grpc_port = create_grpc_server(
-            self.dataplane, f"{opts.host}:{opts.grpc_port}", max_message_bytes=opts.max_body_bytes
+            self.dataplane,
+            f"{opts.host}:{opts.grpc_port}",
+            max_message_bytes=opts.max_body_bytes,
+            reuse_port=opts.reuse_port,
         )
         await grpc_server.start()
         config = uvicorn.Config(
@@ -89,7 +97,8 @@ class ServingProcess:
             timeout_graceful_shutdown=int(opts.graceful_timeout_seconds),
         )
         http = _Uvicorn(config)
-        http_task = asyncio.create_task(http.serve(), name="trtops-http")
+        sockets = [_reuse_port_socket(opts.host, opts.http_port)] if opts.reuse_port else None
+        http_task = asyncio.create_task(http.serve(sockets=sockets), name="trtops-http")
         try:
             while not http.started:
                 if http_task.done():
@@ -98,13 +107,13 @@ class ServingProcess:
                 await asyncio.sleep(0.01)
             self.http_port = http.servers[0].sockets[0].getsockname()[1]
             log.info(
-                "listening: http %s:%d grpc %s:%d metrics %s:%d",
+                "listening: http %s:%d grpc %s:%d metrics %s:%s",
                 opts.host,
                 self.http_port,
                 opts.host,
                 self.grpc_port,
                 opts.host,
-                opts.metrics_port,
+                opts.metrics_port if opts.metrics_port is not None else "(the supervisor's)",
             )
             await self.dataplane.start()
             await self._stop.wait()
@@ -116,8 +125,17 @@ class ServingProcess:
                 http_task, grpc_server.stop(opts.graceful_timeout_seconds), return_exceptions=True
             )
             await self.dataplane.close()
-            metrics_server.shutdown()
-            metrics_server.server_close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
