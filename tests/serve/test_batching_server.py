@@ -227,7 +227,7 @@ def test_two_instances_serve_exact_results_and_say_so(model_dir: Path, tmp_path:
         assert s.stop() == 0
 
 
-def test_instances_below_one_is_a_flag_error(model_dir: Path, tmp_path: Path) -> None:
+def test_negative_instances_is_a_flag_error(model_dir: Path, tmp_path: Path) -> None:
     s = start_server(
         tmp_path,
         "--model",
@@ -235,8 +235,8 @@ def test_instances_below_one_is_a_flag_error(model_dir: Path, tmp_path: Path) ->
         "--model-name",
         "conv",
         "--instances",
-        "0",
+        "-1",
         wait_ready=False,
     )
     assert s.process.wait(60) == 2
-    assert "--instances must be >= 1" in s.output()
+    assert "--instances and --intra-op-threads must be >= 0" in s.output()

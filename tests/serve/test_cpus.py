@@ -1,4 +1,5 @@
-"""Cores the server's ONNX Runtime may use: the affinity, capped by a cgroup v2 CPU quota."""
+"""Cores the server may use (the affinity, capped by a cgroup v2 CPU quota) and how the
+defaults split them into front ends, instances and threads."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from trtops_worker.serve.cpus import cgroup_cpu_limit, usable_cpus
+from trtops_worker.serve.cpus import Sizing, cgroup_cpu_limit, plan_sizing, usable_cpus
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,51 @@ def test_without_cgroup_v2_the_affinity_is_all_there_is(tmp_path: Path) -> None:
     cpus = usable_cpus(tmp_path / "missing")
     assert cpus.quota is None
     assert cpus.cores == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("affinity", "cpu_max", "expected"),
+    [
+        # no quota: the affinity is the pod; one event loop per 4 cores, one-thread instances
+        (2, "max 100000", Sizing(front_ends=1, instances=2, intra_op_threads=1)),
+        (4, "max 100000", Sizing(front_ends=1, instances=4, intra_op_threads=1)),
+        (16, "max 100000", Sizing(front_ends=4, instances=4, intra_op_threads=1)),
+        (64, "max 100000", Sizing(front_ends=16, instances=4, intra_op_threads=1)),
+        # a 2-CPU limit on a 64-core node sizes for 2 cores, not 64
+        (64, "200000 100000", Sizing(front_ends=1, instances=2, intra_op_threads=1)),
+        # 1.5 CPUs rounds up to 2 instances; half a CPU is still one
+        (64, "150000 100000", Sizing(front_ends=1, instances=2, intra_op_threads=1)),
+        (64, "50000 100000", Sizing(front_ends=1, instances=1, intra_op_threads=1)),
+        # a pod pinned to 8 cores (static CPU manager) under a 32-CPU quota: the pinning wins
+        (8, "3200000 100000", Sizing(front_ends=2, instances=4, intra_op_threads=1)),
+    ],
+)
+def test_default_sizing_fills_the_usable_cores(
+    tmp_path: Path, affinity: int, cpu_max: str, expected: Sizing
+) -> None:
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    cores = usable_cpus(tmp_path / "cpu.max", affinity=affinity).cores
+    sizing = plan_sizing(cores)
+    assert sizing == expected
+    assert sizing.threads == cores
+
+
+@pytest.mark.parametrize(
+    ("cores", "flags", "expected"),
+    [
+        # fewer, wider instances: the threads fill what the instances leave
+        (8, {"instances": 2}, Sizing(front_ends=2, instances=2, intra_op_threads=2)),
+        (16, {"front_ends": 1, "instances": 2}, Sizing(1, 2, 8)),
+        # threads given: as many instances as fit
+        (16, {"front_ends": 1, "intra_op_threads": 4}, Sizing(1, 4, 4)),
+        (2, {"front_ends": 1, "intra_op_threads": 2}, Sizing(1, 1, 2)),
+        # everything given is kept, even past the cores (the user's call)
+        (2, {"front_ends": 3, "instances": 2, "intra_op_threads": 2}, Sizing(3, 2, 2)),
+        # more front ends than cores: one one-thread instance each, never zero
+        (2, {"front_ends": 4}, Sizing(4, 1, 1)),
+    ],
+)
+def test_flags_override_the_defaults_and_the_rest_fills_in(
+    cores: int, flags: dict[str, int], expected: Sizing
+) -> None:
+    assert plan_sizing(cores, **flags) == expected

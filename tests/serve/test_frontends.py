@@ -1,0 +1,147 @@
+"""Several front ends on one pod's ports (``--front-ends``): real processes on loopback.
+
+A supervisor starts the front ends; each one is a whole server. What a user sees: every front
+end takes part of the traffic, the one metrics port counts each request once, SIGTERM drains
+them all, and a front end that dies takes the pod down instead of leaving it half-serving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.serve.conftest import conv_input, infer_body
+from tests.support.worker import Server, start_server
+
+
+def _front_ends(supervisor: int) -> list[int]:
+    text = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
+    return [int(pid) for pid in text.split()]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes (its parent reaps it)
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def two_front_ends(model_dir: Path, tmp_path: Path) -> Server:
+    return start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "slow.onnx"),
+        "--model-name",
+        "slow",
+        "--front-ends",
+        "2",
+        "--max-batch-size",
+        "4",
+        "--drain-seconds",
+        "3",
+    )
+
+
+def test_every_front_end_serves_and_metrics_count_each_request_once(
+    two_front_ends: Server,
+) -> None:
+    s = two_front_ends
+    try:
+        pids = _front_ends(s.process.pid)
+        assert len(pids) == 2
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        body = infer_body(np.zeros((1, 3, 64, 64), np.float32))
+        sent = 40
+        for _ in range(sent):  # a new connection each: the kernel spreads them over the ports
+            r = requests.post(s.infer_url("slow"), json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        used = {pid: _cpu_seconds(pid) - before[pid] for pid in pids}
+        # each front end computed a share (one request here is ~10 ms of CPU); an idle one ~0
+        assert all(seconds >= 0.05 for seconds in used.values()), used
+        assert s.metric("trtops_requests_total", outcome="success") == sent
+        assert s.metric("trtops_request_duration_seconds_count") == sent
+        assert s.metric("trtops_batch_size_sum") == sent  # rows computed, over both
+        assert s.metric("trtops_inflight_requests") == 0
+        bad = requests.post(s.infer_url("slow"), json={"inputs": "no"}, timeout=30)
+        assert bad.status_code == 400
+        assert s.metric("trtops_requests_total", outcome="client_error") == 1
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_drains_every_front_end_and_exits_0(two_front_ends: Server) -> None:
+    s = two_front_ends
+    pids = _front_ends(s.process.pid)
+    body = infer_body(np.zeros((2, 3, 64, 64), np.float32))
+
+    def send(_: int) -> int:
+        # new connections, so both front ends hold requests when the signal comes
+        return requests.post(s.infer_url("slow"), json=body, timeout=60).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        burst = [pool.submit(send, i) for i in range(32)]
+        deadline = time.monotonic() + 20
+        while s.metric("trtops_inflight_requests") < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        s.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # every front end turned unready at once: no answer says ready any more
+        assert all(
+            requests.get(f"{s.url}/v2/health/ready", timeout=5).status_code == 400 for _ in range(8)
+        )
+        codes = [f.result() for f in burst]
+    assert codes == [200] * len(codes)
+    assert s.process.wait(30) == 0
+    assert not any(_alive(pid) for pid in pids)
+    assert "front end pid" not in s.output()  # none reported as failed
+
+
+def test_a_front_end_that_dies_takes_the_pod_down(model_dir: Path, tmp_path: Path) -> None:
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "conv.onnx"),
+        "--model-name",
+        "conv",
+        "--front-ends",
+        "2",
+    )
+    pids = _front_ends(s.process.pid)
+    os.kill(pids[0], signal.SIGKILL)
+    assert s.process.wait(30) == 1  # the pod restarts whole rather than serving on half
+    assert not any(_alive(pid) for pid in pids)
+    assert f"front end pid {pids[0]} exited with -9" in s.output()
+
+
+def test_one_front_end_needs_no_supervisor(model_dir: Path, tmp_path: Path) -> None:
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "conv.onnx"),
+        "--model-name",
+        "conv",
+        "--front-ends",
+        "1",
+    )
+    try:
+        assert _front_ends(s.process.pid) == []
+        r = requests.post(s.infer_url(), json=infer_body(conv_input(1)), timeout=30)
+        assert r.status_code == 200
+        assert s.metric("trtops_requests_total", outcome="success") == 1
+    finally:
+        assert s.stop() == 0
