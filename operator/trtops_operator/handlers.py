@@ -273,15 +273,20 @@ async def _analysis_if_due(body: Mapping[str, Any]) -> Verdict | None:
         return None
     if spec.rollout is None or spec.rollout.analysis is None:
         return None
-    if not canary_steps.analysis_due(spec.rollout, state, dt.datetime.now(dt.UTC)):
+    now = dt.datetime.now(dt.UTC)
+    if not canary_steps.analysis_due(spec.rollout, state, now):
         return None
     meta = body["metadata"]
+    # At weight 100 stable serves nothing: there is nothing to compare with.
+    compare = state.weight < 100
     return await canary_prometheus.analyse(
         spec.rollout.analysis,
         model=spec.serving.model_name or meta["name"],
         canary_revision=state.revision,
-        stable_revision=state.stable_revision or None,
+        stable_revision=(state.stable_revision or None) if compare else None,
         extra_labels={"namespace": meta["namespace"]},
+        max_window_seconds=canary_steps.analysis_window(state, now),
+        stable_note="no stable revision" if compare else "the canary serves all traffic",
     )
 
 

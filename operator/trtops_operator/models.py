@@ -19,6 +19,7 @@ __all__ = [
     "Batching",
     "BuildSpec",
     "Calibration",
+    "Judge",
     "ModelSource",
     "Profile",
     "Resources",
@@ -248,6 +249,16 @@ class Slo(_Model):
     max_latency_ratio_to_stable: Annotated[float, Field(ge=1, le=100)] | None = None
 
 
+class Judge(_Model):
+    """How the canary is compared with stable (``docs/canary.md``, "The judge")."""
+
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
+    min_latency_effect: Annotated[float, Field(ge=1.01, le=100)] = 1.25
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_client_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.05
+    catastrophic_error_rate: Annotated[float, Field(gt=0, le=1)] = 0.25
+
+
 class Analysis(_Model):
     prometheus: PrometheusSource
     interval_seconds: Annotated[int, Field(ge=10, le=3600)] = 30
@@ -255,6 +266,14 @@ class Analysis(_Model):
     min_requests: Annotated[int, Field(ge=0, le=1000000000)] = 100
     insufficient_data_deadline_seconds: Annotated[int, Field(ge=10, le=86400)] | None = None
     slo: Slo | None = None
+    judge: Judge = Judge()
+
+
+ANALYSIS_NEEDS_WEIGHT = (
+    "spec.rollout.analysis needs a step with setWeight above 0: at weight 0 the canary serves no"
+    " traffic, so no analysis can pass; add a step such as {setWeight: 10, pauseSeconds: 60}"
+    " or remove analysis"
+)
 
 
 class RolloutSpec(_Model):
@@ -269,6 +288,8 @@ class RolloutSpec(_Model):
             raise ValueError(
                 "spec.rollout.steps[].setWeight must not decrease from one step to the next"
             )
+        if self.analysis is not None and not any(w > 0 for w in weights):
+            raise ValueError(ANALYSIS_NEEDS_WEIGHT)
         return self
 
 

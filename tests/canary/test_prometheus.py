@@ -122,7 +122,7 @@ def measure_until(
 
     async def once() -> RevisionMetrics:
         async with PrometheusClient(url) as client:
-            return await measure(client, selector, WINDOW)
+            return (await measure(client, selector, WINDOW)).metrics()
 
     deadline = time.monotonic() + 25
     m = asyncio.run(once())
@@ -317,4 +317,5 @@ def test_label_values_with_quotes_query_cleanly(prometheus: PromFactory) -> None
         )
     )
     assert v.kind == "InsufficientData"
-    assert v.canary == RevisionMetrics()
+    assert v.canary is not None
+    assert v.canary.requests == 0

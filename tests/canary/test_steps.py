@@ -21,7 +21,9 @@ from trtops_operator.canary.steps import (
 from trtops_operator.models import RolloutSpec
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
-CANARY = RevisionMetrics(requests=500, qps=8.3, p50_ms=4.0, p99_ms=20.0, error_rate=0.0)
+CANARY = RevisionMetrics(
+    requests=500, qps=8.3, p50_ms=4.0, p99_ms=20.0, error_rate=0.0, client_error_rate=0.002
+)
 STABLE = RevisionMetrics(requests=4500, qps=75.0, p50_ms=3.5, p99_ms=18.0, error_rate=0.001)
 SLOW = RevisionMetrics(requests=500, qps=8.3, p50_ms=40.0, p99_ms=130.0, error_rate=0.0)
 
@@ -141,7 +143,13 @@ def test_start_sets_first_weight_and_sized_canary() -> None:
         pytest.param([(10, "P"), (31, None)], 1, 50, id="pause-over-and-passed-once"),
         pytest.param([(10, "P"), (20, "F"), (31, None)], 0, 10, id="latest-failed-holds"),
         pytest.param([(10, "P"), (20, "X"), (31, None)], 0, 10, id="latest-inconclusive-holds"),
-        pytest.param([(10, "P"), (20, "I"), (31, None)], 1, 50, id="latest-insufficient-ok"),
+        # Issue 13, input 3: a Passed earlier in the step is not enough once a later analysis
+        # saw no data (Prometheus lost it, traffic stopped): the step holds until a Passed on
+        # fresh data.
+        pytest.param([(10, "P"), (20, "I"), (31, None)], 0, 10, id="latest-insufficient-holds"),
+        pytest.param(
+            [(10, "P"), (20, "I"), (31, None), (40, "P")], 1, 50, id="fresh-pass-releases"
+        ),
         pytest.param([(10, "P"), (31, None), (40, "P")], 1, 50, id="new-step-needs-own-pass"),
     ],
 )
@@ -279,6 +287,7 @@ def test_ab_experiment_holds_and_keeps_per_revision_metrics() -> None:
         "p50Ms": 4.0,
         "p99Ms": 20.0,
         "errorRate": 0.0,
+        "clientErrorRate": 0.002,
     }
     assert status["stableMetrics"]["p99Ms"] == 18.0
     assert len(status["history"]) == 10

@@ -129,6 +129,14 @@ CASES = [
         _set("spec.build.tolerations", [{"operator": "Exists"}] * 17),
         "spec.build.tolerations",
     ),
+    (
+        "judge confidence above 0.999",
+        _set(
+            "spec.rollout.analysis",
+            {"prometheus": {"address": "http://p:9090"}, "judge": {"confidence": 1.5}},
+        ),
+        "spec.rollout.analysis.judge.confidence",
+    ),
     ("unknown field", _set("spec.build.fp16", True), "spec.build"),
     ("name too long", _set("metadata.name", "n" * 41), "metadata.name"),
     ("missing storage", lambda b: b["spec"].pop("storage"), "spec.storage"),
@@ -242,3 +250,44 @@ def test_invalid_resource_is_refused_naming_the_field(
     assert refused.value.status in (400, 422), what  # strict field validation answers 400
     message = json.loads(refused.value.body)["message"]
     assert field in message, message
+
+
+def _dry_run_create(k8s_api: Any, namespace: str, body: dict[str, Any]) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+        "trtops.dev", "v1alpha1", namespace, "trtengines", body, dry_run="All"
+    )
+
+
+def test_analysis_without_a_weighted_step_is_refused_saying_what_to_change(
+    k8s_api: Any, namespace: str
+) -> None:
+    """Issue 13, input 2: analysis with only ``{setWeight: 0}`` steps can never see canary
+    traffic, so it could only promote without evidence. The API server refuses it."""
+    from kubernetes import client
+
+    body = copy.deepcopy(VALID)
+    body["spec"]["rollout"]["steps"] = [{"setWeight": 0, "pauseSeconds": 60}]
+    body["spec"]["rollout"]["analysis"] = {"prometheus": {"address": "http://p:9090"}}
+    with pytest.raises(client.ApiException) as refused:
+        _dry_run_create(k8s_api, namespace, body)
+    assert refused.value.status == 422
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.rollout" in message, message
+    assert "setWeight above 0" in message, message
+    assert "{setWeight: 10, pauseSeconds: 60}" in message, message
+    # The same steps without analysis are fine (a plain timed rollout), and so is analysis
+    # with a step that gives the canary traffic; the judge's defaults are filled in.
+    body["spec"]["rollout"].pop("analysis")
+    _dry_run_create(k8s_api, namespace, body)
+    body["spec"]["rollout"]["analysis"] = {"prometheus": {"address": "http://p:9090"}}
+    body["spec"]["rollout"]["steps"] = [{"setWeight": 0, "pauseSeconds": 60}, {"setWeight": 10}]
+    created = _dry_run_create(k8s_api, namespace, body)
+    assert created["spec"]["rollout"]["analysis"]["judge"] == {
+        "confidence": 0.95,
+        "minLatencyEffect": 1.25,
+        "maxErrorRateIncrease": 0.01,
+        "maxClientErrorRateIncrease": 0.05,
+        "catastrophicErrorRate": 0.25,
+    }

@@ -18,8 +18,9 @@ from typing import Any
 import aiohttp
 
 from trtops_operator.canary.analysis import (
+    MIN_WINDOW_SECONDS,
     InconclusiveReason,
-    RevisionMetrics,
+    RevisionSample,
     Selector,
     Verdict,
     evaluate,
@@ -70,6 +71,28 @@ class PrometheusClient:
 
     async def query(self, promql: str) -> float | None:
         """The value of an instant query that yields at most one sample; None for no sample."""
+        result = await self._result(promql)
+        if result is None:
+            return None
+        if len(result) > 1:
+            raise PrometheusError("BadResponse", f"{len(result)} series for {promql}, wanted 1")
+        return _number(result[0]["value"][1]) if result else None
+
+    async def query_by(self, promql: str, label: str) -> dict[str, float]:
+        """An instant vector query keyed by ``label``'s value (NaN samples dropped)."""
+        out: dict[str, float] = {}
+        for series in await self._result(promql) or []:
+            try:
+                key = str(series["metric"].get(label, ""))
+                value = _number(series["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                raise PrometheusError("BadResponse", f"malformed series for {promql}") from exc
+            if value is not None:
+                out[key] = value
+        return out
+
+    async def _result(self, promql: str) -> list[Any] | None:
+        """The vector result of an instant query; None for a scalar NaN."""
         if self._session is None:
             raise RuntimeError("PrometheusClient used outside 'async with'")
         url = f"{self.address}/api/v1/query"
@@ -90,7 +113,7 @@ class PrometheusClient:
         return _parse(text, status, promql)
 
 
-def _parse(text: str, status: int, promql: str) -> float | None:
+def _parse(text: str, status: int, promql: str) -> list[Any] | None:
     try:
         body = json.loads(text)
     except ValueError as exc:
@@ -103,15 +126,14 @@ def _parse(text: str, status: int, promql: str) -> float | None:
     try:
         data = body["data"]
         if data["resultType"] == "scalar":
-            return _number(data["result"][1])
+            value = data["result"][1]
+            return None if _number(value) is None else [{"metric": {}, "value": data["result"]}]
         if data["resultType"] != "vector":
             raise PrometheusError("BadResponse", f"resultType {data['resultType']} for {promql}")
         result = data["result"]
-        if not result:
-            return None
-        if len(result) > 1:
-            raise PrometheusError("BadResponse", f"{len(result)} series for {promql}, wanted 1")
-        return _number(result[0]["value"][1])
+        if not isinstance(result, list):
+            raise PrometheusError("BadResponse", f"result is not a list for {promql}")
+        return result
     except (KeyError, IndexError, TypeError) as exc:
         raise PrometheusError("BadResponse", f"malformed result for {promql}: {exc}") from exc
 
@@ -121,11 +143,16 @@ def _number(raw: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-async def measure(client: PrometheusClient, selector: Selector, window: int) -> RevisionMetrics:
-    """p50, p99, request count, error count and QPS of one revision, queried concurrently."""
-    items = queries(selector, window).items()
-    values = await asyncio.gather(*(client.query(q) for _, q in items))
-    return RevisionMetrics.from_samples({k: v for (k, _), v in zip(items, values, strict=True)})
+async def measure(client: PrometheusClient, selector: Selector, window: int) -> RevisionSample:
+    """Request counts by outcome and latency buckets of one revision, queried concurrently."""
+    q = queries(selector, window)
+    outcomes, buckets = await asyncio.gather(
+        client.query_by(q.outcomes, "outcome"), client.query_by(q.buckets, "le")
+    )
+    try:
+        return RevisionSample.from_vectors(outcomes, buckets, window)
+    except ValueError as exc:  # an "le" that is not a number
+        raise PrometheusError("BadResponse", f"bucket bounds of {q.buckets}: {exc}") from exc
 
 
 async def analyse(
@@ -137,17 +164,22 @@ async def analyse(
     extra_labels: Mapping[str, str] | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     min_window_seconds: int | None = None,
+    max_window_seconds: float | None = None,
+    stable_note: str = "no stable revision to compare with",
 ) -> Verdict:
     """Measure canary and stable and judge the canary; Prometheus trouble -> Inconclusive.
 
     ``model`` is the ``model`` label the workers export (the served model name); ``extra_labels``
     narrows the series further (for example ``{"namespace": ns}`` when the scrape config adds it).
+    ``max_window_seconds``: how long the canary's current weight has been in effect; the window
+    never reaches back further. ``stable_revision=None`` skips the comparison (``stable_note``
+    says why, e.g. the canary serves all traffic).
     """
     extra = dict(extra_labels or {})
-    window = (
-        window_seconds(analysis.interval_seconds)
-        if min_window_seconds is None
-        else window_seconds(analysis.interval_seconds, min_window_seconds)
+    window = window_seconds(
+        analysis.interval_seconds,
+        MIN_WINDOW_SECONDS if min_window_seconds is None else min_window_seconds,
+        max_window_seconds,
     )
     try:
         async with PrometheusClient(
@@ -162,4 +194,11 @@ async def analyse(
                 canary, stable = await canary_q, None
     except PrometheusError as exc:
         return Verdict.make_inconclusive(exc.reason, exc.message)
-    return evaluate(canary, stable, analysis.slo, analysis.min_requests)
+    return evaluate(
+        canary,
+        stable,
+        slo=analysis.slo,
+        judge=analysis.judge,
+        min_requests=analysis.min_requests,
+        stable_note=stable_note,
+    )

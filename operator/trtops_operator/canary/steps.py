@@ -16,13 +16,16 @@ makes the same decision, so weights never jump. The reconciler, each time it run
 5. writes ``d.state.to_json()`` to ``status.canary`` and requeues after ``d.requeue_after``.
 
 Rules: a step sets a weight, then waits for its pause (``pauseSeconds``; ``pauseUntilPromoted``
-waits for a person) and, when analysis is configured and the weight is above 0, for at least
-one Passed analysis in that step with the latest verdict neither Failed nor Inconclusive. After
-the last step the canary is scaled to the stable replica count and, once those pods are
-available, promoted. ``failureLimit`` consecutive Failed analyses roll back. InsufficientData is
+waits for a person) and, when analysis is configured and the weight is above 0, for its latest
+analysis, taken during this step, to be Passed (the evidence rule: InsufficientData and
+Inconclusive hold the step, whatever passed before them). After the last step the canary is
+scaled to the stable replica count and, once those pods are available, promoted.
+``failureLimit`` consecutive Failed analyses roll back; a catastrophic one (nothing answered
+well, or an error rate past ``catastrophicErrorRate``) rolls back at once. InsufficientData is
 not a failure unless it lasts ``insufficientDataDeadlineSeconds``; then every further one is.
 Inconclusive (Prometheus down, a query error) changes no counter: it holds the step, never
-promotes, never rolls back, and says so in the ``Progressing`` condition.
+promotes, never rolls back, and says so in the ``Progressing`` condition. An analysis window
+never reaches back before the current step began (:func:`analysis_window`).
 
 Manual commands are annotations whose *value* is a token (a timestamp, a counter, anything new):
 a command applies once, when its token differs from the one last seen (kept in the state).
@@ -41,7 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from trtops_operator.canary.analysis import Breach, RevisionMetrics, Verdict, VerdictKind
+from trtops_operator.canary.analysis import Breach, Check, RevisionMetrics, Verdict, VerdictKind
 from trtops_operator.canary.routers import canary_replicas, router_kind
 from trtops_operator.models import RolloutSpec
 
@@ -57,6 +60,7 @@ __all__ = [
     "Phase",
     "RollbackReport",
     "analysis_due",
+    "analysis_window",
     "decide",
     "needs_new_attempt",
     "options_from_spec",
@@ -113,6 +117,7 @@ def _rounded(m: RevisionMetrics | None) -> RevisionMetrics | None:
         p50_ms=r(m.p50_ms, 3),
         p99_ms=r(m.p99_ms, 3),
         error_rate=r(m.error_rate, 6),
+        client_error_rate=r(m.client_error_rate, 6),
     )
 
 
@@ -130,16 +135,20 @@ class AnalysisRecord:
     canary: RevisionMetrics | None = None
     stable: RevisionMetrics | None = None
     latency_ratio: float | None = None
+    checks: tuple[Check, ...] = ()
+    weight: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "at": _ts(self.at),
             "step": self.step_index,
+            "weight": self.weight,
             "verdict": self.verdict,
             "reason": self.reason,
             "canary": _metrics(self.canary),
             "stable": _metrics(self.stable),
             "latencyRatio": self.latency_ratio,
+            "checks": [c.to_json() for c in self.checks],
         }
 
     @classmethod
@@ -154,6 +163,8 @@ class AnalysisRecord:
             canary=_parse_metrics(d.get("canary")),
             stable=_parse_metrics(d.get("stable")),
             latency_ratio=d.get("latencyRatio"),
+            checks=tuple(Check.from_json(c) for c in d.get("checks") or []),
+            weight=None if d.get("weight") is None else int(d["weight"]),
         )
 
 
@@ -161,7 +172,7 @@ class AnalysisRecord:
 class RollbackReport:
     """Why a canary was rolled back: for the ``RolledBack`` condition, the Event and status."""
 
-    reason: Literal["AnalysisFailed", "InsufficientData", "Aborted"]
+    reason: Literal["AnalysisFailed", "CatastrophicFailure", "InsufficientData", "Aborted"]
     message: str
     at: dt.datetime
     breaches: tuple[Breach, ...] = ()
@@ -387,6 +398,13 @@ def _analysis_anchor(state: CanaryState) -> dt.datetime:
     return max(anchors) if anchors else state.started_at
 
 
+def analysis_window(state: CanaryState, now: dt.datetime) -> float:
+    """Seconds the canary's current weight has been in effect: the most an analysis window may
+    reach back, so the first analysis of a step judges only that step's traffic."""
+    began = state.step_started_at or state.started_at
+    return max((now - began).total_seconds(), 0.0)
+
+
 def analysis_due(rollout: RolloutSpec, state: CanaryState, now: dt.datetime) -> bool:
     """True when an analysis should run now: configured, not finished, and one interval after
     the later of the last analysis and the start of the current step (so every step gets an
@@ -508,6 +526,8 @@ class _Machine:
             _rounded(v.canary),
             _rounded(v.stable),
             None if v.latency_ratio is None else round(v.latency_ratio, 4),
+            v.checks,
+            s.weight,
         )
         history = (*s.history, record)[-self.options.history_limit :]
         s = replace(
@@ -533,7 +553,9 @@ class _Machine:
             )
             return s, None
         breaches = v.breaches
-        reason: Literal["AnalysisFailed", "InsufficientData"] = "AnalysisFailed"
+        reason: Literal["AnalysisFailed", "CatastrophicFailure", "InsufficientData"] = (
+            "AnalysisFailed"
+        )
         if v.kind == "InsufficientData":
             since = s.insufficient_since or self.now
             s = replace(s, insufficient_since=since)
@@ -547,7 +569,17 @@ class _Machine:
             s = replace(s, insufficient_since=None)
         failures = s.consecutive_failures + 1
         s = replace(s, consecutive_failures=failures, step_passed=False)
-        text = "; ".join(b.describe() for b in breaches) or v.reason
+        text = v.reason if v.kind == "Failed" else "; ".join(b.describe() for b in breaches)
+        if v.kind == "Failed" and v.catastrophic:
+            message = f"catastrophic failure, not waiting for failureLimit {limit}: {v.reason}"
+            return s, RollbackReport(
+                "CatastrophicFailure",
+                message,
+                self.now,
+                breaches,
+                s.canary_metrics,
+                s.stable_metrics,
+            )
         if failures < limit:
             self.event("Warning", "AnalysisFailed", f"{failures}/{limit}: {text}")
             return s, None
@@ -568,7 +600,8 @@ class _Machine:
                 return False
         if self.rollout.analysis is None or s.weight == 0:
             return True
-        return s.step_passed and s.last_verdict not in ("Failed", "Inconclusive")
+        # The evidence rule: a Passed in this step, and nothing but Passed since.
+        return s.step_passed and s.last_verdict == "Passed"
 
     def _advance(self, s: CanaryState) -> CanaryState:
         steps = self.rollout.steps
