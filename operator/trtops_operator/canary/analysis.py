@@ -350,9 +350,13 @@ def _rate_check(
 def _latency_check(
     canary: RevisionSample, stable: RevisionSample, judge: Judge, min_requests: int
 ) -> Check:
-    """Non-inferiority: Passed only when the upper bound of the median ratio is below
-    ``minLatencyEffect``; Failed when the canary is significantly slower (lower bound above 1)
-    and that effect cannot be ruled out; otherwise too little data to tell."""
+    """Two one-sided bounds on the median ratio against ``m = minLatencyEffect``: Passed only
+    when the upper bound is below ``m`` (the data rule out a slowdown that matters); Failed when
+    the lower bound is above ``sqrt(m)``, the midpoint of 1 and ``m`` on the log scale (the data
+    say the canary is nearer a slowdown of ``m`` than none: the boundary of a sequential test
+    between "no change" and "a change of ``m``"); otherwise too little data to tell, which holds
+    the step. A revision a few % slower, as the same model on another pod of a busy node is,
+    falls between 1 and ``sqrt(m)`` and is never rolled back for it."""
     need = max(min_requests, 1)
     n_c, n_s = _n(canary.successes), _n(stable.successes)
     base = Check("latency", "InsufficientData", "", n_c, n_s, threshold=judge.min_latency_effect)
@@ -371,7 +375,7 @@ def _latency_check(
     checked = replace(base, effect=ratio.effect, lower=ratio.lower, upper=ratio.upper)
     if ratio.upper < judge.min_latency_effect:
         return replace(checked, result="Passed", message=numbers)
-    if ratio.lower > 1.0:
+    if ratio.lower > math.sqrt(judge.min_latency_effect):
         return replace(checked, result="Failed", message=f"{numbers}: canary is slower")
     return replace(
         checked,
