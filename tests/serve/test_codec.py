@@ -91,11 +91,15 @@ def test_raw_data_of_the_wrong_length_is_rejected() -> None:
         decode_raw(SPECS[0], "FP32", (2, 2), b"\0" * 15)
 
 
-def test_bytes_tensors_round_trip() -> None:
+def test_bytes_tensors_reach_the_model_as_text() -> None:
+    """ONNX string tensors take text: a ``bytes`` element would reach the model as "b'a'"."""
     spec = TensorSpec("s", "BYTES", (-1,))
-    array = np.array([b"a", b"", b"xyz"], dtype=np.object_)
-    np.testing.assert_array_equal(
-        decode_raw(spec, "BYTES", (3,), encode_bytes_tensor(array)), array
-    )
+    array = np.array([b"a", b"", "é".encode()], dtype=np.object_)
+    decoded = decode_raw(spec, "BYTES", (3,), encode_bytes_tensor(array))
+    assert decoded.tolist() == ["a", "", "é"]
+    assert all(type(x) is str for x in decoded)
     with pytest.raises(InvalidInput):
         decode_raw(spec, "BYTES", (3,), encode_bytes_tensor(array)[:-1])
+    bad = np.array([b"ok", b"\xff\xfe"], dtype=np.object_)
+    with pytest.raises(InvalidInput, match="input 's': BYTES element 1 is not valid UTF-8"):
+        decode_raw(spec, "BYTES", (2,), encode_bytes_tensor(bad))

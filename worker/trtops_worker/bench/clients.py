@@ -21,6 +21,7 @@ __all__ = [
     "HttpClient",
     "RequestFailed",
     "fetch_metadata",
+    "grpc_infer_request",
     "http_infer_body",
 ]
 
@@ -119,23 +120,32 @@ class HttpClient:
         self._reader = self._writer = None
 
 
+def grpc_infer_request(model: str, inputs: dict[str, np.ndarray]) -> Any:
+    """A ``ModelInferRequest`` carrying ``inputs`` as ``raw_input_contents`` (what Triton's
+    clients send: little-endian numbers, length-prefixed BYTES)."""
+    from trtops_worker.serve.codec import raw_bytes
+    from trtops_worker.serve.proto import pb
+    from trtops_worker.serve.types import datatype_of
+
+    request = pb.ModelInferRequest(model_name=model)
+    for name, a in inputs.items():
+        request.inputs.add(name=name, datatype=datatype_of(a), shape=a.shape)
+        request.raw_input_contents.append(raw_bytes(a))
+    return request
+
+
 class GrpcClient:
     def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray]) -> None:
         import grpc
 
-        from trtops_worker.serve.proto import pb, pb_grpc
-        from trtops_worker.serve.types import datatype_of
+        from trtops_worker.serve.proto import pb_grpc
 
         self._grpc = grpc
         self._channel = grpc.aio.insecure_channel(
             target, options=[("grpc.max_receive_message_length", -1)]
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        request = pb.ModelInferRequest(model_name=model)
-        for name, a in inputs.items():
-            request.inputs.add(name=name, datatype=datatype_of(a), shape=a.shape)
-            request.raw_input_contents.append(np.ascontiguousarray(a).tobytes())
-        self._request = request
+        self._request = grpc_infer_request(model, inputs)
 
     async def infer(self) -> None:
         try:

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import BackendError
-from .types import TensorSpec
+from .errors import BackendError, from_onnxruntime
+from .types import DATATYPE_TO_NUMPY, TensorSpec
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -28,8 +30,29 @@ _ORT_TO_DATATYPE = {
     "tensor(float16)": "FP16",
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",
     "tensor(string)": "BYTES",
 }
+_BF16 = DATATYPE_TO_NUMPY["BF16"]
+_ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
+
+
+def _feed(array: np.ndarray) -> Any:
+    """ORT's Python API has no numpy type for bfloat16: such inputs go in as OrtValues."""
+    if array.dtype == _BF16:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(array).view(np.uint16), _ONNX_BFLOAT16
+        )
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+
+
+def _fetch(value: ort.OrtValue) -> np.ndarray:
+    """An output OrtValue as numpy; bfloat16 is copied out of ORT's CPU buffer by hand."""
+    if value.data_type() != "tensor(bfloat16)":
+        return np.asarray(value.numpy())
+    shape = value.shape()
+    raw = ctypes.string_at(value.data_ptr(), 2 * int(np.prod(shape)))
+    return np.frombuffer(raw, dtype=np.uint16).view(_BF16).reshape(shape)
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -82,14 +105,27 @@ class OnnxRuntimeBackend:
         self.max_concurrent_runs = len(self._sessions)
         self._free = list(self._sessions)
         self._lock = threading.Lock()
+        self._bf16 = any(t.datatype == "BF16" for t in (*self.inputs, *self.outputs))
+        if self._bf16 and any(t.datatype == "BYTES" for t in self.inputs):
+            # bfloat16 outputs need OrtValue runs, which take no string inputs (ORT 1.2x-1.3x)
+            raise BackendError(
+                "ONNX Runtime's Python API cannot run a model with both string inputs and"
+                " bfloat16 tensors; split the model or cast the bfloat16 tensors to float"
+            )
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             session = self._free.pop() if self._free else self._sessions[0]
         try:
-            results = session.run(self._output_names, dict(inputs))
-        except Exception as e:  # ORT raises its own exception types; all mean "the run failed"
-            raise BackendError(f"ONNX Runtime failed: {e}") from e
+            if self._bf16:
+                values = session.run_with_ort_values(
+                    self._output_names, {k: _feed(v) for k, v in inputs.items()}
+                )
+                results = [_fetch(v) for v in values]
+            else:
+                results = session.run(self._output_names, dict(inputs))
+        except Exception as e:  # ORT raises its own exception types; errors.py classifies them
+            raise from_onnxruntime(e) from e
         finally:
             with self._lock:
                 if len(self._free) < len(self._sessions) and session not in self._free:

@@ -25,12 +25,13 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from .errors import BackendError, Overloaded, RequestTimeout, ServeError
+from .errors import BackendError, DeviceError, Overloaded, RequestTimeout, ServeError
 
 __all__ = [
     "BatchObserver",
     "Batcher",
     "Key",
+    "as_serve_error",
     "batch_key",
     "batch_limit",
     "decide",
@@ -144,6 +145,13 @@ class BatchObserver(Protocol):
     def queued(self, depth: int) -> None: ...
     def dispatched(self, waits: Sequence[float], rows: int) -> None: ...
     def computed(self, seconds: float) -> None: ...
+
+
+def as_serve_error(error: Exception) -> ServeError:
+    """A backend bug fails its requests as a 500, never the batcher's loop."""
+    if isinstance(error, ServeError):
+        return error
+    return BackendError(f"inference failed: {type(error).__name__}: {error}")
 
 
 def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
@@ -361,26 +369,42 @@ class Batcher:
             if self._observer:
                 self._observer.computed(time.perf_counter() - started)
 
+    def _bisect(self, batch: Sequence[_Item]) -> list[dict[str, np.ndarray] | ServeError]:
+        """Runs in a worker thread after ``batch`` failed as a whole: run each half, and bisect
+        a half that fails again, so that only the request(s) failing on their own fail and every
+        other one gets the answer of a run without them. One bad request among n costs about
+        2·log2(n) extra runs; a batch failing throughout costs 2n - 2, each member getting the
+        error it caused alone."""
+        results: list[dict[str, np.ndarray] | ServeError] = []
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            try:
+                outputs = self._run(merge([i.inputs for i in part]))
+                results += split(outputs, [i.rows for i in part])
+            except Exception as e:  # this part holds a culprit: find it, or it is this request
+                results += [as_serve_error(e)] if len(part) == 1 else self._bisect(part)
+        return results
+
     async def _compute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
             merged = merge([i.inputs for i in batch])
             outputs = await loop.run_in_executor(self._executor, self._timed_run, batch, merged)
-            parts = split(outputs, [i.rows for i in batch])
-        except ServeError as e:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(e)
-            return
-        except Exception as e:  # a backend bug must fail its requests, never the loop
-            error = BackendError(f"inference failed: {type(e).__name__}: {e}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        for item, part in zip(batch, parts, strict=True):
-            if not item.future.done():
-                item.future.set_result(part)
+            results: Sequence[dict[str, np.ndarray] | ServeError] = split(
+                outputs, [i.rows for i in batch]
+            )
+        except Exception as e:
+            if len(batch) == 1 or isinstance(e, DeviceError):  # a dead device fails them all
+                results = [as_serve_error(e)] * len(batch)
+            else:
+                results = await loop.run_in_executor(self._executor, self._bisect, batch)
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, ServeError):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
 
     def describe(self) -> dict[str, Any]:
         return {

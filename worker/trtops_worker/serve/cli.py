@@ -90,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-seconds", type=float, default=0.0, help="keep serving this long after SIGTERM"
     )
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="turn ready without running sample batches first",
+    )
     parser.add_argument("--log-level", default=os.environ.get("TRTOPS_LOG_LEVEL", "INFO"))
 
 
@@ -199,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         intra_op_threads=intra_op_threads,
         intra_op_spinning=spinning,
         instances=sizing.instances,
+        warmup=args.warmup,
     )
     metrics = ServeMetrics(Labels(args.model_name, args.revision, precision, loaded.backend.name))
     metrics.enable_gpu_metrics()

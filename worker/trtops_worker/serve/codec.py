@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import InvalidInput, Unsupported
 from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec, datatype_of
 
 __all__ = [
+    "bytes_elements",
+    "check_parameters",
+    "check_range",
     "check_tensor",
     "decode_bytes_tensor",
     "decode_json_request",
@@ -29,6 +32,7 @@ __all__ = [
     "encode_json_response",
     "encode_tensor",
     "json_data",
+    "raw_bytes",
     "select_outputs",
 ]
 
@@ -69,9 +73,35 @@ def decode_raw(spec: TensorSpec, datatype: str, shape: Sequence[int], raw: bytes
             f"input '{spec.name}': {len(raw)} bytes of data, shape {list(shape)} of {datatype} "
             f"needs {count * dtype.itemsize}"
         )
-    return (
-        np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    )
+    if datatype == "BOOL":
+        flags = np.frombuffer(raw, dtype=np.uint8)
+        if flags.size and flags.max() > 1:
+            raise InvalidInput(f"input '{spec.name}': BOOL bytes must be 0 or 1")
+    array = np.frombuffer(raw, dtype=dtype)
+    if dtype.itemsize > 1 and np.little_endian is False:  # the wire is little-endian
+        array = array.byteswap()
+    return array.reshape(shape)
+
+
+def _text(item: bytes, name: str, index: int) -> str:
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(
+            f"input '{name}': BYTES element {index} is not valid UTF-8 ({e.reason} at byte"
+            f" {e.start}); the model's string tensors take text"
+        ) from None
+
+
+def bytes_elements(items: Sequence[bytes], name: str) -> np.ndarray:
+    """BYTES elements as the model takes them: ``str`` (ONNX string tensors are text).
+
+    ONNX Runtime prints a ``bytes`` element (``b'a'`` arrives as the text ``"b'a'"``), so every
+    element is decoded here, and one that is not UTF-8 is refused naming the input.
+    """
+    out = np.empty(len(items), dtype=np.object_)
+    out[:] = [_text(item, name, i) for i, item in enumerate(items)]
+    return out
 
 
 def decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
@@ -89,9 +119,7 @@ def decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
         offset += length
     if len(items) != count:
         raise InvalidInput(f"input '{name}': {len(items)} BYTES elements, shape needs {count}")
-    out = np.empty(count, dtype=np.object_)
-    out[:] = items
-    return out
+    return bytes_elements(items, name)
 
 
 def encode_bytes_tensor(array: np.ndarray) -> bytes:
@@ -102,6 +130,65 @@ def encode_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def raw_bytes(array: np.ndarray) -> bytes:
+    """``array`` as it travels raw: BYTES length-prefixed, numbers little-endian, row-major."""
+    if datatype_of(array) == "BYTES":
+        return encode_bytes_tensor(array)
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
+        array = array.byteswap()
+    return np.ascontiguousarray(array).tobytes()
+
+
+def check_range(name: str, datatype: str, values: np.ndarray) -> np.ndarray:
+    """``values`` (any numeric numpy array) as ``datatype``, refusing what it cannot hold.
+
+    Integers must fit the type's range; floats must stay finite when finite (FP16 tops out at
+    65504). Rounding a float to the nearest representable value is not refused: that is what
+    sending a decimal number as FP32 means.
+    """
+    dtype = DATATYPE_TO_NUMPY[datatype]
+    kind = values.dtype.kind
+    if values.size == 0:
+        return values.astype(dtype)
+    if dtype.kind in "iu":
+        if kind not in "iu":
+            raise InvalidInput(f"input '{name}': {datatype} data must be integers")
+        info = np.iinfo(dtype)
+        low, high = values.min(), values.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidInput(
+                f"input '{name}': {bad} does not fit {datatype} ({info.min}..{info.max})"
+            )
+        return values.astype(dtype)
+    if kind not in "iuf":
+        raise InvalidInput(f"input '{name}': {datatype} data must be numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.astype(dtype)
+    overflow = ~np.isfinite(out.astype(np.float64)) & np.isfinite(values.astype(np.float64))
+    if overflow.any():
+        bad = values.reshape(-1)[int(np.argmax(overflow.reshape(-1)))]
+        raise InvalidInput(f"input '{name}': {bad} is out of the range of {datatype}")
+    return out
+
+
+def _big_integers(name: str, datatype: str, data: Any) -> np.ndarray:
+    """JSON integers numpy could not hold as int64 (it turns ``[2**64 - 1, 0]`` into float64,
+    losing the value): checked one by one as Python ints."""
+    flat = np.asarray(data, dtype=np.object_).reshape(-1)
+    if not all(type(x) is int for x in flat):
+        raise InvalidInput(f"input '{name}': {datatype} data must be integers")
+    info = np.iinfo(DATATYPE_TO_NUMPY[datatype])
+    for x in flat:
+        if not info.min <= x <= info.max:
+            raise InvalidInput(
+                f"input '{name}': {x} does not fit {datatype} ({info.min}..{info.max})"
+            )
+    return np.array(flat.tolist(), dtype=DATATYPE_TO_NUMPY[datatype]).reshape(
+        np.shape(np.asarray(data, dtype=np.object_))
+    )
+
+
 def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     check_tensor(spec, datatype, shape)
     count = math.prod(shape)
@@ -110,11 +197,21 @@ def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: A
     try:
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=np.object_).reshape(-1)
-            if flat.size and not all(isinstance(x, str | bytes) for x in flat):
+            if flat.size and not all(isinstance(x, str) for x in flat):
                 raise InvalidInput(f"input '{spec.name}': BYTES data must be strings")
             array = flat
         else:
-            array = np.asarray(data, dtype=DATATYPE_TO_NUMPY[datatype])
+            # numpy infers the kind of the JSON values (bool, int, float, str, object for mixed or
+            # too-large ints), which tells what the client sent before any conversion
+            found = np.asarray(data)
+            if found.dtype.kind in "fO" and DATATYPE_TO_NUMPY[datatype].kind in "iu":
+                found = _big_integers(spec.name, datatype, data)
+            if datatype == "BOOL":
+                if found.size and found.dtype.kind != "b":
+                    raise InvalidInput(f"input '{spec.name}': BOOL data must be true or false")
+                array = found.astype(np.bool_)
+            else:
+                array = check_range(spec.name, datatype, found)
     except InvalidInput:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
@@ -126,6 +223,31 @@ def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: A
             f"input '{spec.name}': {array.size} data elements, shape {list(shape)} needs {count}"
         )
     return array.reshape(shape)
+
+
+# Parameters of Triton features this server does not implement. A client asking for one must
+# hear so: ignoring ``sequence_id`` or ``classification`` would answer a different question.
+_UNSUPPORTED = {
+    "sequence_id": "sequence batching",
+    "sequence_start": "sequence batching",
+    "sequence_end": "sequence batching",
+    "classification": "the classification extension",
+    "shared_memory_region": "the shared-memory extension",
+    "shared_memory_byte_size": "the shared-memory extension",
+    "shared_memory_offset": "the shared-memory extension",
+}
+
+
+def check_parameters(parameters: Mapping[str, Any], where: str) -> None:
+    """Refuse parameters asking for an unimplemented feature (a zero/false value asks nothing,
+    as in Triton: ``sequence_id`` 0 means "no sequence")."""
+    for key, value in parameters.items():
+        feature = _UNSUPPORTED.get(key)
+        if feature is not None and value not in (0, "", None):
+            raise Unsupported(
+                f"{where}: parameter '{key}' asks for {feature}, which this server does not"
+                " implement"
+            )
 
 
 def decode_json_request(
@@ -159,7 +281,10 @@ def decode_json_request(
             raise InvalidInput(f"input '{name}': 'datatype' must be a string")
         shape = _shape(item.get("shape"), f"input '{name}'")
         params = item.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+        check_parameters(params, f"input '{name}'")
+        size = params.get("binary_data_size")
         if size is not None:
             if (
                 not isinstance(size, int)
@@ -186,6 +311,7 @@ def decode_json_request(
     req_params = body.get("parameters") or {}
     if not isinstance(req_params, dict):
         raise InvalidInput("'parameters' must be an object")
+    check_parameters(req_params, "request")
     binary_all = req_params.get("binary_data_output") is True
     requested: list[str] | None = None
     binary_outputs: set[str] = set()
@@ -202,6 +328,8 @@ def decode_json_request(
                 )
             requested.append(out_name)
             out_params = out.get("parameters") or {}
+            if isinstance(out_params, dict):
+                check_parameters(out_params, f"output '{out_name}'")
             if binary_all or (
                 isinstance(out_params, dict) and out_params.get("binary_data") is True
             ):
@@ -218,12 +346,15 @@ def decode_json_request(
 
 
 def json_data(array: np.ndarray) -> list[Any]:
-    """Flat, row-major JSON data for ``array`` (BYTES as UTF-8 text where it decodes)."""
+    """Flat, row-major JSON data for ``array`` (BYTES as UTF-8 text where it decodes; FP16 and
+    BF16 as the floats they hold exactly)."""
     if array.dtype.kind in ("O", "S", "U"):
         return [
             x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
             for x in array.reshape(-1)
         ]
+    if array.dtype == DATATYPE_TO_NUMPY["BF16"]:
+        array = array.astype(np.float32)
     flat: list[Any] = array.reshape(-1).tolist()
     return flat
 
@@ -239,11 +370,7 @@ def encode_tensor(name: str, array: np.ndarray, *, binary: bool) -> tuple[dict[s
     if not binary:
         entry["data"] = json_data(array)
         return entry, b""
-    raw = (
-        encode_bytes_tensor(array)
-        if entry["datatype"] == "BYTES"
-        else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    )
+    raw = raw_bytes(array)
     entry["parameters"] = {"binary_data_size": len(raw)}
     return entry, raw
 

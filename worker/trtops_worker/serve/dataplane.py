@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, LoadedBackend, load_onnxruntime
-from .batching import Batcher
+from .batching import Batcher, batch_key
 from .codec import select_outputs
-from .errors import DeviceError, ModelNotFound, NotReady, ServeError
+from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
 from .metrics import ServeMetrics
-from .types import InferRequest, InferResponse, TensorSpec
+from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec
 
 __all__ = ["DataPlane", "ServeConfig"]
 
@@ -52,6 +52,7 @@ class ServeConfig:
     intra_op_threads: int = 0
     intra_op_spinning: bool = True
     instances: int = 1  # batches on the backend at once (capped by what the backend allows)
+    warmup: bool = True  # run sample batches before turning ready
 
     @property
     def version(self) -> str:
@@ -68,6 +69,7 @@ class DataPlane:
         self._switch_lock = threading.Lock()
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
+        self.warmup_status = "pending"  # done | off | skipped: why (model metadata and the log)
         metrics.set_backend(self._backend.name, fallback=self._fallback_reason is not None)
         batchable = all(
             s.shape and s.shape[0] == -1 for s in (*self._backend.inputs, *self._backend.outputs)
@@ -98,10 +100,24 @@ class DataPlane:
         )
 
     def warmup(self) -> None:
-        """Run batch 1 and the largest batch once, so first requests don't pay allocation costs."""
+        """Run batch 1 and the largest batch once, so first requests don't pay allocation costs.
+
+        The inputs are samples valid for every datatype (zeros, false, the text "0"); a model
+        that refuses them (a lookup without a row 0, a parser wanting other text) is served
+        anyway: the skip is logged and reported as model metadata ``parameters.warmup``.
+        """
+        if not self.config.warmup:
+            self.warmup_status = "off"
+            return
         sizes = sorted({1, self.batcher.max_batch_size if self.batcher.batching else 1})
         for rows in sizes:
-            self._run_batch({s.name: _zeros(s, rows) for s in self._backend.inputs})
+            try:
+                self._run_batch({s.name: sample_input(s, rows) for s in self._backend.inputs})
+            except ServeError as e:
+                self.warmup_status = f"skipped: batch of {rows} refused: {e}"
+                log.warning("warm-up %s; serving without it", self.warmup_status)
+                return
+        self.warmup_status = "done"
 
     def stop_accepting(self) -> None:
         """Not ready from now on (SIGTERM): load balancers stop sending, in-flight work finishes."""
@@ -121,9 +137,11 @@ class DataPlane:
 
     def _check(self, name: str, version: str | None) -> None:
         if name != self.config.model_name or (version not in (None, "", self.config.version)):
-            shown = name if not version else f"{name} version {version}"
+            # Triton's wording: its clients and examples look for this prefix
+            shown = f"'{name}'" if not version else f"'{name}' version {version}"
             raise ModelNotFound(
-                f"unknown model '{shown}'; this server serves '{self.config.model_name}'"
+                f"Request for unknown model: {shown} is not found"
+                f" (this server serves '{self.config.model_name}' version {self.config.version})"
             )
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
@@ -150,6 +168,7 @@ class DataPlane:
             "fallback": self._fallback_reason is not None,
             "revision": self.config.revision,
             "precision": self.config.precision,
+            "warmup": self.warmup_status,
             **self.batcher.describe(),
         }
         if self._fallback_reason:
@@ -179,6 +198,7 @@ class DataPlane:
                 self._check(name, version)
                 backend = self._backend
                 request = decode(backend.inputs, [o.name for o in backend.outputs])
+                self._check_rows(request)
             # no await between leaving `arriving` and queueing: the batcher never sees a gap
             outputs = await self.batcher.submit(
                 request.inputs, self.config.request_timeout_ms / 1000
@@ -196,6 +216,18 @@ class DataPlane:
             raise
         finally:
             self.metrics.request_finished(labels, time.perf_counter() - started, outcome)
+
+    def _check_rows(self, request: InferRequest) -> None:
+        """Refuse a request bigger than a batch (Triton's rule and wording): run whole, it
+        would take the memory and the time of many batches, past every limit set for one."""
+        batcher = self.batcher
+        if batcher.batching:
+            _, rows = batch_key(request.inputs)
+            if rows > batcher.max_batch_size:
+                raise InvalidInput(
+                    f"inference request batch-size must be <= {batcher.max_batch_size}"
+                    f" for '{self.config.model_name}' (got {rows})"
+                )
 
     def record_failure(self, started: float, error: ServeError) -> None:
         """Account for a request a transport refused before it reached :meth:`infer`."""
@@ -239,14 +271,14 @@ class DataPlane:
         return True
 
 
-def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
-    from .types import DATATYPE_TO_NUMPY
-
+def sample_input(spec: TensorSpec, rows: int) -> np.ndarray:
+    """A valid input for ``spec``: ``rows`` on a dynamic first dim, 1 on other dynamic dims,
+    zeros (false for BOOL, the text "0" for BYTES: a number parser takes it, "" it refuses)."""
     shape = tuple(
         rows if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(spec.shape)
     )
     if spec.datatype == "BYTES":
         out = np.empty(shape, dtype=np.object_)
-        out.fill("")
+        out.fill("0")
         return out
     return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])

@@ -4,7 +4,10 @@
 
     ServeError                      (500 / INTERNAL)
     ├── InvalidInput                (400 / INVALID_ARGUMENT)  the client's request is wrong
-    │   └── PayloadTooLarge         (413 / INVALID_ARGUMENT)  body above --max-body-bytes
+    │   ├── PayloadTooLarge         (413 / INVALID_ARGUMENT)  body above the body limit
+    │   ├── BodyTimeout             (408 / INVALID_ARGUMENT)  body not received in time
+    │   ├── InputRejected           (400 / INVALID_ARGUMENT)  the model refused the values
+    │   └── Unsupported             (400 / UNIMPLEMENTED)     a Triton feature not implemented
     ├── ModelNotFound               (404 / NOT_FOUND)         unknown model name or version
     ├── Overloaded                  (503 / RESOURCE_EXHAUSTED) queue full: rejected at once
     ├── NotReady                    (503 / UNAVAILABLE)       loading, or shutting down
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BodyTimeout",
     "DeviceError",
+    "InputRejected",
     "InvalidInput",
     "ModelNotFound",
     "NotReady",
@@ -28,6 +33,8 @@ __all__ = [
     "PayloadTooLarge",
     "RequestTimeout",
     "ServeError",
+    "Unsupported",
+    "from_onnxruntime",
 ]
 
 
@@ -47,6 +54,22 @@ class InvalidInput(ServeError):
 
 class PayloadTooLarge(InvalidInput):
     http_status = 413
+
+
+class BodyTimeout(InvalidInput):
+    """The client did not send its whole body within the body-read deadline."""
+
+    http_status = 408
+
+
+class InputRejected(InvalidInput):
+    """The model ran and refused the request's values (an id outside an embedding table)."""
+
+
+class Unsupported(InvalidInput):
+    """A parameter asks for a Triton feature this server does not implement."""
+
+    grpc_code = "UNIMPLEMENTED"
 
 
 class ModelNotFound(ServeError):
@@ -79,3 +102,24 @@ class BackendError(ServeError):
 
 class DeviceError(BackendError):
     """The accelerator itself failed (CUDA error): the server may fall back to the CPU."""
+
+
+# ONNX Runtime's status codes (``onnxruntime_c_api.h`` OrtErrorCode, the Python exception class
+# is named after each) that only a request's values can cause: the session loaded and ran
+# other inputs, so these are the client's.
+_ORT_VALUE_ERRORS = frozenset({"InvalidArgument"})
+# Kernels that parse strings (Cast from string) fail with RUNTIME_EXCEPTION carrying the C++
+# parser's name (std::stoll ...): the text was not a number.
+_ORT_PARSE_MARKERS = ("Status Message: sto",)
+
+
+def from_onnxruntime(error: Exception) -> ServeError:
+    """The one place ONNX Runtime's run errors are classified: the request's values (400 /
+    INVALID_ARGUMENT, ``client_error``) or a server fault (500, ``server_error``)."""
+    message = str(error)
+    kind = type(error).__name__
+    if kind in _ORT_VALUE_ERRORS or (
+        kind == "RuntimeException" and any(m in message for m in _ORT_PARSE_MARKERS)
+    ):
+        return InputRejected(f"the model refused the input values: {message}")
+    return BackendError(f"ONNX Runtime failed: {message}")

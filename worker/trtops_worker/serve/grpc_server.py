@@ -17,17 +17,25 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .codec import check_tensor, decode_raw, encode_bytes_tensor
+from .codec import (
+    bytes_elements,
+    check_parameters,
+    check_range,
+    check_tensor,
+    decode_raw,
+    raw_bytes,
+)
 from .dataplane import DataPlane
 from .errors import InvalidInput, ServeError
 from .proto import pb, pb_grpc
-from .types import DATATYPE_TO_NUMPY, InferRequest, TensorSpec, datatype_of
+from .types import InferRequest, TensorSpec, datatype_of
 
 __all__ = ["create_grpc_server"]
 
 log = logging.getLogger(__name__)
 
-# OIP datatype -> the InferTensorContents field that carries it (FP16 travels raw only).
+# OIP datatype -> the InferTensorContents field that carries it (FP16 and BF16 travel raw only,
+# as in Triton: the proto has no 16-bit float field).
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -42,6 +50,46 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+# The numpy type each contents field holds exactly, before the range check to the datatype.
+_FIELD_NUMPY = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
+
+def parameters(message: Any) -> dict[str, Any]:
+    """An ``InferParameter`` map as plain values."""
+    out: dict[str, Any] = {}
+    for key, value in message.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, choice) if choice else None
+    return out
+
+
+def _contents(tensor: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    check_tensor(spec, tensor.datatype, shape)
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input '{tensor.name}': {tensor.datatype} must be sent as raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    if len(values) != math.prod(shape):
+        raise InvalidInput(
+            f"input '{tensor.name}': {len(values)} values in {field},"
+            f" shape {list(shape)} needs {math.prod(shape)}"
+        )
+    if tensor.datatype == "BYTES":
+        return bytes_elements(list(values), tensor.name).reshape(shape)
+    array: np.ndarray = np.array(values, dtype=_FIELD_NUMPY[field])
+    if tensor.datatype != "BOOL":  # int_contents carries INT8/INT16 too: they must fit
+        array = check_range(tensor.name, tensor.datatype, array)
+    return array.reshape(shape)
 
 
 def decode_grpc_request(
@@ -51,6 +99,8 @@ def decode_grpc_request(
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs")
+    request_parameters = parameters(message.parameters)
+    check_parameters(request_parameters, "request")
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(message.inputs):
         spec = by_name.get(tensor.name)
@@ -58,35 +108,20 @@ def decode_grpc_request(
             raise InvalidInput(f"unknown input '{tensor.name}'; the model takes {sorted(by_name)}")
         if tensor.name in inputs:
             raise InvalidInput(f"input '{tensor.name}' given twice")
+        check_parameters(parameters(tensor.parameters), f"input '{tensor.name}'")
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(
                 f"input '{tensor.name}': shape {list(shape)} has a negative dimension"
             )
         if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{tensor.name}': contents and raw_input_contents are exclusive"
+                )
             inputs[tensor.name] = decode_raw(spec, tensor.datatype, shape, raw[index])
-            continue
-        check_tensor(spec, tensor.datatype, shape)
-        field = _CONTENTS_FIELD.get(tensor.datatype)
-        if field is None:
-            raise InvalidInput(
-                f"input '{tensor.name}': {tensor.datatype} must be sent as raw_input_contents"
-            )
-        values = getattr(tensor.contents, field)
-        if len(values) != math.prod(shape):
-            raise InvalidInput(
-                f"input '{tensor.name}': {len(values)} values,"
-                f" shape {list(shape)} needs {math.prod(shape)}"
-            )
-        try:
-            if tensor.datatype == "BYTES":
-                array = np.empty(len(values), dtype=np.object_)
-                array[:] = list(values)
-            else:
-                array = np.asarray(values, dtype=DATATYPE_TO_NUMPY[tensor.datatype])
-        except (ValueError, OverflowError) as e:
-            raise InvalidInput(f"input '{tensor.name}': {e}") from None
-        inputs[tensor.name] = array.reshape(shape)
+        else:
+            inputs[tensor.name] = _contents(tensor, spec, shape)
     missing = [s.name for s in specs if s.name not in inputs]
     if missing:
         raise InvalidInput(f"missing inputs {missing}")
@@ -98,14 +133,11 @@ def decode_grpc_request(
                 raise InvalidInput(
                     f"unknown output '{out.name}'; the model gives {list(output_names)}"
                 )
+            check_parameters(parameters(out.parameters), f"output '{out.name}'")
             requested.append(out.name)
-    return InferRequest(inputs=inputs, id=message.id or None, outputs=requested)
-
-
-def _raw(array: np.ndarray) -> bytes:
-    if datatype_of(array) == "BYTES":
-        return encode_bytes_tensor(array)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return InferRequest(
+        inputs=inputs, id=message.id or None, outputs=requested, parameters=request_parameters
+    )
 
 
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # generated, untyped
@@ -172,7 +204,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # 
         )
         for name, array in response.outputs.items():
             reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            reply.raw_output_contents.append(_raw(array))
+            reply.raw_output_contents.append(raw_bytes(array))
         return reply
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 __all__ = [
@@ -16,7 +17,8 @@ __all__ = [
 ]
 
 # OIP v2 datatype names (case-sensitive) -> numpy dtype. BYTES travels as an object array of
-# ``bytes``/``str``; BF16 has no numpy dtype and is not served.
+# ``str`` (ONNX string tensors are text: a ``bytes`` element would reach the model as its printed
+# form ``"b'a'"``); BF16 is ml_dtypes' bfloat16 (numpy has none; onnx depends on ml_dtypes).
 DATATYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -30,6 +32,7 @@ DATATYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
     "BYTES": np.dtype(np.object_),
 }
 _NUMPY_TO_DATATYPE = {dt: name for name, dt in DATATYPE_TO_NUMPY.items()}
