@@ -23,6 +23,7 @@ import pytest
 import requests
 from trtops_worker.bench.clients import grpc_infer_request, http_infer_body
 from trtops_worker.serve.backend_onnxruntime import OnnxRuntimeBackend
+from trtops_worker.serve.codec import raw_bytes
 from trtops_worker.serve.proto import pb, pb_grpc
 
 from tests.support.worker import Server, start_server
@@ -278,3 +279,125 @@ def test_every_datatype_is_exact(
             if got != want or answer[f"y_{d}"].shape != expected[f"y_{d}"].shape:
                 wrong[d] = f"sent {inputs[f'x_{d}'].tolist()!r}, got {answer[f'y_{d}'].tolist()!r}"
     assert not wrong, json.dumps(wrong, indent=1, default=str)
+
+
+# -- values a datatype cannot hold ---------------------------------------------------------
+
+JSON_REFUSALS = [
+    ("INT8", 128),
+    ("UINT8", -1),
+    ("UINT64", 2**64),
+    ("INT64", 2**63),
+    ("INT32", 1.5),
+    ("INT16", "1"),
+    ("UINT32", None),
+    ("FP16", 70000.0),
+    ("FP32", 1e39),
+    ("BF16", 1e39),
+    ("FP64", "x"),
+    ("BOOL", 2),
+    ("BOOL", "true"),
+    ("BYTES", 5),
+]
+
+
+def _json_body(datatypes: tuple[str, ...], bad: str, value: Any) -> dict[str, Any]:
+    inputs = []
+    for d in datatypes:
+        data = for_tritonclient(d, sample(d, 1, 0, text_wire=True))
+        if d == "BYTES":
+            data = sample(d, 1, 0, text_wire=True)
+        entry = {"name": f"x_{d}", "datatype": d, "shape": [1, 3], "data": data.ravel().tolist()}
+        if d == bad:
+            entry["data"] = [value, *entry["data"][1:]]
+        inputs.append(entry)
+    return {"inputs": inputs}
+
+
+@pytest.mark.parametrize(("datatype", "value"), JSON_REFUSALS)
+def test_json_values_the_datatype_cannot_hold_are_refused_naming_the_input(
+    servers: dict[str, Server], datatype: str, value: Any
+) -> None:
+    model = "typed" if datatype == "BYTES" else "numeric"
+    datatypes = TYPED_DATATYPES if model == "typed" else NUMERIC_DATATYPES
+    body = _json_body(datatypes, datatype, value)
+    response = requests.post(servers[model].infer_url("m"), json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert f"input 'x_{datatype}'" in response.json()["error"]
+
+
+def _typed(datatypes: tuple[str, ...], bad: str, values: list[Any]) -> Any:
+    request = pb.ModelInferRequest(model_name="m")
+    for d in datatypes:
+        tensor = request.inputs.add(name=f"x_{d}", datatype=d, shape=[1, 3])
+        field = _TYPED_FIELD.get(d, "fp32_contents")
+        data = values if d == bad else for_tritonclient(d, sample(d, 1, 0, text_wire=False))
+        getattr(tensor.contents, field).extend(list(np.asarray(data).reshape(-1).tolist()))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "code"),
+    [
+        ("INT8", [128, 0, 0], "INVALID_ARGUMENT"),
+        ("INT16", [-40000, 0, 0], "INVALID_ARGUMENT"),
+        ("UINT8", [256, 0, 0], "INVALID_ARGUMENT"),
+        ("UINT16", [70000, 0, 0], "INVALID_ARGUMENT"),
+        ("BYTES", [b"\xff", b"a", b"b"], "INVALID_ARGUMENT"),
+        ("FP16", [1.0, 2.0, 3.0], "INVALID_ARGUMENT"),  # FP16 travels raw only
+    ],
+)
+def test_grpc_refusals(
+    servers: dict[str, Server], datatype: str, values: list[Any], code: str
+) -> None:
+    model = "numeric" if datatype == "FP16" else "typed"
+    datatypes = NUMERIC_DATATYPES if model == "numeric" else TYPED_DATATYPES
+    with grpc.insecure_channel(servers[model].grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(_typed(datatypes, datatype, values))
+    assert info.value.code().name == code
+    assert f"input 'x_{datatype}'" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "raw"), [("BOOL", b"\x01\x02\x00"), ("BYTES", b"\x01\x00\x00\x00\xff" * 3)]
+)
+@pytest.mark.parametrize("wire", ["grpc-raw", "http-binary"])
+def test_raw_refusals(servers: dict[str, Server], datatype: str, raw: bytes, wire: str) -> None:
+    """A BOOL byte other than 0 and 1, BYTES that are not UTF-8 for a string tensor."""
+    model = "typed" if datatype == "BYTES" else "numeric"
+    datatypes = TYPED_DATATYPES if model == "typed" else NUMERIC_DATATYPES
+    inputs = {f"x_{d}": sample(d, 1, 0, text_wire=False) for d in datatypes}
+    if wire == "grpc-raw":
+        request = grpc_infer_request("m", inputs)
+        request.raw_input_contents[datatypes.index(datatype)] = raw
+        with grpc.insecure_channel(servers[model].grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"input 'x_{datatype}'" in (info.value.details() or "")
+        return
+    head: dict[str, Any] = {"inputs": []}
+    chunks = []
+    for d in datatypes:
+        data = raw if d == datatype else raw_bytes(inputs[f"x_{d}"])
+        head["inputs"].append(
+            {
+                "name": f"x_{d}",
+                "datatype": d,
+                "shape": [1, 3],
+                "parameters": {"binary_data_size": len(data)},
+            }
+        )
+        chunks.append(data)
+    header = json.dumps(head).encode()
+    response = requests.post(
+        servers[model].infer_url("m"),
+        data=header + b"".join(chunks),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert f"input 'x_{datatype}'" in response.json()["error"]
