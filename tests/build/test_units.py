@@ -166,8 +166,8 @@ def test_metrics_detect_disagreement() -> None:
 def test_metrics_nan_output_fails_everything() -> None:
     ref = np.ones((2, 3), np.float32)
     cand = np.array([[1, np.nan, 1], [1, 1, 1]], np.float32)
-    problems = evaluate({"y": output_metrics(ref, cand)}, Thresholds(0.9, 0.1, 0.9))
-    assert len(problems) == 3
+    problems = evaluate({"y": output_metrics(ref, cand)}, Thresholds(0.9, 0.1, 0.9, 0.1))
+    assert len(problems) == 4
 
 
 def test_metrics_without_classes_skip_top1() -> None:
@@ -179,15 +179,17 @@ def test_metrics_without_classes_skip_top1() -> None:
 @pytest.mark.parametrize(
     ("thresholds", "violations"),
     [
-        (Thresholds(0.5, 0.2, 0.5), 0),
-        (Thresholds(0.9, None, None), 1),
-        (Thresholds(None, 0.01, 0.99), 2),
+        (Thresholds(0.5, 0.2, 0.5, use_defaults=False), 0),
+        (Thresholds(0.9, None, None, use_defaults=False), 1),
+        (Thresholds(None, 0.01, 0.99, use_defaults=False), 2),
+        (Thresholds(), 2),  # class-score defaults: top-1 0.75 < 0.95, cosine 0.89 < 0.99
     ],
 )
 def test_evaluate_thresholds(thresholds: Thresholds, violations: int) -> None:
     ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     cand = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.4]])  # 3/4 agree
-    assert len(evaluate({"y": output_metrics(ref, cand)}, thresholds)) == violations
+    metrics = {"y": output_metrics(ref, cand)}
+    assert len(evaluate(metrics, thresholds, {"y": "class-scores"})) == violations
 
 
 def test_compact_result_fits_and_is_deterministic() -> None:

@@ -1,26 +1,38 @@
 """Self-benchmark helpers shared by the backends: latency percentiles and peak memory.
 
-Peak memory is the growth of the process's resident set (``VmHWM`` after minus ``VmRSS``
-before), with the high-water mark reset through ``/proc/self/clear_refs`` first; native
-allocations (ONNX Runtime arenas, TensorRT) are invisible to tracemalloc, so RSS is the honest
-measure. Where ``/proc`` is not writable the figure is ``None`` and the method says so.
+Peak memory on CPU is measured in a fresh process (:func:`in_fresh_process`): the growth of its
+resident set from just before the model is loaded to its high-water mark (``VmHWM`` minus
+``VmRSS``). Measured inside the build process, the figure was near zero: the gate's sessions had
+just freed the memory the benchmark's session then reused without the RSS rising (0.65 MiB for a
+39 MiB model). Native allocations (ONNX Runtime arenas) are invisible to tracemalloc, so RSS is
+the honest measure. Where ``/proc`` cannot be read the figure is ``None``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from trtops_worker.build.model import TensorSpec
 
-__all__ = ["MEMORY_METHOD", "RssPeak", "feeds_for", "latency_summary", "time_runs"]
+__all__ = [
+    "MEMORY_METHOD",
+    "RssGrowth",
+    "feeds_for",
+    "in_fresh_process",
+    "latency_summary",
+    "time_runs",
+]
 
-MEMORY_METHOD = "rss-hwm-delta"
+MEMORY_METHOD = "rss-growth-in-fresh-process"
 _STATUS = Path("/proc/self/status")
+T = TypeVar("T")
 
 
 def _status_kib(field: str) -> int | None:
@@ -33,25 +45,30 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-class RssPeak:
-    """``with RssPeak() as peak: ...`` then ``peak.mib``: how far RSS rose inside the block."""
+class RssGrowth:
+    """``with RssGrowth() as peak: ...`` then ``peak.mib``: how far this process's RSS peaked
+    above its size at entry. Meaningful in a fresh process (see the module docstring)."""
 
     def __init__(self) -> None:
         self.mib: float | None = None
         self._before: int | None = None
 
-    def __enter__(self) -> RssPeak:
+    def __enter__(self) -> RssGrowth:
         self._before = _status_kib("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # 5 = reset the peak RSS (VmHWM)
-        except OSError:
-            self._before = None
         return self
 
     def __exit__(self, *exc: object) -> None:
         peak = _status_kib("VmHWM")
         if self._before is not None and peak is not None:
             self.mib = round(max(0, peak - self._before) / 1024, 2)
+
+
+def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a newly spawned Python process (importable function, picklable
+    arguments and result); its exceptions are raised here."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
 
 
 def time_runs(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trtops_worker.build.accuracy import OUTPUT_KINDS
 from trtops_worker.build.errors import BuildError, ConfigError, StorageError
 from trtops_worker.build.result import compact, failure, write_termination_log
 from trtops_worker.cachekey import BACKENDS, CALIBRATION_METHODS, PRECISIONS
@@ -40,6 +41,13 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
+
+
+def _output_kind(text: str) -> tuple[str, str]:
+    name, _, kind = text.partition("=")
+    if not name or kind not in OUTPUT_KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=KIND, KIND one of {OUTPUT_KINDS}")
+    return name, kind
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +74,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation", type=Path, help="validation inputs (.npz/.npy); default: calibration data"
     )
     parser.add_argument("--validation-max-samples", type=int, default=256)
-    parser.add_argument("--min-top1-agreement", type=_fraction, default=0.95)
-    parser.add_argument("--max-mean-abs-error", type=float, default=None)
-    parser.add_argument("--min-cosine-similarity", type=float, default=0.99)
+    # Thresholds not given get the defaults of each output's kind (docs/build.md).
+    parser.add_argument("--min-top1-agreement", type=_fraction)
+    parser.add_argument("--max-mean-abs-error", type=float)
+    parser.add_argument("--min-cosine-similarity", type=float)
+    parser.add_argument(
+        "--max-relative-error", type=float, help="mean abs error / mean |FP32 output|"
+    )
+    parser.add_argument(
+        "--output-kind",
+        action="append",
+        default=[],
+        type=_output_kind,
+        metavar="NAME=KIND",
+        help=f"what an output is ({', '.join(OUTPUT_KINDS)}); detected when not given",
+    )
     parser.add_argument("--benchmark-batch-sizes", type=_batch_sizes, default=(1, 8))
     parser.add_argument("--benchmark-iterations", type=int, default=50)
     parser.add_argument(
@@ -111,8 +131,12 @@ def request_from_args(args: argparse.Namespace) -> Any:
         validation=args.validation,
         validation_max_samples=args.validation_max_samples,
         thresholds=Thresholds(
-            args.min_top1_agreement, args.max_mean_abs_error, args.min_cosine_similarity
+            args.min_top1_agreement,
+            args.max_mean_abs_error,
+            args.min_cosine_similarity,
+            args.max_relative_error,
         ),
+        output_kinds=dict(args.output_kind),
         benchmark_batch_sizes=args.benchmark_batch_sizes,
         benchmark_iterations=args.benchmark_iterations,
         benchmark_seconds=args.benchmark_seconds,

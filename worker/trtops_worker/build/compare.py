@@ -36,7 +36,7 @@ def compare(base: BuildRequest, precisions: list[str], out: Path) -> list[dict[s
     rows: list[dict[str, Any]] = []
     for precision in precisions:
         request = dataclasses.replace(
-            base, precision=precision, thresholds=Thresholds(None, None, None)
+            base, precision=precision, thresholds=Thresholds(use_defaults=False)
         )
         try:
             result = build(request)

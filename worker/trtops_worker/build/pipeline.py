@@ -23,11 +23,18 @@ import onnx
 
 from trtops_worker import __version__
 from trtops_worker.build import precision as precision_stage
-from trtops_worker.build.accuracy import OutputMetrics, Thresholds, evaluate, output_metrics
+from trtops_worker.build.accuracy import (
+    OutputKind,
+    OutputMetrics,
+    Thresholds,
+    evaluate,
+    output_kinds,
+    output_metrics,
+)
 from trtops_worker.build.benchmark import feeds_for
 from trtops_worker.build.data import InputSet, batches, load_input_set
 from trtops_worker.build.engine import Backend, EngineSettings, load_backend
-from trtops_worker.build.errors import AccuracyError, CalibrationError
+from trtops_worker.build.errors import AccuracyError, CalibrationError, ConfigError
 from trtops_worker.build.model import LoadedModel, load_model, sha256_file
 from trtops_worker.build.profiles import check_profiles
 from trtops_worker.build.store import METADATA, Store
@@ -61,6 +68,7 @@ class BuildRequest:
     validation: Path | None = None
     validation_max_samples: int = 256
     thresholds: Thresholds = field(default_factory=Thresholds)
+    output_kinds: dict[str, OutputKind] = field(default_factory=dict)  # declared; others detected
     benchmark_batch_sizes: tuple[int, ...] = (1, 8)
     benchmark_iterations: int = 50
     benchmark_seconds: float = 2.0
@@ -85,6 +93,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
         )
         precision_stage.check_calibration_method(request.precision, request.calibration_method)
     validation = _validation_set(request, model, calibration)
+    kinds = _output_kinds(model, request.output_kinds)
     backend = load_backend(request.backend)
     store = Store(request.storage)
     store.ensure_writable()
@@ -109,7 +118,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
     key = cache_key(ingredients)
     cached = store.lookup(key)
     if cached is not None:
-        _regate(cached, request.thresholds)
+        _regate(cached, request.thresholds, kinds)
         log.info("cache hit %s", key)
         return _result(cached, store.entry(key), cached=True)
 
@@ -126,6 +135,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
             key,
             calibration,
             validation,
+            kinds,
             started,
             store.shared_file(shared_cache),
         )
@@ -180,6 +190,7 @@ def _build_into(
     key: str,
     calibration: InputSet | None,
     validation: InputSet | None,
+    kinds: dict[str, OutputKind],
     started: float,
     timing_cache: Path,
 ) -> dict[str, Any]:
@@ -210,6 +221,7 @@ def _build_into(
         backend,
         validation,
         request.thresholds,
+        kinds,
         used_calibration=request.validation is None,
     )
     feeds = feeds_for(
@@ -270,6 +282,7 @@ def _gate(
     backend: Backend,
     validation: InputSet | None,
     thresholds: Thresholds,
+    kinds: dict[str, OutputKind],
     *,
     used_calibration: bool,
 ) -> dict[str, Any]:
@@ -284,7 +297,7 @@ def _gate(
             "the TensorRT plan itself is not run by the gate"
         )
     )
-    report: dict[str, Any] = {"thresholds": thresholds.to_json(), "checked": checked}
+    report: dict[str, Any] = {"thresholds": thresholds.applied_json(kinds), "checked": checked}
     if validation is None:
         report |= {
             "passed": None,
@@ -302,7 +315,7 @@ def _gate(
         name: output_metrics(np.concatenate(outs_ref[name]), np.concatenate(outs_new[name]))
         for name in outs_ref
     }
-    problems = evaluate(metrics, thresholds)
+    problems = evaluate(metrics, thresholds, kinds)
     report |= {
         "samples": sum(len(v) for v in next(iter(outs_ref.values()))),
         "data": "calibration set (no --validation given)" if used_calibration else "validation set",
@@ -316,19 +329,19 @@ def _gate(
     return report
 
 
-def _regate(metadata: dict[str, Any], thresholds: Thresholds) -> None:
+def _output_kinds(model: LoadedModel, declared: dict[str, OutputKind]) -> dict[str, OutputKind]:
+    unknown = sorted(set(declared) - {s.name for s in model.outputs})
+    if unknown:
+        names = [s.name for s in model.outputs]
+        raise ConfigError("InvalidArgument", f"--output-kind names {unknown}; outputs are {names}")
+    return output_kinds(model.proto.graph, declared)
+
+
+def _regate(metadata: dict[str, Any], thresholds: Thresholds, kinds: dict[str, OutputKind]) -> None:
     """A cached artifact passed the gate it was built with; it must also pass today's thresholds."""
     outputs = (metadata.get("accuracy") or {}).get("outputs") or {}
-    metrics = {
-        name: OutputMetrics(
-            m.get("top1Agreement"),
-            float(m["meanAbsError"]),
-            float(m["maxAbsError"]),
-            float(m["cosineSimilarity"]),
-        )
-        for name, m in outputs.items()
-    }
-    problems = evaluate(metrics, thresholds)
+    metrics = {name: OutputMetrics.from_json(m) for name, m in outputs.items()}
+    problems = evaluate(metrics, thresholds, kinds)
     if problems:
         raise AccuracyError(
             "AccuracyGateFailed",
