@@ -416,12 +416,14 @@ def replay(args: argparse.Namespace) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| scenario | effect (median e2e) | rule | promoted | rolled back | held | "
+        "| scenario | effect (canary/stable median e2e, judge runs) | rule | promoted | rolled back | held | "
         "analyses to decision (median, max) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    effects = {r.scenario: r.effects for r in rows if r.rule == "judge"}
     for r in rows:
-        eff = f"{statistics.median(r.effects):.2f}x" if r.effects else "n/a"
+        mine = effects.get(r.scenario) or []
+        eff = f"{statistics.median(mine):.2f}x" if mine else "n/a"
         a = r.analyses_to_decision
         when = f"{statistics.median(a):g}, {max(a)}" if a else "-"
         lines.append(
