@@ -22,6 +22,9 @@ from tests.support.prometheus import Prometheus
 
 def pytest_configure(config: pytest.Config) -> None:
     cluster_support.export_cluster_env()
+    # In-process operators serve no metrics port unless a test asks for one (the operator's
+    # default, 8080, would collide between parallel runs).
+    os.environ.setdefault("TRTOPS_METRICS_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """``trtops-operator``: run the kopf operator with the ``trtops_operator.handlers`` module.
 
-Flags become environment variables before the handlers module is imported, because kopf loads
-handlers by module and the module reads its settings once (``OperatorConfig.from_env``).
+Each setting of :class:`~trtops_operator.config.OperatorConfig` is one flag (defaults from the
+environment, else the config). Flags become environment variables before kopf starts, because
+kopf loads the handlers by module name and their startup reads ``OperatorConfig.from_env``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,18 @@ import argparse
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
-from trtops_operator.config import DEFAULT_WORKER_IMAGE
+from trtops_operator.config import OperatorConfig
+
+
+def _type_of(annotation: Any) -> Callable[[str], Any]:
+    base = (
+        typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    )
+    return base if base in (int, float) else str
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,49 +38,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
     )
-    p.add_argument(
-        "--worker-image",
-        default=os.environ.get("TRTOPS_WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
-        help="image of the build and serve pods",
-    )
-    p.add_argument(
-        "--image-pull-policy",
-        default=os.environ.get("TRTOPS_IMAGE_PULL_POLICY", "IfNotPresent"),
-        choices=["Always", "IfNotPresent", "Never"],
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(os.environ.get("TRTOPS_METRICS_PORT", "8080")),
-        help="port of the operator's Prometheus metrics (0: off)",
-    )
-    p.add_argument(
-        "--metrics-address",
-        default=os.environ.get("TRTOPS_METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104
-        help="address the metrics server binds",
-    )
-    p.add_argument(
-        "--job-ttl-seconds",
-        type=int,
-        default=int(os.environ.get("TRTOPS_JOB_TTL_SECONDS", "86400")),
-    )
-    p.add_argument(
-        "--resync-seconds",
-        type=float,
-        default=float(os.environ.get("TRTOPS_RESYNC_SECONDS", "300")),
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("TRTOPS_WORKERS", "16")),
-        help="engines the work queue reconciles at once",
-    )
-    p.add_argument(
-        "--api-threads",
-        type=int,
-        default=int(os.environ.get("TRTOPS_API_THREADS", "16")),
-        help="API requests in flight at once (threads and pooled connections)",
-    )
+    for name, field in OperatorConfig.model_fields.items():
+        # One flag per setting; its default is the environment's value, else the config's.
+        env = OperatorConfig.env_name(name)
+        choices = typing.get_args(field.annotation) if name == "image_pull_policy" else None
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            default=os.environ.get(env, field.default),
+            type=_type_of(field.annotation),
+            choices=choices or None,
+            help=f"{field.description or ''} (env {env}; default {field.default})".lstrip(),
+        )
     p.add_argument(
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
@@ -88,18 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    os.environ.update(
-        {
-            "TRTOPS_WORKER_IMAGE": args.worker_image,
-            "TRTOPS_IMAGE_PULL_POLICY": args.image_pull_policy,
-            "TRTOPS_METRICS_PORT": str(args.metrics_port),
-            "TRTOPS_METRICS_ADDRESS": args.metrics_address,
-            "TRTOPS_JOB_TTL_SECONDS": str(args.job_ttl_seconds),
-            "TRTOPS_RESYNC_SECONDS": str(args.resync_seconds),
-            "TRTOPS_API_THREADS": str(args.api_threads),
-            "TRTOPS_WORKERS": str(args.workers),
-        }
-    )
+    fields = {name: getattr(args, name) for name in OperatorConfig.model_fields}
+    os.environ.update(OperatorConfig.model_validate(fields).to_env())
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

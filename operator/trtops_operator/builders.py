@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trtops_worker import contract
 from trtops_worker.cachekey import canonical_json
 
 from trtops_operator import GROUP, KIND, VERSION
@@ -42,9 +43,9 @@ TERMINATION_LOG = "/dev/termination-log"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "trtops"}
-HASH_ANNOTATION = "trtops.dev/spec-hash"
-KEY_ANNOTATION = "trtops.dev/key"
+MANAGED_BY = contract.MANAGED_BY
+HASH_ANNOTATION = contract.ANNOTATION_SPEC_HASH
+KEY_ANNOTATION = contract.ANNOTATION_KEY
 LABEL_MAX = 63
 
 

@@ -1,46 +1,80 @@
-"""Operator settings: command-line flags land here through the environment, because kopf loads
-the handlers module by name and the module reads its settings once at startup."""
+"""The operator's settings, typed once: every setting has one default, here.
+
+Three ways in, all reading this class: the command-line flags (``__main__`` builds one flag per
+field, its default taken from here), the environment (``TRTOPS_<FIELD>``, which is how the flags
+reach the handlers module kopf loads by name) and the Helm chart (``values.yaml`` passes each value
+as a flag; ``tests/operator/test_config.py`` checks the chart's defaults equal these).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from trtops_operator import __version__
 
-__all__ = ["DEFAULT_WORKER_IMAGE", "OperatorConfig"]
+__all__ = ["DEFAULT_WORKER_IMAGE", "ENV_PREFIX", "OperatorConfig"]
 
 DEFAULT_WORKER_IMAGE = f"ghcr.io/trtops/trtops-worker:{__version__}"
+ENV_PREFIX = "TRTOPS_"
 
 
-@dataclass(frozen=True)
-class OperatorConfig:
+class OperatorConfig(BaseModel):
     """What the operator needs besides the resources themselves."""
 
-    worker_image: str = DEFAULT_WORKER_IMAGE
-    image_pull_policy: str = "IfNotPresent"
-    metrics_port: int = 0  # 0: no metrics server
-    metrics_address: str = "0.0.0.0"  # noqa: S104 - scraped from other pods
-    job_ttl_seconds: int = 86400  # finished build Jobs (and their results) are kept this long
-    resync_seconds: float = 300.0  # every engine is re-checked this often even without events
-    # Engines the work queue (watch wake-ups, resync) reconciles at once. A reconcile mostly
-    # waits on its API writes, so this matches the API threads: with 4, 500 engines' build
-    # results and rollouts queued behind each other.
-    workers: int = 16
-    # API writes run in threads (the kubernetes client blocks); this many at once, each with its
-    # own pooled connection, so build results and readiness do not queue behind every creation.
-    api_threads: int = 16
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    worker_image: str = Field(DEFAULT_WORKER_IMAGE, description="image of the build and serve pods")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        8080, description="port of the operator's Prometheus metrics (0: off)"
+    )
+    metrics_address: str = Field(
+        "0.0.0.0",  # noqa: S104 - scraped from other pods
+        description="address the metrics server binds",
+    )
+    job_ttl_seconds: Annotated[int, Field(ge=0)] = Field(
+        86400, description="finished build Jobs (and their results) are kept this long"
+    )
+    resync_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="every engine is re-checked this often even without events"
+    )
+    # A reconcile mostly waits on its API writes, so this matches the API threads: with 4,
+    # 500 engines' build results and rollouts queued behind each other.
+    workers: Annotated[int, Field(ge=1)] = Field(
+        16, description="engines the work queue reconciles at once"
+    )
+    # The kubernetes client blocks; each thread has its own pooled connection, so build results
+    # and readiness do not queue behind every creation.
+    api_threads: Annotated[int, Field(ge=1)] = Field(
+        16, description="API requests in flight at once (threads and pooled connections)"
+    )
+    watch_timeout_seconds: Annotated[int, Field(ge=1)] = Field(
+        300, description="watches are re-opened this often (one request per kind while idle)"
+    )
+    # Retries of a failing reconcile: this, doubled per failure in a row, capped below.
+    retry_base_seconds: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="first retry delay of a failing reconcile"
+    )
+    retry_max_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="longest retry delay of a failing reconcile"
+    )
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        return ENV_PREFIX + field.upper()
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Settings from ``TRTOPS_<FIELD>`` variables; unset ones keep their defaults.
+        Raises ``pydantic.ValidationError`` naming the variable's field on a bad value."""
         e = os.environ if env is None else env
-        return cls(
-            worker_image=e.get("TRTOPS_WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
-            image_pull_policy=e.get("TRTOPS_IMAGE_PULL_POLICY", "IfNotPresent"),
-            metrics_port=int(e.get("TRTOPS_METRICS_PORT", "0")),
-            metrics_address=e.get("TRTOPS_METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - as above
-            job_ttl_seconds=int(e.get("TRTOPS_JOB_TTL_SECONDS", "86400")),
-            resync_seconds=float(e.get("TRTOPS_RESYNC_SECONDS", "300")),
-            workers=int(e.get("TRTOPS_WORKERS", "16")),
-            api_threads=max(1, int(e.get("TRTOPS_API_THREADS", "16"))),
-        )
+        given = {f: e[cls.env_name(f)] for f in cls.model_fields if cls.env_name(f) in e}
+        return cls.model_validate(given)
+
+    def to_env(self) -> dict[str, str]:
+        """The inverse of :meth:`from_env`."""
+        return {self.env_name(f): str(v) for f, v in self.model_dump().items()}

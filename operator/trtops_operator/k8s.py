@@ -1,9 +1,17 @@
-"""The one module that writes to the Kubernetes API (reads come from kopf's watch indexes).
+"""The one module that writes to the Kubernetes API (reads come from kopf's watch indexes),
+router objects included, with one error map.
 
 Every call is idempotent: Jobs are created if absent (409 means someone else already did,
 which is the point of deterministic names), owned objects are server-side applied with one
-field manager, deletes ignore 404. API trouble becomes ``kopf.TemporaryError`` (retry later);
-a request the API server refuses as malformed becomes ``kopf.PermanentError`` (no retry helps).
+field manager, deletes ignore 404. Errors follow :mod:`trtops_operator.errors`: a request the
+API server refuses as malformed or forbidden (400, 403, 422) is ``ApiRefused`` (permanent);
+any other API error or an unreachable server is ``ApiUnavailable`` (temporary). No kopf here.
+
+Route objects (HTTPRoute, VirtualService) belong to the user: each write is a JSON patch of the
+weights this operator owns (computed by :mod:`trtops_operator.canary.routers` from the object
+just read), headed by ``{"op": "replace", "path": "/metadata/resourceVersion", ...}``: a
+resourceVersion in a patched object is a precondition, so if anyone (Argo CD, a person) changed
+the object between our read and our write, the API server refuses it with 409 and we read again.
 """
 
 from __future__ import annotations
@@ -11,38 +19,55 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from trtops_operator import GROUP, KIND, PLURAL, VERSION
-from trtops_operator.reconcile import Decision, Event, refused
+from trtops_operator.canary import routers
+from trtops_operator.canary.errors import RouterMisconfigured, RouterUnavailable
+from trtops_operator.decision import Decision, Event
+from trtops_operator.errors import ApiRefused, ApiUnavailable, PermanentError, TemporaryError
 
-__all__ = ["Api", "apply_decision"]
+__all__ = ["HTTPROUTE", "VIRTUALSERVICE", "Api", "RouteRef", "RouterIO", "apply_decision"]
 
 FIELD_MANAGER = "trtops-operator"
 APPLY = "application/apply-patch+yaml"
-REFUSED_RETRY_SECONDS = 60
+REFUSED = (400, 403, 422)
 log = logging.getLogger(__name__)
+JsonPatch = list[dict[str, Any]]
 
 
 @contextmanager
-def _errors(what: str) -> Iterator[None]:
+def _errors(
+    what: str,
+    *,
+    ignore: Collection[int] = (),
+    temporary: type[TemporaryError] = ApiUnavailable,
+    permanent: type[PermanentError] = ApiRefused,
+) -> Iterator[None]:
+    """The one error map: API errors -> the operator's exceptions; ``ignore``: statuses that
+    mean the work is done already (404 on delete, 409 on create)."""
     try:
         yield
     except ApiException as exc:
-        if exc.status in (400, 403, 422):
-            raise kopf.PermanentError(
+        if exc.status in ignore:
+            return
+        if exc.status in REFUSED:
+            raise permanent(
                 f"{what}: the API server refused it ({exc.status}): {exc.body}"
             ) from exc
-        raise kopf.TemporaryError(f"{what}: API error {exc.status} {exc.reason}", delay=5) from exc
+        raise temporary(f"{what}: API error {exc.status} {exc.reason}") from exc
     except (HTTPError, OSError) as exc:
-        raise kopf.TemporaryError(f"{what}: API unreachable: {exc}", delay=5) from exc
+        raise temporary(f"{what}: API unreachable: {exc}") from exc
+
+
+def _status(exc: ApiException) -> int:
+    return int(exc.status or 0)
 
 
 class Api:
@@ -64,30 +89,25 @@ class Api:
         self.batch = client.BatchV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.routes = RouterIO(api_client)
 
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create the Job unless it exists; True when this call created it."""
         meta = job["metadata"]
-        with _errors(f"create Job {meta['name']}"):
-            try:
-                self.batch.create_namespaced_job(meta["namespace"], job)  # type: ignore[arg-type]  # dicts serialize as is
-            except ApiException as exc:
-                if exc.status == 409:
-                    return False
-                raise
-        return True
+        created = False
+        with _errors(f"create Job {meta['name']}", ignore=(409,)):
+            self.batch.create_namespaced_job(meta["namespace"], job)  # type: ignore[arg-type]  # dicts serialize as is
+            created = True
+        return created
 
     def adopt_job(self, namespace: str, name: str, owner: dict[str, Any]) -> None:
         """Add ``owner`` to a shared Job's owners: it is collected only when its last owner goes."""
         patch = [{"op": "add", "path": "/metadata/ownerReferences/-", "value": owner}]
-        with _errors(f"adopt Job {name}"):
-            try:
-                self.batch.patch_namespaced_job(
-                    name, namespace, patch, _content_type="application/json-patch+json"
-                )
-            except ApiException as exc:
-                if exc.status != 404:  # gone: the next reconcile creates it again
-                    raise
+        # 404: gone; the next reconcile creates it again.
+        with _errors(f"adopt Job {name}", ignore=(404,)):
+            self.batch.patch_namespaced_job(
+                name, namespace, patch, _content_type="application/json-patch+json"
+            )
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply one owned object (Deployment, Service, PodDisruptionBudget)."""
@@ -113,30 +133,23 @@ class Api:
             "Service": self.core.delete_namespaced_service,
             "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
         }
-        with _errors(f"delete {kind} {name}"):
-            try:
-                fns[kind](name, namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        with _errors(f"delete {kind} {name}", ignore=(404,)):
+            fns[kind](name, namespace)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        with _errors(f"patch status of {KIND} {name}"):
-            try:
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    name,
-                    {"status": status},
-                    _content_type="application/merge-patch+json",
-                )
-            except ApiException as exc:
-                if exc.status != 404:  # deleted meanwhile: nothing to report on
-                    raise
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        # 404: deleted meanwhile, nothing to report on.
+        with _errors(f"patch status of {KIND} {name}", ignore=(404,)):
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(status)},
+                _content_type="application/merge-patch+json",
+            )
 
-    def post_event(self, engine: dict[str, Any], event: Event) -> None:
+    def post_event(self, engine: Mapping[str, Any], event: Event) -> None:
         """Record a Kubernetes Event on the engine; losing one is logged, never fatal."""
         now = dt.datetime.now(dt.UTC)
         meta = engine["metadata"]
@@ -165,14 +178,16 @@ class Api:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # as above
-        except (ApiException, HTTPError, OSError) as exc:
+            with _errors(f"post Event {event.reason}"):
+                self.core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # as above
+        except (ApiRefused, ApiUnavailable) as exc:
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc)
 
 
-def apply_decision(api: Api, engine: dict[str, Any], decision: Decision, now: str) -> list[str]:
-    """Carry out a decision (made at ``now``) in a safe order; returns the names of the Jobs
-    this call created."""
+def apply_decision(api: Api, engine: Mapping[str, Any], decision: Decision) -> list[str]:
+    """Carry out a decision's object writes in a safe order (Jobs, adoptions, applies, deletes),
+    then its status and Events; returns the names of the Jobs this call created. Raises
+    ``ApiRefused`` before writing status when an object is refused (the caller reports it)."""
     meta = engine["metadata"]
     ns = meta["namespace"]
     owner = {
@@ -185,25 +200,126 @@ def apply_decision(api: Api, engine: dict[str, Any], decision: Decision, now: st
     }
     # A Job that already exists (409) is adopted by a later reconcile, once the watch shows
     # whether this engine is among its owners already (it is after a restart).
-    created: list[str] = []
-    try:
-        created += [job["metadata"]["name"] for job in decision.create if api.create_job(job)]
-        for name in decision.adopt:
-            api.adopt_job(ns, name, owner)
-        for obj in decision.apply:
-            api.apply(obj)
-        for kind, name in decision.delete:
-            api.delete(kind, ns, name)
-    except kopf.PermanentError as exc:
-        # The user must see why nothing changes: say it in status, then let kopf log it.
-        status, event = refused(engine, decision.status, str(exc)[:1024], now)
-        api.patch_status(ns, meta["name"], status)
-        if event is not None:
-            api.post_event(engine, event)
-        # A policy, quota or webhook that refused it can change without the engine changing.
-        raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_SECONDS) from exc
+    created = [job["metadata"]["name"] for job in decision.create if api.create_job(job)]
+    for name in decision.adopt:
+        api.adopt_job(ns, name, owner)
+    for obj in decision.apply:
+        api.apply(obj)
+    for kind, name in decision.delete:
+        api.delete(kind, ns, name)
     if decision.status is not None:
         api.patch_status(ns, meta["name"], decision.status)
     for event in decision.events:
         api.post_event(engine, event)
     return created
+
+
+# --- route objects ----------------------------------------------------------------------------
+
+
+class RouteRef:
+    """Group, version and plural of a route kind."""
+
+    def __init__(self, kind: str, group: str, version: str, plural: str) -> None:
+        self.kind, self.group, self.version, self.plural = kind, group, version, plural
+
+
+HTTPROUTE = RouteRef("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
+VIRTUALSERVICE = RouteRef("VirtualService", "networking.istio.io", "v1", "virtualservices")
+
+
+class RouterIO:
+    """Sets weights on HTTPRoutes and VirtualServices; ``attempts`` bounds the re-read loop.
+    Raises ``RouterMisconfigured`` (permanent) or ``RouterUnavailable`` (temporary)."""
+
+    def __init__(self, api_client: client.ApiClient, *, attempts: int = 5) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.attempts = attempts
+
+    def get(self, ref: RouteRef, namespace: str, name: str) -> dict[str, Any]:
+        what = f"{ref.kind} {namespace}/{name} (spec.rollout.trafficRouter)"
+        try:
+            with _errors(
+                f"read {what}", temporary=RouterUnavailable, permanent=RouterMisconfigured
+            ):
+                obj = self.custom.get_namespaced_custom_object(
+                    ref.group, ref.version, namespace, ref.plural, name
+                )
+        except RouterUnavailable as exc:
+            if isinstance(exc.__cause__, ApiException) and _status(exc.__cause__) == 404:
+                raise RouterMisconfigured(f"{what} does not exist") from exc
+            raise
+        if not isinstance(obj, dict):
+            raise RouterUnavailable(f"read {ref.kind} {name}: unexpected answer {obj!r:.200}")
+        return obj
+
+    def _converge(
+        self,
+        ref: RouteRef,
+        namespace: str,
+        name: str,
+        compute: Callable[[Mapping[str, Any]], JsonPatch],
+    ) -> bool:
+        for attempt in range(1, self.attempts + 1):
+            obj = self.get(ref, namespace, name)
+            ops = compute(obj)
+            if not ops:
+                return False
+            rv = obj["metadata"]["resourceVersion"]
+            guarded = [{"op": "replace", "path": "/metadata/resourceVersion", "value": rv}, *ops]
+            try:
+                with _errors(
+                    f"patch {ref.kind} {name}",
+                    temporary=RouterUnavailable,
+                    permanent=RouterMisconfigured,
+                ):
+                    self.custom.patch_namespaced_custom_object(
+                        ref.group,
+                        ref.version,
+                        namespace,
+                        ref.plural,
+                        name,
+                        guarded,
+                        _content_type="application/json-patch+json",
+                    )
+            except RouterUnavailable as exc:
+                code = _status(exc.__cause__) if isinstance(exc.__cause__, ApiException) else 0
+                if code == 409:
+                    log.info(
+                        "%s %s changed under us (attempt %d): re-reading", ref.kind, name, attempt
+                    )
+                    continue
+                if code == 404:
+                    raise RouterMisconfigured(f"{ref.kind} {namespace}/{name} was deleted") from exc
+                raise
+            return True
+        raise RouterUnavailable(
+            f"{ref.kind} {name} kept changing between read and write ({self.attempts} attempts)"
+        )
+
+    def set_httproute_weights(
+        self, namespace: str, name: str, desired: Mapping[str, int], owned: Collection[str]
+    ) -> bool:
+        """Give the owned backendRefs of HTTPRoute ``name`` the ``desired`` percentages
+        (Service name -> percent); True when something was written."""
+        return self._converge(
+            HTTPROUTE, namespace, name, lambda obj: routers.httproute_patch(obj, desired, owned)
+        )
+
+    def set_virtualservice_weights(
+        self,
+        namespace: str,
+        name: str,
+        desired: Mapping[str, int],
+        owned: Collection[str],
+        routes: Collection[str] = (),
+        ref: RouteRef = VIRTUALSERVICE,
+    ) -> bool:
+        """Same for the owned destinations of VirtualService ``name`` (its ``http`` routes, or
+        only those named in ``routes``). ``ref`` picks the API version (Istio < 1.22: v1beta1)."""
+        return self._converge(
+            ref,
+            namespace,
+            name,
+            lambda obj: routers.virtualservice_patch(obj, desired, owned, routes),
+        )

@@ -24,8 +24,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import ValidationError
 
 from trtops_operator import keys
+from trtops_operator.decision import Decision
 from trtops_operator.models import TrtEngineSpec
-from trtops_operator.reconcile import Decision
 
 __all__ = [
     "BUILD_BUCKETS",
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 OUTCOMES = ("succeeded", "cached", "reused", "failed")
-ERROR_KINDS = ("invalid", "temporary", "permanent")  # what handlers._reconcile reports
+ERROR_KINDS = ("invalid", "temporary", "permanent")  # what driver.Runtime.reconcile reports
 # Builds take seconds (a cached ONNX Runtime plan) to the better part of an hour (TensorRT
 # tactic search on a big model).
 BUILD_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)

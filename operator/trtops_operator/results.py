@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
+from trtops_worker.contract import BuildSuccessResult
 
 __all__ = ["BuildFailure", "BuildSuccess", "parse_result"]
 
@@ -35,17 +38,20 @@ PLAN_FIELDS = (
 
 @dataclass(frozen=True)
 class BuildSuccess:
-    key: str
-    path: str
-    fields: dict[str, Any] = field(default_factory=dict)
+    result: BuildSuccessResult
+
+    @property
+    def key(self) -> str:
+        return self.result.key
+
+    @property
+    def path(self) -> str:
+        return self.result.path
 
     def plan_fields(self) -> dict[str, Any]:
         """The result as a ``status.plans`` entry (``artifactKey`` is the worker's content key)."""
-        out = {
-            k: self.fields[k]
-            for k in PLAN_FIELDS
-            if k in self.fields and self.fields[k] is not None
-        }
+        data = self.result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        out = {k: data[k] for k in PLAN_FIELDS if k in data}
         out["path"] = self.path
         out["artifactKey"] = self.key
         return out
@@ -81,12 +87,15 @@ def parse_result(message: str | None) -> BuildSuccess | BuildFailure | None:
     if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
         return BuildFailure("Crash", "MalformedResult", _short(message))
     if data["ok"]:
-        key, path = data.get("key"), data.get("path")
-        if not isinstance(key, str) or not isinstance(path, str) or not path.startswith("/"):
+        try:
+            return BuildSuccess(BuildSuccessResult.model_validate(data))
+        except ValidationError as exc:
+            where = ".".join(str(x) for x in exc.errors()[0]["loc"])
             return BuildFailure(
-                "Crash", "MalformedResult", "success result without key and absolute path"
+                "Crash",
+                "MalformedResult",
+                f"success result with a bad {where}: needs a key and an absolute path",
             )
-        return BuildSuccess(key=key, path=path, fields=data)
     category = _reason(data.get("category"), "Unknown")
     return BuildFailure(
         category=category,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from trtops_operator.canary.errors import RouterMisconfigured
-from trtops_operator.canary.router_io import HTTPROUTE, VIRTUALSERVICE, RouteRef, RouterIO
 from trtops_operator.canary.routers import httproute_weights, virtualservice_weights
+from trtops_operator.k8s import HTTPROUTE, VIRTUALSERVICE, RouteRef, RouterIO
 
 pytestmark = pytest.mark.cluster
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from trtops_operator.reconcile import Event, JobObs, Observed, PodObs, decide, fold_transitions
+from trtops_operator.conditions import fold_transitions
+from trtops_operator.reconcile import Event, JobObs, Observed, PodObs, decide
 
 from tests.operator.test_reconcile import CONFIG, NOW, RESULT, body, job_name
 

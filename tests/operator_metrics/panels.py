@@ -4,7 +4,6 @@ every operator panel's query returns data."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -22,13 +21,11 @@ import queries as dq  # noqa: E402  # dashboards/ is a folder of assets, not a p
 
 def serve_operator_metrics(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Make the in-process operator (KopfRunner) serve its metrics on a free loopback port, as
-    ``--metrics-port`` does; returns the Prometheus scrape job for it. Its startup reads CONFIG
-    then, and its cleanup frees the port."""
-    from trtops_operator import handlers
-
+    ``--metrics-port`` does; returns the Prometheus scrape job for it. Its startup reads the
+    environment then, and its cleanup frees the port."""
     port = free_port()
-    config = dataclasses.replace(handlers.CONFIG, metrics_port=port, metrics_address="127.0.0.1")
-    monkeypatch.setattr(handlers, "CONFIG", config)
+    monkeypatch.setenv("TRTOPS_METRICS_PORT", str(port))
+    monkeypatch.setenv("TRTOPS_METRICS_ADDRESS", "127.0.0.1")
     return {"trtops-operator": [f"127.0.0.1:{port}"]}
 
 

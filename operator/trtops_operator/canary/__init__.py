@@ -1,8 +1,9 @@
 """Canary rollouts: the state machine, analysis, Prometheus and the traffic routers.
 
 Pure modules (no I/O, no kopf, no clients): :mod:`.steps`, :mod:`.analysis`, :mod:`.routers`.
-I/O, one module per outside system: :mod:`.prometheus` (aiohttp) and :mod:`.router_io`
-(the kubernetes client). ``docs/canary.md`` describes the behaviour users see.
+I/O: :mod:`.prometheus` (aiohttp); the route objects are written by :mod:`trtops_operator.k8s`,
+the operator's one Kubernetes module. The reconcile enters the package through
+:mod:`trtops_operator.rollout` only. ``docs/canary.md`` describes the behaviour users see.
 """
 
 from trtops_operator.canary.analysis import RevisionMetrics, Selector, Verdict, evaluate

@@ -6,11 +6,16 @@
         +-- RouterMisconfigured  the route object is missing or never references our Services:
                                  a user must fix it, retrying alone will not
 
+Router errors are also the operator's ``TemporaryError``/``PermanentError``
+(:mod:`trtops_operator.errors`), so callers outside the package need only those two.
+
 Prometheus trouble is not an exception the reconciler sees: it becomes an ``Inconclusive``
 verdict (:mod:`trtops_operator.canary.prometheus`), which holds the rollout where it is.
 """
 
 from __future__ import annotations
+
+from trtops_operator.errors import PermanentError, TemporaryError
 
 __all__ = ["CanaryError", "RouterError", "RouterMisconfigured", "RouterUnavailable"]
 
@@ -23,9 +28,9 @@ class RouterError(CanaryError):
     """Setting weights on the traffic router failed."""
 
 
-class RouterUnavailable(RouterError):
+class RouterUnavailable(RouterError, TemporaryError):
     """Temporary: the API server failed or other writers kept winning; retry later."""
 
 
-class RouterMisconfigured(RouterError):
+class RouterMisconfigured(RouterError, PermanentError):
     """Permanent until a user acts: the object is absent or has nothing this operator owns."""

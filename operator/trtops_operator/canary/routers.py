@@ -5,7 +5,7 @@ Argo CD. The operator owns only the backend references that name one of *its* Se
 caller passes their names) and only their ``weight``: a foreign backend, a filter, a match, a
 timeout or another rule is never rewritten. Changes are expressed as a JSON patch of exactly
 the weights (and the added or removed owned references) that differ, so
-:mod:`trtops_operator.canary.router_io` can guard it with the ``resourceVersion`` it read.
+:mod:`trtops_operator.k8s` can guard it with the ``resourceVersion`` it read.
 
 Weights are percentages from the state machine (canary ``w``, stable ``100 - w``). Inside one
 rule they are rescaled to the total the owned references carry, so that a foreign backend in the

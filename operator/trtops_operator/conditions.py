@@ -1,0 +1,156 @@
+"""The condition machinery, pure: set a condition, turn a new status into a patch and its
+transition Events, fold those Events, and the two statuses that replace a normal one (an invalid
+spec; an object the API server refused).
+
+Conditions follow the Kubernetes API conventions (``metav1.Condition``): ``lastTransitionTime``
+moves only when ``status`` does; a transition to a bad state is a Warning Event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from trtops_operator.decision import Decision, Event
+from trtops_operator.status_model import (
+    MESSAGE_MAX,
+    STATUS_KEYS,
+    Condition,
+    EngineStatus,
+    EngineView,
+)
+
+__all__ = [
+    "PROGRESS_REASONS",
+    "finish_status",
+    "fold_transitions",
+    "invalid",
+    "refused",
+    "set_condition",
+]
+
+# Reasons that are part of normal progress: their transitions are Normal events, not Warnings.
+PROGRESS_REASONS = {
+    "Building",
+    "RollingOut",
+    "Starting",
+    "Built",
+    "Serving",
+    "RolloutComplete",
+    "AsExpected",
+    "Pending",
+}
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def set_condition(
+    old: Sequence[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: str,
+) -> Condition:
+    """A condition; ``lastTransitionTime`` moves only when ``status`` does."""
+    prev = next((c for c in old if c.type == type_), None)
+    changed = prev is None or prev.status != status
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message[:MESSAGE_MAX],
+        last_transition_time=now if changed or prev is None else prev.last_transition_time or now,
+        observed_generation=generation,
+    )
+
+
+def _bad(cond: Condition) -> bool:
+    return cond.reason not in PROGRESS_REASONS and (
+        (cond.type == "Degraded" and cond.status == "True")
+        or (cond.type in ("Built", "Ready") and cond.status == "False")
+    )
+
+
+def finish_status(
+    decision: Decision, view: EngineView, status: EngineStatus, *, partial: bool = False
+) -> None:
+    """Set ``decision.status`` to the merge patch for ``status`` when it differs from what is
+    there (a steady state writes nothing), and add one Event per condition transition.
+    ``partial``: leave the fields ``status`` does not set as they are."""
+    new = status.to_json()
+    old = view.raw_status
+    if any(old.get(k) != new.get(k) for k in new):
+        # Merge patches drop keys that are absent; null them explicitly to clear old values.
+        decision.status = new if partial else {**dict.fromkeys(STATUS_KEYS), **new}
+    for cond in status.conditions:
+        prev = view.status.condition(cond.type)
+        if prev is not None and (prev.status, prev.reason) == (cond.status, cond.reason):
+            continue
+        decision.events.append(
+            Event(
+                "Warning" if _bad(cond) else "Normal",
+                cond.reason,
+                f"{cond.type}={cond.status}: {cond.message}".rstrip(": "),
+                transition=True,
+            )
+        )
+
+
+def invalid(view: EngineView, message: str, now: str) -> Decision:
+    """The decision for a spec the operator cannot use: say so, touch nothing."""
+    old = view.status.conditions
+    g = view.generation
+    status = EngineStatus(
+        observed_generation=g,
+        conditions=[
+            set_condition(old, "Ready", "False", "InvalidSpec", message, generation=g, now=now),
+            set_condition(old, "Degraded", "True", "InvalidSpec", message, generation=g, now=now),
+        ],
+    )
+    decision = Decision(invalid=message)
+    finish_status(decision, view, status, partial=True)  # what else is there stays readable
+    return decision
+
+
+def refused(
+    view: EngineView, patch: Mapping[str, Any] | None, message: str, now: str
+) -> tuple[dict[str, Any], Event | None]:
+    """What to report when the API server refused an object this reconcile built: the status
+    patch that was about to be written (or the current status) with ``Degraded=True/
+    ApplyRefused``, and a Warning unless the same refusal is already reported."""
+    base = dict(patch if patch is not None else view.raw_status)
+    degraded = set_condition(
+        view.status.conditions,
+        "Degraded",
+        "True",
+        "ApplyRefused",
+        message,
+        generation=view.generation,
+        now=now,
+    )
+    conds = [c for c in base.get("conditions") or [] if c.get("type") != "Degraded"]
+    base["conditions"] = [*conds, degraded.model_dump(mode="json", by_alias=True)]
+    prev = view.status.condition("Degraded")
+    same = prev is not None and (prev.reason, prev.message) == ("ApplyRefused", degraded.message)
+    return base, None if same else Event("Warning", "ApplyRefused", message)
+
+
+def fold_transitions(events: Sequence[Event]) -> list[Event]:
+    """One Event per type and reconcile: every condition transition is still told, but inside the
+    first explicit Event of its type (or one Event led by the first transition) rather than one
+    API write each, which was most of the operator's writes at scale."""
+    out = [e for e in events if not e.transition]
+    for type_ in ("Warning", "Normal"):
+        told = "; ".join(e.message for e in events if e.transition and e.type == type_)
+        if not told:
+            continue
+        lead = next((i for i, e in enumerate(out) if e.type == type_), None)
+        if lead is None:
+            first = next(e for e in events if e.transition and e.type == type_)
+            out.append(Event(type_, first.reason, told))
+        else:
+            e = out[lead]
+            out[lead] = Event(e.type, e.reason, f"{e.message}; {told}")
+    return out

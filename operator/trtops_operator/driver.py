@@ -1,0 +1,222 @@
+"""One reconcile pass with its I/O, and the loops that drive passes: gather what exists from the
+indexes, ask Prometheus when a canary analysis is due, decide (pure), carry the decision out
+through ``k8s``, and queue the engine again when it must come back.
+
+No kopf here: failures are :mod:`trtops_operator.errors`; the handlers translate them for kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import time
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from trtops_operator import conditions, indexes, k8s, metrics, rollout
+from trtops_operator.canary import prometheus as canary_prometheus
+from trtops_operator.canary.analysis import Verdict
+from trtops_operator.canary.errors import RouterMisconfigured
+from trtops_operator.config import OperatorConfig
+from trtops_operator.decision import Event, RouterAction
+from trtops_operator.errors import ApiRefused, PermanentError, TemporaryError
+from trtops_operator.models import TrtEngineSpec
+from trtops_operator.reconcile import decide
+from trtops_operator.status_model import EngineStatus, EngineView
+from trtops_operator.workqueue import WorkQueue
+
+__all__ = ["InvalidSpec", "Runtime", "now_rfc3339"]
+
+log = logging.getLogger("trtops_operator")
+EngineKey = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
+REFUSED_RETRY_SECONDS = 60  # a policy, quota or webhook that refused an object can change
+ADOPT_RETRY_SECONDS = 2.0  # someone else made a Job this pass wanted to create: adopt it soon
+ROUTER_RETRY_SECONDS = 30.0
+
+
+class InvalidSpec(PermanentError):
+    """The spec cannot be used; status says why. Nothing retries until the spec changes."""
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Runtime:
+    """Process-wide state, created at startup inside kopf's event loop."""
+
+    def __init__(self, config: OperatorConfig, api: k8s.Api, indices: Mapping[str, Any],
+                 executor: ThreadPoolExecutor) -> None:  # fmt: skip
+        self.config, self.api, self.indices, self.executor = config, api, indices, executor
+        self.queue: WorkQueue[EngineKey] = WorkQueue(
+            base_seconds=config.retry_base_seconds, max_seconds=config.retry_max_seconds
+        )
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking kubernetes-client call on the API threads (asyncio's default
+        executor is shared with everything else and serialized 500 engines' writes)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(fn, *args, **kwargs)
+        )
+
+    async def reconcile(
+        self, body: Mapping[str, Any], idx: Mapping[str, Any], trigger: str
+    ) -> None:
+        """One level-based pass over one engine; raises ``TemporaryError`` (retry) or
+        ``PermanentError`` (a person must act)."""
+        meta = body["metadata"]
+        key: EngineKey = (meta["namespace"], meta["name"])
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            async with self.queue.lock(key):
+                # The body may have been read before waiting for the lock; a pass that finished
+                # meanwhile wrote status (e.g. this engine's own plans), so take the freshest.
+                for fresh in (idx.get("engine_index") or {}).get(key, ()):
+                    body = fresh
+                await self._pass(key, body, idx)
+        except InvalidSpec:
+            error = "invalid"
+            raise
+        except TemporaryError:
+            error = "temporary"
+            raise
+        except PermanentError:
+            error = "permanent"
+            raise
+        finally:
+            metrics.record_reconcile(trigger, time.monotonic() - started, error)
+
+    async def _pass(self, key: EngineKey, body: Mapping[str, Any], idx: Mapping[str, Any]) -> None:
+        observed = indexes.observed(*key, idx)
+        verdict = await self._analysis_if_due(body)
+        now = now_rfc3339()
+        decision = decide(body, observed, self.config, now, verdict=verdict)
+        self.queue.wait_on(key, [(key[0], job) for job in decision.waiting_on])
+        try:
+            created = await self.call(k8s.apply_decision, self.api, body, decision)
+        except ApiRefused as exc:
+            # The user must see why nothing changes: say it in status, then retry slowly.
+            status, event = conditions.refused(
+                EngineView.parse(body), decision.status, str(exc)[:1024], now
+            )
+            await self.call(self.api.patch_status, key[0], key[1], status)
+            if event is not None:
+                await self.call(self.api.post_event, body, event)
+            raise TemporaryError(str(exc), delay=REFUSED_RETRY_SECONDS) from exc
+        metrics.record_builds(body, decision)
+        if decision.router is not None:
+            await self._set_router(body, decision.router)
+        if len(created) < len(decision.create):
+            self.queue.add(key, delay=ADOPT_RETRY_SECONDS)
+        if decision.requeue_after is not None:
+            self.queue.add(key, delay=max(decision.requeue_after, 0.5))
+        if decision.invalid:
+            raise InvalidSpec(decision.invalid)
+
+    async def _analysis_if_due(self, body: Mapping[str, Any]) -> Verdict | None:
+        """Query Prometheus for the canary in flight when its next analysis is due."""
+        state = rollout.canary_in_flight(EngineStatus.parse(body.get("status")))
+        if state is None:
+            return None
+        try:
+            spec = TrtEngineSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return None
+        if spec.rollout is None or spec.rollout.analysis is None:
+            return None
+        now = dt.datetime.now(dt.UTC)
+        if not rollout.analysis_due(spec.rollout, state, now):
+            return None
+        meta = body["metadata"]
+        # At weight 100 stable serves nothing: there is nothing to compare with.
+        compare = state.weight < 100
+        return await canary_prometheus.analyse(
+            spec.rollout.analysis,
+            model=spec.serving.model_name or meta["name"],
+            canary_revision=state.revision,
+            stable_revision=(state.stable_revision or None) if compare else None,
+            extra_labels={"namespace": meta["namespace"]},
+            max_window_seconds=rollout.analysis_window(state, now),
+            stable_note="no stable revision" if compare else "the canary serves all traffic",
+        )
+
+    async def _set_router(self, body: Mapping[str, Any], action: RouterAction) -> None:
+        """Move the traffic weights on the user's route object (only the backends we own)."""
+        ns = body["metadata"]["namespace"]
+        routes = self.api.routes
+        try:
+            if action.kind == "gatewayAPI":
+                await self.call(
+                    routes.set_httproute_weights,
+                    ns,
+                    action.name,
+                    dict(action.desired),
+                    set(action.owned),
+                )
+            else:
+                await self.call(
+                    routes.set_virtualservice_weights,
+                    ns,
+                    action.name,
+                    dict(action.desired),
+                    set(action.owned),
+                    action.routes,
+                )
+        except RouterMisconfigured as exc:
+            await self.call(
+                self.api.post_event, body, Event("Warning", "RouterMisconfigured", str(exc))
+            )
+            # Someone may create or fix the route object without touching the engine.
+            raise TemporaryError(str(exc), delay=ROUTER_RETRY_SECONDS) from exc
+
+    # --- the loops ----------------------------------------------------------------------------
+
+    async def work(self) -> None:
+        """Reconcile queued engines, one at a time per worker; failures back off per engine."""
+        engines = self.indices["engine_index"]
+        while True:
+            key = await self.queue.get()
+            if key not in engines:
+                self.queue.release(key)  # deleted: drop all its state
+                continue
+            body = next(iter(engines[key]))
+            try:
+                await self.reconcile(body, self.indices, trigger="watch")
+            except TemporaryError as exc:
+                delay = self.queue.retry(key, at_least=exc.delay)
+                log.info("reconcile of %s/%s will be retried in %.0fs: %s", *key, delay, exc)
+            except PermanentError as exc:
+                self.queue.forget(key)
+                log.warning("reconcile of %s/%s failed: %s", *key, exc)
+            except Exception:
+                delay = self.queue.retry(key, at_least=self.config.retry_base_seconds)
+                log.exception("reconcile of %s/%s crashed; retrying in %.0fs", *key, delay)
+            else:
+                self.queue.forget(key)
+
+    async def resync(self) -> None:
+        """Every engine is re-checked every ``resync_seconds`` even without events."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for key in list(self.indices["engine_index"]):
+                self.queue.add(key)
+
+    def wake(self, namespace: str, engines: tuple[str, ...]) -> None:
+        for name in engines:
+            self.queue.add((namespace, name))
+
+    def wake_job(self, namespace: str, job: str, owner_names: tuple[str, ...]) -> None:
+        """A build Job (or its pod) changed: its owners and the engines waiting on it."""
+        self.wake(namespace, owner_names)
+        for key in self.queue.waiters((namespace, job)):
+            self.queue.add(key)
+
+    def engine_keys(self) -> list[Hashable]:
+        return list(self.indices.get("engine_index") or {})

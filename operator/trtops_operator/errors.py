@@ -1,0 +1,46 @@
+"""The operator's exceptions; each says whether retrying can help::
+
+    OperatorError
+    +-- TemporaryError           retry after ``delay`` seconds: nothing a user must do
+    |   +-- ApiUnavailable       the API server failed or could not be reached
+    |   +-- RouterUnavailable    (canary.errors) other writers kept winning the route object
+    +-- PermanentError           a user must act; the message says what to fix
+        +-- ApiRefused           the API server refused an object (400, 403, 422)
+        +-- RouterMisconfigured  (canary.errors) the route object is missing or foreign
+
+Pure modules raise these; only ``handlers`` turns them into kopf's errors, at the edge.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiRefused",
+    "ApiUnavailable",
+    "OperatorError",
+    "PermanentError",
+    "TemporaryError",
+]
+
+
+class OperatorError(Exception):
+    """Base of every error the operator raises on purpose."""
+
+
+class TemporaryError(OperatorError):
+    """Retrying later can help; ``delay`` is the suggested wait in seconds."""
+
+    def __init__(self, message: str, *, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(OperatorError):
+    """Retrying alone will not help: a person must change something (the message says what)."""
+
+
+class ApiUnavailable(TemporaryError):
+    """The API server answered with an error that may pass, or could not be reached."""
+
+
+class ApiRefused(PermanentError):
+    """The API server refused a request as invalid or forbidden."""

@@ -1,0 +1,140 @@
+"""What exists, as the reconcile sees it: compact, typed summaries of the Jobs, pods and
+Deployments an engine owns. Pure: the handlers' kopf indexes store these (``summarize_*``) so a
+reconcile reads what exists without an API request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trtops_worker.contract import BUILD_CONTAINER, LABEL_ENGINE
+
+from trtops_operator import builders
+
+__all__ = [
+    "OWNER_KEY",
+    "DeploymentObs",
+    "JobObs",
+    "Observed",
+    "PodObs",
+    "summarize_deployment",
+    "summarize_job",
+    "summarize_pod",
+]
+
+OWNER_KEY = "_recordedBy"  # in plan index entries: the uid of the engine whose status holds it
+
+
+@dataclass(frozen=True)
+class JobObs:
+    name: str
+    owners: tuple[str, ...]  # uids of the TrtEngines that own the Job
+    owner_names: tuple[str, ...] = ()
+    succeeded: bool = False
+    failed: bool = False
+    failure_reason: str = ""
+    failure_message: str = ""
+
+
+@dataclass(frozen=True)
+class PodObs:
+    name: str
+    job: str
+    created: str
+    phase: str
+    message: str | None = None  # the build container's termination message
+
+
+@dataclass(frozen=True)
+class DeploymentObs:
+    name: str
+    engine: str
+    spec_hash: str
+    generation: int = 0
+    observed_generation: int = 0
+    replicas: int = 0  # desired (spec)
+    status_replicas: int = 0
+    updated: int = 0
+    available: int = 0
+
+    @property
+    def rolled_out(self) -> bool:
+        return (
+            self.observed_generation >= self.generation
+            and self.updated >= self.replicas
+            and self.available >= self.replicas
+            and self.status_replicas <= self.replicas
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists, as far as one engine cares (all in the engine's namespace)."""
+
+    jobs: Mapping[str, JobObs] = field(default_factory=dict)  # by Job name
+    pods: Mapping[str, Sequence[PodObs]] = field(default_factory=dict)  # by Job name
+    known_plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by Job name
+    deployments: Mapping[str, DeploymentObs] = field(default_factory=dict)  # this engine's
+    services: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
+    pdbs: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
+
+
+def _conditions(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c.get("type", ""): c for c in (body.get("status") or {}).get("conditions") or []}
+
+
+def _owner_refs(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return [r for r in refs if r.get("kind") == "TrtEngine"]
+
+
+def summarize_job(body: Mapping[str, Any]) -> JobObs:
+    conds = _conditions(body)
+    status = body.get("status") or {}
+    failed = conds.get("Failed", {}).get("status") == "True"
+    complete = conds.get("Complete", {}).get("status") == "True" or bool(status.get("succeeded"))
+    refs = _owner_refs(body)
+    return JobObs(
+        name=body["metadata"]["name"],
+        owners=tuple(r["uid"] for r in refs if r.get("uid")),
+        owner_names=tuple(r["name"] for r in refs),
+        succeeded=complete and not failed,
+        failed=failed,
+        failure_reason=str(conds.get("Failed", {}).get("reason") or ""),
+        failure_message=str(conds.get("Failed", {}).get("message") or ""),
+    )
+
+
+def summarize_pod(body: Mapping[str, Any]) -> PodObs:
+    meta = body["metadata"]
+    labels = meta.get("labels") or {}
+    status = body.get("status") or {}
+    message = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == BUILD_CONTAINER:
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+    return PodObs(
+        name=meta["name"],
+        job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        phase=str(status.get("phase") or ""),
+        message=message,
+    )
+
+
+def summarize_deployment(body: Mapping[str, Any]) -> DeploymentObs:
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return DeploymentObs(
+        name=meta["name"],
+        engine=(meta.get("labels") or {}).get(LABEL_ENGINE, ""),
+        spec_hash=builders.stamped_hash(body),
+        generation=int(meta.get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        replicas=int((body.get("spec") or {}).get("replicas", 1)),
+        status_replicas=int(status.get("replicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+    )

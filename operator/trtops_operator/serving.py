@@ -1,0 +1,143 @@
+"""The serving step, pure: which revisions run with how many pods, the canary's turn, and when
+the stable revision moves.
+
+During a canary the stable side keeps its full replica count; the canary's replicas follow its
+weight (``canary.routers.canary_replicas``). The stable revision moves at once for the first
+revision, for a plain rollout once the new pods are available, and after a canary only when the
+canary machine promotes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trtops_operator import builders, keys, rollout
+from trtops_operator.builds import Builds
+from trtops_operator.canary.analysis import Verdict
+from trtops_operator.config import OperatorConfig
+from trtops_operator.observation import Observed
+from trtops_operator.status_model import EngineView, PlanRecord, StableStatus
+
+__all__ = ["Serving", "apply_if_changed", "decide_serving"]
+
+
+def apply_if_changed(apply: list[dict[str, Any]], obj: dict[str, Any], have: str | None) -> None:
+    """Apply ``obj`` unless what exists carries its hash already (a steady state writes nothing)."""
+    if have != builders.stamped_hash(obj):
+        apply.append(obj)
+
+
+@dataclass
+class Serving:
+    """Which Deployments should run, where the traffic is, and what to apply or delete."""
+
+    observed: Observed
+    replicas: int
+    wanted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    names_by_rev: dict[str, list[str]] = field(default_factory=dict)
+    stable: StableStatus | None = None
+    canary: rollout.CanaryTurn | None = None
+    canary_mode: bool = False
+    promoted: bool = False
+    canary_weight: int = 0
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def stable_revision(self) -> str | None:
+        return (self.stable.revision or None) if self.stable is not None else None
+
+    @property
+    def in_canary(self) -> bool:
+        return self.canary_mode and not self.promoted
+
+    def rolled_out(self, rev: str) -> bool:
+        names = self.names_by_rev.get(rev) or []
+        return bool(names) and all(
+            (d := self.observed.deployments.get(n)) is not None
+            and d.spec_hash == builders.stamped_hash(self.wanted[n])
+            and d.rolled_out
+            for n in names
+        )
+
+    def available(self, rev: str | None) -> bool:
+        names = self.names_by_rev.get(rev or "") or []
+        return bool(names) and all(
+            (d := self.observed.deployments.get(n)) is not None and d.available >= self.replicas
+            for n in names
+        )
+
+
+def decide_serving(
+    view: EngineView,
+    engine: builders.Engine,
+    builds: Builds,
+    observed: Observed,
+    config: OperatorConfig,
+    now: str,
+    verdict: Verdict | None,
+) -> Serving:
+    """Which revisions run with how many pods, the canary's turn, and when stable moves."""
+    spec = engine.spec
+    revision = builds.revision
+    serving = Serving(observed, spec.serving.replicas)
+    old = view.status.stable
+    serving.stable = old.model_copy(deep=True) if old is not None and old.revision else None
+    stable_rev = serving.stable_revision
+    serving.canary_mode = (
+        bool(stable_rev) and stable_rev != revision and builds.ready and spec.rollout is not None
+    )
+    if serving.canary_mode and stable_rev is not None:
+        serving.canary = rollout.canary_turn(
+            spec,
+            view,
+            revision=revision,
+            stable_revision=stable_rev,
+            now=now,
+            observed=observed,
+            verdict=verdict,
+        )
+    cd = serving.canary
+    serving.promoted = cd is not None and cd.state.phase == "Promoted"
+
+    # (revision, plans, replicas); the stable side keeps its full count for the whole canary.
+    runs: list[tuple[str, Sequence[PlanRecord], int]] = []
+    if stable_rev and stable_rev != revision and serving.stable is not None:
+        runs.append((stable_rev, serving.stable.plans, serving.replicas))
+    if builds.ready:
+        runs.append(
+            (revision, builds.plans, serving.replicas if cd is None else cd.canary_replicas)
+        )
+    for rev, rev_plans, rev_replicas in runs:
+        for p in rev_plans:
+            cpu = p.target == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
+            product = None if cpu else p.target
+            ref = builders.PlanRef(
+                target=product,
+                key=p.key,
+                path=p.path,
+                precision=str(p.precision or spec.build.precision),
+                backend=str(p.backend or spec.serving.backend),
+            )
+            name = keys.serving_name(f"{engine.name}-{rev}", product)
+            serving.wanted[name] = builders.build_deployment(
+                engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
+            )
+            serving.names_by_rev.setdefault(rev, []).append(name)
+
+    for name, obj in serving.wanted.items():
+        have = observed.deployments.get(name)
+        apply_if_changed(serving.apply, obj, have.spec_hash if have is not None else None)
+    serving.delete += [("Deployment", n) for n in observed.deployments if n not in serving.wanted]
+
+    plain = not serving.canary_mode and (revision == stable_rev or serving.rolled_out(revision))
+    if builds.ready and (plain or serving.promoted):
+        serving.stable = StableStatus(
+            revision=revision, weight=100, plans=[p.identity() for p in builds.plans]
+        )
+    serving.canary_weight = cd.canary_weight if cd is not None and not serving.promoted else 0
+    if serving.stable is not None:
+        serving.stable.weight = 100 - serving.canary_weight
+    return serving

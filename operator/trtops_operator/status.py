@@ -1,0 +1,119 @@
+"""The status step, pure: the conditions and status fields that say where the engine stands.
+
+``Built`` (every target has a plan), ``Ready`` (a revision serves), ``Progressing`` (a new
+revision is on its way), ``Degraded`` (something needs a person) and, during and after a canary,
+the canary machine's own conditions (``RolledBack``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trtops_operator.builds import Builds
+from trtops_operator.conditions import ConditionStatus, set_condition
+from trtops_operator.decision import Event
+from trtops_operator.serving import Serving
+from trtops_operator.status_model import Condition, EngineStatus, EngineView
+
+__all__ = ["StatusStep", "decide_status"]
+
+
+@dataclass
+class StatusStep:
+    status: EngineStatus
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) -> StatusStep:
+    """Conditions and the status fields for this pass."""
+    old = view.status
+    revision, failed, building = builds.revision, builds.failed, builds.building
+    stable_now, cd = serving.stable_revision, serving.canary
+
+    def cond(type_: str, status: ConditionStatus, reason: str, message: str) -> Condition:
+        return set_condition(
+            old.conditions, type_, status, reason, message, generation=view.generation, now=now
+        )
+
+    if failed:
+        f = failed[0]
+        assert f.failure is not None
+        built = cond(
+            "Built",
+            "False",
+            f.failure.reason,
+            f"{f.label}: {f.failure.category}: {f.failure.message}",
+        )
+    elif building:
+        built = cond("Built", "False", "Building", "; ".join(t.note for t in building))
+    else:
+        built = cond(
+            "Built", "True", "Built", f"{len(builds.plans)} plan(s) built for revision {revision}"
+        )
+    if stable_now == revision and serving.rolled_out(revision):
+        progressing = cond(
+            "Progressing", "False", "RolloutComplete", f"revision {revision} serves 100%"
+        )
+    elif failed:
+        progressing = cond(
+            "Progressing", "False", "BuildFailed", f"revision {revision} cannot be built"
+        )
+    elif building:
+        progressing = cond("Progressing", "True", "Building", f"building revision {revision}")
+    else:
+        progressing = cond("Progressing", "True", "RollingOut", f"rolling out revision {revision}")
+    if serving.available(stable_now):
+        msg = f"revision {stable_now} serving"
+        if cd is not None and not serving.promoted:
+            msg += f"; canary {revision} at {serving.canary_weight}%"
+        elif stable_now != revision:
+            msg += f"; revision {revision} not ready yet"
+        ready = cond("Ready", "True", "Serving", msg)
+    elif failed and not stable_now:
+        ready = cond("Ready", "False", "BuildFailed", built.message)
+    elif building or not serving.names_by_rev:
+        ready = cond("Ready", "False", "Building", "no plan serves yet")
+    else:
+        ready = cond("Ready", "False", "Starting", "serving pods are not available yet")
+    if failed:
+        degraded = cond("Degraded", "True", "BuildFailed", built.message)
+    elif stable_now and stable_now in serving.names_by_rev and not serving.available(stable_now):
+        degraded = cond(
+            "Degraded",
+            "True",
+            "Unavailable",
+            f"revision {stable_now} has too few available pods",
+        )
+    else:
+        degraded = cond("Degraded", "False", "AsExpected", "")
+    conditions = {c.type: c for c in (built, ready, progressing, degraded)}
+    step = StatusStep(EngineStatus())
+    if cd is not None:
+        for c in cd.conditions:
+            conditions[c.type] = cond(c.type, c.status, c.reason, c.message)
+        step.events += [Event(e.type, e.reason, e.message) for e in cd.events]
+        step.requeue_after = cd.requeue_after
+    elif old.condition("RolledBack") is not None:
+        conditions["RolledBack"] = cond(
+            "RolledBack", "False", "NotRolledBack", f"revision {revision} is not rolled back"
+        )
+    canary = None
+    if cd is not None:
+        canary = {
+            **cd.state.to_json(),
+            "weight": serving.canary_weight,
+            "plans": [p.identity().to_json() for p in builds.plans],
+        }
+    elif old.canary and stable_now == revision:
+        canary = {**old.canary, "weight": 0}  # the last attempt's record stays readable
+    step.status = EngineStatus(
+        observed_generation=view.generation,
+        revision=revision,
+        conditions=list(conditions.values()),
+        plans=builds.plans,
+        stable=serving.stable,
+        canary=canary,
+        last_good_revision=stable_now or old.last_good_revision or None,
+    )
+    return step
