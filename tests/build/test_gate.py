@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from trtops_worker.build import pipeline
 from trtops_worker.build.accuracy import (
     OutputKind,
     Thresholds,
@@ -17,6 +18,9 @@ from trtops_worker.build.accuracy import (
     output_kinds,
     output_metrics,
 )
+from trtops_worker.build.engine import EngineSettings
+from trtops_worker.build.engine_onnxruntime import OnnxRuntimeBackend
+from trtops_worker.build.errors import AccuracyError
 
 from tests.build.conftest import RunBuild, SampleModel, save_npz
 
@@ -183,3 +187,73 @@ def test_peak_memory_is_of_the_order_of_the_model(run_build: RunBuild, tmp_path:
     assert code == 0, result
     peak = result["benchmark"]["peakMemoryMiB"]
     assert 0.8 * weights_mib <= peak <= 4 * weights_mib, (peak, weights_mib)
+
+
+# --- two stages: the converted model, then the artifact through the serving executor ----------
+
+
+def test_both_stages_are_reported(run_build: RunBuild, conv: SampleModel) -> None:
+    code, result = run_build(
+        "--model", conv.model, "--precision", "fp16", "--validation", conv.validation
+    )
+    assert code == 0, result
+    assert result["accuracy"]["stages"] == {"converted": True, "artifact": True}
+    accuracy = json.loads((Path(result["path"]) / "metadata.json").read_text())["accuracy"]
+    stages = accuracy["stages"]
+    assert stages["converted"]["checked"] == "converted.onnx on ONNX Runtime (CPU)"
+    assert stages["artifact"]["checked"].startswith("model.ort.onnx on ONNX Runtime ")
+    assert accuracy["checked"] == stages["artifact"]["checked"]  # what serves is what is judged
+    assert accuracy["outputs"] == stages["artifact"]["outputs"]
+    assert set(stages["converted"]["outputs"]) == {"logits"}
+
+
+class LossyEngine(OnnxRuntimeBackend):
+    """An engine stage whose numerics differ from the converted model's, as TensorRT's FP16
+    accumulation or a bad tactic could. It runs on ONNX Runtime (a perturbed copy of its
+    artifact's weights): no TensorRT result is faked, the gate's stage logic is what is tested."""
+
+    def build(self, converted: Path, folder: Path, settings: EngineSettings) -> Path:
+        artifact = super().build(converted, folder, settings)
+        model = onnx.load(str(artifact))
+        rng = np.random.default_rng(0)
+        for init in model.graph.initializer:
+            w = numpy_helper.to_array(init)
+            if w.dtype == np.float32 and w.size > 16:
+                noisy = w + rng.standard_normal(w.shape).astype(np.float32) * 3 * w.std()
+                init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+        onnx.save(model, str(artifact))
+        return artifact
+
+
+def test_an_engine_that_loses_accuracy_is_blamed_not_the_conversion(
+    conv: SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "load_backend", lambda name: LossyEngine())
+    request = pipeline.BuildRequest(
+        model=conv.model,
+        precision="fp32",
+        backend="onnxruntime",
+        storage=tmp_path / "store",
+        validation=conv.validation,
+        benchmark_iterations=2,
+    )
+    with pytest.raises(AccuracyError) as info:
+        pipeline.build(request)
+    message = info.value.message
+    assert message.startswith("accuracy gate failed against FP32: logits (class-scores): top-1")
+    assert "(model.ort.onnx on ONNX Runtime" in message
+    assert (
+        "converted.onnx on ONNX Runtime (CPU) passes, so the loss comes from the engine" in message
+    )
+    assert not [p for p in (tmp_path / "store").iterdir() if not p.name.startswith(".")]
+
+
+def test_a_conversion_that_loses_accuracy_is_named(
+    run_build: RunBuild, conv: SampleModel, tmp_path: Path
+) -> None:
+    with np.load(conv.calibration) as good:
+        zeros = save_npz(tmp_path / "zeros.npz", {"input": np.zeros_like(good["input"])})
+    args = ("--model", conv.model, "--precision", "int8", "--calibration", zeros)
+    code, result = run_build(*args, "--validation", conv.validation)
+    assert (code, result["reason"]) == (14, "AccuracyGateFailed"), result
+    assert "The precision conversion already loses it: converted.onnx" in result["message"]

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from trtops_worker.build.model import TensorSpec
 from trtops_worker.cachekey import Device, ProfileIngredients
 
-__all__ = ["BACKEND_MODULES", "Backend", "EngineSettings", "load_backend"]
+__all__ = ["BACKEND_MODULES", "ArtifactRunner", "Backend", "EngineSettings", "load_backend"]
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,28 @@ class EngineSettings:
     timing_cache: Path | None = None  # a previous timing cache to start from (TensorRT)
 
 
+class ArtifactRunner(Protocol):
+    """Runs a built artifact the way serving does: ``run(feed) -> {output name: array}``."""
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
 class Backend(Protocol):
     name: str
     artifact_name: str
-    # What the accuracy gate can run on CPU: the artifact itself, or only the converted ONNX.
-    gate_runs_artifact: bool
 
     def version(self) -> str: ...
+
+    def runs_on(self) -> str:
+        """Where ``runner`` executes, for reports: ``"TensorRT 11.2.1.2 on NVIDIA H200"``."""
+        ...
+
+    def runner(self, artifact: Path) -> ArtifactRunner:
+        """The one way to execute the artifact: the gate, the self-benchmark and the server
+        (TensorRT: ``serve.backend_tensorrt``) all run it through this."""
+        ...
 
     def device(self, gpu_product: str | None) -> Device: ...
 

@@ -62,6 +62,9 @@ class Runner:
             name: np.asarray(value) for name, value in zip(self.output_names, outputs, strict=True)
         }
 
+    def close(self) -> None:
+        """Nothing to release beyond what garbage collection frees."""
+
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
@@ -70,10 +73,15 @@ def _first_line(exc: BaseException) -> str:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     artifact_name = "model.ort.onnx"
-    gate_runs_artifact = True
 
     def version(self) -> str:
         return str(ort.__version__)
+
+    def runs_on(self) -> str:
+        return f"ONNX Runtime {ort.__version__} (CPU)"
+
+    def runner(self, artifact: Path) -> Runner:
+        return Runner(artifact)
 
     def device(self, gpu_product: str | None) -> Device:
         return Device()  # CPU artifacts don't depend on a GPU product, whatever the Job's target

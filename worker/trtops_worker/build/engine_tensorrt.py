@@ -2,8 +2,11 @@
 
 Written against the TensorRT 11 Python API: strongly typed networks (precision comes from the
 converted ONNX: dtypes and Q/DQ nodes), ``create_network(0)``, ``build_serialized_network``,
-``set_memory_pool_limit``, the name-based I/O tensor API. It runs only in the GPU worker image;
-this machine cannot install TensorRT, so nothing here is exercised by the test suite.
+``set_memory_pool_limit``. A built plan is executed only through the server's executor
+(``serve.backend_tensorrt``), by the accuracy gate and the self-benchmark alike. It runs only in
+the GPU worker image; TensorRT cannot be installed where the tests run, so the names used here are
+checked statically against the real bindings (tests/build/test_tensorrt_api.py) and
+``hack/gpu-smoke.sh`` is the first run on a GPU.
 
 Timing cache: the build starts from the store's shared cache for this TensorRT version and
 device (``settings.timing_cache``, when there is one) and writes ``timing.cache`` into the key
@@ -13,14 +16,13 @@ reuse the measured tactics. Optimization level 0 ignores the cache (TensorRT's r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trtops_worker.build.benchmark import latency_summary
-from trtops_worker.build.engine import EngineSettings
+from trtops_worker.build.benchmark import latency_summary, time_runs
+from trtops_worker.build.engine import ArtifactRunner, EngineSettings
 from trtops_worker.build.errors import BackendError, ConfigError, EngineError
 from trtops_worker.cachekey import Device
 
@@ -52,7 +54,6 @@ def _check(result: Any, what: str) -> Any:
 class TensorRTBackend:
     name = "tensorrt"
     artifact_name = "engine.plan"
-    gate_runs_artifact = False  # the gate runs converted.onnx on ONNX Runtime (CPU)
 
     def __init__(self) -> None:
         self._trt, self._cudart = _import()
@@ -116,6 +117,15 @@ class TensorRTBackend:
         (folder / TIMING_CACHE).write_bytes(bytes(config.get_timing_cache().serialize()))
         return artifact
 
+    def runs_on(self) -> str:
+        return f"TensorRT {self.version()} on {self.device(None).gpu_product}"
+
+    def runner(self, artifact: Path) -> ArtifactRunner:
+        """The server's plan executor (``serve.backend_tensorrt``): one way to run a plan."""
+        from trtops_worker.serve.backend_tensorrt import TensorRTBackend as PlanExecutor
+
+        return _PlanRunner(PlanExecutor(artifact))
+
     def benchmark(
         self,
         artifact: Path,
@@ -123,71 +133,48 @@ class TensorRTBackend:
         iterations: int,
         time_budget_s: float,
     ) -> dict[str, Any]:
-        trt, cudart = self._trt, self._cudart
-        free_before, _ = _check(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
-        engine = trt.Runtime(self._logger).deserialize_cuda_engine(artifact.read_bytes())
-        if engine is None:
-            raise EngineError("BuildFailed", "TensorRT cannot deserialize the plan it just built")
-        context = engine.create_execution_context()
-        stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        """Latency through the server's executor (host copies included, as a client sees it);
+        memory is the device memory taken from before the plan loads to the lowest free point."""
+        free_before, _ = _check(self._cudart.cudaMemGetInfo(), "cudaMemGetInfo")
         lowest_free = free_before
         results = []
+        runner = self.runner(artifact)
         try:
             for batch_size, feed in sorted(feeds.items()):
-                pointers = []
-                try:
-                    for name, array in feed.items():
-                        context.set_input_shape(name, array.shape)
-                    for i in range(engine.num_io_tensors):
-                        name = engine.get_tensor_name(i)
-                        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-                        nbytes = max(
-                            1, int(np.prod(tuple(context.get_tensor_shape(name)))) * dtype.itemsize
-                        )
-                        ptr = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
-                        pointers.append(ptr)
-                        context.set_tensor_address(name, ptr)
-                        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                            host = np.ascontiguousarray(feed[name], dtype=dtype)
-                            _check(
-                                cudart.cudaMemcpy(
-                                    ptr,
-                                    host.ctypes.data,
-                                    host.nbytes,
-                                    cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                                ),
-                                "cudaMemcpy",
-                            )
 
-                    def infer() -> None:
-                        if not context.execute_async_v3(stream):
-                            raise EngineError("BuildFailed", "TensorRT execute_async_v3 failed")
-                        _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+                def once(f: dict[str, Any] = feed) -> object:
+                    return runner.run(f)
 
-                    for _ in range(3):
-                        infer()
-                    latencies: list[float] = []
-                    deadline = time.perf_counter() + time_budget_s
-                    for _ in range(max(1, iterations)):
-                        start = time.perf_counter()
-                        infer()
-                        latencies.append((time.perf_counter() - start) * 1000.0)
-                        if time.perf_counter() > deadline:
-                            break
-                    free_now, _ = _check(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
-                    lowest_free = min(lowest_free, free_now)
-                    results.append(latency_summary(latencies, batch_size))
-                finally:
-                    for ptr in pointers:
-                        cudart.cudaFree(ptr)
+                latencies = time_runs(once, iterations, time_budget_s)
+                free_now, _ = _check(self._cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+                lowest_free = min(lowest_free, free_now)
+                results.append(latency_summary(latencies, batch_size))
         finally:
-            cudart.cudaStreamDestroy(stream)
+            runner.close()
         return {
-            "runtime": f"tensorrt {trt.__version__}",
+            "runtime": f"tensorrt {self.version()}",
+            "device": self.device(None).gpu_product,
             "batches": results,
             "peakMemoryMiB": round((free_before - lowest_free) / (1 << 20), 2),
             "memoryMethod": "gpu-free-memory-delta (cudaMemGetInfo)",
         }
+
+
+class _PlanRunner:
+    """The build's view of the server's executor: the gate and the benchmark call ``run``."""
+
+    def __init__(self, executor: Any) -> None:
+        self._executor = executor
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            result: dict[str, np.ndarray] = self._executor.infer(feed)
+        except Exception as exc:  # DeviceError, InvalidInput: the plan cannot run this feed
+            raise EngineError("BuildFailed", f"TensorRT could not run the plan: {exc}") from exc
+        return result
+
+    def close(self) -> None:
+        self._executor.close()
 
 
 def create() -> TensorRTBackend:

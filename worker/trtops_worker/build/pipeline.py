@@ -14,6 +14,7 @@ import logging
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ from trtops_worker.build.accuracy import (
 )
 from trtops_worker.build.benchmark import feeds_for
 from trtops_worker.build.data import InputSet, batches, load_input_set
-from trtops_worker.build.engine import Backend, EngineSettings, load_backend
-from trtops_worker.build.errors import AccuracyError, CalibrationError, ConfigError
+from trtops_worker.build.engine import ArtifactRunner, Backend, EngineSettings, load_backend
+from trtops_worker.build.errors import AccuracyError, CalibrationError, ConfigError, EngineError
 from trtops_worker.build.model import LoadedModel, load_model, sha256_file
 from trtops_worker.build.profiles import check_profiles
 from trtops_worker.build.store import METADATA, Store
@@ -217,12 +218,14 @@ def _build_into(
 
     accuracy = _gate(
         model,
-        converted if not backend.gate_runs_artifact else artifact,
+        converted,
+        artifact,
         backend,
         validation,
         request.thresholds,
         kinds,
         used_calibration=request.validation is None,
+        batch_size=_gate_batch_size(request.profiles),
     )
     feeds = feeds_for(
         model.inputs,
@@ -276,57 +279,119 @@ def _versions(backend: Backend) -> dict[str, str]:
     return versions
 
 
+def _gate_batch_size(profiles: tuple[ProfileIngredients, ...]) -> int:
+    """32 samples per run, fewer where an optimization profile allows fewer (a TensorRT plan
+    refuses shapes outside its profile)."""
+    return min([32, *(p.max[0] for p in profiles if p.max)])
+
+
 def _gate(
     model: LoadedModel,
-    candidate: Path,
+    converted: Path,
+    artifact: Path,
     backend: Backend,
     validation: InputSet | None,
     thresholds: Thresholds,
     kinds: dict[str, OutputKind],
     *,
     used_calibration: bool,
+    batch_size: int,
 ) -> dict[str, Any]:
-    """Run FP32 and candidate on the validation set; raise ``AccuracyError`` on a miss."""
+    """Compare with FP32 (ONNX Runtime on the input model) in two stages, same thresholds:
+
+    - ``converted``: ``converted.onnx`` on ONNX Runtime (CPU): what the precision conversion
+      did (and what the CPU fallback serves);
+    - ``artifact``: the built artifact through ``backend.runner``, the executor serving uses
+      (for TensorRT: the plan on the build GPU).
+
+    Either stage missing a threshold raises ``AccuracyError``; the message leads with the
+    artifact's misses and says which stage lost the accuracy. The report's top-level
+    ``outputs``/``passed``/``checked`` are the artifact stage's (what serves)."""
     from trtops_worker.build.engine_onnxruntime import Runner
 
-    checked = (
-        candidate.name
-        if backend.gate_runs_artifact
-        else (
-            f"{candidate.name} on ONNX Runtime (CPU): "
-            "the TensorRT plan itself is not run by the gate"
-        )
-    )
-    report: dict[str, Any] = {"thresholds": thresholds.applied_json(kinds), "checked": checked}
+    stage_names = {
+        "converted": f"{converted.name} on ONNX Runtime (CPU)",
+        "artifact": f"{artifact.name} on {backend.runs_on()}",
+    }
+    report: dict[str, Any] = {
+        "thresholds": thresholds.applied_json(kinds),
+        "checked": stage_names["artifact"],
+    }
     if validation is None:
         report |= {
             "passed": None,
             "note": "no validation or calibration data: accuracy not checked",
         }
         return report
-    reference, built = Runner(model.path), Runner(candidate)
-    outs_ref: dict[str, list[np.ndarray]] = {}
-    outs_new: dict[str, list[np.ndarray]] = {}
-    for feed in batches(validation.arrays, model.inputs, preferred=32):
-        for store, runner in ((outs_ref, reference), (outs_new, built)):
-            for name, value in runner.run(feed).items():
-                store.setdefault(name, []).append(value)
-    metrics: dict[str, OutputMetrics] = {
-        name: output_metrics(np.concatenate(outs_ref[name]), np.concatenate(outs_new[name]))
-        for name in outs_ref
+    feeds = list(batches(validation.arrays, model.inputs, preferred=batch_size))
+    reference = _run_all(Runner(model.path), feeds)
+    stages: dict[str, dict[str, Any]] = {}
+    problems: dict[str, list[str]] = {}
+    openers: dict[str, Callable[[], ArtifactRunner]] = {
+        "converted": lambda: Runner(converted),
+        "artifact": lambda: backend.runner(artifact),
     }
-    problems = evaluate(metrics, thresholds, kinds)
+    for stage, open_runner in openers.items():
+        try:
+            outputs = _run_all(open_runner(), feeds)
+        except EngineError as exc:
+            if stage == "artifact" or backend.name == "onnxruntime":
+                raise
+            # bf16 has no ONNX Runtime CPU kernels: the plan is still checked, this stage not.
+            stages[stage] = {"checked": stage_names[stage], "passed": None, "note": exc.message}
+            continue
+        metrics = {name: output_metrics(reference[name], outputs[name]) for name in reference}
+        problems[stage] = evaluate(metrics, thresholds, kinds)
+        stages[stage] = {
+            "checked": stage_names[stage],
+            "outputs": {name: m.to_json() for name, m in sorted(metrics.items())},
+            "passed": not problems[stage],
+        }
     report |= {
-        "samples": sum(len(v) for v in next(iter(outs_ref.values()))),
+        "samples": len(next(iter(reference.values()))),
         "data": "calibration set (no --validation given)" if used_calibration else "validation set",
-        "outputs": {name: m.to_json() for name, m in sorted(metrics.items())},
-        "passed": not problems,
+        "outputs": stages["artifact"]["outputs"],
+        "passed": not any(problems.values()),
+        "stages": stages,
     }
-    if problems:
-        raise AccuracyError(
-            "AccuracyGateFailed", "accuracy gate failed against FP32: " + "; ".join(problems)
-        )
+    if any(problems.values()):
+        raise AccuracyError("AccuracyGateFailed", _refusal(problems, stage_names))
     return report
+
+
+def _run_all(runner: ArtifactRunner, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every output over every feed, concatenated along the sample axis."""
+    collected: dict[str, list[np.ndarray]] = {}
+    try:
+        for feed in feeds:
+            for name, value in runner.run(feed).items():
+                collected.setdefault(name, []).append(value)
+    finally:
+        runner.close()
+    return {name: np.concatenate(values) for name, values in collected.items()}
+
+
+def _refusal(problems: dict[str, list[str]], stage_names: dict[str, str]) -> str:
+    """Which thresholds were missed, and which stage lost the accuracy."""
+    artifact, converted = problems.get("artifact", []), problems.get("converted")
+    head = "accuracy gate failed against FP32: "
+    if artifact and converted:
+        return (
+            f"{head}{'; '.join(artifact)} ({stage_names['artifact']}). The precision conversion "
+            f"already loses it: {stage_names['converted']} misses too ({converted[0]})"
+        )
+    if artifact:
+        why = (
+            "passes, so the loss comes from the engine, not the precision conversion"
+            if converted is not None
+            else "was not checked"
+        )
+        where = stage_names["artifact"]
+        return f"{head}{'; '.join(artifact)} ({where}). {stage_names['converted']} {why}"
+    return (
+        f"{head}{'; '.join(converted or [])} ({stage_names['converted']}, what the CPU fallback "
+        f"serves). {stage_names['artifact']} passes"
+    )
 
 
 def _output_kinds(model: LoadedModel, declared: dict[str, OutputKind]) -> dict[str, OutputKind]:
@@ -339,9 +404,13 @@ def _output_kinds(model: LoadedModel, declared: dict[str, OutputKind]) -> dict[s
 
 def _regate(metadata: dict[str, Any], thresholds: Thresholds, kinds: dict[str, OutputKind]) -> None:
     """A cached artifact passed the gate it was built with; it must also pass today's thresholds."""
-    outputs = (metadata.get("accuracy") or {}).get("outputs") or {}
-    metrics = {name: OutputMetrics.from_json(m) for name, m in outputs.items()}
-    problems = evaluate(metrics, thresholds, kinds)
+    accuracy = metadata.get("accuracy") or {}
+    problems: list[str] = []
+    stages = accuracy.get("stages") or {"artifact": accuracy}
+    for stage in stages.values():
+        outputs = stage.get("outputs") or {}
+        metrics = {name: OutputMetrics.from_json(m) for name, m in outputs.items()}
+        problems += evaluate(metrics, thresholds, kinds)
     if problems:
         raise AccuracyError(
             "AccuracyGateFailed",
@@ -368,6 +437,7 @@ def _result(metadata: dict[str, Any], folder: Path, *, cached: bool) -> dict[str
             "passed": accuracy.get("passed"),
             "samples": accuracy.get("samples"),
             "outputs": accuracy.get("outputs", {}),
+            "stages": {k: v.get("passed") for k, v in (accuracy.get("stages") or {}).items()},
         },
         "benchmark": {
             "batches": [
