@@ -63,12 +63,11 @@ class TensorRTBackend:
         return str(self._trt.__version__)
 
     def device(self, gpu_product: str | None) -> Device:
-        props = _check(self._cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        return Device(
-            compute_capability=f"{props.major}.{props.minor}",
-            gpu_product=gpu_product or name.strip("\x00"),
-        )
+        """Device 0, as the serving pod's compatibility guard will see it."""
+        from trtops_worker.serve.backend_tensorrt import environment
+
+        target = environment()
+        return Device(target.compute_capability, gpu_product or target.gpu)
 
     def build(self, converted: Path, folder: Path, settings: EngineSettings) -> Path:
         trt = self._trt

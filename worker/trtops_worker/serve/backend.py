@@ -84,7 +84,11 @@ def load_backend(
     try:
         return LoadedBackend(load_tensorrt(model))
     except Exception as e:  # ImportError, CUDA or deserialisation failure: all mean "no GPU path"
-        if not (cpu_fallback and fallback_model is not None):
+        from .backend_tensorrt import PlanIncompatible
+
+        # A plan for another GPU or TensorRT is no missing GPU path: the pod exits and says so,
+        # and the operator builds a plan for this target (serving on CPU would hide that).
+        if isinstance(e, PlanIncompatible) or not (cpu_fallback and fallback_model is not None):
             raise
         reason = f"TensorRT backend failed to load: {type(e).__name__}: {e}"
         log.warning("%s; falling back to ONNX Runtime on %s", reason, fallback_model)

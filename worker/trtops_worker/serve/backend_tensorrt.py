@@ -6,13 +6,26 @@ Written against the TensorRT 11 name-based I/O API (``num_io_tensors``, ``get_te
 the calls themselves: validation, batching and fallback live elsewhere and are tested on ONNX
 Runtime. Any CUDA or TensorRT failure while serving raises :class:`DeviceError`, which the data
 plane turns into a CPU fallback when that is enabled.
+
+The build's accuracy gate and self-benchmark run a plan through this same class (one way to
+execute a plan).
+
+Compatibility guard: a plan only runs on the TensorRT version and GPU compute capability it was
+built for ("the engine plan file is generated on an incompatible device"). At load, the
+versions recorded in the plan's ``metadata.json`` (``versions.tensorrt``,
+``device.computeCapability``) are compared with this process's (:func:`environment`); a
+mismatch raises :class:`PlanIncompatible` before TensorRT touches the file, and the server exits
+with that as its termination message (no CPU fallback: the operator builds a plan for this GPU).
+TensorRT versions match on major.minor.patch (the build number may differ).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +34,87 @@ import numpy as np
 from .errors import DeviceError, InvalidInput
 from .types import TensorSpec, datatype_of
 
-__all__ = ["TensorRTBackend"]
+__all__ = [
+    "PlanIncompatible",
+    "PlanTarget",
+    "TensorRTBackend",
+    "check_plan",
+    "environment",
+    "recorded_target",
+]
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """What a plan is tied to: TensorRT version (``"11.2.1.2"``) and compute capability
+    (``"9.0"``); ``gpu`` is the device name, for messages only."""
+
+    tensorrt_version: str
+    compute_capability: str
+    gpu: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "tensorrtVersion": self.tensorrt_version,
+            "computeCapability": self.compute_capability,
+            "gpu": self.gpu,
+        }
+
+
+class PlanIncompatible(Exception):
+    """The plan was built for another TensorRT version or compute capability than this pod's."""
+
+    reason = "PlanIncompatible"
+
+    def __init__(self, plan: PlanTarget, pod: PlanTarget) -> None:
+        self.plan, self.pod = plan, pod
+        super().__init__(
+            f"the plan was built with TensorRT {plan.tensorrt_version} for compute capability"
+            f" {plan.compute_capability}{f' ({plan.gpu})' if plan.gpu else ''}; this pod has"
+            f" TensorRT {pod.tensorrt_version} on compute capability {pod.compute_capability}"
+            f"{f' ({pod.gpu})' if pod.gpu else ''}: it needs a plan built for this GPU and"
+            " TensorRT"
+        )
+
+
+def recorded_target(plan: Path) -> PlanTarget | None:
+    """The target recorded next to ``plan`` (``metadata.json`` of its build folder); ``None``
+    where there is no metadata or it records no TensorRT version and compute capability."""
+    try:
+        meta = json.loads((plan.parent / "metadata.json").read_text())
+        version = str(meta["versions"]["tensorrt"])
+        device = meta["device"]
+        capability = str(device["computeCapability"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return PlanTarget(version, capability, str(device.get("gpuProduct") or ""))
+
+
+def _release(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:3])
+
+
+def check_plan(plan: PlanTarget | None, pod: PlanTarget) -> None:
+    """Raise :class:`PlanIncompatible` unless ``plan`` can run in ``pod`` (unknown: allowed)."""
+    if plan is None:
+        return
+    if (
+        _release(plan.tensorrt_version) != _release(pod.tensorrt_version)
+        or plan.compute_capability != pod.compute_capability
+    ):
+        raise PlanIncompatible(plan, pod)
+
+
+def environment() -> PlanTarget:
+    """This process's TensorRT version and device 0's compute capability; ImportError without
+    TensorRT, DeviceError without a GPU."""
+    trt: Any = importlib.import_module("tensorrt")
+    cudart: Any = importlib.import_module("cuda.bindings.runtime")
+    props = _check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else props.name
+    return PlanTarget(
+        str(trt.__version__), f"{props.major}.{props.minor}", str(name).strip("\x00 ")
+    )
 
 
 def _check(result: Any, what: str) -> Any:
@@ -38,6 +131,7 @@ class TensorRTBackend:
     max_concurrent_runs = 1  # one execution context
 
     def __init__(self, plan: Path) -> None:
+        check_plan(recorded_target(plan), environment())  # before TensorRT reads the file
         # Lazy imports: importing this module must not need TensorRT; constructing it does.
         self._trt: Any = importlib.import_module("tensorrt")
         self._cudart: Any = importlib.import_module("cuda.bindings.runtime")

@@ -99,6 +99,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=os.environ.get("TRTOPS_LOG_LEVEL", "INFO"))
 
 
+def _write_termination_message(error: Exception) -> None:
+    """The reason the pod could not start, for the operator (it reads the termination message:
+    ``PlanIncompatible`` carries both targets so it can build a plan for this one)."""
+    from trtops_worker.build.result import compact, failure, write_termination_log
+
+    from .backend_tensorrt import PlanIncompatible
+
+    if isinstance(error, PlanIncompatible):
+        result = failure("plan", error.reason, str(error))
+        result |= {"plan": error.plan.to_json(), "pod": error.pod.to_json()}
+    else:
+        result = failure("backend", "BackendLoadFailed", f"{type(error).__name__}: {error}")
+    path = Path(os.environ.get("TRTOPS_TERMINATION_LOG", "/dev/termination-log"))
+    write_termination_log(path, compact(result))
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -190,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except Exception as e:  # nothing to serve: exit non-zero so the pod shows the failure
         log.error("cannot load %s with the %s backend: %s: %s", model, backend, type(e).__name__, e)
+        _write_termination_message(e)
         return 1
     config = ServeConfig(
         model_name=args.model_name,

@@ -1,0 +1,109 @@
+"""The serving pod refuses a plan built for another TensorRT or GPU, before TensorRT reads it,
+and says why in its termination message (no CPU fallback: the operator builds a plan for it).
+
+TensorRT and a GPU cannot run here, so the pod's side is the one stand-in: ``environment`` (the
+two-line TensorRT/CUDA probe, checked by name in test_tensorrt_api) is replaced by the target
+an H200 pod with TensorRT 11.2 would report. Everything else is the real ``trtops-worker serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from trtops_worker.cli import main
+from trtops_worker.serve import backend_tensorrt
+from trtops_worker.serve.backend_tensorrt import (
+    PlanIncompatible,
+    PlanTarget,
+    check_plan,
+    recorded_target,
+)
+
+from tests.build.conftest import SampleModel
+
+POD = PlanTarget("11.2.1.2", "9.0", "NVIDIA H200")
+
+
+def _plan_folder(folder: Path, conv: SampleModel, version: str, capability: str) -> Path:
+    """A build folder as the TensorRT backend writes it (metadata fields the guard reads)."""
+    folder.mkdir()
+    (folder / "engine.plan").write_bytes(b"a plan TensorRT must never be asked to read")
+    shutil.copy(conv.model, folder / "converted.onnx")
+    metadata = {
+        "backend": "tensorrt",
+        "precision": "fp16",
+        "artifact": "engine.plan",
+        "converted_onnx": "converted.onnx",
+        "versions": {"tensorrt": version, "trtops": "0.1.0"},
+        "device": {"kind": "gpu", "computeCapability": capability, "gpuProduct": "NVIDIA-A10"},
+    }
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("plan", "compatible"),
+    [
+        (PlanTarget("11.2.1.2", "9.0"), True),
+        (PlanTarget("11.2.1.7", "9.0"), True),  # another build number of the same release
+        (PlanTarget("11.4.0.106", "9.0"), False),
+        (PlanTarget("10.13.3.9", "9.0"), False),
+        (PlanTarget("11.2.1.2", "8.6"), False),
+        (None, True),  # nothing recorded (a plan given with --model): TensorRT decides
+    ],
+)
+def test_check_plan(plan: PlanTarget | None, compatible: bool) -> None:
+    if compatible:
+        check_plan(plan, POD)
+    else:
+        with pytest.raises(PlanIncompatible):
+            check_plan(plan, POD)
+
+
+def test_the_target_is_read_from_the_build_metadata(conv: SampleModel, tmp_path: Path) -> None:
+    folder = _plan_folder(tmp_path / "key", conv, "11.2.1.2", "8.6")
+    assert recorded_target(folder / "engine.plan") == PlanTarget("11.2.1.2", "8.6", "NVIDIA-A10")
+    (folder / "metadata.json").write_text("{not json")
+    assert recorded_target(folder / "engine.plan") is None
+
+
+def test_serving_a_plan_for_another_gpu_exits_with_plan_incompatible(
+    conv: SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _plan_folder(tmp_path / "key", conv, "11.2.1.2", "8.6")
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(log))
+    monkeypatch.setattr(backend_tensorrt, "environment", lambda: POD)
+    argv = ["serve", "--artifact-dir", str(folder), "--model-name", "m", "--front-ends", "1"]
+    code = main([*argv, "--cpu-fallback"])  # even with the fallback on: it would hide the cause
+    assert code == 1
+    result = json.loads(log.read_text())
+    assert (result["ok"], result["reason"]) == (False, "PlanIncompatible")
+    assert result["message"] == (
+        "the plan was built with TensorRT 11.2.1.2 for compute capability 8.6 (NVIDIA-A10);"
+        " this pod has TensorRT 11.2.1.2 on compute capability 9.0 (NVIDIA H200): it needs a"
+        " plan built for this GPU and TensorRT"
+    )
+    assert result["pod"] == {
+        "tensorrtVersion": "11.2.1.2",
+        "computeCapability": "9.0",
+        "gpu": "NVIDIA H200",
+    }
+    assert result["plan"]["computeCapability"] == "8.6"
+
+
+def test_a_plan_from_another_tensorrt_is_refused_too(
+    conv: SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _plan_folder(tmp_path / "key", conv, "10.13.3.9", "9.0")
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(log))
+    monkeypatch.setattr(backend_tensorrt, "environment", lambda: POD)
+    argv = ["serve", "--artifact-dir", str(folder), "--model-name", "m", "--front-ends", "1"]
+    assert main(argv) == 1
+    result = json.loads(log.read_text())
+    assert result["reason"] == "PlanIncompatible"
+    assert "built with TensorRT 10.13.3.9" in result["message"]
