@@ -15,6 +15,7 @@ from typing import Any
 
 from trtops_worker import contract
 from trtops_worker.cachekey import canonical_json
+from trtops_worker.sources import is_remote, local_path
 
 from trtops_operator import GROUP, KIND, VERSION
 from trtops_operator.config import OperatorConfig
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 PLANS_MOUNT = "/plans"
+SOURCE_SECRET_MOUNT = "/var/run/secrets/trtops/source"  # noqa: S105 - a mount path
+GCS_CREDENTIALS_KEY = "gcs-credentials.json"
 EXTRA_CLAIMS_MOUNT = "/mnt/claims"
 TERMINATION_LOG = "/dev/termination-log"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -102,12 +105,15 @@ def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def resolve_uri(uri: str, storage_claim: str) -> tuple[str, str | None]:
+def resolve_uri(uri: str, storage_claim: str, sha256: str | None = None) -> tuple[str, str | None]:
     """Map a spec URI to a path in the pod, and the extra claim to mount read-only (if any).
 
     ``pvc://CLAIM/p`` is ``/plans/p`` when CLAIM is the storage claim, else ``/mnt/claims/CLAIM/p``;
-    a relative path lives on the storage claim.
+    a relative path lives on the storage claim; a remote URI (s3, gs, https, hf) is where the
+    ``fetch`` init container puts it on the storage claim (:mod:`trtops_worker.sources`).
     """
+    if is_remote(uri):
+        return f"{PLANS_MOUNT}/{local_path(uri, sha256)}", None
     if uri.startswith("pvc://"):
         claim, _, rest = uri.removeprefix("pvc://").partition("/")
         if claim == storage_claim:
@@ -170,20 +176,25 @@ def build_job(
     build = spec.build
     claim = spec.storage.claim_name
     extra_claims: list[str] = []
+    fetches: list[list[str]] = []  # ROLE URI DEST SHA256 for the fetch init container
 
-    def path(uri: str) -> str:
-        resolved, extra = resolve_uri(uri, claim)
+    def path(uri: str, role: str, sha256: str | None = None) -> str:
+        resolved, extra = resolve_uri(uri, claim, sha256)
         if extra and extra not in extra_claims:
             extra_claims.append(extra)
+        if is_remote(uri):
+            fetches.append([role, uri, resolved, sha256 or "-"])
         return resolved
 
-    args = ["build", "--model", path(spec.model.uri), "--precision", build.precision]
+    model = path(spec.model.uri, "model", spec.model.sha256)
+    args = ["build", "--model", model, "--precision", build.precision]
     args += ["--backend", spec.serving.backend, "--storage", PLANS_MOUNT]
     if spec.model.sha256:
         args += ["--model-sha256", spec.model.sha256]
     if build.calibration is not None and build.precision in ("int8", "fp8"):
         cal = build.calibration
-        args += ["--calibration", path(cal.uri), "--calibration-method", cal.method]
+        args += ["--calibration", path(cal.uri, "calibration", cal.sha256)]
+        args += ["--calibration-method", cal.method]
         args += ["--calibration-max-samples", str(cal.max_samples)]
     for profile in build.profiles:
         args += ["--profile", profile.flag()]
@@ -191,7 +202,7 @@ def build_job(
     args += ["--workspace-mib", str(build.workspace_mib)]
     if build.accuracy is not None:
         acc = build.accuracy
-        args += ["--validation", path(acc.validation.uri)]
+        args += ["--validation", path(acc.validation.uri, "validation", acc.validation.sha256)]
         for flag, value in (
             ("--min-top1-agreement", acc.min_top1_agreement),
             ("--max-mean-abs-error", acc.max_mean_abs_error),
@@ -238,6 +249,8 @@ def build_job(
         "containers": [container],
         "volumes": volumes,
     }
+    if fetches:
+        _add_fetch(pod_spec, container, fetches, spec.model.credentials_secret)
     if target is not None:
         container["resources"]["limits"] = {GPU_RESOURCE: "1"}
         pod_spec.update(_gpu_placement(target))
@@ -260,6 +273,48 @@ def build_job(
         },
     }
     return _stamp(job)
+
+
+def _add_fetch(
+    pod_spec: dict[str, Any],
+    build: dict[str, Any],
+    fetches: list[list[str]],
+    secret: str | None,
+) -> None:
+    """The ``fetch`` init container: copies the remote inputs onto the claim before ``build``
+    starts, in the build container's image, mounts and security context. Only this container
+    sees the credentials Secret; its failure message lands in its own termination message."""
+    args = ["fetch"]
+    for get in fetches:
+        args += ["--get", *get]
+    env = [dict(e) for e in build["env"]]
+    init: dict[str, Any] = {
+        **{k: build[k] for k in ("image", "imagePullPolicy", "command", "securityContext")},
+        "name": contract.FETCH_CONTAINER,
+        "args": [*args, "--termination-log", TERMINATION_LOG],
+        "env": env,
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [dict(m) for m in build["volumeMounts"]],
+    }
+    if secret:
+        init["envFrom"] = [{"secretRef": {"name": secret}}]
+        if any(uri.startswith("gs://") for _, uri, _, _ in fetches):
+            # gcsfs reads a service-account key from a file, not from the environment.
+            pod_spec["volumes"].append(
+                {"name": "source-credentials", "secret": {"secretName": secret}}
+            )
+            init["volumeMounts"].append(
+                {"name": "source-credentials", "mountPath": SOURCE_SECRET_MOUNT, "readOnly": True}
+            )
+            env.append(
+                {
+                    "name": "GOOGLE_APPLICATION_CREDENTIALS",
+                    "value": f"{SOURCE_SECRET_MOUNT}/{GCS_CREDENTIALS_KEY}",
+                }
+            )
+    pod_spec["initContainers"] = [init]
 
 
 def _serving_selector(engine: Engine) -> dict[str, str]:

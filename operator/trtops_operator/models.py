@@ -35,12 +35,19 @@ Precision = Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]
 Backend = Literal["tensorrt", "onnxruntime"]
 Dim = Annotated[int, Field(ge=1, le=1048576)]
 Dims = Annotated[list[Dim], Field(min_length=1, max_length=8)]
-Uri = Annotated[
-    str,
-    Field(
-        max_length=1024,
-        pattern=r"^(pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/\S+|[A-Za-z0-9_][^\s:]*)$",
-    ),
+# pvc://CLAIM/path, s3://BUCKET/key, gs://BUCKET/object, https://HOST/path (no user:password@),
+# hf://ORG/REPO[@REVISION]/path, or a relative path on the storage claim (the CRD's pattern).
+URI_PATTERN = (
+    r"^(pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/\S+"
+    r"|(s3|gs)://[a-z0-9][-a-z0-9._]{1,220}[a-z0-9]/\S+"
+    r"|https://[^\s/@?#]+/\S+"
+    r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[^\s/]+)?/\S+"
+    r"|[A-Za-z0-9_][^\s:]*)$"
+)
+Uri = Annotated[str, Field(max_length=1024, pattern=URI_PATTERN)]
+Sha256 = Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")]
+SecretName = Annotated[
+    str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 ]
 # A label key ([DNS subdomain/]name) or "" (with operator Exists: every key); a label value.
 TaintKey = Annotated[
@@ -62,15 +69,33 @@ class _Model(BaseModel):
     )
 
 
+def _https_pinned(uri: str, sha256: str | None, field: str) -> None:
+    # The CRD's CEL rule, with its message: a web server gives no integrity of its own.
+    if uri.startswith("https://") and not sha256:
+        raise ValueError(f"{field}.sha256 is required when {field}.uri is https://")
+
+
 class ModelSource(_Model):
     uri: Uri
-    sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")] | None = None
+    sha256: Sha256 | None = None
+    credentials_secret: SecretName | None = None
+
+    @model_validator(mode="after")
+    def _pinned(self) -> ModelSource:
+        _https_pinned(self.uri, self.sha256, "spec.model")
+        return self
 
 
 class Calibration(_Model):
     uri: Uri
+    sha256: Sha256 | None = None
     method: Literal["entropy", "max", "percentile"] = "entropy"
     max_samples: Annotated[int, Field(ge=1, le=100000)] = 512
+
+    @model_validator(mode="after")
+    def _pinned(self) -> Calibration:
+        _https_pinned(self.uri, self.sha256, "spec.build.calibration")
+        return self
 
 
 class Profile(_Model):
@@ -139,6 +164,12 @@ Tolerations = Annotated[list[Toleration], Field(max_length=16)]
 
 class Validation(_Model):
     uri: Uri
+    sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _pinned(self) -> Validation:
+        _https_pinned(self.uri, self.sha256, "spec.build.accuracy.validation")
+        return self
 
 
 class Accuracy(_Model):

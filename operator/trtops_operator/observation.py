@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trtops_worker.contract import BUILD_CONTAINER, LABEL_ENGINE
+from trtops_worker.contract import BUILD_CONTAINER, FETCH_CONTAINER, LABEL_ENGINE
 
 from trtops_operator import builders
 
@@ -115,6 +115,11 @@ def summarize_pod(body: Mapping[str, Any]) -> PodObs:
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") == BUILD_CONTAINER:
             message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+    for cs in status.get("initContainerStatuses") or []:
+        # The fetch init container reports only a failure (then the build never ran).
+        done = (cs.get("state") or {}).get("terminated") or {}
+        if cs.get("name") == FETCH_CONTAINER and done.get("exitCode") and message is None:
+            message = done.get("message")
     return PodObs(
         name=meta["name"],
         job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("trtops_worker.build.compare_cli", "build one model at several precisions"),
     "serve": ("trtops_worker.serve.cli", "serve an artifact over the Open Inference Protocol v2"),
     "bench": ("trtops_worker.bench.cli", "drive OIP v2 load at a server and report latency"),
+    "fetch": ("trtops_worker.fetch", "copy remote inputs (s3, gs, https, hf) onto the claim"),
 }
 
 

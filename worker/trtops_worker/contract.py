@@ -18,6 +18,7 @@ __all__ = [
     "COMPONENT_BUILD",
     "COMPONENT_SERVE",
     "EXIT_CODES",
+    "FETCH_CONTAINER",
     "LABEL_COMPONENT",
     "LABEL_ENGINE",
     "LABEL_KEY",
@@ -47,6 +48,7 @@ COMPONENT_BUILD = "build"
 COMPONENT_SERVE = "serve"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "trtops"}
 BUILD_CONTAINER = "build"  # the container whose termination message holds the result
+FETCH_CONTAINER = "fetch"  # the init container copying remote inputs; a message only on failure
 
 # --- the serving metrics the canary analysis queries ------------------------------------------
 METRIC_REQUEST_DURATION = "trtops_request_duration_seconds"  # histogram, seconds
@@ -63,6 +65,7 @@ EXIT_CODES = {
     "accuracy": 14,
     "backend": 15,
     "build": 16,
+    "fetch": 17,  # the fetch init container: the object store did not answer
 }
 # The inputs must change before a retry can succeed: the build Job never retries these.
 PERMANENT_CATEGORIES = ("model", "calibration", "config", "accuracy")

@@ -15,11 +15,17 @@ operator can decide from the pod status alone whether retrying could help::
      +-- AccuracyError      accuracy       14  AccuracyGateFailed
      +-- BackendError       backend        15  BackendUnavailable
      +-- EngineError        build          16  BuildFailed, PrecisionConversionFailed
+     +-- FetchError         fetch          17  ModelUnreachable, CalibrationUnreachable,
+                                               ValidationUnreachable
     (anything unexpected)   internal        1  InternalError
     (SIGTERM)               internal      143  Terminated (its temporary folder removed)
 
 Categories model/calibration/config/accuracy are permanent (the inputs must change); storage,
-backend and build may be transient (a full volume, a node without the right image, an OOM).
+backend, build and fetch may be transient (a full volume, a node without the right image, an OOM,
+an object store that did not answer). The ``fetch`` init container (``trtops_worker.fetch``)
+reports a missing object, refused credentials and a wrong pin in the category of what it fetched:
+``ModelNotFound``, ``ModelAccessDenied``, ``ModelDigestMismatch`` (``Calibration...``,
+``Validation...`` likewise).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "CalibrationError",
     "ConfigError",
     "EngineError",
+    "FetchError",
     "ModelError",
     "StorageError",
 ]
@@ -86,6 +93,11 @@ class EngineError(BuildError):
     exit_code = 16
 
 
+class FetchError(BuildError):
+    category = "fetch"
+    exit_code = 17
+
+
 EXIT_CODES: dict[str, int] = {
     cls.category: cls.exit_code
     for cls in (
@@ -97,5 +109,6 @@ EXIT_CODES: dict[str, int] = {
         AccuracyError,
         BackendError,
         EngineError,
+        FetchError,
     )
 }
