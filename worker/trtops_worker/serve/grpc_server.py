@@ -8,6 +8,7 @@ DEADLINE_EXCEEDED for a timeout, INVALID_ARGUMENT / NOT_FOUND for client mistake
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -208,6 +209,52 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # 
         return reply
 
 
+_INFER = "/inference.GRPCInferenceService/ModelInfer"
+# How long an announced ModelInfer may take to deliver its message before the batcher stops
+# waiting for it (a client that cancels, or a message over the size limit, never arrives).
+_ARRIVAL_GIVE_UP_S = 0.5
+
+
+class _Arrivals(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio is untyped here
+    """Tells the batcher a ModelInfer is on its way from the moment its headers arrive until its
+    handler runs, as the HTTP transport does while it reads a body.
+
+    Without it gRPC requests reached the queue one event-loop round at a time, each found a free
+    instance, and ran alone (mean batch 1.0 against ~14 rows over HTTP on the same load).
+    """
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method != _INFER:
+            return handler
+        arrival = self._dp.arriving()
+        arrival.__enter__()
+        done = False
+
+        def end() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                arrival.__exit__(None, None, None)
+
+        timer = asyncio.get_running_loop().call_later(_ARRIVAL_GIVE_UP_S, end)
+        infer = handler.unary_unary
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            timer.cancel()
+            end()
+            return await infer(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 def create_grpc_server(
     dataplane: DataPlane,
     address: str,
@@ -223,7 +270,8 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
+        ],
+        interceptors=[_Arrivals(dataplane)],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(dataplane), server)
     port = server.add_insecure_port(address)
