@@ -144,7 +144,7 @@ def decide(
 class BatchObserver(Protocol):
     def queued(self, depth: int) -> None: ...
     def dispatched(self, waits: Sequence[float], rows: int) -> None: ...
-    def computed(self, seconds: float) -> None: ...
+    def computed(self, seconds: float, requests: int, rows: int) -> None: ...
 
 
 def as_serve_error(error: Exception) -> ServeError:
@@ -367,7 +367,9 @@ class Batcher:
             return self._run(inputs)
         finally:
             if self._observer:
-                self._observer.computed(time.perf_counter() - started)
+                self._observer.computed(
+                    time.perf_counter() - started, len(batch), sum(i.rows for i in batch)
+                )
 
     def _bisect(self, batch: Sequence[_Item]) -> list[dict[str, np.ndarray] | ServeError]:
         """Runs in a worker thread after ``batch`` failed as a whole: run each half, and bisect

@@ -59,7 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue-size", type=int, default=128, help="past it: 503 / RESOURCE_EXHAUSTED"
     )
     parser.add_argument("--request-timeout-ms", type=int, default=10_000)
-    parser.add_argument("--max-body-bytes", type=int, default=64 << 20)
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="request size limit, decompressed (default: sized from the model's inputs)",
+    )
+    parser.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        default=30.0,
+        help="a request body not received within this is refused with 408",
+    )
     parser.add_argument(
         "--front-ends",
         type=int,
@@ -233,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=None if is_front_end() else args.metrics_port,
         reuse_port=is_front_end(),
         max_body_bytes=args.max_body_bytes,
+        body_timeout_seconds=args.body_timeout_seconds,
         drain_seconds=args.drain_seconds,
         max_connections=max(1024, 4 * args.max_queue_size),
     )

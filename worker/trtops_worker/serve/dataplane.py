@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "trtops"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data"]
+
+_JSON_BYTES_PER_ELEMENT = 32
+_MIN_BODY_BYTES = 4 << 20
+_DEFAULT_BODY_BYTES = 32 << 20
+_MAX_BODY_BYTES = 1 << 30
 
 Decoder = Callable[[Sequence[TensorSpec], Sequence[str]], InferRequest]
 
@@ -181,6 +187,71 @@ class DataPlane:
             "outputs": [s.as_json() for s in backend.outputs],
             "parameters": parameters,
         }
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration (``GET /v2/models/{m}/config``, gRPC ``ModelConfig``)
+        for what this server really does, in Triton's JSON form: what perf_analyzer and
+        model_analyzer read to size batches and build inputs.
+
+        With dynamic batching ``max_batch_size`` is the batch limit and ``dims`` leave the batch
+        dimension out; without it ``max_batch_size`` is 0 and ``dims`` are the whole shape
+        (Triton's convention). BYTES is ``TYPE_STRING`` there.
+        """
+        self._check(name, version)
+        backend, batcher = self._backend, self.batcher
+
+        def tensor(spec: TensorSpec) -> dict[str, Any]:
+            dims = spec.shape[1:] if batcher.batching else spec.shape
+            kind = "STRING" if spec.datatype == "BYTES" else spec.datatype
+            return {"name": spec.name, "data_type": f"TYPE_{kind}", "dims": list(dims)}
+
+        config: dict[str, Any] = {
+            "name": self.config.model_name,
+            "platform": backend.platform,
+            "backend": backend.name,
+            "max_batch_size": batcher.max_batch_size if batcher.batching else 0,
+            "input": [tensor(s) for s in backend.inputs],
+            "output": [tensor(s) for s in backend.outputs],
+            "instance_group": [
+                {
+                    "name": self.config.model_name,
+                    "kind": "KIND_GPU" if backend.name == "tensorrt" else "KIND_CPU",
+                    "count": batcher.instances,
+                }
+            ],
+        }
+        if batcher.batching:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": batcher.describe()["max_queue_delay_microseconds"]
+            }
+        return config
+
+    def body_limit(self) -> int:
+        """The default request size limit: what the largest real request can take.
+
+        A full batch of the model's inputs written as JSON text (``_JSON_BYTES_PER_ELEMENT``
+        bytes per number, the worst case: ``-1.2345678901234567e-30,``), or
+        ``_DEFAULT_BODY_BYTES`` when a non-batch dimension is dynamic, so the size is unknown;
+        within ``_MIN_BODY_BYTES`` .. ``_MAX_BODY_BYTES``. One 64 MiB JSON body took 1.4 GB to
+        parse, and ran as one batch, before there was a limit sized like this.
+        """
+        rows = self.batcher.max_batch_size if self.batcher.batching else 1
+        elements = 0
+        for spec in self._backend.inputs:
+            dims = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
+            if any(d < 0 for d in dims):
+                return _DEFAULT_BODY_BYTES
+            elements += math.prod(dims) * (rows if spec.shape and spec.shape[0] == -1 else 1)
+        wanted = elements * _JSON_BYTES_PER_ELEMENT
+        return max(_MIN_BODY_BYTES, min(_MAX_BODY_BYTES, wanted))
+
+    def model_statistics(self, name: str = "", version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics extension from this process's counters (every model when
+        ``name`` is empty: the one served)."""
+        if name:
+            self._check(name, version)
+        stats = self.metrics.statistics.as_json(self.config.model_name, self.config.version)
+        return {"model_stats": [stats]}
 
     # -- inference -------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from .codec import (
     bytes_elements,
@@ -186,6 +187,20 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # 
             inputs=[tensor(**t) for t in meta["inputs"]],
             outputs=[tensor(**t) for t in meta["outputs"]],
         )
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            config = self._dp.model_config(request.name, request.version or None)
+        except ServeError as e:
+            await self._fail(context, e)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            stats = self._dp.model_statistics(request.name, request.version or None)
+        except ServeError as e:
+            await self._fail(context, e)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()

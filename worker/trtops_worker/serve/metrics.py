@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["LATENCY_BUCKETS", "Labels", "ServeMetrics"]
+__all__ = ["LATENCY_BUCKETS", "Labels", "ServeMetrics", "Statistics"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,88 @@ class _Series:
     batch_size: Any
     inflight: Any
     queue_depth: Any
+
+
+class _Duration:
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def as_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+class Statistics:
+    """Triton's model statistics (its statistics extension), from this process's own counts.
+
+    Field meanings follow Triton's ``ModelStatistics`` (``grpc_service.proto``): ``success`` and
+    ``fail`` are requests with their total latency, ``queue`` and ``compute_infer`` are per
+    request (a batch's compute time counts once for each request in it), ``inference_count``
+    counts rows, ``execution_count`` batches, and ``batch_stats`` compute time per batch size.
+    Input and output conversion happen outside the timed run, so ``compute_input`` and
+    ``compute_output`` stay 0. Updated from the event loop and the instance threads: locked.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.success, self.fail, self.queue, self.compute = (_Duration() for _ in range(4))
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batches: dict[int, _Duration] = {}
+
+    def finished(self, seconds: float, *, success: bool) -> None:
+        with self._lock:
+            (self.success if success else self.fail).add(seconds)
+
+    def dispatched(self, waits: Sequence[float]) -> None:
+        with self._lock:
+            self.queue.add(sum(waits), len(waits))
+
+    def computed(self, seconds: float, requests: int, rows: int) -> None:
+        with self._lock:
+            self.compute.add(seconds * requests, requests)
+            self.inference_count += rows
+            self.execution_count += 1
+            self.last_inference_ms = int(time.time() * 1000)
+            self.batches.setdefault(rows, _Duration()).add(seconds)
+
+    def as_json(self, name: str, version: str) -> dict[str, Any]:
+        """One entry of Triton's ``model_stats`` list (HTTP JSON and, parsed, gRPC)."""
+        zero = _Duration().as_json()
+        with self._lock:
+            return {
+                "name": name,
+                "version": version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    "success": self.success.as_json(),
+                    "fail": self.fail.as_json(),
+                    "queue": self.queue.as_json(),
+                    "compute_input": zero,
+                    "compute_infer": self.compute.as_json(),
+                    "compute_output": zero,
+                    "cache_hit": zero,
+                    "cache_miss": zero,
+                },
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": {"count": d.count, "ns": 0},
+                        "compute_infer": d.as_json(),
+                        "compute_output": {"count": d.count, "ns": 0},
+                    }
+                    for size, d in sorted(self.batches.items())
+                ],
+            }
 
 
 class ServeMetrics:
@@ -139,6 +222,7 @@ class ServeMetrics:
             multiprocess_mode="livemax",
         )
         self._gpu: _GpuCollector | None = None
+        self.statistics = Statistics()
         self.set_backend(labels.backend, fallback=False)
 
     @property
@@ -179,6 +263,7 @@ class ServeMetrics:
         started.inflight.dec()  # the series it was counted on
         series = self._series
         series.requests[outcome].inc()
+        self.statistics.finished(seconds, success=outcome == "success")
         if outcome == "success":
             series.request_duration.observe(seconds)
 
@@ -186,12 +271,14 @@ class ServeMetrics:
         self._series.queue_depth.set(depth)
 
     def dispatched(self, waits: Sequence[float], rows: int) -> None:
+        self.statistics.dispatched(waits)
         series = self._series
         for wait in waits:
             series.queue_duration.observe(wait)
         series.batch_size.observe(rows)
 
-    def computed(self, seconds: float) -> None:
+    def computed(self, seconds: float, requests: int = 1, rows: int = 1) -> None:
+        self.statistics.computed(seconds, requests, rows)
         self._series.compute_duration.observe(seconds)
 
     # -- exposition ------------------------------------------------------------------------

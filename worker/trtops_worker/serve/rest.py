@@ -8,9 +8,12 @@ with the status its :class:`ServeError` class names; anything unexpected is logg
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import logging
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -18,7 +21,7 @@ import orjson
 
 from .codec import decode_json_request, encode_json_response
 from .dataplane import DataPlane
-from .errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServeError
+from .errors import BodyTimeout, InvalidInput, ModelNotFound, PayloadTooLarge, ServeError
 from .types import InferRequest, TensorSpec
 
 __all__ = ["create_app"]
@@ -32,7 +35,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _MODEL = re.compile(
-    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer)?/?$"
+    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer|/config|/stats)?/?$"
 )
 _JSON = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = b"inference-header-content-length"
@@ -84,8 +87,73 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def create_app(dataplane: DataPlane, *, max_body_bytes: int = 64 << 20) -> ASGIApp:
-    """The ASGI app for ``dataplane``; tests build one around whatever data plane they need."""
+# HTTP content codings Triton's clients use -> zlib's wbits ("deflate" is the zlib format,
+# RFC 9110 8.4.1.2, which is what tritonclient sends).
+_CODINGS = {b"gzip": 31, b"deflate": 15}
+_COMPRESS_FROM_BYTES = 1024  # smaller responses gain nothing from compression
+
+
+def _decompress(body: bytes, coding: bytes, limit: int) -> bytes:
+    """A ``Content-Encoding`` body, refused past ``limit`` bytes once decompressed (a small
+    gzip bomb must not take the memory the body limit protects)."""
+    coding = coding.strip().lower()
+    if coding in (b"", b"identity"):
+        return body
+    wbits = _CODINGS.get(coding)
+    if wbits is None:
+        raise InvalidInput(
+            f"Content-Encoding {coding.decode(errors='replace')!r} is not supported;"
+            " use gzip or deflate"
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"request body is not valid {coding.decode()}: {e}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"request body decompresses past the {limit}-byte limit")
+    if not inflater.eof:
+        raise InvalidInput(f"request body is truncated {coding.decode()} data")
+    return out
+
+
+def _response_coding(scope: Scope) -> bytes | None:
+    """The first of gzip/deflate that ``Accept-Encoding`` allows (q=0 refuses), else None."""
+    header = _header(scope, b"accept-encoding")
+    if not header:
+        return None
+    for part in header.split(b","):
+        name, _, params = part.partition(b";")
+        name = name.strip().lower()
+        if name in _CODINGS and params.replace(b" ", b"") not in (b"q=0", b"q=0.0", b"q=0.00"):
+            return name
+    return None
+
+
+def _compress(data: bytes, coding: bytes) -> bytes:
+    return gzip.compress(data, mtime=0) if coding == b"gzip" else zlib.compress(data)
+
+
+# Probes never wait behind inference: they are answered even when every request slot is taken.
+_PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
+_CLOSE = (b"connection", b"close")
+
+
+def create_app(
+    dataplane: DataPlane,
+    *,
+    max_body_bytes: int = 64 << 20,
+    body_timeout_s: float = 30.0,
+    max_requests: int = 1024,
+) -> ASGIApp:
+    """The ASGI app for ``dataplane``; tests build one around whatever data plane they need.
+
+    ``max_body_bytes`` caps a body (decompressed too); ``body_timeout_s`` is the deadline for
+    receiving it (408 after it, so stalled uploads free their slot); ``max_requests`` caps the
+    requests in progress other than the health probes (503 past it): probes keep their own
+    capacity, so a flood of slow clients cannot make the kubelet restart a healthy pod.
+    """
+    active = 0
 
     async def infer(
         scope: Scope, receive: Receive, send: Send, model: str, version: str | None
@@ -93,7 +161,16 @@ def create_app(dataplane: DataPlane, *, max_body_bytes: int = 64 << 20) -> ASGIA
         started = time.perf_counter()
         try:
             with dataplane.arriving():
-                body = await _read_body(scope, receive, max_body_bytes)
+                try:
+                    async with asyncio.timeout(body_timeout_s):
+                        body = await _read_body(scope, receive, max_body_bytes)
+                except TimeoutError:
+                    raise BodyTimeout(
+                        f"request body not received within {body_timeout_s:g} s"
+                    ) from None
+                coding = _header(scope, b"content-encoding")
+                if coding is not None:
+                    body = _decompress(body, coding, max_body_bytes)
         except ServeError as e:
             dataplane.record_failure(started, e)
             raise
@@ -113,19 +190,21 @@ def create_app(dataplane: DataPlane, *, max_body_bytes: int = 64 << 20) -> ASGIA
 
         response, request = await dataplane.infer(model, version, decode, started)
         payload, raw = encode_json_response(response, request.binary_outputs)
-        if not raw:
-            await _send(send, 200, orjson.dumps(payload))
-            return
         head = orjson.dumps(payload)
-        await _send(
-            send,
-            200,
-            head + raw,
+        headers = (
             [
                 (b"content-type", b"application/octet-stream"),
-                (_HEADER_LENGTH, str(len(head)).encode()),
-            ],
+                (_HEADER_LENGTH, str(len(head)).encode()),  # uncompressed, as Triton
+            ]
+            if raw
+            else _JSON
         )
+        data = head + raw if raw else head
+        coding = _response_coding(scope)
+        if coding is not None and len(data) >= _COMPRESS_FROM_BYTES:
+            data = _compress(data, coding)
+            headers = [*headers, (b"content-encoding", coding)]
+        await _send(send, 200, data, headers)
 
     async def route(scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -141,6 +220,11 @@ def create_app(dataplane: DataPlane, *, max_body_bytes: int = 64 << 20) -> ASGIA
             else:
                 await _json(send, 200, dataplane.server_metadata())
             return
+        if path.rstrip("/") == "/v2/models/stats":  # every model's statistics (Triton)
+            if method not in ("GET", "HEAD"):
+                raise _Error(405, f"{method} is not allowed on {path}")
+            await _json(send, 200, dataplane.model_statistics())
+            return
         match = _MODEL.match(path)
         if match is None:
             raise _Error(404, f"no route {path}")
@@ -155,22 +239,37 @@ def create_app(dataplane: DataPlane, *, max_body_bytes: int = 64 << 20) -> ASGIA
         if op == "/ready":
             ready = dataplane.model_ready(model, version)
             await _json(send, 200 if ready else 400, {"name": model, "ready": ready})
+        elif op == "/config":
+            await _json(send, 200, dataplane.model_config(model, version))
+        elif op == "/stats":
+            await _json(send, 200, dataplane.model_statistics(model, version))
         else:
             await _json(send, 200, dataplane.model_metadata(model, version))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal active
         if scope["type"] != "http":  # lifespan and websockets: nothing to do
             return
+        probe = scope["path"] in _PROBES
+        if not probe and active >= max_requests:
+            body = orjson.dumps({"error": f"server busy: {active} requests in progress"})
+            await _send(send, 503, body, [*_JSON, _CLOSE])
+            return
+        active += 0 if probe else 1
         try:
             await route(scope, receive, send)
         except ServeError as e:
             if not isinstance(e, ModelNotFound | InvalidInput):
                 log.debug("request failed: %s", e)
-            await _json(send, e.http_status, {"error": str(e)})
+            # the unread rest of a refused body must not be parsed as the next request
+            headers = [*_JSON, _CLOSE] if isinstance(e, PayloadTooLarge | BodyTimeout) else _JSON
+            await _send(send, e.http_status, orjson.dumps({"error": str(e)}), headers)
         except _Error as e:
             await _json(send, e.status, {"error": str(e)})
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             await _json(send, 500, {"error": "internal error"})
+        finally:
+            active -= 0 if probe else 1
 
     return app

@@ -36,7 +36,8 @@ class ServerOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int | None = 8002  # None: a front end; its supervisor serves the metrics
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int | None = None  # None: sized from the model (DataPlane.body_limit)
+    body_timeout_seconds: float = 30.0
     drain_seconds: float = 0.0
     graceful_timeout_seconds: float = 30.0
     max_connections: int = 1024
@@ -74,15 +75,21 @@ class ServingProcess:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        body_limit = opts.max_body_bytes or self.dataplane.body_limit()
         grpc_server, self.grpc_port = create_grpc_server(
             self.dataplane,
             f"{opts.host}:{opts.grpc_port}",
-            max_message_bytes=opts.max_body_bytes,
+            max_message_bytes=body_limit,
             reuse_port=opts.reuse_port,
         )
         await grpc_server.start()
         config = uvicorn.Config(
-            create_app(self.dataplane, max_body_bytes=opts.max_body_bytes),
+            create_app(
+                self.dataplane,
+                max_body_bytes=body_limit,
+                body_timeout_s=opts.body_timeout_seconds,
+                max_requests=opts.max_connections,
+            ),
             host=opts.host,
             port=opts.http_port,
             http="httptools",
@@ -93,7 +100,9 @@ class ServingProcess:
             server_header=False,
             date_header=False,
             log_level="warning",
-            limit_concurrency=opts.max_connections,
+            # No uvicorn-wide cap: it would refuse the kubelet's probes too. The app caps
+            # requests other than probes (rest.create_app's max_requests).
+            limit_concurrency=None,
             timeout_graceful_shutdown=int(opts.graceful_timeout_seconds),
         )
         http = _Uvicorn(config)
