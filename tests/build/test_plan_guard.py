@@ -70,17 +70,25 @@ def test_the_target_is_read_from_the_build_metadata(conv: SampleModel, tmp_path:
     assert recorded_target(folder / "engine.plan") is None
 
 
+def _serve(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, *extra: str
+) -> tuple[int, dict[str, object]]:
+    """``trtops-worker serve --artifact-dir folder`` on the H200 pod: exit code, its result."""
+    log = folder.parent / "termination-log"
+    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(log))
+    monkeypatch.setattr(backend_tensorrt, "environment", lambda: POD)
+    argv = ["serve", "--artifact-dir", str(folder), "--model-name", "m", "--front-ends", "1"]
+    code = main([*argv, *extra])
+    return code, json.loads(log.read_text())
+
+
 def test_serving_a_plan_for_another_gpu_exits_with_plan_incompatible(
     conv: SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _plan_folder(tmp_path / "key", conv, "11.2.1.2", "8.6")
-    log = tmp_path / "termination-log"
-    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(log))
-    monkeypatch.setattr(backend_tensorrt, "environment", lambda: POD)
-    argv = ["serve", "--artifact-dir", str(folder), "--model-name", "m", "--front-ends", "1"]
-    code = main([*argv, "--cpu-fallback"])  # even with the fallback on: it would hide the cause
+    # Even with the CPU fallback on: serving on the CPU would hide the cause.
+    code, result = _serve(folder, monkeypatch, "--cpu-fallback")
     assert code == 1
-    result = json.loads(log.read_text())
     assert (result["ok"], result["reason"]) == (False, "PlanIncompatible")
     assert result["message"] == (
         "the plan was built with TensorRT 11.2.1.2 for compute capability 8.6 (NVIDIA-A10);"
@@ -92,18 +100,17 @@ def test_serving_a_plan_for_another_gpu_exits_with_plan_incompatible(
         "computeCapability": "9.0",
         "gpu": "NVIDIA H200",
     }
-    assert result["plan"]["computeCapability"] == "8.6"
+    assert result["plan"] == {
+        "tensorrtVersion": "11.2.1.2",
+        "computeCapability": "8.6",
+        "gpu": "NVIDIA-A10",
+    }
 
 
 def test_a_plan_from_another_tensorrt_is_refused_too(
     conv: SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _plan_folder(tmp_path / "key", conv, "10.13.3.9", "9.0")
-    log = tmp_path / "termination-log"
-    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(log))
-    monkeypatch.setattr(backend_tensorrt, "environment", lambda: POD)
-    argv = ["serve", "--artifact-dir", str(folder), "--model-name", "m", "--front-ends", "1"]
-    assert main(argv) == 1
-    result = json.loads(log.read_text())
-    assert result["reason"] == "PlanIncompatible"
-    assert "built with TensorRT 10.13.3.9" in result["message"]
+    code, result = _serve(folder, monkeypatch)
+    assert (code, result["reason"]) == (1, "PlanIncompatible")
+    assert "built with TensorRT 10.13.3.9" in str(result["message"])
