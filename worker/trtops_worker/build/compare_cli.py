@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-max-samples", type=int, default=512)
     parser.add_argument("--validation", type=Path, help="default: the calibration data")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="NAME:MIN:OPT:MAX",
+        help="shape range of a dynamic input (TensorRT needs one per dynamic input)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="compare.md/.json/.png go here")
     parser.add_argument("--storage", type=Path, help="store for the builds (default: OUT/store)")
     parser.add_argument("--benchmark-batch-sizes", type=_batch_sizes, default=(1,))
@@ -41,21 +48,23 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from trtops_worker.build.compare import compare
     from trtops_worker.build.pipeline import BuildRequest
+    from trtops_worker.build.profiles import parse_profile
 
-    base = BuildRequest(
-        model=args.model,
-        precision="fp32",
-        backend=args.backend,
-        storage=args.storage or args.out / "store",
-        calibration=args.calibration,
-        calibration_method=args.calibration_method,
-        calibration_max_samples=args.calibration_max_samples,
-        validation=args.validation,
-        benchmark_batch_sizes=args.benchmark_batch_sizes,
-        benchmark_iterations=args.benchmark_iterations,
-        benchmark_seconds=args.benchmark_seconds,
-    )
     try:
+        base = BuildRequest(
+            model=args.model,
+            precision="fp32",
+            backend=args.backend,
+            storage=args.storage or args.out / "store",
+            calibration=args.calibration,
+            calibration_method=args.calibration_method,
+            calibration_max_samples=args.calibration_max_samples,
+            validation=args.validation,
+            profiles=tuple(parse_profile(p) for p in args.profile),
+            benchmark_batch_sizes=args.benchmark_batch_sizes,
+            benchmark_iterations=args.benchmark_iterations,
+            benchmark_seconds=args.benchmark_seconds,
+        )
         rows = compare(base, args.precisions, args.out)
     except BuildError as exc:
         print(f"compare: {exc.reason}: {exc.message}", file=sys.stderr)
