@@ -52,6 +52,15 @@ class OperatorConfig(BaseModel):
     api_threads: Annotated[int, Field(ge=1)] = Field(
         16, description="API requests in flight at once (threads and pooled connections)"
     )
+    # Canary analyses query a Prometheus a tenant names in a spec: only the installer's.
+    prometheus_addresses: str = Field(
+        "",
+        description="comma-separated Prometheus base URLs canary analyses may query; a spec"
+        " naming any other gets no analysis (PrometheusNotAllowed). Empty: none",
+    )
+    analysis_workers: Annotated[int, Field(ge=1)] = Field(
+        4, description="canary analyses in flight at once, apart from the reconcile workers"
+    )
     watch_timeout_seconds: Annotated[int, Field(ge=1)] = Field(
         300, description="watches are re-opened this often (one request per kind while idle)"
     )
@@ -74,6 +83,11 @@ class OperatorConfig(BaseModel):
         e = os.environ if env is None else env
         given = {f: e[cls.env_name(f)] for f in cls.model_fields if cls.env_name(f) in e}
         return cls.model_validate(given)
+
+    @property
+    def allowed_prometheus(self) -> tuple[str, ...]:
+        """:attr:`prometheus_addresses` as a list."""
+        return tuple(a.strip() for a in self.prometheus_addresses.split(",") if a.strip())
 
     def to_env(self) -> dict[str, str]:
         """The inverse of :meth:`from_env`."""

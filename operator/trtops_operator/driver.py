@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -57,6 +57,12 @@ class Runtime:
         self.queue: WorkQueue[EngineKey] = WorkQueue(
             base_seconds=config.retry_base_seconds, max_seconds=config.retry_max_seconds
         )
+        # Prometheus is asked here, never inside a reconcile: a slow or silent one costs an
+        # analysis slot, not a worker; the verdict wakes the engine when it is in.
+        self.analyses = canary_prometheus.AnalysisPool(
+            config.analysis_workers,
+            lambda key: self.queue.add(key),  # type: ignore[arg-type]  # keys are EngineKeys
+        )
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one blocking kubernetes-client call on the API threads (asyncio's default
@@ -95,7 +101,7 @@ class Runtime:
 
     async def _pass(self, key: EngineKey, body: Mapping[str, Any], idx: Mapping[str, Any]) -> None:
         observed = indexes.observed(*key, idx)
-        verdict = await self._analysis_if_due(body)
+        verdict = self._analysis_if_due(body)
         now = now_rfc3339()
         decision = decide(body, observed, self.config, now, verdict=verdict)
         self.queue.wait_on(key, [(key[0], job) for job in decision.waiting_on])
@@ -120,8 +126,9 @@ class Runtime:
         if decision.invalid:
             raise InvalidSpec(decision.invalid)
 
-    async def _analysis_if_due(self, body: Mapping[str, Any]) -> Verdict | None:
-        """Query Prometheus for the canary in flight when its next analysis is due."""
+    def _analysis_if_due(self, body: Mapping[str, Any]) -> Verdict | None:
+        """The verdict of the canary's due analysis once the analysis pool has it: the first
+        pass that finds one due starts it, a later pass (woken by the pool) gets it."""
         state = rollout.canary_in_flight(EngineStatus.parse(body.get("status")))
         if state is None:
             return None
@@ -137,15 +144,23 @@ class Runtime:
         meta = body["metadata"]
         # At weight 100 stable serves nothing: there is nothing to compare with.
         compare = state.weight < 100
-        return await canary_prometheus.analyse(
-            spec.rollout.analysis,
-            model=spec.serving.model_name or meta["name"],
-            canary_revision=state.revision,
-            stable_revision=(state.stable_revision or None) if compare else None,
-            extra_labels={"namespace": meta["namespace"]},
-            max_window_seconds=rollout.analysis_window(state, now),
-            stable_note="no stable revision" if compare else "the canary serves all traffic",
-        )
+        analysis = spec.rollout.analysis
+
+        def start() -> Awaitable[Verdict]:
+            return canary_prometheus.analyse(
+                analysis,
+                allowed=self.config.allowed_prometheus,
+                model=spec.serving.model_name or meta["name"],
+                canary_revision=state.revision,
+                stable_revision=(state.stable_revision or None) if compare else None,
+                extra_labels={"namespace": meta["namespace"]},
+                max_window_seconds=rollout.analysis_window(state, now),
+                stable_note="no stable revision" if compare else "the canary serves all traffic",
+            )
+
+        # Which analysis: a verdict that comes in after the canary moved on is dropped.
+        token = (state.revision, state.step_index, state.step_started_at, state.last_analysis_at)
+        return self.analyses.poll((meta["namespace"], meta["name"]), token, start)
 
     async def _set_router(self, body: Mapping[str, Any], action: RouterAction) -> None:
         """Move the traffic weights on the user's route object (only the backends we own)."""
@@ -185,6 +200,7 @@ class Runtime:
             key = await self.queue.get()
             if key not in engines:
                 self.queue.release(key)  # deleted: drop all its state
+                self.analyses.forget(key)
                 continue
             body = next(iter(engines[key]))
             try:

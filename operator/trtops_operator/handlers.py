@@ -172,5 +172,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rt = _runtime(memo)
     memo.pop("runtime", None)
     if rt is not None:
+        await rt.analyses.close()
         rt.api.client.close()  # type: ignore[no-untyped-call]  # kubernetes is untyped
         rt.executor.shutdown(wait=False, cancel_futures=True)

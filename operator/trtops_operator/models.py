@@ -271,7 +271,9 @@ class Step(_Model):
 
 
 class PrometheusSource(_Model):
-    address: Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    # The CRD's pattern: no user info, query or fragment. Which addresses may be queried is the
+    # installer's choice (``--prometheus-address``), checked when the analysis runs.
+    address: Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/@?#]+(/[^\s?#]*)?$")]
 
 
 class Slo(_Model):

@@ -174,6 +174,7 @@ def test_per_revision_metrics_and_ratio_breach(
     verdict = asyncio.run(
         analyse(
             analysis(prom.url, maxLatencyRatioToStable=1.5),
+            allowed=[prom.url],
             model=MODEL,
             canary_revision="r2",
             stable_revision="r1",
@@ -186,6 +187,7 @@ def test_per_revision_metrics_and_ratio_breach(
     ok = asyncio.run(
         analyse(
             analysis(prom.url, maxLatencyRatioToStable=1.5),
+            allowed=[prom.url],
             model=MODEL,
             canary_revision="r1",
             stable_revision="r2",
@@ -204,6 +206,7 @@ def test_no_traffic_is_insufficient_data(
         v = asyncio.run(
             analyse(
                 analysis(prom.url, p99LatencyMs=1),
+                allowed=[prom.url],
                 model=MODEL,
                 canary_revision=canary,
                 stable_revision="r1",
@@ -220,6 +223,7 @@ def test_prometheus_down_is_inconclusive(prometheus: PromFactory) -> None:
     v = asyncio.run(
         analyse(
             analysis(prom.url, p99LatencyMs=1),
+            allowed=[prom.url],
             model=MODEL,
             canary_revision="r2",
             stable_revision="r1",
@@ -291,6 +295,7 @@ def test_error_rate_counts_server_errors_and_rejections(prometheus: PromFactory)
         v = asyncio.run(
             analyse(
                 analysis(prom.url, maxErrorRate=0.05),
+                allowed=[prom.url],
                 model=MODEL,
                 canary_revision="r9",
                 stable_revision=None,
@@ -311,6 +316,7 @@ def test_label_values_with_quotes_query_cleanly(prometheus: PromFactory) -> None
     v = asyncio.run(
         analyse(
             analysis(prom.url),
+            allowed=[prom.url],
             model='x"} or vector(1) or {a="',
             canary_revision="r2",
             stable_revision="r1",

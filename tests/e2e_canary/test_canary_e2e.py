@@ -12,6 +12,7 @@ HTTPRoute weights the operator sets.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ NAME = "conv"
 @pytest.fixture
 def operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRTOPS_WATCH_TIMEOUT_SECONDS", "5")
+    monkeypatch.setenv("TRTOPS_PROMETHEUS_ADDRESSES", "")
 
 
 @pytest.fixture
@@ -50,6 +52,7 @@ def rollout_stack(
     stack.fill_claim(node_agent.create_claim(namespace, "plans"))
     # Prometheus scrapes the serving pods and the operator's own metrics port.
     prom = prometheus(panels.serve_operator_metrics(monkeypatch), discover_pods=True)
+    monkeypatch.setenv("TRTOPS_PROMETHEUS_ADDRESSES", prom.url)  # the installer allows it
     stack.apply(namespace, stack.http_route_manifest(NAME))
     with (
         kopf_operator("trtops_operator.handlers", namespaces=[namespace], timeout=60) as runner,
@@ -245,6 +248,7 @@ def test_no_traffic_prometheus_down_and_operator_restart_never_promote_or_jump(
     the same step with the same weights."""
     stack.fill_claim(node_agent.create_claim(namespace, "plans"))
     prom = prometheus({}, discover_pods=True)
+    os.environ["TRTOPS_PROMETHEUS_ADDRESSES"] = prom.url  # operator_env restores it afterwards
     stack.apply(namespace, stack.http_route_manifest(NAME))
     manifest = stack.engine_manifest(
         NAME,

@@ -36,4 +36,6 @@ def test_chart_values_match_the_config_defaults() -> None:
     assert values["operator"]["resyncSeconds"] == default.resync_seconds
     assert values["operator"]["workers"] == default.workers
     assert values["operator"]["apiThreads"] == default.api_threads
+    assert values["operator"]["analysisWorkers"] == default.analysis_workers
+    assert ",".join(values["prometheus"]["addresses"]) == default.prometheus_addresses
     assert values["worker"]["image"]["pullPolicy"] == default.image_pull_policy

@@ -350,7 +350,11 @@ def local_stack(
             ["trtops-operator", "-n", namespace, "--metrics-port", "0", "--liveness", ""],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "TRTOPS_WATCH_TIMEOUT_SECONDS": str(watch_timeout_seconds)},
+            env={
+                **os.environ,
+                "TRTOPS_WATCH_TIMEOUT_SECONDS": str(watch_timeout_seconds),
+                "TRTOPS_PROMETHEUS_ADDRESSES": prom.url,  # the installer's allowlist
+            },
             start_new_session=True,
         )
         exit_stack.callback(stop_process, operator, 20)

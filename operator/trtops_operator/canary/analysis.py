@@ -47,7 +47,11 @@ MIN_WINDOW_SECONDS = 30
 
 VerdictKind = Literal["Passed", "Failed", "InsufficientData", "Inconclusive"]
 InconclusiveReason = Literal[
-    "PrometheusUnreachable", "PrometheusTimeout", "QueryError", "BadResponse"
+    "PrometheusNotAllowed",
+    "PrometheusUnreachable",
+    "PrometheusTimeout",
+    "QueryError",
+    "BadResponse",
 ]
 
 LATENCY = "trtops_request_duration_seconds_bucket"
