@@ -4,6 +4,7 @@ benchmark, content-addressed store and the operator's result."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,8 @@ def test_compare_writes_table_json_and_chart(conv: SampleModel, tmp_path: Path) 
         str(conv.validation),
         "--out",
         str(out),
+        "--benchmark-batch-sizes",
+        "1,8",
         "--benchmark-iterations",
         "5",
         "--benchmark-seconds",
@@ -234,10 +237,63 @@ def test_compare_writes_table_json_and_chart(conv: SampleModel, tmp_path: Path) 
     assert by_precision["fp32"]["cosineSimilarity"] == 1.0
     assert 0.99 < by_precision["int8"]["cosineSimilarity"] < 1.0
     assert by_precision["int8"]["artifactBytes"] < by_precision["fp32"]["artifactBytes"]
+    assert [b["batchSize"] for b in by_precision["int8"]["batches"]] == [1, 8]
+    assert by_precision["int8"]["gatePassed"] is True
     assert by_precision["bf16"]["error"].startswith("BuildFailed")
     # ModelOpt finds no FP8-capable layer in this small CNN: said, not passed off as fp8.
     assert by_precision["fp8"]["error"].startswith("PrecisionConversionFailed")
     table = (out / "compare.md").read_text()
-    assert "| int8 |" in table
+    assert table.startswith("Figures from onnxruntime ")
+    assert (
+        " CPUExecutionProvider on CPU: they say nothing about another backend or device." in table
+    )
+    assert "Default gate (class-scores: minTop1Agreement 0.95, minCosineSimilarity 0.99)" in table
+    assert re.search(r"^- INT8 is [\d.]+x (faster|slower) than FP32 at batch 1, ", table, re.M)
+    assert "at batch 8 (p50); it passes the default gate." in table
+    assert re.search(r"^\| int8 \| 1 \|", table, re.M)
+    assert re.search(r"^\| int8 \| 8 \|", table, re.M)  # every measured batch size
     assert "| bf16 | failed: BuildFailed" in table
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_sentences_and_chart_labels_stay_inside() -> None:
+    from trtops_worker.build.compare import chart_figure, summary
+
+    def row(precision: str, p50s: list[float], cosine: float, passed: bool) -> dict[str, object]:
+        return {
+            "precision": precision,
+            "runtime": "onnxruntime 1.x CPUExecutionProvider",
+            "device": "CPU",
+            "batches": [
+                {"batchSize": n, "p50Ms": v, "p99Ms": v, "throughputPerSecond": n / v}
+                for n, v in zip((1, 8), p50s, strict=True)
+            ],
+            "cosineSimilarity": cosine,
+            "gatePassed": passed,
+            "gateMisses": [] if passed else ["logits (class-scores): top-1 agreement 0.9 < 0.95"],
+        }
+
+    rows = [
+        row("fp32", [1.0, 4.0], 1.0, True),
+        row("fp16", [0.5, 4.1], 0.99999, True),
+        row("int8", [2.0, 9.0], 0.95, False),  # slowest and least accurate: the corner
+    ]
+    assert summary(rows) == [
+        "FP32 is the baseline; it passes the default gate.",
+        "FP16 is 2x faster than FP32 at batch 1, as fast as FP32 at batch 8 (p50);"
+        " it passes the default gate.",
+        "INT8 is 2x slower than FP32 at batch 1, 2.2x slower than FP32 at batch 8 (p50);"
+        " it fails the default gate: logits (class-scores): top-1 agreement 0.9 < 0.95.",
+    ]
+    fig = chart_figure(rows)
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text()]
+    assert {t.get_text() for t in labels} >= {"int8 (batch 8)", " default gate: cosine >= 0.99"}
+    inside = ax.get_window_extent(renderer)
+    for text in labels:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= inside.x0, text.get_text()
+        assert box.x1 <= inside.x1, text.get_text()
+        assert box.y0 >= inside.y0, text.get_text()
+        assert box.y1 <= inside.y1, text.get_text()
