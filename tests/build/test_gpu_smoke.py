@@ -42,5 +42,6 @@ def test_every_step_runs_on_the_cpu_backend(tmp_path: Path) -> None:
         row = next(line for line in lines if line.startswith(f"conv         {precision}"))
         assert "passed stages {'artifact': True, 'converted': True}" in row
     assert any("served conv fp16 (onnxruntime) over OIP v2" in line for line in lines)
-    assert "| precision | p50 ms |" in done.stdout
+    assert "| precision | batch | p50 ms |" in done.stdout
+    assert "- INT8 is " in done.stdout
     assert lines[-1].startswith("gpu-smoke: all builds passed the gate, the plan served")
