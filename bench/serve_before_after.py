@@ -1,0 +1,129 @@
+"""The same serve benchmark on two revisions of the server, in one run, side by side.
+
+Answers "does this change cost anything on the happy path?": ``trtops-worker serve`` from a
+given git revision (checked out into a temporary worktree) and from this tree serve the same
+model with the same flags, and ``trtops-worker bench`` (this tree's) drives each in turn, round
+after round, so both see the same machine state. Prints p50/p99 and throughput per wire and
+concurrency, and the after/before ratios.
+
+Usage::
+
+    python bench/serve_before_after.py --before 68e4de1 [--seconds 3] [--rounds 2] [--json out.json]
+
+A script, not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "worker")]
+
+from tests.support.prometheus import free_port  # noqa: E402  # the repo root is on the path now
+from trtops_worker import samples  # noqa: E402
+
+WIRES = {"http-json": ["--protocol", "http"], "http-binary": ["--protocol", "http", "--binary-data"],
+         "grpc-raw": ["--protocol", "grpc"]}  # fmt: skip
+
+
+def serve(tree: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'worker'}:{tree / 'operator'}:{tree}"}
+    cmd = [sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
+    cmd += ["--model-name", "m", "--host", "127.0.0.1", "--http-port", str(http)]
+    cmd += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    cmd += ["--max-batch-size", "8", "--max-queue-delay-us", "2000"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).ok:
+                return process, http, grpc
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{tree} did not get ready:\n{log.read_text()}")
+
+
+def bench(port: int, wire: str, concurrency: int, seconds: float) -> dict[str, object]:
+    url = f"127.0.0.1:{port}" if wire.startswith("grpc") else f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--model", "m"]
+    cmd += [*WIRES[wire], "--concurrency", str(concurrency)]
+    cmd += ["--duration-seconds", str(seconds), "--warmup-seconds", "0.5", "--json", "-"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'worker'}:{ROOT / 'operator'}:{ROOT}"}
+    out = subprocess.run(cmd, check=True, capture_output=True, env=env).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="git revision of the 'before' server")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = samples.save(samples.conv_classifier(), tmp / "conv.onnx")
+        before = tmp / "before"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before],
+            check=True,
+            capture_output=True,
+        )
+        results: dict[str, dict[str, list[dict[str, object]]]] = {"before": {}, "after": {}}
+        try:
+            for round_ in range(args.rounds):
+                for side, tree in (("before", before), ("after", ROOT)):
+                    process, http, grpc = serve(tree, model, tmp / f"{side}-{round_}.log")
+                    try:
+                        for wire in WIRES:
+                            port = grpc if wire.startswith("grpc") else http
+                            for c in args.concurrency:
+                                summary = bench(port, wire, c, args.seconds)
+                                results[side].setdefault(f"{wire} c={c}", []).append(summary)
+                    finally:
+                        process.terminate()
+                        process.wait(30)
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
+                check=False,
+            )
+    print(f"before = {args.before}, after = this tree; median of {args.rounds} rounds")
+    print(f"{'case':22} {'p50 ms b/a':>16} {'ratio':>6} {'p99 ms b/a':>16} {'ratio':>6}"
+          f" {'req/s b/a':>16} {'ratio':>6}")  # fmt: skip
+    for case in results["before"]:
+
+        def med(side: str, key: str, case: str = case) -> float:
+            runs = results[side][case]
+            if key == "rps":
+                return statistics.median(float(r["throughput_rps"]) for r in runs)  # type: ignore[arg-type]
+            return statistics.median(float(r["latency_ms"][key]) for r in runs)  # type: ignore[index]
+
+        cells = []
+        for key in ("p50", "p99", "rps"):
+            b, a = med("before", key), med("after", key)
+            cells.append(f"{b:7.2f}/{a:<8.2f} {a / b:6.2f}")
+        print(f"{case:22} " + " ".join(cells))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
