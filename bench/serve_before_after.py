@@ -30,11 +30,15 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "worker")]
 
-from tests.support.prometheus import free_port  # noqa: E402  # the repo root is on the path now
 from trtops_worker import samples  # noqa: E402
 
-WIRES = {"http-json": ["--protocol", "http"], "http-binary": ["--protocol", "http", "--binary-data"],
-         "grpc-raw": ["--protocol", "grpc"]}  # fmt: skip
+from tests.support.prometheus import free_port  # noqa: E402  # the repo root is on the path now
+
+WIRES = {
+    "http-json": ["--protocol", "http"],
+    "http-binary": ["--protocol", "http", "--binary-data"],
+    "grpc-raw": ["--protocol", "grpc"],
+}
 
 
 def serve(tree: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
@@ -62,10 +66,11 @@ def bench(port: int, wire: str, concurrency: int, seconds: float) -> dict[str, o
     url = f"127.0.0.1:{port}" if wire.startswith("grpc") else f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--model", "m"]
     cmd += [*WIRES[wire], "--concurrency", str(concurrency)]
-    cmd += ["--duration-seconds", str(seconds), "--warmup-seconds", "0.5", "--json", "-"]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'worker'}:{ROOT / 'operator'}:{ROOT}"}
-    out = subprocess.run(cmd, check=True, capture_output=True, env=env).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd += ["--duration-seconds", str(seconds), "--warmup-seconds", "0.5", "--json", out.name]
+        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'worker'}:{ROOT / 'operator'}:{ROOT}"}
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        return json.loads(Path(out.name).read_text())  # type: ignore[no-any-return]
 
 
 def main() -> int:

@@ -165,7 +165,10 @@ def check_range(name: str, datatype: str, values: np.ndarray) -> np.ndarray:
         raise InvalidInput(f"input '{name}': {datatype} data must be numbers")
     with np.errstate(over="ignore", invalid="ignore"):
         out = values.astype(dtype)
-    overflow = ~np.isfinite(out.astype(np.float64)) & np.isfinite(values.astype(np.float64))
+    finite = np.isfinite(out if dtype.kind == "f" else out.astype(np.float32))
+    if finite.all():  # the common case: one pass over the converted values
+        return out
+    overflow = ~finite & np.isfinite(values.astype(np.float64))
     if overflow.any():
         bad = values.reshape(-1)[int(np.argmax(overflow.reshape(-1)))]
         raise InvalidInput(f"input '{name}': {bad} is out of the range of {datatype}")
