@@ -368,7 +368,7 @@ def build_deployment(
     if plan.target is not None and plan.backend == "tensorrt":
         resources.setdefault("limits", {})[GPU_RESOURCE] = "1"
     container: dict[str, Any] = {
-        "name": "serve",
+        "name": contract.SERVE_CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["trtops-worker"],

@@ -29,9 +29,15 @@ from trtops_operator import GROUP, PLURAL, VERSION, indexes, k8s, metrics
 from trtops_operator.config import OperatorConfig
 from trtops_operator.driver import Runtime
 from trtops_operator.errors import PermanentError, TemporaryError
-from trtops_operator.observation import JobObs, summarize_job, summarize_pod
+from trtops_operator.observation import (
+    JobObs,
+    summarize_job,
+    summarize_pod,
+    summarize_serving_pod,
+)
 
 BUILD_PODS = {LABEL_COMPONENT: COMPONENT_BUILD}
+SERVE_PODS = {LABEL_COMPONENT: COMPONENT_SERVE}
 SERVE_DEPLOYMENTS = {**MANAGED_BY, LABEL_COMPONENT: COMPONENT_SERVE}
 
 
@@ -66,6 +72,11 @@ def job_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> di
 @kopf.index("v1", "pods", labels=BUILD_PODS)
 def build_pod_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
     return indexes.pod_entry(namespace, body)
+
+
+@kopf.index("v1", "pods", labels=SERVE_PODS)
+def serving_pod_index(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
+    return indexes.serving_pod_entry(namespace, body)
 
 
 @kopf.index("apps", "v1", "deployments", labels=SERVE_DEPLOYMENTS)
@@ -126,6 +137,16 @@ async def build_pod_changed(
         owners = job.owner_names
     if (rt := _runtime(memo)) is not None:
         rt.wake_job(namespace or "", pod.job, owners)
+
+
+@kopf.on.event("v1", "pods", labels=SERVE_PODS)
+async def serving_pod_changed(
+    namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Only a pod that refused its plan wakes its engine (the Deployment status tells the rest)."""
+    pod = summarize_serving_pod(body)
+    if pod.incompatible is not None and pod.engine and (rt := _runtime(memo)) is not None:
+        rt.wake(namespace or "", (pod.engine,))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=SERVE_DEPLOYMENTS)

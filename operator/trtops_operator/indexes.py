@@ -17,6 +17,7 @@ from trtops_operator.observation import (
     summarize_deployment,
     summarize_job,
     summarize_pod,
+    summarize_serving_pod,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "observed",
     "plan_entry",
     "pod_entry",
+    "serving_pod_entry",
     "slim",
 ]
 
@@ -37,6 +39,7 @@ INDEXES = (
     "plan_index",
     "job_index",
     "build_pod_index",
+    "serving_pod_index",
     "deployment_index",
     "service_index",
     "pdb_index",
@@ -78,6 +81,12 @@ def job_entry(namespace: str | None, name: str, body: Mapping[str, Any]) -> dict
 def pod_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Hashable, Any]:
     pod = summarize_pod(body)
     return {(namespace, pod.job): pod}
+
+
+def serving_pod_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Hashable, Any]:
+    """Only pods that refused their plan are kept: a healthy fleet costs no index memory."""
+    pod = summarize_serving_pod(body)
+    return {(namespace, pod.engine): pod} if pod.incompatible is not None else {}
 
 
 def deployment_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Hashable, Any]:
@@ -129,4 +138,5 @@ def observed(namespace: str, name: str, idx: Mapping[str, Any]) -> Observed:
         deployments=deps,
         services=_NsView(idx["service_index"], namespace),
         pdbs=_NsView(idx["pdb_index"], namespace),
+        serving_pods=list(idx["serving_pod_index"].get((namespace, name), [])),
     )

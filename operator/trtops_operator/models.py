@@ -46,9 +46,7 @@ URI_PATTERN = (
 )
 Uri = Annotated[str, Field(max_length=1024, pattern=URI_PATTERN)]
 Sha256 = Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")]
-SecretName = Annotated[
-    str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-]
+SecretName = Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 # A label key ([DNS subdomain/]name) or "" (with operator Exists: every key); a label value.
 TaintKey = Annotated[
     str,

@@ -9,7 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trtops_worker.contract import BUILD_CONTAINER, FETCH_CONTAINER, LABEL_ENGINE
+from pydantic import ValidationError
+from trtops_worker.contract import (
+    BUILD_CONTAINER,
+    FETCH_CONTAINER,
+    LABEL_ENGINE,
+    LABEL_REVISION,
+    LABEL_TARGET,
+    SERVE_CONTAINER,
+    PlanIncompatibleResult,
+)
 
 from trtops_operator import builders
 
@@ -19,9 +28,11 @@ __all__ = [
     "JobObs",
     "Observed",
     "PodObs",
+    "ServingPodObs",
     "summarize_deployment",
     "summarize_job",
     "summarize_pod",
+    "summarize_serving_pod",
 ]
 
 OWNER_KEY = "_recordedBy"  # in plan index entries: the uid of the engine whose status holds it
@@ -45,6 +56,17 @@ class PodObs:
     created: str
     phase: str
     message: str | None = None  # the build container's termination message
+
+
+@dataclass(frozen=True)
+class ServingPodObs:
+    """A serving pod, as far as the reconcile cares: whether it refused its plan."""
+
+    name: str
+    engine: str
+    revision: str
+    target: str  # the GPU product label value, or "cpu"
+    incompatible: PlanIncompatibleResult | None = None  # from its last termination message
 
 
 @dataclass(frozen=True)
@@ -79,6 +101,7 @@ class Observed:
     deployments: Mapping[str, DeploymentObs] = field(default_factory=dict)  # this engine's
     services: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
     pdbs: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
+    serving_pods: Sequence[ServingPodObs] = ()  # this engine's serving pods that refused a plan
 
 
 def _conditions(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -126,6 +149,31 @@ def summarize_pod(body: Mapping[str, Any]) -> PodObs:
         created=str(meta.get("creationTimestamp") or ""),
         phase=str(status.get("phase") or ""),
         message=message,
+    )
+
+
+def summarize_serving_pod(body: Mapping[str, Any]) -> ServingPodObs:
+    """The serve container's refusal of its plan, from its current or last termination (a
+    crash-looping pod shows it under ``lastState`` while it waits to restart)."""
+    meta = body["metadata"]
+    labels = meta.get("labels") or {}
+    incompatible = None
+    for cs in (body.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") != SERVE_CONTAINER:
+            continue
+        for state in (cs.get("state"), cs.get("lastState")):
+            message = ((state or {}).get("terminated") or {}).get("message")
+            if message and incompatible is None:
+                try:
+                    incompatible = PlanIncompatibleResult.model_validate_json(message)
+                except ValidationError:
+                    continue  # another failure: the Deployment's availability tells
+    return ServingPodObs(
+        name=meta["name"],
+        engine=labels.get(LABEL_ENGINE, ""),
+        revision=labels.get(LABEL_REVISION, ""),
+        target=labels.get(LABEL_TARGET, ""),
+        incompatible=incompatible,
     )
 
 

@@ -63,6 +63,17 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         progressing = cond("Progressing", "True", "Building", f"building revision {revision}")
     else:
         progressing = cond("Progressing", "True", "RollingOut", f"rolling out revision {revision}")
+    refused = [
+        p
+        for p in serving.observed.serving_pods
+        if p.incompatible is not None and p.revision in (revision, stable_now)
+    ]
+    refusal = (
+        f"pod {refused[0].name} ({refused[0].target}, revision {refused[0].revision}) refused"
+        f" its plan: {refused[0].incompatible.message}"
+        if refused and refused[0].incompatible is not None
+        else ""
+    )
     if serving.available(stable_now):
         msg = f"revision {stable_now} serving"
         if cd is not None and not serving.promoted:
@@ -72,12 +83,16 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         ready = cond("Ready", "True", "Serving", msg)
     elif failed and not stable_now:
         ready = cond("Ready", "False", "BuildFailed", built.message)
+    elif refused:
+        ready = cond("Ready", "False", "PlanIncompatible", refusal)
     elif building or not serving.names_by_rev:
         ready = cond("Ready", "False", "Building", "no plan serves yet")
     else:
         ready = cond("Ready", "False", "Starting", "serving pods are not available yet")
     if failed:
         degraded = cond("Degraded", "True", "BuildFailed", built.message)
+    elif refused:
+        degraded = cond("Degraded", "True", "PlanIncompatible", refusal)
     elif stable_now and stable_now in serving.names_by_rev and not serving.available(stable_now):
         degraded = cond(
             "Degraded",

@@ -8,6 +8,7 @@ an H200 pod with TensorRT 11.2 would report. Everything else is the real ``trtop
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -114,3 +115,91 @@ def test_a_plan_from_another_tensorrt_is_refused_too(
     code, result = _serve(folder, monkeypatch)
     assert (code, result["reason"]) == (1, "PlanIncompatible")
     assert "built with TensorRT 10.13.3.9" in str(result["message"])
+
+
+# --- the operator's side: the refusal becomes Ready=False, reason PlanIncompatible ------------
+
+SPEC = {
+    "model": {"uri": "m.onnx"},
+    "build": {"targets": [{"gpuProduct": "H100"}]},
+    "storage": {"claimName": "c"},
+}
+
+
+def _engine() -> dict[str, object]:
+    return {
+        "metadata": {"name": "e", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": SPEC,
+    }
+
+
+def _serving_pod(revision: str, message: str) -> dict[str, object]:
+    """A crash-looping serving pod as the kubelet reports it: the refusal under lastState."""
+    return {
+        "metadata": {
+            "name": "e-abc-h100-7f9c",
+            "labels": {
+                "trtops.dev/engine": "e",
+                "trtops.dev/revision": revision,
+                "trtops.dev/target": "H100",
+                "trtops.dev/component": "serve",
+            },
+        },
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "serve",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": message}},
+                }
+            ]
+        },
+    }
+
+
+def test_the_operator_turns_the_refusal_into_ready_false_plan_incompatible(
+    conv: SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trtops_operator import keys
+    from trtops_operator.config import OperatorConfig
+    from trtops_operator.models import TrtEngineSpec
+    from trtops_operator.observation import summarize_serving_pod
+    from trtops_operator.reconcile import JobObs, Observed, PodObs, decide
+
+    # The worker's real termination message, as the serving pod wrote it.
+    _serve(_plan_folder(tmp_path / "key", conv, "11.2.1.2", "8.6"), monkeypatch)
+    message = (tmp_path / "termination-log").read_text()
+
+    config = OperatorConfig(worker_image="w:1")
+    spec = TrtEngineSpec.model_validate(SPEC)
+    job = keys.job_name(keys.build_key(spec, "H100", config.worker_image), "c", None)
+    built = {"ok": True, "key": "k" * 64, "path": "/plans/k", "sha256": "s" * 64}
+    observed = Observed(
+        jobs={job: JobObs(job, ("u1",), succeeded=True)},
+        pods={job: [PodObs("b", job, "t", "Succeeded", json.dumps(built))]},
+    )
+    now = "2026-01-01T00:00:00Z"
+    first = decide(_engine(), observed, config, now)
+    revision = first.status["revision"]
+    conditions = {c["type"]: c for c in first.status["conditions"]}
+    assert conditions["Ready"]["reason"] == "Starting"
+
+    pods = [summarize_serving_pod(_serving_pod(revision, message))]
+    assert pods[0].incompatible is not None
+    d = decide(_engine(), dataclasses.replace(observed, serving_pods=pods), config, now)
+    conditions = {c["type"]: c for c in d.status["conditions"]}
+    ready, degraded = conditions["Ready"], conditions["Degraded"]
+    assert (ready["status"], ready["reason"]) == ("False", "PlanIncompatible")
+    assert ready["message"].startswith(
+        f"pod e-abc-h100-7f9c (H100, revision {revision}) refused its plan: the plan was built"
+        " with TensorRT 11.2.1.2 for compute capability 8.6"
+    )
+    assert (degraded["status"], degraded["reason"]) == ("True", "PlanIncompatible")
+
+
+def test_other_serving_failures_are_not_taken_for_plan_incompatible() -> None:
+    from trtops_operator.observation import summarize_serving_pod
+
+    other = json.dumps({"ok": False, "category": "backend", "reason": "BackendLoadFailed"})
+    assert summarize_serving_pod(_serving_pod("r", other)).incompatible is None
+    assert summarize_serving_pod(_serving_pod("r", "Traceback ...")).incompatible is None

@@ -31,8 +31,10 @@ __all__ = [
     "METRIC_REQUEST_DURATION",
     "PERMANENT_CATEGORIES",
     "PERMANENT_EXIT_CODES",
+    "SERVE_CONTAINER",
     "BuildFailureResult",
     "BuildSuccessResult",
+    "PlanIncompatibleResult",
 ]
 
 # --- labels and annotations on the objects the operator owns ----------------------------------
@@ -49,6 +51,7 @@ COMPONENT_SERVE = "serve"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "trtops"}
 BUILD_CONTAINER = "build"  # the container whose termination message holds the result
 FETCH_CONTAINER = "fetch"  # the init container copying remote inputs; a message only on failure
+SERVE_CONTAINER = "serve"  # the serving container; a termination message when it cannot start
 
 # --- the serving metrics the canary analysis queries ------------------------------------------
 METRIC_REQUEST_DURATION = "trtops_request_duration_seconds"  # histogram, seconds
@@ -106,3 +109,17 @@ class BuildFailureResult(_Result):
     category: str = "internal"
     reason: str = ""
     message: str = ""
+
+
+# --- the serving pod's refusal of a plan: its termination message ------------------------------
+class PlanIncompatibleResult(_Result):
+    """``{"ok": false, "reason": "PlanIncompatible", ...}``: the serving pod refused a plan built
+    for another TensorRT release or compute capability (``serve/backend_tensorrt.py``). ``plan``
+    and ``pod``: ``{"tensorrtVersion", "computeCapability", "gpu"}``."""
+
+    ok: Literal[False]
+    category: str = "plan"
+    reason: Literal["PlanIncompatible"]
+    message: str = ""
+    plan: dict[str, str] = {}
+    pod: dict[str, str] = {}
