@@ -75,7 +75,11 @@ def bench(port: int, wire: str, concurrency: int, seconds: float) -> dict[str, o
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", required=True, help="git revision of the 'before' server")
+    before_from = parser.add_mutually_exclusive_group(required=True)
+    before_from.add_argument("--before", help="git revision of the 'before' server")
+    before_from.add_argument(
+        "--before-tree", type=Path, help="a checkout of it (`git archive REV worker | tar -x`)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
@@ -84,16 +88,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = samples.save(samples.conv_classifier(), tmp / "conv.onnx")
-        before = tmp / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before],
-            check=True,
-            capture_output=True,
-        )
+        before = args.before_tree or tmp / "before"
+        if args.before_tree is None:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before],
+                check=True,
+                capture_output=True,
+            )
         results: dict[str, dict[str, list[dict[str, object]]]] = {"before": {}, "after": {}}
         try:
             for round_ in range(args.rounds):
-                for side, tree in (("before", before), ("after", ROOT)):
+                sides = [("before", before), ("after", ROOT)]
+                for side, tree in sides if round_ % 2 == 0 else sides[::-1]:
                     process, http, grpc = serve(tree, model, tmp / f"{side}-{round_}.log")
                     try:
                         for wire in WIRES:
@@ -105,11 +111,15 @@ def main() -> int:
                         process.terminate()
                         process.wait(30)
         finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
-                check=False,
-            )
-    print(f"before = {args.before}, after = this tree; median of {args.rounds} rounds")
+            if args.before_tree is None:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
+                    check=False,
+                )
+    print(
+        f"before = {args.before or args.before_tree}, after = this tree;"
+        f" median of {args.rounds} rounds (order alternating)"
+    )
     print(f"{'case':22} {'p50 ms b/a':>16} {'ratio':>6} {'p99 ms b/a':>16} {'ratio':>6}"
           f" {'req/s b/a':>16} {'ratio':>6}")  # fmt: skip
     for case in results["before"]:
