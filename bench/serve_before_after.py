@@ -41,9 +41,18 @@ WIRES = {
 }
 
 
+def _path(tree: Path) -> str:
+    """``tree``'s packages ahead of whatever PYTHONPATH already holds (installed deps)."""
+    return ":".join(
+        p
+        for p in (f"{tree / 'worker'}:{tree / 'operator'}:{tree}", os.environ.get("PYTHONPATH"))
+        if p
+    )
+
+
 def serve(tree: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http, grpc, metrics = free_port(), free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": f"{tree / 'worker'}:{tree / 'operator'}:{tree}"}
+    env = {**os.environ, "PYTHONPATH": _path(tree)}
     cmd = [sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
     cmd += ["--model-name", "m", "--host", "127.0.0.1", "--http-port", str(http)]
     cmd += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
@@ -68,7 +77,7 @@ def bench(port: int, wire: str, concurrency: int, seconds: float) -> dict[str, o
     cmd += [*WIRES[wire], "--concurrency", str(concurrency)]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd += ["--duration-seconds", str(seconds), "--warmup-seconds", "0.5", "--json", out.name]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'worker'}:{ROOT / 'operator'}:{ROOT}"}
+        env = {**os.environ, "PYTHONPATH": _path(ROOT)}
         subprocess.run(cmd, check=True, capture_output=True, env=env)
         return json.loads(Path(out.name).read_text())  # type: ignore[no-any-return]
 
