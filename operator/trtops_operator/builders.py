@@ -207,9 +207,12 @@ def build_job(
             ("--min-top1-agreement", acc.min_top1_agreement),
             ("--max-mean-abs-error", acc.max_mean_abs_error),
             ("--min-cosine-similarity", acc.min_cosine_similarity),
+            ("--max-relative-error", acc.max_relative_error),
         ):
             if value is not None:
                 args += [flag, repr(float(value))]
+        for output, kind in sorted((acc.output_kinds or {}).items()):
+            args += ["--output-kind", f"{output}={kind}"]
     if target is not None:
         args += ["--gpu-product", target]
     args += ["--termination-log", TERMINATION_LOG]

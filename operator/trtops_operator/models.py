@@ -175,6 +175,14 @@ class Accuracy(_Model):
     min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
     max_mean_abs_error: Annotated[float, Field(ge=0, le=1000000)] | None = None
     min_cosine_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
+    max_relative_error: Annotated[float, Field(ge=0, le=1000000)] | None = None
+    # Output name -> kind; decides the default thresholds (trtops_worker.build.accuracy).
+    output_kinds: (
+        Annotated[
+            dict[str, Literal["class-scores", "embedding", "regression"]], Field(max_length=64)
+        ]
+        | None
+    ) = None
 
 
 class BuildSpec(_Model):

@@ -257,3 +257,74 @@ def test_a_conversion_that_loses_accuracy_is_named(
     code, result = run_build(*args, "--validation", conv.validation)
     assert (code, result["reason"]) == (14, "AccuracyGateFailed"), result
     assert "The precision conversion already loses it: converted.onnx" in result["message"]
+
+
+# --- declared in the TrtEngine: the operator passes kinds and bounds to the build Job ---------
+
+
+def test_output_kinds_in_the_spec_reach_the_worker() -> None:
+    """The Job's args, as the operator writes them, parsed by the worker's own CLI."""
+    import argparse
+
+    from trtops_operator import builders
+    from trtops_operator.config import OperatorConfig
+    from trtops_operator.models import TrtEngineSpec
+    from trtops_worker.build.cli import add_arguments, request_from_args
+
+    spec = TrtEngineSpec.model_validate(
+        {
+            "model": {"uri": "m.onnx"},
+            "build": {
+                "targets": [{"gpuProduct": "H100"}],
+                "accuracy": {
+                    "validation": {"uri": "v.npz"},
+                    "maxRelativeError": 0.05,
+                    "outputKinds": {"sentence_embedding": "embedding", "scores": "class-scores"},
+                },
+            },
+            "storage": {"claimName": "c"},
+        }
+    )
+    engine = builders.Engine(name="e", namespace="ns", uid="u", spec=spec)
+    job = builders.build_job(
+        engine, "H100", "k" * 64, name="j", config=OperatorConfig(worker_image="w:1")
+    )
+    container = next(
+        c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == "build"
+    )
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    request = request_from_args(parser.parse_args(container["args"][1:]))
+    assert request.output_kinds == {"scores": "class-scores", "sentence_embedding": "embedding"}
+    assert request.thresholds == Thresholds(max_relative_error=0.05)
+
+
+@pytest.mark.cluster
+@pytest.mark.usefixtures("trtengine_crd")
+def test_the_api_server_checks_output_kinds(k8s_api: object, namespace: str) -> None:
+    from kubernetes import client
+
+    def create(accuracy: dict[str, object]) -> object:
+        body = {
+            "apiVersion": "trtops.dev/v1alpha1",
+            "kind": "TrtEngine",
+            "metadata": {"name": "e"},
+            "spec": {
+                "model": {"uri": "m.onnx"},
+                "build": {
+                    "targets": [{"gpuProduct": "H100"}],
+                    "accuracy": {"validation": {"uri": "v.npz"}, **accuracy},
+                },
+                "storage": {"claimName": "c"},
+            },
+        }
+        return client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+            "trtops.dev", "v1alpha1", namespace, "trtengines", body, dry_run="All"
+        )
+
+    create({"outputKinds": {"sentence_embedding": "embedding"}})  # kinds alone: their defaults
+    with pytest.raises(client.ApiException) as refused:
+        create({"outputKinds": {"sentence_embedding": "logits"}})
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.build.accuracy.outputKinds.sentence_embedding" in message, message
+    assert "class-scores" in message
