@@ -44,18 +44,16 @@ def test_without_cgroup_v2_the_affinity_is_all_there_is(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("affinity", "cpu_max", "expected"),
     [
-        # no quota: the affinity is the pod; one event loop per 4 cores, one-thread instances
-        (2, "max 100000", Sizing(front_ends=1, instances=2, intra_op_threads=1)),
-        (4, "max 100000", Sizing(front_ends=1, instances=4, intra_op_threads=1)),
-        (16, "max 100000", Sizing(front_ends=4, instances=4, intra_op_threads=1)),
-        (64, "max 100000", Sizing(front_ends=16, instances=4, intra_op_threads=1)),
+        # no quota: the affinity is the pod; one front end of one one-thread instance per core
+        (2, "max 100000", Sizing(front_ends=2, instances=1, intra_op_threads=1)),
+        (16, "max 100000", Sizing(front_ends=16, instances=1, intra_op_threads=1)),
         # a 2-CPU limit on a 64-core node sizes for 2 cores, not 64
-        (64, "200000 100000", Sizing(front_ends=1, instances=2, intra_op_threads=1)),
-        # 1.5 CPUs rounds up to 2 instances; half a CPU is still one
-        (64, "150000 100000", Sizing(front_ends=1, instances=2, intra_op_threads=1)),
+        (64, "200000 100000", Sizing(front_ends=2, instances=1, intra_op_threads=1)),
+        # 1.5 CPUs rounds up to 2; half a CPU is still one
+        (64, "150000 100000", Sizing(front_ends=2, instances=1, intra_op_threads=1)),
         (64, "50000 100000", Sizing(front_ends=1, instances=1, intra_op_threads=1)),
         # a pod pinned to 8 cores (static CPU manager) under a 32-CPU quota: the pinning wins
-        (8, "3200000 100000", Sizing(front_ends=2, instances=4, intra_op_threads=1)),
+        (8, "3200000 100000", Sizing(front_ends=8, instances=1, intra_op_threads=1)),
     ],
 )
 def test_default_sizing_fills_the_usable_cores(
@@ -71,10 +69,12 @@ def test_default_sizing_fills_the_usable_cores(
 @pytest.mark.parametrize(
     ("cores", "flags", "expected"),
     [
-        # fewer, wider instances: the threads fill what the instances leave
-        (8, {"instances": 2}, Sizing(front_ends=2, instances=2, intra_op_threads=2)),
+        # fewer front ends: their cores go to instances, then to threads
+        (16, {"front_ends": 4}, Sizing(4, 4, 1)),
         (16, {"front_ends": 1, "instances": 2}, Sizing(1, 2, 8)),
-        # threads given: as many instances as fit
+        # instances or threads given: front ends fill the rest of the cores
+        (8, {"instances": 2}, Sizing(4, 2, 1)),
+        (16, {"intra_op_threads": 4}, Sizing(4, 1, 4)),
         (16, {"front_ends": 1, "intra_op_threads": 4}, Sizing(1, 4, 4)),
         (2, {"front_ends": 1, "intra_op_threads": 2}, Sizing(1, 1, 2)),
         # everything given is kept, even past the cores (the user's call)

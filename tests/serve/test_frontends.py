@@ -40,9 +40,17 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _all_listening(s: Server, count: int) -> None:
+    """A front end listens once warm; the first one ready makes the pod ready."""
+    deadline = time.monotonic() + 60
+    while s.output().count("listening: http") < count:
+        assert time.monotonic() < deadline, s.output()
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def two_front_ends(model_dir: Path, tmp_path: Path) -> Server:
-    return start_server(
+    server = start_server(
         tmp_path,
         "--model",
         str(model_dir / "slow.onnx"),
@@ -55,6 +63,8 @@ def two_front_ends(model_dir: Path, tmp_path: Path) -> Server:
         "--drain-seconds",
         "3",
     )
+    _all_listening(server, 2)
+    return server
 
 
 def test_every_front_end_serves_and_metrics_count_each_request_once(
@@ -93,8 +103,8 @@ def test_sigterm_drains_every_front_end_and_exits_0(two_front_ends: Server) -> N
         # new connections, so both front ends hold requests when the signal comes
         return requests.post(s.infer_url("slow"), json=body, timeout=60).status_code
 
-    with ThreadPoolExecutor(16) as pool:
-        burst = [pool.submit(send, i) for i in range(32)]
+    with ThreadPoolExecutor(16) as pool:  # all 16 in flight at once: none starts after the stop
+        burst = [pool.submit(send, i) for i in range(16)]
         deadline = time.monotonic() + 20
         while s.metric("trtops_inflight_requests") < 8 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -121,6 +131,7 @@ def test_a_front_end_that_dies_takes_the_pod_down(model_dir: Path, tmp_path: Pat
         "--front-ends",
         "2",
     )
+    _all_listening(s, 2)
     pids = _front_ends(s.process.pid)
     os.kill(pids[0], signal.SIGKILL)
     assert s.process.wait(30) == 1  # the pod restarts whole rather than serving on half

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from collections.abc import Mapping
@@ -15,7 +16,20 @@ import onnxruntime as ort
 from .errors import BackendError, from_onnxruntime
 from .types import DATATYPE_TO_NUMPY, TensorSpec
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["RUN_THREAD_NAME", "OnnxRuntimeBackend"]
+
+# The OS name of the threads that call ``run`` (top -H, py-spy, /proc/<pid>/task/*/comm): with
+# one-thread instances all inference happens on them, so their CPU is the inference CPU.
+RUN_THREAD_NAME = "trtops-ort-run"
+_thread = threading.local()
+
+
+def _name_this_thread(name: str) -> None:
+    _thread.named = True
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; a name is a nicety
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
 
 _ORT_TO_DATATYPE = {
     "tensor(bool)": "BOOL",
@@ -114,6 +128,8 @@ class OnnxRuntimeBackend:
             )
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not getattr(_thread, "named", False):
+            _name_this_thread(RUN_THREAD_NAME)
         with self._lock:
             session = self._free.pop() if self._free else self._sessions[0]
         try:

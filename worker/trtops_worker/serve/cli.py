@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
-from .cpus import CORES_PER_FRONT_END, plan_sizing, usable_cpus
+from .cpus import plan_sizing, usable_cpus
 from .frontends import FrontEnds, is_front_end, reserve_port
 
 __all__ = ["add_arguments", "run"]
@@ -76,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="server processes sharing the ports, each with its own event loop and instances"
-        f" (0: one per {CORES_PER_FRONT_END} usable cores)",
+        " (0: one per usable core, fewer when --instances or --intra-op-threads take more)",
     )
     parser.add_argument(
         "--intra-op-threads",
@@ -188,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
             )
             labels = (args.model_name, args.revision, precision, backend)
             return front_ends.run(args.host, args.metrics_port, labels)
+    if is_front_end():
+        # Stopped while loading (the pod deleted at once): nothing was served, a clean exit.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: sys.exit(0))
     log.info(
         "ONNX Runtime: %d instances of %d threads, spinning %s (usable cores %d, CPU quota %s)",
         sizing.instances,

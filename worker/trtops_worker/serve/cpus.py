@@ -70,11 +70,12 @@ class Sizing:
         return self.front_ends * self.instances * self.intra_op_threads
 
 
-# One event loop per this many usable cores. Measured (BENCHMARKS.md, "Serving"): one loop
-# spends ~170 us of CPU per binary request, so on 16 cores one loop caps the pod near 5.5k
-# requests/s while the cores could compute 11k; a loop per 4 cores keeps each one well below a
-# full core at saturation, and on 2-4 cores one loop costs no inference core.
-CORES_PER_FRONT_END = 4
+# One front end (process, event loop) per this many usable cores. Measured on 16 cores
+# (BENCHMARKS.md, "Serving"): 16 front ends of one one-thread instance each served 95% of raw
+# ONNX Runtime over binary, 4 front ends of 4 instances 70%, 1 front end of 16 instances 57%:
+# instances sharing a process also share its GIL and its event loop, and every batch's Python
+# work (merge, split, futures) waits on both.
+CORES_PER_FRONT_END = 1
 
 
 def plan_sizing(
@@ -84,18 +85,21 @@ def plan_sizing(
 
     Defaults: one front end per :data:`CORES_PER_FRONT_END` cores, and the cores shared over
     the front ends as single-thread instances (independent sessions beat one wide session:
-    16 one-thread sessions ran 11.3k infer/s where one 16-thread session ran 8.5k). Threads fill
-    what the instances leave, so ``--instances 2`` on 8 cores gives 4 threads each.
+    16 one-thread sessions ran 9.9k infer/s where one 16-thread session ran 7.7k). Threads fill
+    what the instances leave, and front ends what the instances and threads given leave
+    (``--intra-op-threads 4`` on 16 cores: 4 front ends of one 4-thread instance).
 
     >>> plan_sizing(16)
+    Sizing(front_ends=16, instances=1, intra_op_threads=1)
+    >>> plan_sizing(16, front_ends=4)
     Sizing(front_ends=4, instances=4, intra_op_threads=1)
-    >>> plan_sizing(2)
-    Sizing(front_ends=1, instances=2, intra_op_threads=1)
     """
     cores = max(1, cores)
-    front_ends = front_ends or max(1, cores // CORES_PER_FRONT_END)
+    per_instance = intra_op_threads or 1
+    front_ends = front_ends or max(
+        1, cores // (CORES_PER_FRONT_END * (instances or 1) * per_instance)
+    )
     per_front_end = max(1, cores // front_ends)
-    if instances == 0:
-        instances = max(1, per_front_end // max(1, intra_op_threads))
+    instances = instances or max(1, per_front_end // per_instance)
     intra_op_threads = intra_op_threads or max(1, per_front_end // instances)
     return Sizing(front_ends, instances, intra_op_threads)

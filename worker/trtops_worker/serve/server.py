@@ -3,7 +3,8 @@
 Order matters for zero failed requests while a Deployment rolls:
 
 - start: listeners come up first (liveness answers, readiness says 400), then the warm-up runs,
-  then readiness turns 200;
+  then readiness turns 200 (a front end sharing the ports with others warms up first and then
+  listens, see frontends.py);
 - stop (SIGTERM/SIGINT): readiness turns 400 at once, the server keeps serving for
   ``drain_seconds`` (endpoints and load balancers catch up), then the listeners stop taking new
   connections, in-flight and queued requests finish, and the process exits 0.
@@ -76,6 +77,14 @@ class ServingProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         body_limit = opts.max_body_bytes or self.dataplane.body_limit()
+        if opts.reuse_port:
+            # One of several front ends: listen only once warm, so the kernel never hands this
+            # one a connection while it would still answer "not ready" (its siblings may be
+            # serving already; the pod's probes see whichever listens).
+            await self.dataplane.start()
+            if self._stop.is_set():
+                await self.dataplane.close()
+                return
         grpc_server, self.grpc_port = create_grpc_server(
             self.dataplane,
             f"{opts.host}:{opts.grpc_port}",
@@ -124,7 +133,8 @@ class ServingProcess:
                 opts.host,
                 opts.metrics_port if opts.metrics_port is not None else "(the supervisor's)",
             )
-            await self.dataplane.start()
+            if not opts.reuse_port:
+                await self.dataplane.start()
             await self._stop.wait()
             if opts.drain_seconds > 0:
                 await asyncio.sleep(opts.drain_seconds)
