@@ -117,6 +117,26 @@ apply_gateway_api_crds() {
   die "could not apply the Gateway API CRDs"
 }
 
+apply_prometheus_operator_crds() {
+  # The Prometheus Operator's PodMonitor and ServiceMonitor CRDs, from its Go module's own YAML,
+  # so the chart's monitoring objects are checked against the real schema.
+  local dir f
+  dir="$(GOFLAGS=-mod=mod go mod download -json \
+      "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" \
+    || die "could not fetch prometheus-operator@$PROMETHEUS_OPERATOR_VERSION from the Go module proxy"
+  for f in podmonitors servicemonitors; do
+    local try ok=""
+    for try in 1 2 3; do
+      kc apply --server-side --force-conflicts \
+        -f "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$f.yaml" >/dev/null \
+        && { ok=1; break; }
+      sleep "$try"
+    done
+    [[ -n "$ok" ]] || die "could not apply the $f CRD"
+  done
+}
+
 cmd_up() {
   "$here/hack/build-controlplane.sh"
   local start=$SECONDS
@@ -125,6 +145,7 @@ cmd_up() {
       log "reusing running cluster '$name'"
       apply_nodes
       apply_gateway_api_crds
+      apply_prometheus_operator_crds
       print_usage
       return 0
     fi
@@ -164,6 +185,7 @@ cmd_up() {
   done
   apply_nodes
   apply_gateway_api_crds
+  apply_prometheus_operator_crds
   # Pods need the namespace's default ServiceAccount, made by the controller manager.
   until kc -n default get serviceaccount default >/dev/null 2>&1; do
     ((SECONDS < deadline)) || die "default ServiceAccount never appeared: is kube-controller-manager running?"
