@@ -29,6 +29,7 @@ __all__ = [
     "Engine",
     "PlanRef",
     "build_deployment",
+    "build_hpa",
     "build_job",
     "build_pdb",
     "build_service",
@@ -422,7 +423,7 @@ def build_deployment(
     if plan.target is not None:
         pod_spec.update(_gpu_placement(plan.target))
     _place(pod_spec, serving.node_selector, serving.tolerations)
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -454,7 +455,64 @@ def build_deployment(
             },
         },
     }
+    if serving.autoscaling is not None:
+        # The revision's HorizontalPodAutoscaler owns the count (build_hpa): an applied
+        # ``replicas`` would undo its every decision.
+        del deployment["spec"]["replicas"]
     return _stamp(deployment)
+
+
+# Scale-down that never follows a dip: 5 minutes of lower load, then one pod a minute.
+_SCALE_DOWN = {
+    "stabilizationWindowSeconds": 300,
+    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+}
+AUTOSCALING_METRICS = {
+    "inflight": contract.METRIC_INFLIGHT,
+    "queue": contract.METRIC_QUEUE_DEPTH,
+}
+
+
+def build_hpa(engine: Engine, *, name: str, revision: str, floor: int = 0) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler of serving Deployment ``name`` (``spec.serving.autoscaling``
+    must be set): a Pods metric, the per-pod average of the worker's gauge, from a custom-metrics
+    adapter. ``floor`` raises ``minReplicas`` (capped at ``maxReplicas``): the canary's share of
+    the stable pods, or all of them before a promotion moves the traffic."""
+    auto = engine.spec.serving.autoscaling
+    assert auto is not None
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": engine.namespace,
+            "labels": {
+                **MANAGED_BY,
+                "trtops.dev/engine": engine.name,
+                "trtops.dev/revision": revision,
+            },
+            "ownerReferences": [owner_reference(engine)],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min(max(auto.min_replicas, floor), auto.max_replicas),
+            "maxReplicas": auto.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": AUTOSCALING_METRICS[auto.metric]},
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": auto.target_average_value,
+                        },
+                    },
+                }
+            ],
+            "behavior": {"scaleDown": _SCALE_DOWN},
+        },
+    }
+    return _stamp(hpa)
 
 
 def build_service(

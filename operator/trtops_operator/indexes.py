@@ -43,6 +43,7 @@ INDEXES = (
     "deployment_index",
     "service_index",
     "pdb_index",
+    "hpa_index",
 )
 
 
@@ -139,4 +140,5 @@ def observed(namespace: str, name: str, idx: Mapping[str, Any]) -> Observed:
         services=_NsView(idx["service_index"], namespace),
         pdbs=_NsView(idx["pdb_index"], namespace),
         serving_pods=list(idx["serving_pod_index"].get((namespace, name), [])),
+        hpas=_NsView(idx["hpa_index"], namespace),
     )

@@ -88,6 +88,7 @@ class Api:
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.routes = RouterIO(api_client)
 
@@ -110,12 +111,16 @@ class Api:
             )
 
     def apply(self, obj: dict[str, Any]) -> None:
-        """Server-side apply one owned object (Deployment, Service, PodDisruptionBudget)."""
+        """Server-side apply one owned object (Deployment, Service, PodDisruptionBudget,
+        HorizontalPodAutoscaler)."""
         meta = obj["metadata"]
         fns: dict[str, Callable[..., Any]] = {
             "Deployment": self.apps.patch_namespaced_deployment,
             "Service": self.core.patch_namespaced_service,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+            "HorizontalPodAutoscaler": (
+                self.autoscaling.patch_namespaced_horizontal_pod_autoscaler
+            ),
         }
         with _errors(f"apply {obj['kind']} {meta['name']}"):
             fns[obj["kind"]](
@@ -132,6 +137,9 @@ class Api:
             "Deployment": self.apps.delete_namespaced_deployment,
             "Service": self.core.delete_namespaced_service,
             "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
+            "HorizontalPodAutoscaler": (
+                self.autoscaling.delete_namespaced_horizontal_pod_autoscaler
+            ),
         }
         with _errors(f"delete {kind} {name}", ignore=(404,)):
             fns[kind](name, namespace)

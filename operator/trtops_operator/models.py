@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 __all__ = [
     "Accuracy",
     "Analysis",
+    "Autoscaling",
     "Batching",
     "BuildSpec",
     "Calibration",
@@ -59,6 +60,12 @@ TaintKey = Annotated[
 TaintValue = Annotated[
     str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 ]
+
+
+AUTOSCALING_NEEDS_WEIGHTS = (
+    "spec.serving.autoscaling needs a weighted traffic router (gatewayAPI or istio):"
+    " the replicas router splits traffic by pod counts, which an autoscaler changes"
+)
 
 
 class _Model(BaseModel):
@@ -232,8 +239,26 @@ class Resources(_Model):
     limits: CpuMemory | None = None
 
 
+class Autoscaling(_Model):
+    """A HorizontalPodAutoscaler per serving Deployment on a per-pod gauge of the worker's."""
+
+    min_replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=100)]
+    metric: Literal["inflight", "queue"] = "inflight"
+    target_average_value: Annotated[
+        str, Field(max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(m|k)?$")
+    ] = "4"
+
+    @model_validator(mode="after")
+    def _range(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("spec.serving.autoscaling.minReplicas must not exceed maxReplicas")
+        return self
+
+
 class ServingSpec(_Model):
     replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    autoscaling: Autoscaling | None = None
     backend: Backend = "tensorrt"
     cpu_fallback: bool = False
     node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
@@ -350,6 +375,12 @@ class TrtEngineSpec(_Model):
             raise ValueError(
                 "spec.build.targets must be empty when spec.serving.backend is onnxruntime"
             )
+        if (
+            self.serving.autoscaling is not None
+            and self.rollout is not None
+            and self.rollout.traffic_router.replicas is not None
+        ):
+            raise ValueError(AUTOSCALING_NEEDS_WEIGHTS)
         if self.serving.backend == "onnxruntime" and self.build.precision in ("tf32", "fp8"):
             raise ValueError(
                 "spec.build.precision tf32 and fp8 exist only on spec.serving.backend tensorrt"

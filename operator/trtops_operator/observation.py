@@ -102,6 +102,7 @@ class Observed:
     services: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
     pdbs: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
     serving_pods: Sequence[ServingPodObs] = ()  # this engine's serving pods that refused a plan
+    hpas: Mapping[str, str] = field(default_factory=dict)  # this engine's, name -> spec hash
 
 
 def _conditions(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -58,6 +58,16 @@ def analysis_window(state: canary_steps.CanaryState, now: dt.datetime) -> float:
     return canary_steps.analysis_window(state, now)
 
 
+def stable_pods(spec: TrtEngineSpec, observed: Observed, prefix: str) -> int:
+    """The stable revision's pod count the canary is sized against: the spec's replicas, or
+    with autoscaling what its HPAs run now (each Deployment's replicas, set by its HPA)."""
+    auto = spec.serving.autoscaling
+    if auto is None:
+        return spec.serving.replicas
+    counts = [d.replicas for n, d in observed.deployments.items() if n.startswith(prefix)]
+    return max([auto.min_replicas, *counts])
+
+
 def canary_turn(
     spec: TrtEngineSpec,
     view: EngineView,
@@ -94,7 +104,7 @@ def canary_turn(
         spec.rollout,
         state,
         now=now_dt,
-        stable_replicas=spec.serving.replicas,
+        stable_replicas=stable_pods(spec, observed, f"{view.name}-{stable_revision}"),
         canary_available=canary_available,
         verdict=verdict,
         annotations=view.annotations,

@@ -2,9 +2,14 @@
 the stable revision moves.
 
 During a canary the stable side keeps its full replica count; the canary's replicas follow its
-weight (``canary.routers.canary_replicas``). The stable revision moves at once for the first
-revision, for a plain rollout once the new pods are available, and after a canary only when the
-canary machine promotes it.
+weight (``canary.routers.canary_replicas``). With ``spec.serving.autoscaling`` those counts are
+floors of each revision's HorizontalPodAutoscaler instead (the Deployments carry no replicas):
+the canary's HPA keeps at least its share of the stable pods, and all of them before promotion,
+so a promotion never moves traffic onto fewer pods; afterwards the floor drops back to
+``minReplicas`` and the HPA scales down at its own slow pace.
+
+The stable revision moves at once for the first revision, for a plain rollout once the new pods
+are available, and after a canary only when the canary machine promotes it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Serving:
     observed: Observed
     replicas: int
     wanted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hpas: dict[str, dict[str, Any]] = field(default_factory=dict)  # by Deployment name
     names_by_rev: dict[str, list[str]] = field(default_factory=dict)
     stable: StableStatus | None = None
     canary: rollout.CanaryTurn | None = None
@@ -82,7 +88,8 @@ def decide_serving(
     """Which revisions run with how many pods, the canary's turn, and when stable moves."""
     spec = engine.spec
     revision = builds.revision
-    serving = Serving(observed, spec.serving.replicas)
+    auto = spec.serving.autoscaling
+    serving = Serving(observed, spec.serving.replicas if auto is None else auto.min_replicas)
     old = view.status.stable
     serving.stable = old.model_copy(deep=True) if old is not None and old.revision else None
     stable_rev = serving.stable_revision
@@ -103,13 +110,14 @@ def decide_serving(
     serving.promoted = cd is not None and cd.state.phase == "Promoted"
 
     # (revision, plans, replicas); the stable side keeps its full count for the whole canary.
+    # With autoscaling the count is the HPA's floor (0: the spec's minReplicas).
     runs: list[tuple[str, Sequence[PlanRecord], int]] = []
     if stable_rev and stable_rev != revision and serving.stable is not None:
-        runs.append((stable_rev, serving.stable.plans, serving.replicas))
+        runs.append((stable_rev, serving.stable.plans, 0 if auto else serving.replicas))
     if builds.ready:
-        runs.append(
-            (revision, builds.plans, serving.replicas if cd is None else cd.canary_replicas)
-        )
+        count = cd.canary_replicas if cd is not None else (0 if auto else serving.replicas)
+        if not (auto and cd is not None and count == 0):  # a rolled-back canary: no pods
+            runs.append((revision, builds.plans, count))
     for rev, rev_plans, rev_replicas in runs:
         for p in rev_plans:
             cpu = p.target == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
@@ -125,12 +133,21 @@ def decide_serving(
             serving.wanted[name] = builders.build_deployment(
                 engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
             )
+            if auto is not None:
+                serving.hpas[name] = builders.build_hpa(
+                    engine, name=name, revision=rev, floor=rev_replicas
+                )
             serving.names_by_rev.setdefault(rev, []).append(name)
 
     for name, obj in serving.wanted.items():
         have = observed.deployments.get(name)
         apply_if_changed(serving.apply, obj, have.spec_hash if have is not None else None)
+    for name, obj in serving.hpas.items():
+        apply_if_changed(serving.apply, obj, observed.hpas.get(name))
     serving.delete += [("Deployment", n) for n in observed.deployments if n not in serving.wanted]
+    serving.delete += [
+        ("HorizontalPodAutoscaler", n) for n in observed.hpas if n not in serving.hpas
+    ]
 
     plain = not serving.canary_mode and (revision == stable_rev or serving.rolled_out(revision))
     if builds.ready and (plain or serving.promoted):

@@ -28,6 +28,7 @@ EXPECTED_RULES = {
     ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
     ("", "services"): {"list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
     ("networking.istio.io", "virtualservices"): {"get", "patch"},

@@ -26,7 +26,9 @@ __all__ = [
     "LABEL_REVISION",
     "LABEL_TARGET",
     "MANAGED_BY",
+    "METRIC_INFLIGHT",
     "METRIC_LABELS",
+    "METRIC_QUEUE_DEPTH",
     "METRIC_REQUESTS",
     "METRIC_REQUEST_DURATION",
     "PERMANENT_CATEGORIES",
@@ -57,6 +59,9 @@ SERVE_CONTAINER = "serve"  # the serving container; a termination message when i
 METRIC_REQUEST_DURATION = "trtops_request_duration_seconds"  # histogram, seconds
 METRIC_REQUESTS = "trtops_requests_total"  # counter, by ``outcome``
 METRIC_LABELS = ("model", "revision", "precision", "backend")
+# gauges per pod that spec.serving.autoscaling scales on (through a custom-metrics adapter)
+METRIC_INFLIGHT = "trtops_inflight_requests"  # requests received and not yet answered
+METRIC_QUEUE_DEPTH = "trtops_queue_depth"  # rows waiting for a batch
 
 # --- the build's exit codes (``trtops_worker.build.errors``) ----------------------------------
 # category -> process exit code; anything unexpected exits 1 (category "internal").
