@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: setup test check lint typecheck demo cluster-up cluster-down
+.PHONY: setup test check lint typecheck demo cluster-up cluster-down images
 
 setup:            ## install Debian packages, Python packages and the cached Go binaries
 	hack/setup.sh
@@ -27,3 +27,6 @@ cluster-up: setup
 
 cluster-down:
 	hack/cluster.sh down
+
+images:           ## operator + CPU worker images with buildah (no daemon, no registry; minutes, not in `make test`)
+	hack/images.sh

@@ -61,7 +61,7 @@ helm_ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(echo "$K8S_VERSIO
 helm_ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
 helm_ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
 
-want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl helm}"
+want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl helm actionlint}"
 for name in $want; do
   case "$name" in
     etcd) build_one etcd "$ETCD_VERSION" "$tools/etcd" go.etcd.io/etcd/server/v3 "-s -w" ;;
@@ -69,6 +69,8 @@ for name in $want; do
       build_one "$name" "$K8S_VERSION" "$tools/kubernetes" "k8s.io/kubernetes/cmd/$name" "$k8s_ld" ;;
     kwok|kwokctl) build_one "$name" "$KWOK_VERSION" @ "sigs.k8s.io/kwok/cmd/$name" "$kwok_ld" ;;
     helm) build_one helm "$HELM_VERSION" @ helm.sh/helm/v3/cmd/helm "$helm_ld" ;;
+    actionlint) build_one actionlint "$ACTIONLINT_VERSION" @ github.com/rhysd/actionlint/cmd/actionlint \
+      "-s -w -X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION" ;;
     *) log "unknown binary: $name"; exit 2 ;;
   esac
 done
@@ -77,7 +79,8 @@ done
 mkdir -p "$cache/current"
 for name in $want; do
   case "$name" in
-    etcd) v=$ETCD_VERSION ;; kwok|kwokctl) v=$KWOK_VERSION ;; helm) v=$HELM_VERSION ;; *) v=$K8S_VERSION ;;
+    etcd) v=$ETCD_VERSION ;; kwok|kwokctl) v=$KWOK_VERSION ;; helm) v=$HELM_VERSION ;;
+    actionlint) v=$ACTIONLINT_VERSION ;; *) v=$K8S_VERSION ;;
   esac
   ln -sfn "$bin/$name-$v" "$cache/current/$name"
 done

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.cluster
 
 SPEC: dict[str, Any] = {
     "model": {"uri": "m.onnx"},
+    "build": {"precision": "fp32"},
     "serving": {
         "backend": "onnxruntime",
         "autoscaling": {"minReplicas": 2, "maxReplicas": 8, "metric": "queue"},

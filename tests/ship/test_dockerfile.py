@@ -58,7 +58,12 @@ def test_hadolint_config_catches_a_root_image(tmp_path: Path) -> None:
 
 def test_targets_run_as_numeric_non_root_with_their_entrypoints() -> None:
     s = stages()
-    for target, entrypoint in (("operator", "trtops-operator"), ("worker", "trtops-worker")):
+    targets = (
+        ("operator", "trtops-operator"),
+        ("worker-cpu", "trtops-worker"),
+        ("worker", "trtops-worker"),
+    )
+    for target, entrypoint in targets:
         users = [i for i in s[target] if i.startswith("USER ")]
         assert users[-1] == "USER 65532:65532", target
         assert s[target][-1] == f'ENTRYPOINT ["{entrypoint}"]'
@@ -76,15 +81,23 @@ def test_operator_installs_the_base_distribution_only() -> None:
 
 
 def test_worker_is_tensorrt_11_with_modelopt() -> None:
-    text = DOCKERFILE.read_text()
-    tag = re.search(r"ARG TENSORRT_IMAGE=nvcr\.io/nvidia/tensorrt:(\S+)", text)
-    assert tag is not None
-    assert re.fullmatch(r"\d\d\.\d\d-py3", tag.group(1))
     worker = " ".join(stages()["worker"])
+    assert worker.startswith("FROM ${TENSORRT_IMAGE} AS worker")  # pinned in images/versions.env
     assert "startswith('11.')" in worker  # the build refuses another TensorRT major
+    assert "v == want" in worker  # ... and any release but the pinned one
     wheel = " ".join(stages()["wheel"])
     for extra in ("worker", "tensorrt", "modelopt"):
         assert f"x['{extra}']" in wheel
+
+
+def test_cpu_worker_has_no_tensorrt_or_modelopt() -> None:
+    wheel = " ".join(stages()["wheel"])
+    cpu_list = re.search(r"open\('worker-cpu.txt', 'w'\).write\(([^)]*)\)", wheel)
+    assert cpu_list is not None
+    assert "x['worker']" in cpu_list.group(1)
+    assert "tensorrt" not in cpu_list.group(1)
+    assert "modelopt" not in cpu_list.group(1)
+    assert stages()["worker-cpu"][0].startswith("FROM ${PYTHON_IMAGE}")
 
 
 def test_build_context_is_an_allow_list() -> None:

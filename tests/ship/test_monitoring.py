@@ -63,7 +63,11 @@ def test_podmonitor_is_off_by_default_and_selects_the_operators_serving_pods() -
     assert endpoint["port"] in ports
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     (scoped,) = find(
-        render(**{"podMonitor__namespaces": "{ml,prod}", "podMonitor__labels__release": "kps"}),
+        render(
+            podMonitor__enabled="true",
+            podMonitor__namespaces="{ml,prod}",
+            podMonitor__labels__release="kps",
+        ),
         "PodMonitor",
     )
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["ml", "prod"]}
