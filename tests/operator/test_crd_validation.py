@@ -85,7 +85,7 @@ CASES = [
         _set("spec.rollout.trafficRouter", {"replicas": {}, "gatewayAPI": {"httpRoute": "r"}}),
         "spec.rollout.trafficRouter",
     ),
-    ("bad model uri", _set("spec.model.uri", "s3://bucket/m.onnx"), "spec.model.uri"),
+    ("bad model uri", _set("spec.model.uri", "ftp://bucket/m.onnx"), "spec.model.uri"),
     ("path escape", _set("spec.model.uri", "models/../../etc/passwd"), "spec.model.uri"),
     ("short model sha256", _set("spec.model.sha256", "abc"), "spec.model.sha256"),
     (
