@@ -121,16 +121,14 @@ def test_sigterm_drains_every_front_end_and_exits_0(two_front_ends: Server) -> N
     assert "front end pid" not in s.output()  # none reported as failed
 
 
+def _conv(model_dir: Path, tmp_path: Path, front_ends: int) -> Server:
+    model = str(model_dir / "conv.onnx")
+    args = ("--model", model, "--model-name", "conv", "--front-ends", str(front_ends))
+    return start_server(tmp_path, *args)
+
+
 def test_a_front_end_that_dies_takes_the_pod_down(model_dir: Path, tmp_path: Path) -> None:
-    s = start_server(
-        tmp_path,
-        "--model",
-        str(model_dir / "conv.onnx"),
-        "--model-name",
-        "conv",
-        "--front-ends",
-        "2",
-    )
+    s = _conv(model_dir, tmp_path, 2)
     _all_listening(s, 2)
     pids = _front_ends(s.process.pid)
     os.kill(pids[0], signal.SIGKILL)
@@ -140,15 +138,7 @@ def test_a_front_end_that_dies_takes_the_pod_down(model_dir: Path, tmp_path: Pat
 
 
 def test_one_front_end_needs_no_supervisor(model_dir: Path, tmp_path: Path) -> None:
-    s = start_server(
-        tmp_path,
-        "--model",
-        str(model_dir / "conv.onnx"),
-        "--model-name",
-        "conv",
-        "--front-ends",
-        "1",
-    )
+    s = _conv(model_dir, tmp_path, 1)
     try:
         assert _front_ends(s.process.pid) == []
         r = requests.post(s.infer_url(), json=infer_body(conv_input(1)), timeout=30)
