@@ -47,6 +47,9 @@ TERMINATION_LOG = "/dev/termination-log"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# GPU Feature Discovery's labels of a node's GPU compute capability (e.g. 9 and 0 for 9.0).
+GPU_COMPUTE_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
+GPU_COMPUTE_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 MANAGED_BY = contract.MANAGED_BY
 HASH_ANNOTATION = contract.ANNOTATION_SPEC_HASH
 KEY_ANNOTATION = contract.ANNOTATION_KEY
@@ -76,6 +79,7 @@ class PlanRef:
     path: str  # artifact directory under PLANS_MOUNT
     precision: str
     backend: str
+    compute_capability: str | None = None  # the product's pin: serve on such GPUs only
 
 
 def owner_reference(engine: Engine, *, controller: bool = True) -> dict[str, Any]:
@@ -133,9 +137,13 @@ def _labels(engine: Engine, component: str, target: str | None) -> dict[str, str
     }
 
 
-def _gpu_placement(product: str) -> dict[str, Any]:
+def _gpu_placement(product: str, compute_capability: str | None = None) -> dict[str, Any]:
+    selector = {GPU_PRODUCT_LABEL: product}
+    if compute_capability is not None:  # a pinned product: nodes whose GPU has this capability
+        major, _, minor = compute_capability.partition(".")
+        selector |= {GPU_COMPUTE_MAJOR_LABEL: major, GPU_COMPUTE_MINOR_LABEL: minor}
     return {
-        "nodeSelector": {GPU_PRODUCT_LABEL: product},
+        "nodeSelector": selector,
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
     }
 
@@ -169,10 +177,17 @@ _CONTAINER_SECURITY = {
 
 
 def build_job(
-    engine: Engine, target: str | None, key: str, *, name: str, config: OperatorConfig
+    engine: Engine,
+    target: str | None,
+    key: str,
+    *,
+    name: str,
+    config: OperatorConfig,
+    compute_capability: str | None = None,
 ) -> dict[str, Any]:
     """The build Job of one (key, target): ``trtops-worker build`` with the result in the
-    termination message. ``name`` comes from :func:`trtops_operator.keys.job_name`."""
+    termination message. ``name`` comes from :func:`trtops_operator.keys.job_name`;
+    ``compute_capability``: the target's pin (the Job runs on such GPUs only)."""
     spec = engine.spec
     build = spec.build
     claim = spec.storage.claim_name
@@ -257,7 +272,7 @@ def build_job(
         _add_fetch(pod_spec, container, fetches, spec.model.credentials_secret)
     if target is not None:
         container["resources"]["limits"] = {GPU_RESOURCE: "1"}
-        pod_spec.update(_gpu_placement(target))
+        pod_spec.update(_gpu_placement(target, compute_capability))
     _place(pod_spec, build.node_selector, build.tolerations)
     job = {
         "apiVersion": "batch/v1",
@@ -421,7 +436,7 @@ def build_deployment(
         ],
     }
     if plan.target is not None:
-        pod_spec.update(_gpu_placement(plan.target))
+        pod_spec.update(_gpu_placement(plan.target, plan.compute_capability))
     _place(pod_spec, serving.node_selector, serving.tolerations)
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",

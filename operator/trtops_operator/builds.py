@@ -82,6 +82,7 @@ def _observe(
     observed: Observed,
     config: OperatorConfig,
     out: Builds,
+    pin: str | None,
 ) -> Target:
     if job in old_plans:
         return Target(product, key, job, "built", old_plans[job])
@@ -97,7 +98,11 @@ def _observe(
         return Target(product, key, job, "built", plan)
     obs = observed.jobs.get(job)
     if obs is None:
-        out.create.append(builders.build_job(engine, product, key, name=job, config=config))
+        out.create.append(
+            builders.build_job(
+                engine, product, key, name=job, config=config, compute_capability=pin
+            )
+        )
         return Target(product, key, job, "building", note=f"build Job {job} created")
     if view.uid not in obs.owners:
         out.adopt.append(job)
@@ -141,19 +146,27 @@ def _observe(
 
 
 def decide_builds(
-    view: EngineView, engine: builders.Engine, observed: Observed, config: OperatorConfig
+    view: EngineView,
+    engine: builders.Engine,
+    observed: Observed,
+    config: OperatorConfig,
+    pins: Mapping[str, str] | None = None,
 ) -> Builds:
-    """One build per GPU target: reuse, wait for, create or adopt its Job, read its result."""
+    """One build per GPU target: reuse, wait for, create or adopt its Job, read its result.
+    ``pins``: GPU product -> compute capability its build is pinned to (``compat``)."""
     spec = engine.spec
+    pins = pins or {}
     old_plans = {p.job: p for p in view.status.plans}
     gate = keys.gate_json(spec)
     keyed = []
     for product in spec.target_products():
-        key = keys.build_key(spec, product, config.worker_image)
-        keyed.append((product, key, keys.job_name(key, spec.storage.claim_name, gate)))
-    out = Builds([], keys.revision_of(k for _, k, _ in keyed))
+        pin = pins.get(product) if product is not None else None
+        key = keys.build_key(spec, product, config.worker_image, pin)
+        keyed.append((product, key, keys.job_name(key, spec.storage.claim_name, gate), pin))
+    out = Builds([], keys.revision_of(k for _, k, _, _ in keyed))
     out.targets = [
-        _observe(view, engine, p, k, j, old_plans, observed, config, out) for p, k, j in keyed
+        _observe(view, engine, p, k, j, old_plans, observed, config, out, pin)
+        for p, k, j, pin in keyed
     ]
     old_built = view.status.condition("Built")
     old_built_reason = old_built.reason if old_built is not None else None

@@ -44,8 +44,14 @@ def _sha256(data: Any) -> str:
     return hashlib.sha256(canonical_json(data).encode("ascii")).hexdigest()
 
 
-def build_key(spec: TrtEngineSpec, gpu_product: str | None, worker_image: str) -> str:
-    """The build identity of one target (sha256 hex): equal keys build byte-identical plans."""
+def build_key(
+    spec: TrtEngineSpec,
+    gpu_product: str | None,
+    worker_image: str,
+    compute_capability: str | None = None,
+) -> str:
+    """The build identity of one target (sha256 hex): equal keys build byte-identical plans.
+    ``compute_capability``: the product's pin, if any (a pinned build is another plan)."""
     build = spec.build
     calibration = None
     if build.precision in QUANTIZED and build.calibration is not None:
@@ -56,6 +62,8 @@ def build_key(spec: TrtEngineSpec, gpu_product: str | None, worker_image: str) -
         }
     model = {"sha256": spec.model.sha256} if spec.model.sha256 else {"uri": spec.model.uri}
     device = {"kind": "cpu"} if gpu_product is None else {"kind": "gpu", "gpuProduct": gpu_product}
+    if gpu_product is not None and compute_capability is not None:
+        device["computeCapability"] = compute_capability
     return _sha256(
         {
             "schema": KEY_SCHEMA,

@@ -4,6 +4,7 @@ A short chain of steps, one module per concern (after argo-rollouts' ``rolloutCa
 
     EngineView.parse       status_model  the body, parsed once
     TrtEngineSpec          models        the spec (invalid: conditions.invalid, nothing else)
+    decide_pins            compat        GPU products pinned after a PlanIncompatible refusal
     decide_builds          builds        Jobs to create or adopt, plans, build outcomes
     decide_serving         serving       Deployments, the canary's turn, where stable is
     decide_routing         routing       Services, route weights, PodDisruptionBudget
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from trtops_operator import builders
 from trtops_operator.builds import decide_builds
 from trtops_operator.canary.analysis import Verdict
+from trtops_operator.compat import decide_pins
 from trtops_operator.conditions import finish_status, fold_transitions, invalid
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import BuildOutcome, Decision, Event, RouterAction
@@ -80,16 +82,20 @@ def _decide(
     verdict: Verdict | None,
 ) -> Decision:
     engine = builders.Engine(name=view.name, namespace=view.namespace, uid=view.uid, spec=spec)
-    builds = decide_builds(view, engine, observed, config)
-    serving = decide_serving(view, engine, builds, observed, config, now, verdict)
+    pins = decide_pins(
+        view.status.compute_capability_pins, observed.serving_pods, view.status.revision
+    )
+    builds = decide_builds(view, engine, observed, config, pins.pins)
+    serving = decide_serving(view, engine, builds, observed, config, now, verdict, pins.pins)
     routing = decide_routing(engine, builds.revision, serving)
     step = decide_status(view, builds, serving, now)
+    step.status.compute_capability_pins = pins.pins or None
     decision = Decision(
         create=builds.create,
         adopt=builds.adopt,
         apply=serving.apply + routing.apply,
         delete=serving.delete + routing.delete,
-        events=builds.events + step.events,
+        events=pins.events + builds.events + step.events,
         outcomes=builds.outcomes,
         router=routing.router,
         requeue_after=step.requeue_after,

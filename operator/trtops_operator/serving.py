@@ -14,7 +14,7 @@ are available, and after a canary only when the canary machine promotes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,8 +84,10 @@ def decide_serving(
     config: OperatorConfig,
     now: str,
     verdict: Verdict | None,
+    pins: Mapping[str, str] | None = None,
 ) -> Serving:
-    """Which revisions run with how many pods, the canary's turn, and when stable moves."""
+    """Which revisions run with how many pods, the canary's turn, and when stable moves.
+    ``pins``: GPU product -> compute capability its pods must run on (``compat``)."""
     spec = engine.spec
     revision = builds.revision
     auto = spec.serving.autoscaling
@@ -128,6 +130,7 @@ def decide_serving(
                 path=p.path,
                 precision=str(p.precision or spec.build.precision),
                 backend=str(p.backend or spec.serving.backend),
+                compute_capability=(pins or {}).get(product) if product else None,
             )
             name = keys.serving_name(f"{engine.name}-{rev}", product)
             serving.wanted[name] = builders.build_deployment(

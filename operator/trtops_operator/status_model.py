@@ -94,6 +94,8 @@ class EngineStatus(_Status):
     stable: StableStatus | None = None
     canary: dict[str, Any] | None = None
     last_good_revision: str | None = None
+    # GPU product -> compute capability its plans are pinned to (``compat.decide_pins``).
+    compute_capability_pins: dict[str, str] | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -203,3 +203,116 @@ def test_other_serving_failures_are_not_taken_for_plan_incompatible() -> None:
     other = json.dumps({"ok": False, "category": "backend", "reason": "BackendLoadFailed"})
     assert summarize_serving_pod(_serving_pod("r", other)).incompatible is None
     assert summarize_serving_pod(_serving_pod("r", "Traceback ...")).incompatible is None
+
+
+# --- ...and pins the GPU product to the pod's compute capability, once ----------------------
+
+
+def _refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: PlanTarget, pod: PlanTarget
+) -> str:
+    """The termination message the serving pod writes for this pair (the worker's own code)."""
+    from trtops_worker.serve.cli import _write_termination_message
+
+    log = tmp_path / f"refusal-{plan.compute_capability}-{pod.compute_capability}"
+    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(log))
+    _write_termination_message(PlanIncompatible(plan, pod))
+    return log.read_text()
+
+
+def _reconcile(status: dict[str, object], pods: list[str], revision: str, jobs: dict) -> object:
+    from trtops_operator.config import OperatorConfig
+    from trtops_operator.observation import summarize_serving_pod
+    from trtops_operator.reconcile import JobObs, Observed, PodObs, decide
+
+    built = {"ok": True, "key": "k" * 64, "path": "/plans/k", "sha256": "s" * 64}
+    observed = Observed(
+        jobs={j: JobObs(j, ("u1",), succeeded=True) for j in jobs},
+        pods={j: [PodObs("b", j, "t", "Succeeded", json.dumps(built))] for j in jobs},
+        serving_pods=[summarize_serving_pod(_serving_pod(revision, m)) for m in pods],
+    )
+    body = {**_engine(), "status": status}
+    return decide(body, observed, OperatorConfig(worker_image="w:1"), "2026-01-01T00:00:00Z")
+
+
+def test_a_plan_for_the_pods_gpu_is_built_and_served_there_and_never_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trtops_operator import keys
+    from trtops_operator.models import TrtEngineSpec
+
+    spec = TrtEngineSpec.model_validate(SPEC)
+    unpinned = keys.job_name(keys.build_key(spec, "H100", "w:1"), "c", None)
+    pinned = keys.job_name(keys.build_key(spec, "H100", "w:1", "9.0"), "c", None)
+    first = _reconcile({}, [], "", {unpinned: 1})
+    r0 = first.status["revision"]
+    refused = _refusal(tmp_path, monkeypatch, PlanTarget("11.2.1.2", "8.6"), POD)
+
+    # R0's pod refused its 8.6 plan on a 9.0 GPU: pin H100 to 9.0, build there.
+    d = _reconcile(first.status, [refused], r0, {unpinned: 1})
+    assert d.status["computeCapabilityPins"] == {"H100": "9.0"}
+    assert [j["metadata"]["name"] for j in d.create] == [pinned]
+    selector = d.create[0]["spec"]["template"]["spec"]["nodeSelector"]
+    assert selector == {
+        "nvidia.com/gpu.product": "H100",
+        "nvidia.com/gpu.compute.major": "9",
+        "nvidia.com/gpu.compute.minor": "0",
+    }
+    assert any(e.reason == "PlanIncompatible" and e.type == "Warning" for e in d.events)
+    r1 = d.status["revision"]
+    assert r1 != r0
+
+    # The pinned plan is built: its Deployment serves on 9.0 GPUs only.
+    built = _reconcile(d.status, [], r1, {pinned: 1})
+    deployment = next(o for o in built.apply if o["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == selector
+
+    # Refused again (a pod on an 8.0 GPU slipped in, say): reported, never rebuilt.
+    again = _refusal(
+        tmp_path, monkeypatch, PlanTarget("11.2.1.2", "9.0"), PlanTarget("11.2.1.2", "8.0")
+    )
+    d2 = _reconcile(built.status, [again], r1, {pinned: 1})
+    assert d2.status["computeCapabilityPins"] == {"H100": "9.0"}
+    assert not d2.create
+    assert d2.status["revision"] == r1
+    ready = next(c for c in d2.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "PlanIncompatible"
+
+
+def test_another_tensorrt_release_is_reported_not_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trtops_operator import keys
+    from trtops_operator.models import TrtEngineSpec
+
+    spec = TrtEngineSpec.model_validate(SPEC)
+    job = keys.job_name(keys.build_key(spec, "H100", "w:1"), "c", None)
+    first = _reconcile({}, [], "", {job: 1})
+    refused = _refusal(tmp_path, monkeypatch, PlanTarget("10.13.3.9", "9.0"), POD)
+    d = _reconcile(first.status, [refused], first.status["revision"], {job: 1})
+    assert "computeCapabilityPins" not in d.status
+    assert not d.create
+    ready = next(c for c in d.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PlanIncompatible")
+
+
+@pytest.mark.cluster
+@pytest.mark.usefixtures("trtengine_crd")
+def test_the_api_server_keeps_the_pins_in_status(k8s_api: object, namespace: str) -> None:
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(k8s_api)
+    body = {"apiVersion": "trtops.dev/v1alpha1", "kind": "TrtEngine", **_engine()}
+    body["metadata"] = {"name": "e"}
+    api.create_namespaced_custom_object("trtops.dev", "v1alpha1", namespace, "trtengines", body)
+
+    def patch(pins: dict[str, str]) -> object:
+        return api.patch_namespaced_custom_object_status(
+            "trtops.dev", "v1alpha1", namespace, "trtengines", "e",
+            {"status": {"computeCapabilityPins": pins}},
+        )  # fmt: skip
+
+    assert patch({"H100": "9.0"})["status"]["computeCapabilityPins"] == {"H100": "9.0"}
+    with pytest.raises(client.ApiException) as refused:
+        patch({"H100": "Hopper"})
+    assert "computeCapabilityPins" in json.loads(refused.value.body)["message"]
