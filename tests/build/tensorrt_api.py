@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-PINS = ROOT / "hack" / "tensorrt.env"
+PINS = ROOT / "images" / "versions.env"  # the worker image's TensorRT, pinned in one place
 SOURCES = (
     ROOT / "worker" / "trtops_worker" / "build" / "engine_tensorrt.py",
     ROOT / "worker" / "trtops_worker" / "serve" / "backend_tensorrt.py",
@@ -231,11 +231,14 @@ def collect_uses(source: str, label: str = "<source>") -> list[Use]:
 
 
 def pins() -> dict[str, str]:
+    """``KEY=VALUE`` lines of the pin file, plus the two wheels the check reads."""
     values = {}
     for line in PINS.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
+    values["TENSORRT_BINDINGS_WHEEL"] = f"tensorrt-cu13-bindings=={values['TENSORRT_VERSION']}"
+    values["CUDA_BINDINGS_WHEEL"] = f"cuda-bindings=={values['CUDA_BINDINGS_VERSION']}"
     return values
 
 

@@ -1,6 +1,7 @@
 """Every TensorRT / CUDA name our two TensorRT modules use exists in the pinned real bindings
-(hack/tensorrt.env), and the check catches a removed one. What it cannot see (signatures, the
-class a TensorRT name belongs to) is listed in ``tensorrt_api``'s docstring and docs/build.md.
+(images/versions.env: the worker image's TensorRT), and the check catches a removed one. What
+it cannot see (signatures, the class a TensorRT name belongs to) is listed in
+``tensorrt_api``'s docstring and docs/build.md.
 
 The wheels come from PyPI through pip, once, into ~/.cache/trtops/wheels."""
 
@@ -142,12 +143,3 @@ def test_only_the_two_tensorrt_modules_import_tensorrt_or_cuda() -> None:
     assert importers == {p.relative_to(api.ROOT) for p in api.SOURCES}
     for path in api.SOURCES:
         assert _imports(path) <= {"tensorrt", "cuda.bindings", "cuda.bindings.runtime"}
-
-
-def test_the_pin_names_the_worker_image() -> None:
-    dockerfile = (api.ROOT / "Dockerfile").read_text()
-    image = re.search(r"ARG TENSORRT_IMAGE=(\S+)", dockerfile)
-    assert image is not None
-    pins = api.pins()
-    assert image.group(1) == pins["TENSORRT_IMAGE"], "bump hack/tensorrt.env with the Dockerfile"
-    assert pins["TENSORRT_BINDINGS_WHEEL"].endswith("==" + pins["TENSORRT_VERSION"])
