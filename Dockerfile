@@ -25,7 +25,9 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 # Requirement lists from pyproject.toml only: this layer and the installs that use it stay cached
 # until the dependencies change.
-RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; open('operator.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); open('worker-cpu.txt', 'w').write('\n'.join(p['dependencies'] + x['worker']) + '\n'); open('worker.txt', 'w').write('\n'.join(p['dependencies'] + x['worker'] + x['tensorrt'] + x['modelopt']) + '\n')"
+# The workers never import kopf or the Kubernetes client (the operator does): leaving them out
+# keeps their pins (kubernetes>=37: python-dateutil>=3) from fighting botocore's (<3).
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; w = [d for d in p['dependencies'] if not d.startswith(('kopf', 'kubernetes'))] + x['worker']; open('operator.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); open('worker-cpu.txt', 'w').write('\n'.join(w) + '\n'); open('worker.txt', 'w').write('\n'.join(w + x['tensorrt'] + x['modelopt']) + '\n')"
 COPY operator/ operator/
 COPY worker/ worker/
 RUN pip install --no-cache-dir --upgrade "pip>=24" && pip wheel --no-cache-dir --no-deps --wheel-dir /dist .

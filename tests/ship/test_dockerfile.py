@@ -90,13 +90,13 @@ def test_worker_is_tensorrt_11_with_modelopt() -> None:
         assert f"x['{extra}']" in wheel
 
 
-def test_cpu_worker_has_no_tensorrt_or_modelopt() -> None:
+def test_cpu_worker_has_no_tensorrt_modelopt_or_kubernetes_client() -> None:
     wheel = " ".join(stages()["wheel"])
-    cpu_list = re.search(r"open\('worker-cpu.txt', 'w'\).write\(([^)]*)\)", wheel)
-    assert cpu_list is not None
-    assert "x['worker']" in cpu_list.group(1)
-    assert "tensorrt" not in cpu_list.group(1)
-    assert "modelopt" not in cpu_list.group(1)
+    workers = re.search(r"w = (\[.*?\] \+ x\['worker'\]);", wheel)
+    assert workers is not None
+    assert "not d.startswith(('kopf', 'kubernetes'))" in workers.group(1)
+    assert "open('worker-cpu.txt', 'w').write('\\n'.join(w)" in wheel
+    assert "open('worker.txt', 'w').write('\\n'.join(w + x['tensorrt'] + x['modelopt'])" in wheel
     assert stages()["worker-cpu"][0].startswith("FROM ${PYTHON_IMAGE}")
 
 
