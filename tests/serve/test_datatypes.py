@@ -295,6 +295,7 @@ JSON_REFUSALS = [
     ("FP32", 1e39),
     ("BF16", 1e39),
     ("FP64", "x"),
+    ("FP32", None),
     ("BOOL", 2),
     ("BOOL", "true"),
     ("BYTES", 5),

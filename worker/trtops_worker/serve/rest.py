@@ -154,6 +154,37 @@ def create_app(
     capacity, so a flood of slow clients cannot make the kubelet restart a healthy pod.
     """
     active = 0
+    # Body-read deadlines: one sweeper task cancels reads past theirs (a timer per request, as
+    # asyncio.timeout arms, cost ~10 us of the event loop per request).
+    reading: dict[asyncio.Task[Any], float] = {}
+    expired: set[asyncio.Task[Any]] = set()
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, body_timeout_s / 4))
+            now = time.monotonic()
+            for task, deadline in list(reading.items()):
+                if deadline <= now and task not in expired:
+                    expired.add(task)
+                    task.cancel()
+
+    async def read_body(scope: Scope, receive: Receive) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI app always runs in a task
+        if not sweeper:
+            sweeper.append(asyncio.get_running_loop().create_task(sweep()))
+        reading[task] = time.monotonic() + body_timeout_s
+        try:
+            return await _read_body(scope, receive, max_body_bytes)
+        except asyncio.CancelledError:
+            if task not in expired:
+                raise
+            task.uncancel()
+            raise BodyTimeout(f"request body not received within {body_timeout_s:g} s") from None
+        finally:
+            del reading[task]
+            expired.discard(task)
 
     async def infer(
         scope: Scope, receive: Receive, send: Send, model: str, version: str | None
@@ -161,13 +192,7 @@ def create_app(
         started = time.perf_counter()
         try:
             with dataplane.arriving():
-                try:
-                    async with asyncio.timeout(body_timeout_s):
-                        body = await _read_body(scope, receive, max_body_bytes)
-                except TimeoutError:
-                    raise BodyTimeout(
-                        f"request body not received within {body_timeout_s:g} s"
-                    ) from None
+                body = await read_body(scope, receive)
                 coding = _header(scope, b"content-encoding")
                 if coding is not None:
                     body = _decompress(body, coding, max_body_bytes)
