@@ -81,6 +81,11 @@ def test_default_sizing_fills_the_usable_cores(
         (2, {"front_ends": 3, "instances": 2, "intra_op_threads": 2}, Sizing(3, 2, 2)),
         # more front ends than cores: one one-thread instance each, never zero
         (2, {"front_ends": 4}, Sizing(4, 1, 1)),
+        # a cap on the default front ends (TensorRT: one engine copy each on the GPU) gives
+        # their cores to instances (the CPU fallback's sessions); a given count is kept
+        (16, {"max_front_ends": 4}, Sizing(4, 4, 1)),
+        (2, {"max_front_ends": 4}, Sizing(2, 1, 1)),
+        (16, {"max_front_ends": 4, "front_ends": 8}, Sizing(8, 2, 1)),
     ],
 )
 def test_flags_override_the_defaults_and_the_rest_fills_in(

@@ -21,6 +21,8 @@ __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("trtops_worker.serve")
 
+TENSORRT_FRONT_ENDS = 4  # default front ends with the TensorRT backend, at most
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
@@ -160,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         front_ends=args.front_ends,
         instances=args.instances,
         intra_op_threads=args.intra_op_threads,
+        # Each front end deserializes its own engine and context on the one GPU: GPU memory
+        # grows with them. Capped until measured on a GPU (nothing here runs TensorRT).
+        max_front_ends=TENSORRT_FRONT_ENDS if backend == "tensorrt" else None,
     )
     # Spinning burns CFS quota while it waits: under a CPU limit, threads sleep at once.
     spinning = args.intra_op_spinning and cpus.quota is None

@@ -79,9 +79,15 @@ CORES_PER_FRONT_END = 1
 
 
 def plan_sizing(
-    cores: int, *, front_ends: int = 0, instances: int = 0, intra_op_threads: int = 0
+    cores: int,
+    *,
+    front_ends: int = 0,
+    instances: int = 0,
+    intra_op_threads: int = 0,
+    max_front_ends: int | None = None,
 ) -> Sizing:
-    """Fill ``cores`` usable cores; a non-zero argument is the user's choice and is kept.
+    """Fill ``cores`` usable cores; a non-zero argument is the user's choice and is kept, and
+    ``max_front_ends`` caps the default front ends (their cores go to instances instead).
 
     Defaults: one front end per :data:`CORES_PER_FRONT_END` cores, and the cores shared over
     the front ends as single-thread instances (independent sessions beat one wide session:
@@ -96,8 +102,9 @@ def plan_sizing(
     """
     cores = max(1, cores)
     per_instance = intra_op_threads or 1
-    front_ends = front_ends or max(
-        1, cores // (CORES_PER_FRONT_END * (instances or 1) * per_instance)
+    front_ends = front_ends or min(
+        max(1, cores // (CORES_PER_FRONT_END * (instances or 1) * per_instance)),
+        max_front_ends or cores,
     )
     per_front_end = max(1, cores // front_ends)
     instances = instances or max(1, per_front_end // per_instance)
