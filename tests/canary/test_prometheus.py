@@ -292,6 +292,7 @@ def test_error_rate_counts_server_errors_and_rejections(prometheus: PromFactory)
         requests.labels(**labels, outcome="rejected").inc(10)
         m = measure_until(prom.url, Selector(MODEL, "r9"), lambda m: m.requests >= 190)
         assert m.error_rate == pytest.approx(40 / 200, rel=0.01)
+        assert m.client_error_rate == pytest.approx(10 / 200, rel=0.01)  # counted apart
         v = asyncio.run(
             analyse(
                 analysis(prom.url, maxErrorRate=0.05),

@@ -5,9 +5,11 @@ HTTPRoute weights the operator sets.
 
 - A good new revision (same model, FP32 -> FP16) goes through its steps and is promoted; the
   stable revision keeps its pods until then.
-- A genuinely slower revision (a ~50x heavier model on this CPU) breaches the canary/stable p99
-  ratio and is rolled back by itself; the test measures the time from the canary's first request
-  to weight 0.
+- A genuinely slower revision (a ~50x heavier model on this CPU) is found slower by the judge
+  and rolled back by itself; the test measures the time from the canary's first request to
+  weight 0.
+- A schema break (the new model renamed its input, so every existing client gets a 400) is
+  rolled back at its first analysis, with the reason saying so.
 """
 
 from __future__ import annotations
@@ -232,6 +234,66 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
             "jsonpath={.items[*].reason}",
         )
         assert "RolledBack" in events or "CanaryRolledBack" in events, events
+
+
+def test_schema_break_canary_is_rolled_back_at_the_first_analysis(
+    namespace: str, node_agent: NodeAgentHandle, rollout_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 13, input 1, on the real stack: the new revision renamed its input, so every
+    request the clients send it is answered 400 (client_error) and it has no latency at all.
+    The old judge passed it ("ratio not checked"); now the first analysis with minRequests
+    canary requests fails it as catastrophic and it is rolled back without waiting for
+    failureLimit, with stable untouched."""
+    url = rollout_stack["url"]
+    manifest = stack.engine_manifest(
+        NAME, node=node_agent.node, prometheus_url=rollout_stack["prom"].url
+    )
+    stack.apply(namespace, manifest)
+    r1 = stack.wait_stable(namespace, NAME, timeout=240)["status"]["stable"]["revision"]
+    request = rollout_stack["claim"] / "data" / "request.npz"
+    stack.wait_for_backend(url)
+    with stack.traffic(url, NAME, request, tmp_path, concurrency=2):
+        wait_for(
+            lambda: stats(url)["requests"].get(NAME, 0) > 50,
+            timeout=60,
+            what="traffic to reach stable",
+        )
+        manifest["spec"]["model"]["uri"] = "models/conv-renamed.onnx"
+        manifest["spec"]["build"]["accuracy"] = None  # the validation data names the old input
+        stack.apply(namespace, manifest)
+
+        def rolled_back() -> bool:
+            obj = stack.engine(namespace, NAME)
+            return stack.condition(obj, "RolledBack").get("status") == "True"
+
+        try:
+            wait_for(rolled_back, timeout=300, interval=0.5, what="the schema break rolled back")
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"{exc}; status: {stack.engine(namespace, NAME).get('status')}"
+            ) from exc
+        assert stats(url)["requests"].get(f"{NAME}-canary", 0) > 0  # it did get traffic
+
+    bad = stack.engine(namespace, NAME)
+    canary = bad["status"]["canary"]
+    rollback = canary["rollback"]
+    assert rollback["reason"] == "CatastrophicFailure", rollback
+    assert "not waiting for failureLimit" in rollback["message"], rollback
+    assert "requests successfully" in rollback["message"], rollback
+    assert "client errors" in rollback["message"], rollback
+    assert stack.condition(bad, "RolledBack")["reason"] == "CatastrophicFailure"
+    # One Failed analysis was enough, and it had the evidence: minRequests requests, all 4xx.
+    failed = [h for h in canary["history"] if h["verdict"] == "Failed"]
+    assert len(failed) == 1, canary["history"]
+    assert failed[0]["canary"]["requests"] >= 20
+    assert failed[0]["canary"]["clientErrorRate"] == 1.0
+    assert failed[0]["canary"]["p99Ms"] is None
+    assert bad["status"]["stable"]["revision"] == r1
+    wait_for(
+        lambda: stack.route_weights(namespace, NAME).get(f"{NAME}-canary", 0) == 0,
+        timeout=30,
+        what="canary weight 0",
+    )
 
 
 def test_no_traffic_prometheus_down_and_operator_restart_never_promote_or_jump(

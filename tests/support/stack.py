@@ -27,11 +27,22 @@ from tests.support.gateway import start_gateway, stats
 from tests.support.node_agent_process import NodeAgentHandle, start_node_agent
 from tests.support.prometheus import Prometheus
 
+
+def _renamed_input(model: Any, name: str) -> Any:
+    """``model`` with its input ``input`` renamed: a schema break for every existing client."""
+    for node in model.graph.node:
+        node.input[:] = [name if i == "input" else i for i in node.input]
+    model.graph.input[0].name = name
+    return model
+
+
 # Model files the claim holds, and how to make them.
 MODELS = {
     "models/conv.onnx": lambda: samples.conv_classifier(),
     # ~50x the compute of conv.onnx on the same input: a genuinely slower revision.
     "models/conv-heavy.onnx": lambda: samples.conv_classifier(width=64, depth=6),
+    # conv.onnx with its input renamed to "pixels": requests naming "input" are answered 400.
+    "models/conv-renamed.onnx": lambda: _renamed_input(samples.conv_classifier(), "pixels"),
 }
 
 
@@ -58,6 +69,7 @@ def engine_manifest(
     failure_limit: int = 2,
     min_requests: int = 20,
     slo: dict[str, Any] | None = None,
+    judge: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A TrtEngine served by ONNX Runtime on the agent's node, rolled out through an HTTPRoute."""
     return {
@@ -85,7 +97,10 @@ def engine_manifest(
                     "intervalSeconds": interval_seconds,
                     "failureLimit": failure_limit,
                     "minRequests": min_requests,
-                    "slo": slo or {"maxLatencyRatioToStable": 2.0, "maxErrorRate": 0.05},
+                    "slo": slo or {"maxErrorRate": 0.05},
+                    # 1.5x: the same model on two pods of this busy 2-core node differs by up
+                    # to ~1.3x over short windows (BENCHMARKS.md, Rollout judgement).
+                    "judge": judge or {"minLatencyEffect": 1.5},
                 },
             },
         },
