@@ -14,6 +14,7 @@ HTTPRoute weights the operator sets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -82,20 +83,19 @@ def _deployments(namespace: str) -> dict[str, int]:
     return {k: int(v) for k, v in (item.split("=") for item in out.split())}
 
 
-def test_good_canary_is_promoted_and_bad_one_rolled_back(
+@contextlib.contextmanager
+def _stable_under_traffic(
     namespace: str, node_agent: NodeAgentHandle, rollout_stack: dict[str, Any], tmp_path: Path
-) -> None:
-    prom_url = rollout_stack["prom"].url
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Revision 1 (conv FP32) built for real and stable at 100 %, with traffic through the
+    gateway for the duration; yields the manifest (to change) and the stable engine."""
     url = rollout_stack["url"]
-    manifest = stack.engine_manifest(NAME, node=node_agent.node, prometheus_url=prom_url)
-
-    # Revision 1 builds for real and becomes stable at 100%.
+    manifest = stack.engine_manifest(
+        NAME, node=node_agent.node, prometheus_url=rollout_stack["prom"].url
+    )
     stack.apply(namespace, manifest)
     first = stack.wait_stable(namespace, NAME, timeout=240)
-    r1 = first["status"]["stable"]["revision"]
-    assert first["status"]["plans"][0]["sha256"]
     request = rollout_stack["claim"] / "data" / "request.npz"
-
     stack.wait_for_backend(url)
     with stack.traffic(url, NAME, request, tmp_path, concurrency=2):
         wait_for(
@@ -103,6 +103,16 @@ def test_good_canary_is_promoted_and_bad_one_rolled_back(
             timeout=60,
             what="traffic to reach stable",
         )
+        yield manifest, first
+
+
+def test_good_canary_is_promoted_and_bad_one_rolled_back(
+    namespace: str, node_agent: NodeAgentHandle, rollout_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    url = rollout_stack["url"]
+    with _stable_under_traffic(namespace, node_agent, rollout_stack, tmp_path) as (manifest, first):
+        r1 = first["status"]["stable"]["revision"]
+        assert first["status"]["plans"][0]["sha256"]
 
         # --- a good canary: the same model at FP16 ---------------------------------------------
         manifest["spec"]["build"]["precision"] = "fp16"
@@ -245,19 +255,8 @@ def test_schema_break_canary_is_rolled_back_at_the_first_analysis(
     canary requests fails it as catastrophic and it is rolled back without waiting for
     failureLimit, with stable untouched."""
     url = rollout_stack["url"]
-    manifest = stack.engine_manifest(
-        NAME, node=node_agent.node, prometheus_url=rollout_stack["prom"].url
-    )
-    stack.apply(namespace, manifest)
-    r1 = stack.wait_stable(namespace, NAME, timeout=240)["status"]["stable"]["revision"]
-    request = rollout_stack["claim"] / "data" / "request.npz"
-    stack.wait_for_backend(url)
-    with stack.traffic(url, NAME, request, tmp_path, concurrency=2):
-        wait_for(
-            lambda: stats(url)["requests"].get(NAME, 0) > 50,
-            timeout=60,
-            what="traffic to reach stable",
-        )
+    with _stable_under_traffic(namespace, node_agent, rollout_stack, tmp_path) as (manifest, first):
+        r1 = first["status"]["stable"]["revision"]
         manifest["spec"]["model"]["uri"] = "models/conv-renamed.onnx"
         manifest["spec"]["build"]["accuracy"] = None  # the validation data names the old input
         stack.apply(namespace, manifest)
