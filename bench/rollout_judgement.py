@@ -416,8 +416,8 @@ def replay(args: argparse.Namespace) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| scenario | effect (canary/stable median e2e, judge runs) | rule | promoted | rolled back | held | "
-        "analyses to decision (median, max) |",
+        "| scenario | effect (canary/stable median e2e, judge runs) | rule | promoted"
+        " | rolled back | held | analyses to decision (median, max) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     effects = {r.scenario: r.effects for r in rows if r.rule == "judge"}
