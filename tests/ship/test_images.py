@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import requests
 from trtops_worker import samples
+from trtops_worker.serve.codec import encode_tensor
 
 from tests.ship.conftest import REPO
 from tests.support.prometheus import free_port
@@ -118,16 +119,7 @@ def test_cpu_worker_image_builds_and_serves_the_sample_model(tmp_path: Path) -> 
         else:
             pytest.fail(f"worker never became ready:\n{logs(name)[-3000:]}")
         x = np.random.default_rng(0).random((2, 3, 32, 32), np.float32)
-        body = {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": [2, 3, 32, 32],
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
+        body = {"inputs": [encode_tensor("input", x, binary=False)[0]]}
         reply = requests.post(f"{url}/v2/models/conv/infer", json=body, timeout=30)
         assert reply.status_code == 200, reply.text
         (out,) = reply.json()["outputs"]

@@ -24,6 +24,7 @@ from trtops_operator.canary.prometheus import PrometheusClient, measure
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
 from trtops_worker import samples
+from trtops_worker.serve.codec import encode_tensor
 
 from tests.ship.conftest import find, helm, render, template_args, tool
 from tests.support.prometheus import Prometheus
@@ -218,18 +219,7 @@ class OperatorPrometheus(Prometheus):
 
 def infer(server: Server, n: int) -> None:
     x = np.random.default_rng(0).random((1, 3, 32, 32), np.float32)
-    body = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": [1, 3, 32, 32],
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-    )
+    body = orjson.dumps({"inputs": [encode_tensor("input", x, binary=False)[0]]})
     with requests.Session() as s:
         for _ in range(n):
             r = s.post(f"{server.url}/v2/models/{MODEL}/infer", data=body, timeout=30)

@@ -4,7 +4,9 @@ It plays the kubelet for one Node of the local cluster, so that the operator's p
 
 - registers the Node (no kwok annotation, so kwok leaves it alone) and keeps it Ready with a Lease;
 - runs every container of every pod bound to it as a local process, with the container's own
-  command, args and env (``$(VAR)`` expanded, downward-API fields resolved);
+  command, args and env (``$(VAR)`` expanded, downward-API fields resolved, ``envFrom``
+  Secrets and ConfigMaps read); init containers first, one after the other, each to success
+  (one that fails in a ``restartPolicy: Never`` pod fails the pod, as the kubelet does);
 - gives each pod its own loopback address (127.N.x.y) as its pod IP, and tells the process to bind
   there through ``TRTOPS_BIND_HOST``, so several pods can use the same container ports;
 - stands a host folder in for each volume (a PersistentVolumeClaim is ``<root>/pvc/<ns>/<claim>``,
@@ -73,6 +75,7 @@ class Pod:
     ip: str
     workdir: Path
     containers: dict[str, Container] = field(default_factory=dict)
+    inits: dict[str, Container] = field(default_factory=dict)
     terminating_since: float | None = None
     last_status: dict[str, Any] = field(default_factory=dict)
 
@@ -241,6 +244,8 @@ class NodeAgent:
         state = Pod(pod.metadata.uid, pod.metadata.namespace, pod.metadata.name, ip, workdir)
         for c in pod.spec.containers:
             state.containers[c.name] = Container(c.name)
+        for c in pod.spec.init_containers or []:
+            state.inits[c.name] = Container(c.name)
         self.pods[state.uid] = state
         log.info("admitted pod %s/%s as %s", state.namespace, state.name, ip)
         return state
@@ -299,6 +304,8 @@ class NodeAgent:
                 "TRTOPS_TERMINATION_LOG": str(cont.message_path),
             }
         )
+        for source in spec.env_from or []:
+            env.update(self._env_from(state.namespace, source))
         for e in spec.env or []:
             value = e.value
             if e.value_from and e.value_from.field_ref:
@@ -340,6 +347,51 @@ class NodeAgent:
             " ".join(argv),
         )
 
+    def _env_from(self, namespace: str, source: Any) -> dict[str, str]:
+        """An ``envFrom`` entry: every key of the Secret or ConfigMap that is a variable name."""
+        import base64
+
+        data: dict[str, str] = {}
+        with contextlib.suppress(ApiException):
+            if source.secret_ref is not None:
+                raw = self.core.read_namespaced_secret(source.secret_ref.name, namespace).data
+                data = {k: base64.b64decode(v).decode() for k, v in (raw or {}).items()}
+            elif source.config_map_ref is not None:
+                cm = self.core.read_namespaced_config_map(source.config_map_ref.name, namespace)
+                data = dict(cm.data or {})
+        prefix = source.prefix or ""
+        return {
+            prefix + k: v for k, v in data.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
+        }
+
+    def _init_done(self, pod: Any, state: Pod) -> bool | None:
+        """Run the init containers in order: True when all succeeded, None while one runs or
+        waits to restart, False when one failed for good (restartPolicy Never)."""
+        for spec in pod.spec.init_containers or []:
+            cont = state.inits[spec.name]
+            if cont.exit_code == 0:
+                continue
+            if cont.process is None and cont.exit_code is None:
+                if time.monotonic() >= cont.next_start:
+                    try:
+                        self._start(pod, state, spec, cont)
+                    except Exception as exc:
+                        cont.exit_code, cont.message, cont.finished_at = 128, str(exc), now()
+                return None
+            if cont.process is not None and cont.process.poll() is not None:
+                self._collect_exit(spec, cont)
+            if cont.exit_code is None:
+                return None  # still running
+            if cont.exit_code == 0:
+                continue
+            if (pod.spec.restart_policy or "Always") == "Never":
+                return False
+            cont.restarts += 1
+            cont.next_start = time.monotonic() + min(2**cont.restarts, 30)
+            cont.exit_code = None
+            return None
+        return True
+
     def _ref_value(self, namespace: str, value_from: Any) -> str:
         with contextlib.suppress(ApiException, KeyError, TypeError):
             if value_from.config_map_key_ref:
@@ -355,6 +407,9 @@ class NodeAgent:
 
     def _tend(self, pod: Any, state: Pod) -> None:
         policy = pod.spec.restart_policy or "Always"
+        if not self._init_done(pod, state):
+            self._report(pod, state)
+            return
         for spec in pod.spec.containers:
             cont = state.containers[spec.name]
             if (
@@ -451,7 +506,7 @@ class NodeAgent:
             log.info("removed pod %s/%s", pod.metadata.namespace, pod.metadata.name)
 
     def _kill_all(self, state: Pod, grace: float) -> None:
-        for cont in state.containers.values():
+        for cont in [*state.inits.values(), *state.containers.values()]:
             proc = cont.process
             if proc is None or proc.poll() is not None:
                 continue
@@ -466,41 +521,24 @@ class NodeAgent:
 
     def _report(self, pod: Any, state: Pod) -> None:
         policy = pod.spec.restart_policy or "Always"
-        statuses = []
-        for spec in pod.spec.containers:
-            cont = state.containers[spec.name]
-            stamp = (cont.started_at or now()).isoformat()
-            if cont.process is not None:
-                st: dict[str, Any] = {"running": {"startedAt": stamp}}
-            elif cont.exit_code is not None or cont.finished_at is not None:
-                st = {
-                    "terminated": {
-                        "exitCode": cont.exit_code if cont.exit_code is not None else 1,
-                        "reason": "Completed" if cont.exit_code == 0 else "Error",
-                        "message": cont.message,
-                        "startedAt": stamp,
-                        "finishedAt": (cont.finished_at or now()).isoformat(),
-                    }
-                }
-                if policy == "Always":
-                    st = {"waiting": {"reason": "CrashLoopBackOff", "message": cont.message[-512:]}}
-            else:
-                st = {"waiting": {"reason": "ContainerCreating"}}
-            statuses.append(
-                {
-                    "name": spec.name,
-                    "image": spec.image or "",
-                    "imageID": "",
-                    "ready": cont.ready,
-                    "restartCount": cont.restarts,
-                    "started": cont.process is not None,
-                    "state": st,
-                    "containerID": f"local://{state.uid[:8]}-{spec.name}",
-                }
-            )
+        inits = [
+            self._status(spec, state.inits[spec.name], "Never", state)
+            for spec in pod.spec.init_containers or []
+        ]
+        init_failed = (
+            any(c.exit_code not in (None, 0) and c.process is None for c in state.inits.values())
+            and policy == "Never"
+        )
+        initialized = all(c.exit_code == 0 for c in state.inits.values())
+        statuses = [
+            self._status(spec, state.containers[spec.name], policy, state, initialized)
+            for spec in pod.spec.containers
+        ]
         conts = state.containers.values()
         done = all(c.process is None and c.exit_code is not None for c in conts)
-        if done and policy != "Always":
+        if init_failed:
+            phase = "Failed"
+        elif done and policy != "Always":
             phase = "Succeeded" if all(c.exit_code == 0 for c in conts) else "Failed"
         else:
             phase = "Running" if any(c.process is not None for c in conts) else "Pending"
@@ -515,11 +553,47 @@ class NodeAgent:
             "containerStatuses": statuses,
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "True"},
+                {"type": "Initialized", "status": str(initialized)},
                 {"type": "ContainersReady", "status": str(ready)},
                 {"type": "Ready", "status": str(ready)},
             ],
         }
+        if inits:
+            status["initContainerStatuses"] = inits
+        self._send(pod, state, status)
+
+    def _status(
+        self, spec: Any, cont: Container, policy: str, state: Pod, initialized: bool = True
+    ) -> dict[str, Any]:
+        stamp = (cont.started_at or now()).isoformat()
+        if cont.process is not None:
+            st: dict[str, Any] = {"running": {"startedAt": stamp}}
+        elif cont.exit_code is not None or cont.finished_at is not None:
+            st = {
+                "terminated": {
+                    "exitCode": cont.exit_code if cont.exit_code is not None else 1,
+                    "reason": "Completed" if cont.exit_code == 0 else "Error",
+                    "message": cont.message,
+                    "startedAt": stamp,
+                    "finishedAt": (cont.finished_at or now()).isoformat(),
+                }
+            }
+            if policy == "Always":
+                st = {"waiting": {"reason": "CrashLoopBackOff", "message": cont.message[-512:]}}
+        else:
+            st = {"waiting": {"reason": "ContainerCreating" if initialized else "PodInitializing"}}
+        return {
+            "name": spec.name,
+            "image": spec.image or "",
+            "imageID": "",
+            "ready": cont.ready,
+            "restartCount": cont.restarts,
+            "started": cont.process is not None,
+            "state": st,
+            "containerID": f"local://{state.uid[:8]}-{spec.name}",
+        }
+
+    def _send(self, pod: Any, state: Pod, status: dict[str, Any]) -> None:
         if status == state.last_status:
             return
         stamp = now().isoformat()
