@@ -115,17 +115,23 @@ def invalid(view: EngineView, message: str, now: str) -> Decision:
 
 
 def refused(
-    view: EngineView, patch: Mapping[str, Any] | None, message: str, now: str
+    view: EngineView,
+    patch: Mapping[str, Any] | None,
+    message: str,
+    now: str,
+    *,
+    reason: str = "ApplyRefused",
 ) -> tuple[dict[str, Any], Event | None]:
-    """What to report when the API server refused an object this reconcile built: the status
-    patch that was about to be written (or the current status) with ``Degraded=True/
-    ApplyRefused``, and a Warning unless the same refusal is already reported."""
+    """What to report when an object this reconcile built could not be written (the API server
+    refused it: ``ApplyRefused``; its name is someone else's object: ``NameConflict``): the
+    status patch that was about to be written (or the current status) with ``Degraded=True/
+    <reason>``, and a Warning unless the same refusal is already reported."""
     base = dict(patch if patch is not None else view.raw_status)
     degraded = set_condition(
         view.status.conditions,
         "Degraded",
         "True",
-        "ApplyRefused",
+        reason,
         message,
         generation=view.generation,
         now=now,
@@ -133,8 +139,8 @@ def refused(
     conds = [c for c in base.get("conditions") or [] if c.get("type") != "Degraded"]
     base["conditions"] = [*conds, degraded.model_dump(mode="json", by_alias=True)]
     prev = view.status.condition("Degraded")
-    same = prev is not None and (prev.reason, prev.message) == ("ApplyRefused", degraded.message)
-    return base, None if same else Event("Warning", "ApplyRefused", message)
+    same = prev is not None and (prev.reason, prev.message) == (reason, degraded.message)
+    return base, None if same else Event("Warning", reason, message)
 
 
 def fold_transitions(events: Sequence[Event]) -> list[Event]:

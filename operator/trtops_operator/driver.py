@@ -110,7 +110,7 @@ class Runtime:
         except ApiRefused as exc:
             # The user must see why nothing changes: say it in status, then retry slowly.
             status, event = conditions.refused(
-                EngineView.parse(body), decision.status, str(exc)[:1024], now
+                EngineView.parse(body), decision.status, str(exc)[:1024], now, reason=exc.reason
             )
             await self.call(self.api.patch_status, key[0], key[1], status)
             if event is not None:
@@ -174,6 +174,7 @@ class Runtime:
                     action.name,
                     dict(action.desired),
                     set(action.owned),
+                    engine=body["metadata"]["name"],
                 )
             else:
                 await self.call(
@@ -183,6 +184,7 @@ class Runtime:
                     dict(action.desired),
                     set(action.owned),
                     action.routes,
+                    engine=body["metadata"]["name"],
                 )
         except RouterMisconfigured as exc:
             await self.call(

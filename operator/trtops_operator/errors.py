@@ -6,6 +6,7 @@
     |   +-- RouterUnavailable    (canary.errors) other writers kept winning the route object
     +-- PermanentError           a user must act; the message says what to fix
         +-- ApiRefused           the API server refused an object (400, 403, 422)
+        |   +-- NameConflict     an object of that name exists and is someone else's
         +-- RouterMisconfigured  (canary.errors) the route object is missing or foreign
 
 Pure modules raise these; only ``handlers`` turns them into kopf's errors, at the edge.
@@ -16,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "ApiRefused",
     "ApiUnavailable",
+    "NameConflict",
     "OperatorError",
     "PermanentError",
     "TemporaryError",
@@ -44,3 +46,20 @@ class ApiUnavailable(TemporaryError):
 
 class ApiRefused(PermanentError):
     """The API server refused a request as invalid or forbidden."""
+
+    reason = "ApplyRefused"  # of the Degraded condition and the Warning that report it
+
+
+class NameConflict(ApiRefused):
+    """An object the engine needs exists already and is not controlled by the engine: it is
+    left as it is, and the engine reports ``NameConflict`` until it is renamed or the object
+    goes (never taken over: that let a TrtEngine capture, then garbage-collect, a Service)."""
+
+    reason = "NameConflict"
+
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        super().__init__(
+            f"{kind} {namespace}/{name} already exists and is not controlled by this TrtEngine;"
+            f" it is left untouched: delete or rename that {kind}, or rename the TrtEngine"
+        )
+        self.kind, self.namespace, self.name = kind, namespace, name

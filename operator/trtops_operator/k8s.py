@@ -31,9 +31,23 @@ from trtops_operator import GROUP, KIND, PLURAL, VERSION
 from trtops_operator.canary import routers
 from trtops_operator.canary.errors import RouterMisconfigured, RouterUnavailable
 from trtops_operator.decision import Decision, Event
-from trtops_operator.errors import ApiRefused, ApiUnavailable, PermanentError, TemporaryError
+from trtops_operator.errors import (
+    ApiRefused,
+    ApiUnavailable,
+    NameConflict,
+    PermanentError,
+    TemporaryError,
+)
 
-__all__ = ["HTTPROUTE", "VIRTUALSERVICE", "Api", "RouteRef", "RouterIO", "apply_decision"]
+__all__ = [
+    "HTTPROUTE",
+    "ROUTE_OPT_IN",
+    "VIRTUALSERVICE",
+    "Api",
+    "RouteRef",
+    "RouterIO",
+    "apply_decision",
+]
 
 FIELD_MANAGER = "trtops-operator"
 APPLY = "application/apply-patch+yaml"
@@ -110,39 +124,68 @@ class Api:
                 name, namespace, patch, _content_type="application/json-patch+json"
             )
 
+    def _kind_fns(self, verb: str) -> dict[str, Callable[..., Any]]:
+        return {
+            "Deployment": getattr(self.apps, f"{verb}_namespaced_deployment"),
+            "Service": getattr(self.core, f"{verb}_namespaced_service"),
+            "PodDisruptionBudget": getattr(self.policy, f"{verb}_namespaced_pod_disruption_budget"),
+            "HorizontalPodAutoscaler": getattr(
+                self.autoscaling, f"{verb}_namespaced_horizontal_pod_autoscaler"
+            ),
+        }
+
+    def _controller(self, kind: str, namespace: str, name: str) -> tuple[str | None, str | None]:
+        """(uid of the object, uid of its controller), None for what is not there."""
+        try:
+            existing = self._kind_fns("read")[kind](name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None, None
+            raise
+        refs = existing.metadata.owner_references or []
+        controller = next((str(r.uid) for r in refs if r.controller), None)
+        return str(existing.metadata.uid), controller
+
     def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply one owned object (Deployment, Service, PodDisruptionBudget,
-        HorizontalPodAutoscaler)."""
-        meta = obj["metadata"]
-        fns: dict[str, Callable[..., Any]] = {
-            "Deployment": self.apps.patch_namespaced_deployment,
-            "Service": self.core.patch_namespaced_service,
-            "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
-            "HorizontalPodAutoscaler": (
-                self.autoscaling.patch_namespaced_horizontal_pod_autoscaler
-            ),
-        }
-        with _errors(f"apply {obj['kind']} {meta['name']}"):
-            fns[obj["kind"]](
-                meta["name"],
-                meta["namespace"],
-                obj,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY,
-            )
+        HorizontalPodAutoscaler).
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        fns: dict[str, Callable[..., Any]] = {
-            "Deployment": self.apps.delete_namespaced_deployment,
-            "Service": self.core.delete_namespaced_service,
-            "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
-            "HorizontalPodAutoscaler": (
-                self.autoscaling.delete_namespaced_horizontal_pod_autoscaler
-            ),
-        }
-        with _errors(f"delete {kind} {name}", ignore=(404,)):
-            fns[kind](name, namespace)
+        Only over an object this engine controls (its ``controller`` owner reference) or none:
+        another object of that name raises :class:`NameConflict` and is left as it is. A new
+        object is applied without force, so one created meanwhile is a conflict, not taken.
+        """
+        meta = obj["metadata"]
+        kind = obj["kind"]
+        refs = meta.get("ownerReferences", [])
+        owner = next((r["uid"] for r in refs if r.get("controller")), None)
+        with _errors(f"apply {kind} {meta['name']}"):
+            uid, controller = self._controller(kind, meta["namespace"], meta["name"])
+            if uid is not None and controller != owner:
+                raise NameConflict(kind, meta["namespace"], meta["name"])
+            try:
+                self._kind_fns("patch")[kind](
+                    meta["name"],
+                    meta["namespace"],
+                    obj,
+                    field_manager=FIELD_MANAGER,
+                    force=uid is not None,  # ours: converge it, whoever changed it since
+                    _content_type=APPLY,
+                )
+            except ApiException as exc:
+                if exc.status == 409 and uid is None:  # created by someone else meanwhile
+                    raise NameConflict(kind, meta["namespace"], meta["name"]) from exc
+                raise
+
+    def delete(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete an object the engine ``owner_uid`` controls; anything else of that name (a
+        namesake created since the engine let go of the name) is left alone."""
+        # 404: gone already; 409: replaced between the read and the delete, so not ours.
+        with _errors(f"delete {kind} {name}", ignore=(404, 409)):
+            uid, controller = self._controller(kind, namespace, name)
+            if uid is None or controller != owner_uid:
+                return
+            options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+            self._kind_fns("delete")[kind](name, namespace, body=options)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         # 404: deleted meanwhile, nothing to report on.
@@ -214,7 +257,7 @@ def apply_decision(api: Api, engine: Mapping[str, Any], decision: Decision) -> l
     for obj in decision.apply:
         api.apply(obj)
     for kind, name in decision.delete:
-        api.delete(kind, ns, name)
+        api.delete(kind, ns, name, meta["uid"])
     if decision.status is not None:
         api.patch_status(ns, meta["name"], decision.status)
     for event in decision.events:
@@ -234,6 +277,23 @@ class RouteRef:
 
 HTTPROUTE = RouteRef("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
 VIRTUALSERVICE = RouteRef("VirtualService", "networking.istio.io", "v1", "virtualservices")
+
+
+# A route object opts in to having its weights moved by naming the engines that may move them
+# (comma-separated) in this annotation: naming a route in a spec is not enough, since whoever
+# may create a TrtEngine need not be whoever owns the route.
+ROUTE_OPT_IN = "trtops.dev/engine"
+
+
+def _check_opt_in(ref: RouteRef, obj: Mapping[str, Any], engine: str) -> None:
+    meta = obj.get("metadata") or {}
+    named = str((meta.get("annotations") or {}).get(ROUTE_OPT_IN, ""))
+    if engine not in {n.strip() for n in named.split(",")}:
+        raise RouterMisconfigured(
+            f"{ref.kind} {meta.get('namespace')}/{meta.get('name')} has not opted in to this"
+            f" engine moving its weights: annotate it {ROUTE_OPT_IN}={engine}"
+            " (comma-separate several engines)"
+        )
 
 
 class RouterIO:
@@ -266,10 +326,12 @@ class RouterIO:
         ref: RouteRef,
         namespace: str,
         name: str,
+        engine: str,
         compute: Callable[[Mapping[str, Any]], JsonPatch],
     ) -> bool:
         for attempt in range(1, self.attempts + 1):
             obj = self.get(ref, namespace, name)
+            _check_opt_in(ref, obj, engine)
             ops = compute(obj)
             if not ops:
                 return False
@@ -306,12 +368,23 @@ class RouterIO:
         )
 
     def set_httproute_weights(
-        self, namespace: str, name: str, desired: Mapping[str, int], owned: Collection[str]
+        self,
+        namespace: str,
+        name: str,
+        desired: Mapping[str, int],
+        owned: Collection[str],
+        *,
+        engine: str,
     ) -> bool:
         """Give the owned backendRefs of HTTPRoute ``name`` the ``desired`` percentages
-        (Service name -> percent); True when something was written."""
+        (Service name -> percent) for TrtEngine ``engine``, which the route must name in its
+        :data:`ROUTE_OPT_IN` annotation; True when something was written."""
         return self._converge(
-            HTTPROUTE, namespace, name, lambda obj: routers.httproute_patch(obj, desired, owned)
+            HTTPROUTE,
+            namespace,
+            name,
+            engine,
+            lambda obj: routers.httproute_patch(obj, desired, owned),
         )
 
     def set_virtualservice_weights(
@@ -322,6 +395,8 @@ class RouterIO:
         owned: Collection[str],
         routes: Collection[str] = (),
         ref: RouteRef = VIRTUALSERVICE,
+        *,
+        engine: str,
     ) -> bool:
         """Same for the owned destinations of VirtualService ``name`` (its ``http`` routes, or
         only those named in ``routes``). ``ref`` picks the API version (Istio < 1.22: v1beta1)."""
@@ -329,5 +404,6 @@ class RouterIO:
             ref,
             namespace,
             name,
+            engine,
             lambda obj: routers.virtualservice_patch(obj, desired, owned, routes),
         )

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from trtops_operator.canary.errors import RouterMisconfigured
 from trtops_operator.canary.routers import httproute_weights, virtualservice_weights
-from trtops_operator.k8s import HTTPROUTE, VIRTUALSERVICE, RouteRef, RouterIO
+from trtops_operator.k8s import HTTPROUTE, ROUTE_OPT_IN, VIRTUALSERVICE, RouteRef, RouterIO
 
 pytestmark = pytest.mark.cluster
 
 OWNED = {"resnet-r1", "resnet-r2"}
 CANARY_10 = {"resnet-r1": 90, "resnet-r2": 10}
+OPT_IN = {ROUTE_OPT_IN: "other,resnet"}
 
 
 def custom(k8s_api: Any) -> Any:
@@ -26,7 +27,7 @@ def create_route(k8s_api: Any, ns: str, rules: list[dict[str, Any]]) -> dict[str
     body = {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": {"name": "resnet", "namespace": ns},
+        "metadata": {"name": "resnet", "namespace": ns, "annotations": OPT_IN},
         "spec": {"parentRefs": [{"name": "gw"}], "rules": rules},
     }
     obj: dict[str, Any] = custom(k8s_api).create_namespaced_custom_object(
@@ -89,7 +90,7 @@ def test_weights_change_and_foreign_refs_and_filters_survive(k8s_api: Any, names
         ],
     )
     io = RouterIO(k8s_api)
-    assert io.set_httproute_weights(namespace, "resnet", CANARY_10, OWNED)
+    assert io.set_httproute_weights(namespace, "resnet", CANARY_10, OWNED, engine="resnet")
     after = read(k8s_api, HTTPROUTE, namespace)
     rule = after["spec"]["rules"][0]
     assert rule["filters"] == [HEADER_FILTER]
@@ -99,7 +100,7 @@ def test_weights_change_and_foreign_refs_and_filters_survive(k8s_api: Any, names
     assert httproute_weights(after, OWNED) == [{"resnet-r1": 90, "resnet-r2": 10}]
     assert after["spec"]["rules"][1]["backendRefs"][0]["name"] == "debug"
     # Same weights again: nothing is written (no resourceVersion churn for Argo CD to see).
-    assert not io.set_httproute_weights(namespace, "resnet", CANARY_10, OWNED)
+    assert not io.set_httproute_weights(namespace, "resnet", CANARY_10, OWNED, engine="resnet")
     assert (
         read(k8s_api, HTTPROUTE, namespace)["metadata"]["resourceVersion"]
         == after["metadata"]["resourceVersion"]
@@ -133,7 +134,7 @@ def test_concurrent_edit_between_read_and_write_is_not_lost(k8s_api: Any, namesp
         }
     ]
     io = RacingIO(k8s_api, HTTPROUTE, namespace, race)
-    assert io.set_httproute_weights(namespace, "resnet", CANARY_10, OWNED)
+    assert io.set_httproute_weights(namespace, "resnet", CANARY_10, OWNED, engine="resnet")
     assert io.reads == 2  # the guarded patch was refused once, then recomputed
     refs = read(k8s_api, HTTPROUTE, namespace)["spec"]["rules"][0]["backendRefs"]
     assert [(r["name"], r.get("weight")) for r in refs] == [
@@ -143,9 +144,32 @@ def test_concurrent_edit_between_read_and_write_is_not_lost(k8s_api: Any, namesp
     ]
 
 
+def test_a_route_that_did_not_opt_in_is_left_alone(k8s_api: Any, namespace: str) -> None:
+    """Naming a route in a spec is not enough: the route must name the engine in its
+    annotation. Before, any engine could move the weights of any route in its namespace."""
+    before = create_route(k8s_api, namespace, [{"backendRefs": [{"name": "resnet-r1"}]}])
+    custom(k8s_api).patch_namespaced_custom_object(
+        HTTPROUTE.group,
+        HTTPROUTE.version,
+        namespace,
+        HTTPROUTE.plural,
+        "resnet",
+        {"metadata": {"annotations": {ROUTE_OPT_IN: "someone-else"}}},
+    )
+    for engine in ("resnet", "intruder"):
+        with pytest.raises(RouterMisconfigured, match=f"{ROUTE_OPT_IN}={engine}"):
+            RouterIO(k8s_api).set_httproute_weights(
+                namespace, "resnet", CANARY_10, OWNED, engine=engine
+            )
+    after = read(k8s_api, HTTPROUTE, namespace)
+    assert after["spec"] == before["spec"]
+
+
 def test_missing_route_is_a_user_error(k8s_api: Any, namespace: str) -> None:
     with pytest.raises(RouterMisconfigured, match="does not exist"):
-        RouterIO(k8s_api).set_httproute_weights(namespace, "nope", CANARY_10, OWNED)
+        RouterIO(k8s_api).set_httproute_weights(
+            namespace, "nope", CANARY_10, OWNED, engine="resnet"
+        )
 
 
 def test_virtualservice_weights_and_race(
@@ -154,7 +178,7 @@ def test_virtualservice_weights_and_race(
     body = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": {"name": "resnet", "namespace": namespace},
+        "metadata": {"name": "resnet", "namespace": namespace, "annotations": OPT_IN},
         "spec": {
             "hosts": ["resnet"],
             "http": [
@@ -171,7 +195,9 @@ def test_virtualservice_weights_and_race(
     )
     race = [{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 2}}]
     io = RacingIO(k8s_api, VIRTUALSERVICE, namespace, race)
-    assert io.set_virtualservice_weights(namespace, "resnet", CANARY_10, OWNED, ["infer"])
+    assert io.set_virtualservice_weights(
+        namespace, "resnet", CANARY_10, OWNED, ["infer"], engine="resnet"
+    )
     after = read(k8s_api, VIRTUALSERVICE, namespace)
     assert after["spec"]["http"][0]["retries"] == {"attempts": 2}
     assert after["spec"]["http"][0]["timeout"] == "5s"

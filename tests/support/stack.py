@@ -113,7 +113,8 @@ def http_route_manifest(name: str) -> str:
         {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
-            "metadata": {"name": name},
+            # The route opts in to the engine of that name moving its weights.
+            "metadata": {"name": name, "annotations": {"trtops.dev/engine": name}},
             "spec": {"rules": [{"backendRefs": [{"name": name, "port": 8000, "weight": 100}]}]},
         }
     )
