@@ -147,7 +147,9 @@ def test_concurrent_edit_between_read_and_write_is_not_lost(k8s_api: Any, namesp
 def test_a_route_that_did_not_opt_in_is_left_alone(k8s_api: Any, namespace: str) -> None:
     """Naming a route in a spec is not enough: the route must name the engine in its
     annotation. Before, any engine could move the weights of any route in its namespace."""
-    before = create_route(k8s_api, namespace, [{"backendRefs": [{"name": "resnet-r1"}]}])
+    before = create_route(
+        k8s_api, namespace, [{"backendRefs": [{"name": "resnet-r1", "port": 8000}]}]
+    )
     custom(k8s_api).patch_namespaced_custom_object(
         HTTPROUTE.group,
         HTTPROUTE.version,
