@@ -34,6 +34,7 @@ __all__ = [
     "build_pdb",
     "build_service",
     "owner_reference",
+    "policy_problem",
     "resolve_uri",
     "spec_hash",
     "stamped_hash",
@@ -54,6 +55,9 @@ MANAGED_BY = contract.MANAGED_BY
 HASH_ANNOTATION = contract.ANNOTATION_SPEC_HASH
 KEY_ANNOTATION = contract.ANNOTATION_KEY
 LABEL_MAX = 63
+# Scratch (/tmp, HOME) of build and serving pods: bounded, so that a runaway writer is evicted
+# instead of filling its node's disk. A build's TensorRT timing cache and tactic scratch fit.
+BUILD_SCRATCH, SERVE_SCRATCH = "8Gi", "1Gi"
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,47 @@ def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
     obj = json.loads(canonical_json(obj))
     obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(obj)
     return obj
+
+
+def policy_problem(spec: TrtEngineSpec, config: OperatorConfig) -> str | None:
+    """What in ``spec`` the installer's policy does not allow (None: all allowed): a path that
+    leaves its claim (a ``..`` segment), a toleration or nodeSelector key off the installer's
+    lists, or a toleration of every taint (empty key) unless the list is ``*``. A spec that a
+    shared cluster's installer did not allow would otherwise place pods on any node, e.g. a
+    control-plane node."""
+    uris = [("spec.model.uri", spec.model.uri)]
+    if spec.build.calibration is not None:
+        uris.append(("spec.build.calibration.uri", spec.build.calibration.uri))
+    if spec.build.accuracy is not None:
+        uris.append(("spec.build.accuracy.validation.uri", spec.build.accuracy.validation.uri))
+    for field, uri in uris:
+        if not is_remote(uri) and ".." in uri.removeprefix("pvc://").split("/"):
+            return f"{field}: '..' is not allowed; paths stay inside their claim"
+    tol_keys, sel_keys = config.toleration_keys, config.node_selector_keys
+    for where, tolerations, selector in (
+        ("build", spec.build.tolerations, spec.build.node_selector),
+        ("serving", spec.serving.tolerations, spec.serving.node_selector),
+    ):
+        for tol in tolerations:
+            if "*" in tol_keys:
+                break
+            if not tol.key:
+                return (
+                    f"spec.{where}.tolerations: a toleration with no key tolerates every taint"
+                    " (control-plane nodes included); the operator's installer does not allow it"
+                )
+            if tol_keys and tol.key not in tol_keys:
+                return (
+                    f"spec.{where}.tolerations: key {tol.key} is not one the operator's installer"
+                    f" allows ({', '.join(sorted(tol_keys))})"
+                )
+        for key in selector:
+            if sel_keys and "*" not in sel_keys and key not in sel_keys:
+                return (
+                    f"spec.{where}.nodeSelector: key {key} is not one the operator's installer"
+                    f" allows ({', '.join(sorted(sel_keys))})"
+                )
+    return None
 
 
 def resolve_uri(uri: str, storage_claim: str, sha256: str | None = None) -> tuple[str, str | None]:
@@ -236,7 +281,7 @@ def build_job(
     labels = {**_labels(engine, "build", target), "trtops.dev/key": key[:LABEL_MAX]}
     volumes: list[dict[str, Any]] = [
         {"name": "plans", "persistentVolumeClaim": {"claimName": claim}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": BUILD_SCRATCH}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "plans", "mountPath": PLANS_MOUNT},
@@ -256,7 +301,10 @@ def build_job(
         "command": ["trtops-worker"],
         "args": args,
         "env": [{"name": "HOME", "value": "/tmp"}],  # noqa: S108 - the pod's emptyDir
-        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
+        "resources": {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"memory": config.build_memory_limit},
+        },
         "securityContext": _CONTAINER_SECURITY,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -264,6 +312,7 @@ def build_job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the worker never talks to the API server
         "securityContext": _POD_SECURITY,
         "containers": [container],
         "volumes": volumes,
@@ -271,7 +320,7 @@ def build_job(
     if fetches:
         _add_fetch(pod_spec, container, fetches, spec.model.credentials_secret)
     if target is not None:
-        container["resources"]["limits"] = {GPU_RESOURCE: "1"}
+        container["resources"]["limits"][GPU_RESOURCE] = "1"
         pod_spec.update(_gpu_placement(target, compute_capability))
     _place(pod_spec, build.node_selector, build.tolerations)
     job = {
@@ -312,7 +361,7 @@ def _add_fetch(
         "name": contract.FETCH_CONTAINER,
         "args": [*args, "--termination-log", TERMINATION_LOG],
         "env": env,
-        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [dict(m) for m in build["volumeMounts"]],
@@ -384,8 +433,19 @@ def build_deployment(
     resources: dict[str, Any] = {}
     if serving.resources is not None:
         resources = serving.resources.model_dump(mode="json", exclude_none=True)
+    # Never BestEffort: a pod without a memory limit can take its node's memory from others.
+    requests, limits = resources.setdefault("requests", {}), resources.setdefault("limits", {})
+    if "memory" not in requests and "memory" not in limits:
+        requests["memory"], limits["memory"] = (
+            config.serve_memory_request,
+            config.serve_memory_limit,
+        )
+    elif "memory" not in limits:
+        limits["memory"] = requests["memory"]  # (a limit alone is the request too)
+    if not requests:
+        del resources["requests"]
     if plan.target is not None and plan.backend == "tensorrt":
-        resources.setdefault("limits", {})[GPU_RESOURCE] = "1"
+        resources["limits"][GPU_RESOURCE] = "1"
     container: dict[str, Any] = {
         "name": contract.SERVE_CONTAINER,
         "image": config.worker_image,
@@ -422,6 +482,7 @@ def build_deployment(
         ],
     }
     pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the worker never talks to the API server
         "securityContext": _POD_SECURITY,
         "containers": [container],
         "volumes": [
@@ -432,7 +493,7 @@ def build_deployment(
                     "readOnly": True,
                 },
             },
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": SERVE_SCRATCH}},
         ],
     }
     if plan.target is not None:

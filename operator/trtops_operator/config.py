@@ -61,6 +61,22 @@ class OperatorConfig(BaseModel):
     analysis_workers: Annotated[int, Field(ge=1)] = Field(
         4, description="canary analyses in flight at once, apart from the reconcile workers"
     )
+    # What a tenant's spec may ask of the cluster's nodes, and what its pods may use.
+    allowed_toleration_keys: str = Field(
+        "",
+        description="comma-separated taint keys a spec's tolerations may name ('*': any; empty:"
+        " any key, but never the empty key that tolerates every taint)",
+    )
+    allowed_node_selector_keys: str = Field(
+        "", description="comma-separated node label keys a spec's nodeSelector may use (empty: any)"
+    )
+    serve_memory_request: str = Field(
+        "1Gi", description="memory request of a serving pod whose spec sets none"
+    )
+    serve_memory_limit: str = Field(
+        "8Gi", description="memory limit of a serving pod whose spec sets none"
+    )
+    build_memory_limit: str = Field("16Gi", description="memory limit of a build pod")
     watch_timeout_seconds: Annotated[int, Field(ge=1)] = Field(
         300, description="watches are re-opened this often (one request per kind while idle)"
     )
@@ -83,6 +99,15 @@ class OperatorConfig(BaseModel):
         e = os.environ if env is None else env
         given = {f: e[cls.env_name(f)] for f in cls.model_fields if cls.env_name(f) in e}
         return cls.model_validate(given)
+
+    @property
+    def toleration_keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.allowed_toleration_keys.split(",") if k.strip())
+
+    @property
+    def node_selector_keys(self) -> frozenset[str]:
+        keys = self.allowed_node_selector_keys.split(",")
+        return frozenset(k.strip() for k in keys if k.strip())
 
     @property
     def allowed_prometheus(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@
     +-- PermanentError           a user must act; the message says what to fix
         +-- ApiRefused           the API server refused an object (400, 403, 422)
         |   +-- NameConflict     an object of that name exists and is someone else's
+        |   +-- ClaimNotAllowed  a claim the pods would mount has not opted in
         +-- RouterMisconfigured  (canary.errors) the route object is missing or foreign
 
 Pure modules raise these; only ``handlers`` turns them into kopf's errors, at the edge.
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "ApiRefused",
     "ApiUnavailable",
+    "ClaimNotAllowed",
     "NameConflict",
     "OperatorError",
     "PermanentError",
@@ -63,3 +65,11 @@ class NameConflict(ApiRefused):
             f" it is left untouched: delete or rename that {kind}, or rename the TrtEngine"
         )
         self.kind, self.namespace, self.name = kind, namespace, name
+
+
+class ClaimNotAllowed(ApiRefused):
+    """A PersistentVolumeClaim the spec names has not opted in to being mounted by TrtEngine
+    pods (label ``trtops.dev/mountable: "true"``): a spec may otherwise mount, read and (the
+    storage claim) write any claim of its namespace through the operator."""
+
+    reason = "ClaimNotAllowed"

@@ -34,12 +34,14 @@ from trtops_operator.decision import Decision, Event
 from trtops_operator.errors import (
     ApiRefused,
     ApiUnavailable,
+    ClaimNotAllowed,
     NameConflict,
     PermanentError,
     TemporaryError,
 )
 
 __all__ = [
+    "CLAIM_OPT_IN",
     "HTTPROUTE",
     "ROUTE_OPT_IN",
     "VIRTUALSERVICE",
@@ -106,9 +108,26 @@ class Api:
         self.custom = client.CustomObjectsApi(api_client)
         self.routes = RouterIO(api_client)
 
+    def check_claims(self, namespace: str, pod_spec: Mapping[str, Any]) -> None:
+        """ClaimNotAllowed unless every claim the pod mounts carries :data:`CLAIM_OPT_IN`."""
+        for volume in pod_spec.get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if not claim:
+                continue
+            labels: Mapping[str, str] = {}
+            with _errors(f"read PersistentVolumeClaim {claim}", ignore=(404,)):
+                pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+                labels = pvc.metadata.labels or {}
+            if labels.get(CLAIM_OPT_IN) != "true":
+                raise ClaimNotAllowed(
+                    f"PersistentVolumeClaim {namespace}/{claim} has not opted in to being mounted"
+                    f" by TrtEngine pods (or does not exist): label it {CLAIM_OPT_IN}=true"
+                )
+
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create the Job unless it exists; True when this call created it."""
         meta = job["metadata"]
+        self.check_claims(meta["namespace"], job["spec"]["template"]["spec"])
         created = False
         with _errors(f"create Job {meta['name']}", ignore=(409,)):
             self.batch.create_namespaced_job(meta["namespace"], job)  # type: ignore[arg-type]  # dicts serialize as is
@@ -158,6 +177,8 @@ class Api:
         kind = obj["kind"]
         refs = meta.get("ownerReferences", [])
         owner = next((r["uid"] for r in refs if r.get("controller")), None)
+        if kind == "Deployment":
+            self.check_claims(meta["namespace"], obj["spec"]["template"]["spec"])
         with _errors(f"apply {kind} {meta['name']}"):
             uid, controller = self._controller(kind, meta["namespace"], meta["name"])
             if uid is not None and controller != owner:
@@ -283,6 +304,8 @@ VIRTUALSERVICE = RouteRef("VirtualService", "networking.istio.io", "v1", "virtua
 # (comma-separated) in this annotation: naming a route in a spec is not enough, since whoever
 # may create a TrtEngine need not be whoever owns the route.
 ROUTE_OPT_IN = "trtops.dev/engine"
+# A PersistentVolumeClaim opts in to being mounted by TrtEngine pods with this label ("true").
+CLAIM_OPT_IN = "trtops.dev/mountable"
 
 
 def _check_opt_in(ref: RouteRef, obj: Mapping[str, Any], engine: str) -> None:

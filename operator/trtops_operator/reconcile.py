@@ -68,7 +68,11 @@ def decide(
         message = f"spec is invalid: {exc.errors()[0].get('msg', exc)}"[:1024]
         decision = invalid(view, message, now)
     else:
-        decision = _decide(view, spec, observed, config, now, verdict)
+        problem = builders.policy_problem(spec, config)
+        if problem is not None:
+            decision = invalid(view, f"spec is not allowed here: {problem}"[:1024], now)
+        else:
+            decision = _decide(view, spec, observed, config, now, verdict)
     decision.events = fold_transitions(decision.events)
     return decision
 

@@ -114,7 +114,8 @@ def plans_claim(k8s_api: Any, namespace: str) -> Iterator[str]:
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "trt-plans"},
+            # The claim's consent to be mounted by TrtEngine pods.
+            "metadata": {"name": "trt-plans", "labels": {"trtops.dev/mountable": "true"}},
             "spec": {
                 "accessModes": ["ReadWriteMany"],
                 "storageClassName": "",

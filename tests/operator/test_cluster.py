@@ -131,7 +131,8 @@ def test_build_serve_share_and_garbage_collect(
         job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
         pod_spec = job.spec.template.spec
         assert pod_spec.node_selector == {"nvidia.com/gpu.product": H100}
-        assert pod_spec.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
+        assert pod_spec.containers[0].resources.limits == {"nvidia.com/gpu": "1", "memory": "16Gi"}
+        assert pod_spec.automount_service_account_token is False
         finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
 
         def ready() -> bool:

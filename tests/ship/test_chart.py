@@ -25,10 +25,18 @@ EXPECTED_RULES = {
     ("trtops.dev", "trtengines/finalizers"): {"update"},
     ("batch", "jobs"): {"list", "watch", "create", "patch"},
     ("", "pods"): {"list", "watch"},
-    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"list", "watch", "create", "patch", "delete"},
-    ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch", "delete"},
-    ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {
+        "get",
+        "list",
+        "watch",
+        "create",
+        "patch",
+        "delete",
+    },
+    ("", "persistentvolumeclaims"): {"get"},
     ("", "events"): {"create"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
     ("networking.istio.io", "virtualservices"): {"get", "patch"},
@@ -133,7 +141,10 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
                 walk(child, f"{where}.{key}")
 
     walk(schema, "$")
+    # Kubernetes types the API server validates (NetworkPolicyPeer, affinity terms).
     assert open_objects == [
+        "$.properties.networkPolicy.properties.servingFrom.items",
+        "$.properties.networkPolicy.properties.metricsFrom.items",
         "$.properties.affinity.properties.nodeAffinity",
         "$.properties.affinity.properties.podAffinity",
         "$.properties.affinity.properties.podAntiAffinity",
@@ -161,8 +172,48 @@ def test_every_value_is_commented() -> None:
     assert undocumented == []
 
 
-def test_all_namespaces_uses_a_cluster_role() -> None:
+def test_default_scope_is_the_release_namespace_and_cluster_wide_is_opt_in() -> None:
+    """Before, the default was cluster-wide write on Deployments, Services, PDBs and Jobs."""
     docs = render()
+    assert find(docs, "ClusterRole")[0]["metadata"]["name"] == "t-trtops-framework"
+    assert len(find(docs, "ClusterRole")) == 1
+    (role,) = find(docs, "Role")
+    assert role["metadata"]["namespace"] == "trtops-system"
+    assert rules_of(role) == EXPECTED_RULES
+    args = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=trtops-system" in args
+    assert "--all-namespaces" not in args
+    proc = helm(*template_args("trtops-system", clusterWide="true", watchNamespaces="{a}"),
+                check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert "either clusterWide: true or watchNamespaces" in proc.stderr
+
+
+def test_network_policies_render_for_the_operator_and_each_watched_namespace() -> None:
+    docs = render(watchNamespaces="{team-a,team-b}")
+    policies = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in
+                find(docs, "NetworkPolicy")}  # fmt: skip
+    assert set(policies) == {
+        ("trtops-system", "t-trtops"),
+        ("team-a", "t-trtops-serving"),
+        ("team-a", "t-trtops-build"),
+        ("team-b", "t-trtops-serving"),
+        ("team-b", "t-trtops-build"),
+    }
+    serving = policies[("team-a", "t-trtops-serving")]["spec"]
+    assert serving["podSelector"]["matchLabels"]["trtops.dev/component"] == "serve"
+    inference, metrics = serving["ingress"]
+    assert {p["port"] for p in inference["ports"]} == {8000, 8001}
+    assert inference["from"][0] == {"podSelector": {"matchLabels": {"trtops.dev/client": "true"}}}
+    assert [p["port"] for p in metrics["ports"]] == [8002]
+    build = policies[("team-a", "t-trtops-build")]["spec"]
+    assert build["policyTypes"] == ["Ingress"]
+    assert "ingress" not in build  # nothing may connect to a build pod
+    assert find(render(networkPolicy__enabled="false"), "NetworkPolicy") == []
+
+
+def test_all_namespaces_uses_a_cluster_role() -> None:
+    docs = render(clusterWide="true")
     roles = {d["metadata"]["name"]: d for d in find(docs, "ClusterRole")}
     assert set(roles) == {"t-trtops", "t-trtops-framework"}
     assert rules_of(roles["t-trtops"]) == EXPECTED_RULES
@@ -273,7 +324,7 @@ def test_install_dry_run_prints_notes(namespace: str) -> None:
 @pytest.mark.cluster
 @pytest.mark.parametrize(
     "sets",
-    [{}, {"dashboards__enabled": "true"}, {"watchNamespaces": "{NS}"}],
+    [{"clusterWide": "true"}, {"dashboards__enabled": "true"}, {"watchNamespaces": "{NS}"}],
     ids=["all-namespaces", "with-dashboard", "one-namespace"],
 )
 def test_rendered_chart_is_accepted_by_the_api_server(
@@ -299,4 +350,5 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     )
     assert proc.returncode == 0, proc.stderr
     assert "deployment.apps/t-trtops created (server dry run)" in proc.stdout
+    assert "networkpolicy.networking.k8s.io/t-trtops created (server dry run)" in proc.stdout
     assert "PodSecurity" not in proc.stderr

@@ -145,6 +145,8 @@ def install(namespace: str, k8s_api: Any) -> Iterator[Any]:
         args = ["install", name, str(CHART), "-n", rel_ns, "--set", "crds.enabled=false"]
         if watch:
             args += ["--set", "watchNamespaces={" + ",".join(watch) + "}"]
+        else:
+            args += ["--set", "clusterWide=true"]
         helm(*args)
         manifest = list(yaml.safe_load_all(helm("get", "manifest", name, "-n", rel_ns).stdout))
         (sa,) = [d for d in manifest if d and d["kind"] == "ServiceAccount"]

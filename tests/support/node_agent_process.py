@@ -109,7 +109,7 @@ spec:
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {{name: {claim}, namespace: {namespace}}}
+metadata: {{name: {claim}, namespace: {namespace}, labels: {{trtops.dev/mountable: "true"}}}}
 spec:
   accessModes: [ReadWriteMany]
   storageClassName: ""

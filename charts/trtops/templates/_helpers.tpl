@@ -48,3 +48,18 @@ app.kubernetes.io/part-of: trtops
 {{- printf "%s:%s" $img.repository (default $ctx.Chart.AppVersion $img.tag) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The namespaces the operator watches, as JSON: [] when clusterWide (every namespace, with a
+ClusterRole), else watchNamespaces, or the release's own namespace when that list is empty.
+*/}}
+{{- define "trtops.watchNamespaces" -}}
+{{- if and .Values.clusterWide .Values.watchNamespaces -}}
+{{- fail "set either clusterWide: true or watchNamespaces, not both" -}}
+{{- end -}}
+{{- if .Values.clusterWide -}}
+[]
+{{- else -}}
+{{- .Values.watchNamespaces | default (list .Release.Namespace) | toJson -}}
+{{- end -}}
+{{- end }}

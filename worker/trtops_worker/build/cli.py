@@ -107,6 +107,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="also print the result JSON to stdout")
 
 
+EXTRA_CLAIMS = Path("/mnt/claims")  # where the operator mounts a spec's other claims
+
+
+def check_confined(flag: str, path: Path, storage: Path) -> None:
+    """ConfigError ``PathOutsideClaim`` when ``path`` has a ``..`` segment, or lies on the
+    storage claim or under ``/mnt/claims/<claim>`` but resolves (symlinks followed) outside
+    that claim: a file on a claim that links to ``/proc/self/environ`` or the pod's secrets
+    must not be read as a model. The operator refuses ``..`` too; this also catches links."""
+    if ".." in path.parts:
+        raise ConfigError("PathOutsideClaim", f"{flag} {path}: '..' is not allowed")
+    roots = [storage]
+    if path.is_relative_to(EXTRA_CLAIMS) and len(path.parts) > len(EXTRA_CLAIMS.parts):
+        roots.append(EXTRA_CLAIMS / path.parts[len(EXTRA_CLAIMS.parts)])
+    for root in roots:
+        if path.is_relative_to(root) and not path.resolve().is_relative_to(root.resolve()):
+            raise ConfigError(
+                "PathOutsideClaim", f"{flag} {path} resolves outside its claim ({root})"
+            )
+
+
 def request_from_args(args: argparse.Namespace) -> Any:
     from trtops_worker.build.accuracy import Thresholds
     from trtops_worker.build.pipeline import BuildRequest
@@ -116,6 +136,9 @@ def request_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("InvalidArgument", "sample limits must be >= 1")
     if args.workspace_mib < 1:
         raise ConfigError("InvalidArgument", "--workspace-mib must be >= 1")
+    for flag in ("model", "calibration", "validation"):
+        if getattr(args, flag) is not None:
+            check_confined(f"--{flag}", getattr(args, flag), args.storage)
     return BuildRequest(
         model=args.model,
         precision=args.precision,
