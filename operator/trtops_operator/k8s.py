@@ -117,7 +117,7 @@ class Api:
             labels: Mapping[str, str] = {}
             with _errors(f"read PersistentVolumeClaim {claim}", ignore=(404,)):
                 pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
-                labels = pvc.metadata.labels or {}
+                labels = (pvc.metadata.labels if pvc.metadata else None) or {}
             if labels.get(CLAIM_OPT_IN) != "true":
                 raise ClaimNotAllowed(
                     f"PersistentVolumeClaim {namespace}/{claim} has not opted in to being mounted"
