@@ -32,3 +32,33 @@ def test_a_link_out_of_the_claim_is_refused(
     (claim / "alias.onnx").symlink_to(inside)  # a link that stays on the claim is fine
     code, body = run_build("--model", claim / "alias.onnx", "--precision", "fp32", storage=claim)
     assert body["ok"] is True, body
+
+
+def test_onnx_runtime_refuses_external_data_outside_the_model_directory(tmp_path: Path) -> None:
+    """A model on the claim whose initializer names ``../secret.bin`` as external data: ONNX
+    Runtime must refuse it, from a path and from bytes. Releases before the floor in
+    pyproject.toml (onnxruntime>=1.27.0, see docs/security.md) read such files, and the worker
+    serves what the model computes from them."""
+    import numpy as np
+    import onnxruntime as ort
+    import pytest
+    from onnx import TensorProto, helper, numpy_helper
+
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    w = numpy_helper.from_array(np.zeros(4, dtype=np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "claim").mkdir()
+    path = tmp_path / "claim" / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    for source in (str(path), path.read_bytes()):
+        with pytest.raises(Exception, match="escapes"):
+            ort.InferenceSession(source, providers=["CPUExecutionProvider"])
