@@ -41,8 +41,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin trtops \
     && python3 -m venv /opt/venv
-COPY --from=wheel /src/operator.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# Every dependency pinned with its hashes (requirements/operator.lock, from pip-compile
+# --generate-hashes over pyproject.toml): a changed or substituted package fails the build.
+COPY requirements/operator.lock /tmp/requirements.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
 USER 65532:65532

@@ -104,4 +104,4 @@ def test_build_context_is_an_allow_list() -> None:
     lines = (REPO / ".dockerignore").read_text().splitlines()
     assert lines[lines.index("*")] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "operator", "worker"}
+    assert allowed == {"pyproject.toml", "README.md", "requirements", "operator", "worker"}
