@@ -50,13 +50,15 @@ def _path(tree: Path) -> str:
     )
 
 
-def serve(tree: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def serve(
+    tree: Path, model: Path, log: Path, extra: list[str]
+) -> tuple[subprocess.Popen[bytes], int, int]:
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": _path(tree)}
     cmd = [sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
     cmd += ["--model-name", "m", "--host", "127.0.0.1", "--http-port", str(http)]
     cmd += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    cmd += ["--max-batch-size", "8", "--max-queue-delay-us", "2000"]
+    cmd += ["--max-batch-size", "8", "--max-queue-delay-us", "2000", *extra]
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
@@ -92,6 +94,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--serve-flags",
+        default="",
+        help="more serve flags for both sides, e.g. '--front-ends 1 --instances 1' so that"
+        " sizing defaults changed in between do not count",
+    )
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -109,7 +117,8 @@ def main() -> int:
             for round_ in range(args.rounds):
                 sides = [("before", before), ("after", ROOT)]
                 for side, tree in sides if round_ % 2 == 0 else sides[::-1]:
-                    process, http, grpc = serve(tree, model, tmp / f"{side}-{round_}.log")
+                    log = tmp / f"{side}-{round_}.log"
+                    process, http, grpc = serve(tree, model, log, args.serve_flags.split())
                     try:
                         for wire in WIRES:
                             port = grpc if wire.startswith("grpc") else http
