@@ -31,6 +31,7 @@ __all__ = [
     "build_deployment",
     "build_hpa",
     "build_job",
+    "build_network_policy",
     "build_pdb",
     "build_service",
     "owner_reference",
@@ -58,6 +59,7 @@ LABEL_MAX = 63
 # Scratch (/tmp, HOME) of build and serving pods: bounded, so that a runaway writer is evicted
 # instead of filling its node's disk. A build's TensorRT timing cache and tactic scratch fit.
 BUILD_SCRATCH, SERVE_SCRATCH = "8Gi", "1Gi"
+CLIENT_LABEL = "trtops.dev/client"  # a pod that may call an engine: the engine's name, or "true"
 
 
 @dataclass(frozen=True)
@@ -632,6 +634,54 @@ def build_service(
         },
     }
     return _stamp(service)
+
+
+def build_network_policy(engine: Engine) -> dict[str, Any]:
+    """Who may connect to the engine's serving pods: inference (http, grpc) from pods of its
+    namespace labelled ``trtops.dev/client`` with the engine's name (or ``"true"``: any engine)
+    and from namespaces labelled ``trtops.dev/gateway: "true"`` (a Gateway, a mesh ingress);
+    the metrics port from namespaces labelled ``trtops.dev/monitoring: "true"``. Once a policy
+    selects the pods, every other connection is refused (where the CNI enforces policies)."""
+    inference = [
+        {
+            "podSelector": {
+                "matchExpressions": [
+                    {"key": CLIENT_LABEL, "operator": "In", "values": [engine.name, "true"]}
+                ]
+            }
+        },
+        {"namespaceSelector": {"matchLabels": {"trtops.dev/gateway": "true"}}},
+    ]
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": engine.name,
+            "namespace": engine.namespace,
+            "labels": {**MANAGED_BY, "trtops.dev/engine": engine.name},
+            "ownerReferences": [owner_reference(engine)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": _serving_selector(engine)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": inference,
+                    "ports": [
+                        {"port": HTTP_PORT, "protocol": "TCP"},
+                        {"port": GRPC_PORT, "protocol": "TCP"},
+                    ],
+                },
+                {
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {"trtops.dev/monitoring": "true"}}}
+                    ],
+                    "ports": [{"port": METRICS_PORT, "protocol": "TCP"}],
+                },
+            ],
+        },
+    }
+    return _stamp(policy)
 
 
 def build_pdb(engine: Engine) -> dict[str, Any]:

@@ -96,6 +96,13 @@ def pdb_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> di
     return indexes.hash_entry(namespace, name, body)
 
 
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED_BY)
+def network_policy_index(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Hashable, Any]:
+    return indexes.hash_entry(namespace, name, body)
+
+
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED_BY)
 def hpa_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, Any]:
     return indexes.hash_entry(namespace, name, body)

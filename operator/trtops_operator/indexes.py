@@ -44,6 +44,7 @@ INDEXES = (
     "service_index",
     "pdb_index",
     "hpa_index",
+    "network_policy_index",
 )
 
 
@@ -141,4 +142,5 @@ def observed(namespace: str, name: str, idx: Mapping[str, Any]) -> Observed:
         pdbs=_NsView(idx["pdb_index"], namespace),
         serving_pods=list(idx["serving_pod_index"].get((namespace, name), [])),
         hpas=_NsView(idx["hpa_index"], namespace),
+        network_policies=_NsView(idx.get("network_policy_index") or {}, namespace),
     )

@@ -105,6 +105,7 @@ class Api:
         self.batch = client.BatchV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.routes = RouterIO(api_client)
 
@@ -151,6 +152,7 @@ class Api:
             "HorizontalPodAutoscaler": getattr(
                 self.autoscaling, f"{verb}_namespaced_horizontal_pod_autoscaler"
             ),
+            "NetworkPolicy": getattr(self.networking, f"{verb}_namespaced_network_policy"),
         }
 
     def _controller(self, kind: str, namespace: str, name: str) -> tuple[str | None, str | None]:

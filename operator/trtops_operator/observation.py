@@ -103,6 +103,7 @@ class Observed:
     pdbs: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
     serving_pods: Sequence[ServingPodObs] = ()  # this engine's serving pods that refused a plan
     hpas: Mapping[str, str] = field(default_factory=dict)  # this engine's, name -> spec hash
+    network_policies: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
 
 
 def _conditions(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -56,6 +56,8 @@ def decide_routing(engine: builders.Engine, revision: str, serving: Serving) -> 
             )
         if serving.replicas > 1:
             apply_if_changed(out.apply, builders.build_pdb(engine), observed.pdbs.get(engine.name))
+        policy = builders.build_network_policy(engine)
+        apply_if_changed(out.apply, policy, observed.network_policies.get(engine.name))
     if engine.name in observed.pdbs and not (serving.wanted and serving.replicas > 1):
         out.delete.append(("PodDisruptionBudget", engine.name))
     return out

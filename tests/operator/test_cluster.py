@@ -152,6 +152,10 @@ def test_build_serve_share_and_garbage_collect(
         from kubernetes import client
 
         client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("conv", cluster.ns)
+        policy = client.NetworkingV1Api(cluster.api).read_namespaced_network_policy(
+            "conv", cluster.ns
+        )
+        assert policy.spec.pod_selector.match_labels["trtops.dev/engine"] == "conv"
 
         # An identical spec under another name reuses the plan: no second Job.
         cluster.create("conv-twin")

@@ -104,3 +104,17 @@ def test_allowed_placement_still_builds() -> None:
         )
         is None
     )
+
+
+def test_each_engine_gets_a_network_policy_for_its_serving_pods() -> None:
+    """Before, no NetworkPolicy existed anywhere: any pod could call any engine."""
+    policy = builders.build_network_policy(engine(SPEC))["spec"]
+    assert policy["podSelector"]["matchLabels"] == {
+        "trtops.dev/engine": "e",
+        "trtops.dev/component": "serve",
+    }
+    inference, metrics = policy["ingress"]
+    assert {p["port"] for p in inference["ports"]} == {builders.HTTP_PORT, builders.GRPC_PORT}
+    clients = inference["from"][0]["podSelector"]["matchExpressions"][0]
+    assert (clients["key"], clients["values"]) == ("trtops.dev/client", ["e", "true"])
+    assert [p["port"] for p in metrics["ports"]] == [builders.METRICS_PORT]

@@ -73,7 +73,7 @@ def test_plan_recorded_by_another_engine_is_reused_without_a_job() -> None:
     assert not d.create
     assert d.outcomes == [BuildOutcome("reused", job_name(), "fp16", "H100")]
     assert d.status["plans"][0]["reused"] is True
-    assert [o["kind"] for o in d.apply] == ["Deployment", "Service"]
+    assert [o["kind"] for o in d.apply] == ["Deployment", "Service", "NetworkPolicy"]
 
 
 def test_result_in_termination_message_becomes_a_plan_and_a_deployment() -> None:
@@ -122,6 +122,7 @@ def test_steady_state_writes_nothing() -> None:
     first = decide(body(), obs, CONFIG, NOW)
     dep = next(o for o in first.apply if o["kind"] == "Deployment")
     svc = next(o for o in first.apply if o["kind"] == "Service")
+    policy = next(o for o in first.apply if o["kind"] == "NetworkPolicy")
     h = "trtops.dev/spec-hash"
     obs2 = Observed(
         deployments={
@@ -130,6 +131,7 @@ def test_steady_state_writes_nothing() -> None:
             )
         },
         services={"e": svc["metadata"]["annotations"][h]},
+        network_policies={"e": policy["metadata"]["annotations"][h]},
     )
     second = decide(body(first.status), obs2, CONFIG, "2026-01-01T00:05:00Z")
     assert cond(second, "Ready")["status"] == "True"

@@ -37,6 +37,7 @@ EXPECTED_RULES = {
         "delete",
     },
     ("", "persistentvolumeclaims"): {"get"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
     ("", "events"): {"create"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
     ("networking.istio.io", "virtualservices"): {"get", "patch"},
