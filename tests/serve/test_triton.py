@@ -40,33 +40,33 @@ def grpc_(server: Server) -> Iterator[object]:
     client.close()
 
 
-CONV_CONFIG = {
-    "name": "conv",
-    "platform": "onnxruntime_onnx",
-    "backend": "onnxruntime",
-    "max_batch_size": 8,
-    "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 32, 32]}],
-    "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}],
-    "instance_group": [{"name": "conv", "kind": "KIND_CPU", "count": -1}],  # filled in below
-    "dynamic_batching": {"max_queue_delay_microseconds": 20000},
-}
+def conv_config(instances: int) -> dict[str, object]:
+    """Triton's configuration for the shared conv server (max batch 8, delay 20 ms)."""
+    return {
+        "name": "conv",
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": 8,
+        "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 32, 32]}],
+        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}],
+        "instance_group": [{"name": "conv", "kind": "KIND_CPU", "count": instances}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 20000},
+    }
 
 
 def test_model_config_over_http_and_grpc(server: Server, http: object, grpc_: object) -> None:
     """What perf_analyzer and model_analyzer read: batch limit, dims without the batch dim."""
-    instances = requests.get(f"{server.url}/v2/models/conv", timeout=5).json()["parameters"][
-        "instances"
-    ]
-    CONV_CONFIG["instance_group"] = [{"name": "conv", "kind": "KIND_CPU", "count": instances}]
-    assert http.get_model_config("conv") == CONV_CONFIG  # type: ignore[attr-defined]
-    assert http.get_model_config("conv", "r1") == CONV_CONFIG  # type: ignore[attr-defined]
+    meta = requests.get(f"{server.url}/v2/models/conv", timeout=5).json()
+    expected = conv_config(meta["parameters"]["instances"])
+    assert http.get_model_config("conv") == expected  # type: ignore[attr-defined]
+    assert http.get_model_config("conv", "r1") == expected  # type: ignore[attr-defined]
     config = grpc_.get_model_config("conv", as_json=True)["config"]  # type: ignore[attr-defined]
     assert config["max_batch_size"] == 8
     assert config["input"] == [
         {"name": "input", "data_type": "TYPE_FP32", "dims": ["3", "32", "32"]}
     ]
     assert config["dynamic_batching"] == {"max_queue_delay_microseconds": "20000"}
-    assert config["instance_group"] == CONV_CONFIG["instance_group"]
+    assert config["instance_group"] == expected["instance_group"]
 
 
 def test_unbatched_model_config_has_the_whole_shape(model_dir: Path, tmp_path: Path) -> None:
@@ -80,9 +80,33 @@ def test_unbatched_model_config_has_the_whole_shape(model_dir: Path, tmp_path: P
         assert s.stop() == 0
 
 
-def test_statistics_count_what_the_server_did(server: Server, http: object, grpc_: object) -> None:
+@pytest.fixture(scope="module")
+def one_front_end(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Statistics are each front end's own counts: one front end answers for the whole server."""
+    s = start_server(
+        tmp_path_factory.mktemp("stats"),
+        "--model",
+        str(model_dir / "conv.onnx"),
+        "--model-name",
+        "conv",
+        "--revision",
+        "r1",
+        "--max-batch-size",
+        "8",
+        "--front-ends",
+        "1",
+    )
+    yield s
+    assert s.stop() == 0
+
+
+def test_statistics_count_what_the_server_did(one_front_end: Server) -> None:
+    server = one_front_end
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    grpc_ = grpcclient.InferenceServerClient(server.grpc)
+
     def stats() -> dict[str, object]:
-        (entry,) = http.get_inference_statistics("conv")["model_stats"]  # type: ignore[attr-defined]
+        (entry,) = http.get_inference_statistics("conv")["model_stats"]
         return entry  # type: ignore[no-any-return]
 
     before = stats()
@@ -101,8 +125,10 @@ def test_statistics_count_what_the_server_did(server: Server, http: object, grpc
     assert {1, 2, 3} <= sizes
     every = requests.get(f"{server.url}/v2/models/stats", timeout=5).json()["model_stats"]
     assert [m["name"] for m in every] == ["conv"]
-    over_grpc = grpc_.get_inference_statistics("conv", as_json=True)  # type: ignore[attr-defined]
+    over_grpc = grpc_.get_inference_statistics("conv", as_json=True)
     assert int(over_grpc["model_stats"][0]["inference_count"]) >= after["inference_count"]  # type: ignore[operator]
+    http.close()
+    grpc_.close()
 
 
 @pytest.mark.parametrize("binary", [True, False])
