@@ -39,9 +39,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The conv model with dynamic batching on; shared by the read-mostly tests."""
+    """The conv model with dynamic batching on; shared by the read-mostly tests. One front end:
+    Triton's statistics (test_triton.py) are per front end, and this server's are checked."""
     s = start_server(
         tmp_path_factory.mktemp("serve"),
+        "--front-ends",
+        "1",
         "--model",
         str(model_dir / "conv.onnx"),
         "--model-name",

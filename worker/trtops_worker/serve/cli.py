@@ -253,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=None if is_front_end() else args.metrics_port,
         reuse_port=is_front_end(),
+        front_ends=sizing.front_ends,
         max_body_bytes=args.max_body_bytes,
         body_timeout_seconds=args.body_timeout_seconds,
         drain_seconds=args.drain_seconds,

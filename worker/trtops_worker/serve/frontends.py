@@ -16,11 +16,13 @@ caps a pod near 5.5k requests/s however many cores compute behind it. So ``serve
   whole rather than serving on part of its cores.
 
 The front ends are the same command line with the sizing made explicit and the ports fixed,
-marked by ``TRTOPS_FRONT_END`` in their environment.
+marked by ``TRTOPS_FRONT_END`` in their environment. Each warms up first and all start listening
+together once every one is warm.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -33,8 +35,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["FRONT_END_ENV", "FrontEnds", "is_front_end", "reserve_port"]
+__all__ = ["FRONT_END_ENV", "FrontEnds", "all_warm", "is_front_end", "reserve_port"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,18 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess m
 
 def is_front_end() -> bool:
     return FRONT_END_ENV in os.environ
+
+
+async def all_warm(count: int, stopping: Callable[[], bool]) -> None:
+    """Mark this front end warm, then wait until all ``count`` are (or a stop comes).
+
+    The front ends then start listening together, so the pod turns ready only once every one
+    of them takes connections, not while some still load (half the capacity behind a ready pod).
+    """
+    folder = Path(os.environ[MULTIPROC_ENV])
+    (folder / f"warm-{os.environ[FRONT_END_ENV]}").touch()
+    while len(list(folder.glob("warm-*"))) < count and not stopping():
+        await asyncio.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from .dataplane import DataPlane
+from .frontends import all_warm
 from .grpc_server import create_grpc_server
 from .rest import create_app
 
@@ -44,6 +45,7 @@ class ServerOptions:
     max_connections: int = 1024
     # SO_REUSEPORT on the HTTP socket (gRPC sets it by default): front ends share the port.
     reuse_port: bool = False
+    front_ends: int = 1  # with reuse_port: how many share the ports
 
 
 class _Uvicorn(uvicorn.Server):
@@ -78,10 +80,11 @@ class ServingProcess:
             loop.add_signal_handler(sig, self.request_stop)
         body_limit = opts.max_body_bytes or self.dataplane.body_limit()
         if opts.reuse_port:
-            # One of several front ends: listen only once warm, so the kernel never hands this
-            # one a connection while it would still answer "not ready" (its siblings may be
-            # serving already; the pod's probes see whichever listens).
+            # One of several front ends: listen only once all are warm, so the kernel never
+            # hands one a connection it would answer "not ready", and the pod turns ready with
+            # all of them taking connections.
             await self.dataplane.start()
+            await all_warm(opts.front_ends, self._stop.is_set)
             if self._stop.is_set():
                 await self.dataplane.close()
                 return
