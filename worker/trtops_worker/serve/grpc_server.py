@@ -286,7 +286,8 @@ def create_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
-        interceptors=[_Arrivals(dataplane)],
+        # arrivals only matter to a batcher that waits for them
+        interceptors=[_Arrivals(dataplane)] if dataplane.batcher.batching else [],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(dataplane), server)
     port = server.add_insecure_port(address)
