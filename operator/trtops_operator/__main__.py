@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from trtops_operator.config import OperatorConfig
+from trtops_operator.leader import default_namespace
 
 
 def _type_of(annotation: Any) -> Callable[[str], Any]:
@@ -57,8 +58,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--standalone",
         action="store_true",
-        default=True,
-        help="no peering: the chart runs one replica with strategy Recreate",
+        help="no leader election: act at once, alone (a second operator would double every "
+        "action); by default operators elect one leader on a Lease and the others wait",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("TRTOPS_LEADER_ELECTION_NAMESPACE", ""),
+        help="namespace of the Lease (default: the pod's, else the first watched namespace, "
+        "else default)",
+    )
+    p.add_argument(
+        "--leader-election-name",
+        default=os.environ.get("TRTOPS_LEADER_ELECTION_NAME", "trtops-operator"),
+        help="name of the Lease: operators sharing it elect one leader",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -68,6 +80,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     fields = {name: getattr(args, name) for name in OperatorConfig.model_fields}
     os.environ.update(OperatorConfig.model_validate(fields).to_env())
+    os.environ.update(
+        {
+            "TRTOPS_LEADER_ELECTION": "0" if args.standalone else "1",
+            "TRTOPS_LEADER_ELECTION_NAMESPACE": args.leader_election_namespace
+            or default_namespace(args.namespace),
+            "TRTOPS_LEADER_ELECTION_NAME": args.leader_election_name,
+        }
+    )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -76,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     importlib.import_module("trtops_operator.handlers")
     kopf.run(
-        standalone=args.standalone,
+        standalone=True,  # never kopf's peering: see trtops_operator.leader for why
         namespaces=args.namespace,
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness or None,

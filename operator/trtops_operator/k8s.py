@@ -432,3 +432,32 @@ class RouterIO:
             engine,
             lambda obj: routers.virtualservice_patch(obj, desired, owned, routes),
         )
+
+    def release(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        main: str,
+        owned: Collection[str],
+        routes: Collection[str] = (),
+    ) -> bool:
+        """Take a deleted engine's backends out of its route (``kind`` gatewayAPI or istio; see
+        ``routers.*_release_patch`` for what stays). A route that no longer exists is fine:
+        nothing is left in it. True when something was written."""
+        try:
+            if kind == "gatewayAPI":
+                return self._converge(
+                    HTTPROUTE,
+                    namespace,
+                    name,
+                    lambda obj: routers.httproute_release_patch(obj, main, owned),
+                )
+            return self._converge(
+                VIRTUALSERVICE,
+                namespace,
+                name,
+                lambda obj: routers.virtualservice_release_patch(obj, main, owned, routes),
+            )
+        except RouterMisconfigured:
+            return False  # the route is gone

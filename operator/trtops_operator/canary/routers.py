@@ -30,10 +30,12 @@ __all__ = [
     "canary_replicas",
     "effective_weight",
     "httproute_patch",
+    "httproute_release_patch",
     "httproute_weights",
     "router_kind",
     "split",
     "virtualservice_patch",
+    "virtualservice_release_patch",
     "virtualservice_weights",
 ]
 
@@ -218,6 +220,35 @@ def httproute_patch(
     return ops
 
 
+def httproute_release_patch(
+    route: Mapping[str, Any], main: str, owned: Collection[str]
+) -> JsonPatch:
+    """The JSON patch that takes a deleted engine's backendRefs out of ``route``: in a rule that
+    keeps another backend, every owned ref goes (the others keep their weights, which Gateway
+    API reads as proportions); in a rule made only of owned refs, the ``main`` one stays, alone,
+    at weight 100, as the user wrote the rule before any canary (an empty rule would answer 500
+    just the same, and the user's rule keeps its shape). Rules without owned refs, matches and
+    filters are never touched. Empty list: nothing to change."""
+    name_of = _gw_owned(route["metadata"]["namespace"], owned)
+    ops: JsonPatch = []
+    for i, rule in enumerate(route.get("spec", {}).get("rules") or []):
+        refs = rule.get("backendRefs") or []
+        owned_refs = [r for r in refs if name_of(r)]
+        if not owned_refs:
+            continue
+        alone = len(owned_refs) == len(refs)
+        ops += _rule_patch(
+            f"/spec/rules/{i}/backendRefs",
+            refs,
+            name_of,
+            {main: 100} if alone else {},
+            total=100,
+            current_weight=_gw_weight,
+            new_ref=_gw_new_ref,
+        )
+    return ops
+
+
 # --- Istio VirtualService -------------------------------------------------------------------
 
 
@@ -321,3 +352,15 @@ def virtualservice_patch(
             f"{sorted(owned)}: add the stable Service as a destination"
         )
     return ops
+
+
+def virtualservice_release_patch(
+    vs: Mapping[str, Any], main: str, owned: Collection[str], routes: Collection[str] = ()
+) -> JsonPatch:
+    """The JSON patch that takes a deleted engine's canary destination out of ``vs``: the
+    ``main`` destination keeps the whole owned share (Istio wants each route's weights to sum
+    to 100 and refuses an empty route, so the user's destination stays as they wrote it)."""
+    try:
+        return virtualservice_patch(vs, {main: 100}, owned, routes)
+    except RouterMisconfigured:
+        return []  # nothing of ours is left in it
