@@ -7,6 +7,7 @@ One build per (build key, storage claim, accuracy gate): the Job name is a hash 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -181,7 +182,59 @@ def decide_builds(
         if t.state == "built" and t.plan and t.plan.reused and t.job not in old_plans
     ]
     out.events += [
-        Event("Normal", "BuildStarted", f"build Job {job['metadata']['name']} created")
+        Event(
+            "Normal",
+            "BuildStarted",
+            f"build Job {job['metadata']['name']} created",
+            job=job["metadata"]["name"],
+        )
         for job in out.create
     ]
     return out
+
+
+STORAGE_CATEGORY = "storage"  # StorageFull, StorageUnwritable: the claim, not the inputs
+STORAGE_RETRY_MIN_S, STORAGE_RETRY_MAX_S = 30.0, 600.0
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def retry_storage_faults(
+    view: EngineView, builds: Builds, observed: Observed, now: str
+) -> tuple[list[str], float | None]:
+    """Builds that failed on their storage (full, read-only) are retried by themselves once the
+    fault may be gone: their failed Jobs are deleted, and the next pass creates them again. The
+    wait doubles with the fault: it is as long as the fault has lasted (since ``Built`` went
+    False), between 30 s and 10 min, so a claim that stays full costs a Job every 10 min, never
+    a loop. Returns the Jobs to delete now and when to come back; the failures still waiting
+    say when they are retried."""
+    since = view.status.condition("Built")
+    due: list[str] = []
+    requeue: float | None = None
+    for i, t in enumerate(builds.targets):
+        job = observed.jobs.get(t.job)
+        if t.failure is None or t.failure.category.lower() != STORAGE_CATEGORY or job is None:
+            continue
+        failed_at = _time(job.failed_at or now)
+        start = (
+            _time(since.last_transition_time)
+            if since is not None and since.status == "False" and since.last_transition_time
+            else failed_at
+        )
+        wait = min(
+            max((failed_at - start).total_seconds(), STORAGE_RETRY_MIN_S), STORAGE_RETRY_MAX_S
+        )
+        retry_at = failed_at + dt.timedelta(seconds=wait)
+        left = (retry_at - _time(now)).total_seconds()
+        if left <= 0:
+            due.append(t.job)
+            continue
+        at = retry_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        failure = BuildFailure(
+            t.failure.category, t.failure.reason, f"{t.failure.message}; retried at {at}"
+        )
+        builds.targets[i] = Target(t.product, t.key, t.job, t.state, failure=failure)
+        requeue = min(requeue or left, left)
+    return due, requeue

@@ -158,5 +158,5 @@ def fold_transitions(events: Sequence[Event]) -> list[Event]:
             out.append(Event(type_, first.reason, told))
         else:
             e = out[lead]
-            out[lead] = Event(e.type, e.reason, f"{e.message}; {told}")
+            out[lead] = Event(e.type, e.reason, f"{e.message}; {told}", job=e.job, folded=True)
     return out

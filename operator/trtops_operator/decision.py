@@ -16,6 +16,8 @@ class Event:
     reason: str
     message: str
     transition: bool = False  # a condition changed (folded into one Event per reconcile)
+    job: str = ""  # told only by the reconcile that created this Job (not one that got 409)
+    folded: bool = False  # carries condition transitions (fold_transitions)
 
 
 @dataclass(frozen=True)

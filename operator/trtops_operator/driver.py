@@ -18,13 +18,15 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from trtops_operator import conditions, indexes, k8s, metrics, rollout
+from trtops_operator import conditions, indexes, k8s, leader, metrics, rollout
 from trtops_operator.canary import prometheus as canary_prometheus
 from trtops_operator.canary.analysis import Verdict
 from trtops_operator.canary.errors import RouterMisconfigured
+from trtops_operator.canary.routers import router_kind
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import Event, RouterAction
 from trtops_operator.errors import ApiRefused, PermanentError, TemporaryError
+from trtops_operator.freshness import LastWrites
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.reconcile import decide
 from trtops_operator.status_model import EngineStatus, EngineView
@@ -38,6 +40,24 @@ T = TypeVar("T")
 REFUSED_RETRY_SECONDS = 60  # a policy, quota or webhook that refused an object can change
 ADOPT_RETRY_SECONDS = 2.0  # someone else made a Job this pass wanted to create: adopt it soon
 ROUTER_RETRY_SECONDS = 30.0
+# On engines whose rollout weighs a user's route: deletion waits until their backends are out
+# of it. Only those engines: every other one deletes at once, even while no operator runs.
+ROUTE_FINALIZER = "trtops.dev/route-cleanup"
+
+
+def edits_route(body: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(router kind, route name, Istio routes) when the engine's rollout weighs a user's route."""
+    try:
+        spec = TrtEngineSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None
+    router = spec.rollout.traffic_router if spec.rollout else None
+    if router is None or router_kind(router) == "replicas":
+        return None
+    if router.gateway_api is not None:
+        return "gatewayAPI", router.gateway_api.http_route, ()
+    assert router.istio is not None
+    return "istio", router.istio.virtual_service, tuple(router.istio.routes)
 
 
 class InvalidSpec(PermanentError):
@@ -63,6 +83,9 @@ class Runtime:
             config.analysis_workers,
             lambda key: self.queue.add(key),  # type: ignore[arg-type]  # keys are EngineKeys
         )
+        # Each status write's response, until the watch brings it back (freshness.py).
+        self.last_writes = LastWrites()
+        self.elector: leader.Elector | None = None  # None: --standalone, always acting
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one blocking kubernetes-client call on the API threads (asyncio's default
@@ -78,6 +101,8 @@ class Runtime:
         ``PermanentError`` (a person must act)."""
         meta = body["metadata"]
         key: EngineKey = (meta["namespace"], meta["name"])
+        if self.elector is not None and not self.elector.leading:
+            return  # a follower acts on nothing; the leader's election re-checks every engine
         started = time.monotonic()
         error: str | None = None
         try:
@@ -86,7 +111,13 @@ class Runtime:
                 # meanwhile wrote status (e.g. this engine's own plans), so take the freshest.
                 for fresh in (idx.get("engine_index") or {}).get(key, ()):
                     body = fresh
-                await self._pass(key, body, idx)
+                # Never act on a copy older than our own last write (a command seen as new
+                # again, a transition told twice).
+                body = self.last_writes.freshest(key, body)
+                if body["metadata"].get("deletionTimestamp"):
+                    await self._finalize(key, body)
+                else:
+                    await self._pass(key, body, idx)
         except InvalidSpec:
             error = "invalid"
             raise
@@ -106,7 +137,7 @@ class Runtime:
         decision = decide(body, observed, self.config, now, verdict=verdict)
         self.queue.wait_on(key, [(key[0], job) for job in decision.waiting_on])
         try:
-            created = await self.call(k8s.apply_decision, self.api, body, decision)
+            created, written = await self.call(k8s.apply_decision, self.api, body, decision)
         except ApiRefused as exc:
             # The user must see why nothing changes: say it in status, then retry slowly.
             status, event = conditions.refused(
@@ -116,9 +147,14 @@ class Runtime:
             if event is not None:
                 await self.call(self.api.post_event, body, event)
             raise TemporaryError(str(exc), delay=REFUSED_RETRY_SECONDS) from exc
+        if written is not None:
+            self.last_writes.record(key, indexes.slim(written))
         metrics.record_builds(body, decision)
         if decision.router is not None:
+            await self._set_finalizer(key, body, present=True)
             await self._set_router(body, decision.router)
+        elif edits_route(body) is None:
+            await self._set_finalizer(key, body, present=False)
         if len(created) < len(decision.create):
             self.queue.add(key, delay=ADOPT_RETRY_SECONDS)
         if decision.requeue_after is not None:
@@ -161,6 +197,37 @@ class Runtime:
         # Which analysis: a verdict that comes in after the canary moved on is dropped.
         token = (state.revision, state.step_index, state.step_started_at, state.last_analysis_at)
         return self.analyses.poll((meta["namespace"], meta["name"]), token, start)
+
+    async def _set_finalizer(
+        self, key: EngineKey, body: Mapping[str, Any], *, present: bool
+    ) -> None:
+        body = self.last_writes.freshest(key, body)  # this pass's own status write, if any
+        finalizers = list(body["metadata"].get("finalizers") or [])
+        if (ROUTE_FINALIZER in finalizers) == present:
+            return
+        wanted = (
+            [*finalizers, ROUTE_FINALIZER]
+            if present
+            else [f for f in finalizers if f != ROUTE_FINALIZER]
+        )
+        written = await self.call(self.api.set_finalizers, body, wanted)
+        if written is not None:
+            self.last_writes.record(key, indexes.slim(written))
+
+    async def _finalize(self, key: EngineKey, body: Mapping[str, Any]) -> None:
+        """A deleted engine: take its backends out of the user's route, then let it go. Its own
+        objects (Jobs, Deployments, Services, PDB) go by owner reference; a build pod stopped
+        that way removes its temporary folder (SIGTERM)."""
+        if ROUTE_FINALIZER not in (body["metadata"].get("finalizers") or []):
+            return
+        route = edits_route(body)
+        if route is not None:
+            kind, route_name, routes = route
+            name = key[1]
+            owned = (name, f"{name}-canary")
+            await self.call(self.api.routes.release, kind, key[0], route_name, name, owned, routes)
+            log.info("took %s/%s out of %s %s", *key, kind, route_name)
+        await self._set_finalizer(key, body, present=False)
 
     async def _set_router(self, body: Mapping[str, Any], action: RouterAction) -> None:
         """Move the traffic weights on the user's route object (only the backends we own)."""
@@ -223,8 +290,12 @@ class Runtime:
         """Every engine is re-checked every ``resync_seconds`` even without events."""
         while True:
             await asyncio.sleep(self.config.resync_seconds)
-            for key in list(self.indices["engine_index"]):
-                self.queue.add(key)
+            self.recheck_all()
+
+    def recheck_all(self) -> None:
+        """Queue every engine (a resync; a new leader, which acted on nothing before)."""
+        for key in list(self.indices.get("engine_index") or {}):
+            self.queue.add(key)
 
     def wake(self, namespace: str, engines: tuple[str, ...]) -> None:
         for name in engines:

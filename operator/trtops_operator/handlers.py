@@ -25,7 +25,7 @@ from trtops_worker.contract import (
     MANAGED_BY,
 )
 
-from trtops_operator import GROUP, PLURAL, VERSION, indexes, k8s, metrics
+from trtops_operator import GROUP, PLURAL, VERSION, indexes, k8s, leader, metrics
 from trtops_operator.config import OperatorConfig
 from trtops_operator.driver import Runtime
 from trtops_operator.errors import PermanentError, TemporaryError
@@ -130,6 +130,17 @@ async def reconcile_engine(body: kopf.Body, reason: str, memo: kopf.Memo, **kwar
 # --- wake-ups: something an engine owns or waits on changed -----------------------------------
 
 
+def _deleting(body: kopf.Body, **_: Any) -> bool:
+    return bool(body["metadata"].get("deletionTimestamp"))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_deleting)
+async def engine_deleting(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Deletion is no update to kopf: wake the engine so that its finalizer runs."""
+    if (rt := _runtime(memo)) is not None:
+        rt.wake(namespace or "", (name,))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
 async def job_changed(
     namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
@@ -189,6 +200,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     rt = Runtime(config, api, idx, executor)
     tasks = [asyncio.create_task(rt.work()) for _ in range(config.workers)]
     memo["tasks"] = [*tasks, asyncio.create_task(rt.resync())]
+    election = leader.LeaderConfig.from_env()
+    if election.enabled:
+        rt.elector = leader.Elector(election, api.client, on_elected=rt.recheck_all)
+        memo["tasks"].append(asyncio.create_task(rt.elector.run()))
     metrics.watch_engines(lambda: idx.get("engine_index") or {})
     if config.metrics_port:
         metrics.serve(config.metrics_port, config.metrics_address)
@@ -205,6 +220,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rt = _runtime(memo)
     memo.pop("runtime", None)
     if rt is not None:
+        if rt.elector is not None:
+            await asyncio.to_thread(rt.elector.release)  # the next leader starts at once
         await rt.analyses.close()
         rt.api.client.close()  # type: ignore[no-untyped-call]  # kubernetes is untyped
         rt.executor.shutdown(wait=False, cancel_futures=True)

@@ -54,7 +54,17 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         # Annotations carry the manual canary commands (promote/abort/pause/resume).
         "metadata": {
-            k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "annotations")
+            k: meta.get(k)
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "annotations",
+                "resourceVersion",  # to tell the operator's own write from an older copy
+                "deletionTimestamp",
+                "finalizers",
+            )
         },
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),

@@ -210,10 +210,19 @@ class Api:
             options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
             self._kind_fns("delete")[kind](name, namespace, body=options)
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        # 404: deleted meanwhile, nothing to report on.
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a build Job (one that failed on its storage, to retry it) with its pods
+        (the API's default for Jobs orphans them). Jobs are shared, never controlled."""
+        with _errors(f"delete Job {name}", ignore=(404,)):
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+
+    def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status; the engine as written (None: deleted meanwhile)."""
+        written: dict[str, Any] | None = None
         with _errors(f"patch status of {KIND} {name}", ignore=(404,)):
-            self.custom.patch_namespaced_custom_object_status(
+            written = self.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]  # the object as JSON
                 GROUP,
                 VERSION,
                 namespace,
@@ -222,6 +231,35 @@ class Api:
                 {"status": dict(status)},
                 _content_type="application/merge-patch+json",
             )
+        return written
+
+    def set_finalizers(
+        self, engine: Mapping[str, Any], finalizers: list[str]
+    ) -> dict[str, Any] | None:
+        """Replace the engine's finalizers, guarded by the resourceVersion of ``engine`` (our
+        copy), so someone else's finalizer added meanwhile is never dropped: a changed engine
+        is ``ApiUnavailable`` (read again). Returns the engine as written (None: gone)."""
+        meta = engine["metadata"]
+        patch = [
+            {
+                "op": "replace",
+                "path": "/metadata/resourceVersion",
+                "value": meta["resourceVersion"],
+            },
+            {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+        ]
+        written: dict[str, Any] | None = None
+        with _errors(f"set finalizers of {KIND} {meta['name']}", ignore=(404,)):
+            written = self.custom.patch_namespaced_custom_object(  # type: ignore[assignment]  # as above
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                patch,
+                _content_type="application/json-patch+json",
+            )
+        return written
 
     def post_event(self, engine: Mapping[str, Any], event: Event) -> None:
         """Record a Kubernetes Event on the engine; losing one is logged, never fatal."""
@@ -258,10 +296,13 @@ class Api:
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc)
 
 
-def apply_decision(api: Api, engine: Mapping[str, Any], decision: Decision) -> list[str]:
+def apply_decision(
+    api: Api, engine: Mapping[str, Any], decision: Decision
+) -> tuple[list[str], dict[str, Any] | None]:
     """Carry out a decision's object writes in a safe order (Jobs, adoptions, applies, deletes),
-    then its status and Events; returns the names of the Jobs this call created. Raises
-    ``ApiRefused`` before writing status when an object is refused (the caller reports it)."""
+    then its status and Events; returns the names of the Jobs this call created and the engine
+    as its status write left it (None: no status written). Raises ``ApiRefused`` before writing
+    status when an object is refused (the caller reports it)."""
     meta = engine["metadata"]
     ns = meta["namespace"]
     owner = {
@@ -280,12 +321,18 @@ def apply_decision(api: Api, engine: Mapping[str, Any], decision: Decision) -> l
     for obj in decision.apply:
         api.apply(obj)
     for kind, name in decision.delete:
-        api.delete(kind, ns, name, meta["uid"])
+        if kind == "Job":
+            api.delete_job(ns, name)
+        else:
+            api.delete(kind, ns, name, meta["uid"])
+    written = None
     if decision.status is not None:
-        api.patch_status(ns, meta["name"], decision.status)
+        written = api.patch_status(ns, meta["name"], decision.status)
     for event in decision.events:
+        if event.job and event.job not in created and not event.folded:
+            continue  # a Job someone (or an earlier pass) created already: told then
         api.post_event(engine, event)
-    return created
+    return created, written
 
 
 # --- route objects ----------------------------------------------------------------------------
@@ -443,20 +490,23 @@ class RouterIO:
         routes: Collection[str] = (),
     ) -> bool:
         """Take a deleted engine's backends out of its route (``kind`` gatewayAPI or istio; see
-        ``routers.*_release_patch`` for what stays). A route that no longer exists is fine:
-        nothing is left in it. True when something was written."""
+        ``routers.*_release_patch`` for what stays). A route that no longer exists, or no longer
+        names the engine ``main`` in its opt-in annotation, is left alone. True when something
+        was written."""
         try:
             if kind == "gatewayAPI":
                 return self._converge(
                     HTTPROUTE,
                     namespace,
                     name,
+                    main,
                     lambda obj: routers.httproute_release_patch(obj, main, owned),
                 )
             return self._converge(
                 VIRTUALSERVICE,
                 namespace,
                 name,
+                main,
                 lambda obj: routers.virtualservice_release_patch(obj, main, owned, routes),
             )
         except RouterMisconfigured:

@@ -47,6 +47,7 @@ class JobObs:
     failed: bool = False
     failure_reason: str = ""
     failure_message: str = ""
+    failed_at: str = ""  # the Failed condition's lastTransitionTime
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ def summarize_job(body: Mapping[str, Any]) -> JobObs:
         failed=failed,
         failure_reason=str(conds.get("Failed", {}).get("reason") or ""),
         failure_message=str(conds.get("Failed", {}).get("message") or ""),
+        failed_at=str(conds.get("Failed", {}).get("lastTransitionTime") or ""),
     )
 
 

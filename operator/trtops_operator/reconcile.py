@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from trtops_operator import builders
-from trtops_operator.builds import decide_builds
+from trtops_operator.builds import decide_builds, retry_storage_faults
 from trtops_operator.canary.analysis import Verdict
 from trtops_operator.compat import decide_pins
 from trtops_operator.conditions import finish_status, fold_transitions, invalid
@@ -90,6 +90,7 @@ def _decide(
         view.status.compute_capability_pins, observed.serving_pods, view.status.revision
     )
     builds = decide_builds(view, engine, observed, config, pins.pins)
+    retry_now, retry_later = retry_storage_faults(view, builds, observed, now)
     serving = decide_serving(view, engine, builds, observed, config, now, verdict, pins.pins)
     routing = decide_routing(engine, builds.revision, serving)
     step = decide_status(view, builds, serving, now)
@@ -98,11 +99,13 @@ def _decide(
         create=builds.create,
         adopt=builds.adopt,
         apply=serving.apply + routing.apply,
-        delete=serving.delete + routing.delete,
+        delete=serving.delete + routing.delete + [("Job", j) for j in retry_now],
         events=pins.events + builds.events + step.events,
         outcomes=builds.outcomes,
         router=routing.router,
-        requeue_after=step.requeue_after,
+        requeue_after=min(
+            (t for t in (step.requeue_after, retry_later) if t is not None), default=None
+        ),
         waiting_on=[t.job for t in builds.building],
     )
     finish_status(decision, view, step.status)

@@ -68,12 +68,15 @@ class Serving:
             for n in names
         )
 
-    def available(self, rev: str | None) -> bool:
+    def counts(self, rev: str | None) -> tuple[int, int]:
+        """(available, desired) serving pods of revision ``rev``, over its Deployments."""
         names = self.names_by_rev.get(rev or "") or []
-        return bool(names) and all(
-            (d := self.observed.deployments.get(n)) is not None and d.available >= self.replicas
+        available = sum(
+            min(d.available, self.replicas)
             for n in names
+            if (d := self.observed.deployments.get(n)) is not None
         )
+        return available, self.replicas * len(names)
 
 
 def decide_serving(

@@ -74,13 +74,17 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         if refused and refused[0].incompatible is not None
         else ""
     )
-    if serving.available(stable_now):
-        msg = f"revision {stable_now} serving"
+    # Ready is "requests are served": any available pod of the stable revision. Fewer than
+    # desired (a lost pod, a node drained within the PDB) is its own reason, not Ready=False.
+    available, desired = serving.counts(stable_now)
+    if available > 0:
+        msg = f"revision {stable_now} serving with {available}/{desired} pods available"
         if cd is not None and not serving.promoted:
             msg += f"; canary {revision} at {serving.canary_weight}%"
         elif stable_now != revision:
             msg += f"; revision {revision} not ready yet"
-        ready = cond("Ready", "True", "Serving", msg)
+        reason = "Serving" if available >= desired else "ReducedCapacity"
+        ready = cond("Ready", "True", reason, msg)
     elif failed and not stable_now:
         ready = cond("Ready", "False", "BuildFailed", built.message)
     elif refused:
@@ -93,12 +97,9 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         degraded = cond("Degraded", "True", "BuildFailed", built.message)
     elif refused:
         degraded = cond("Degraded", "True", "PlanIncompatible", refusal)
-    elif stable_now and stable_now in serving.names_by_rev and not serving.available(stable_now):
+    elif stable_now and stable_now in serving.names_by_rev and available == 0:
         degraded = cond(
-            "Degraded",
-            "True",
-            "Unavailable",
-            f"revision {stable_now} has too few available pods",
+            "Degraded", "True", "Unavailable", f"revision {stable_now} has no available pod"
         )
     else:
         degraded = cond("Degraded", "False", "AsExpected", "")
