@@ -23,7 +23,7 @@ EXPECTED_RULES = {
     ("trtops.dev", "trtengines"): {"list", "watch", "patch"},
     ("trtops.dev", "trtengines/status"): {"patch"},
     ("trtops.dev", "trtengines/finalizers"): {"update"},
-    ("batch", "jobs"): {"list", "watch", "create", "patch"},
+    ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
@@ -221,17 +221,17 @@ def test_all_namespaces_uses_a_cluster_role() -> None:
     assert rules_of(roles["t-trtops-framework"]) == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
-    assert find(docs, "Role") == []
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["t-trtops-leader-election"]
     args = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--all-namespaces" in args
 
 
 def test_watched_namespaces_get_roles_only() -> None:
     docs = render(watchNamespaces="{team-a,team-b}")
-    roles = find(docs, "Role")
+    roles = [r for r in find(docs, "Role") if r["metadata"]["name"] == "t-trtops"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(rules_of(r) == EXPECTED_RULES for r in roles)
-    bindings = find(docs, "RoleBinding")
+    bindings = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"] == "t-trtops"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert {s["namespace"] for b in bindings for s in b["subjects"]} == {"trtops-system"}
     (framework,) = find(docs, "ClusterRole")
@@ -253,7 +253,8 @@ def test_operator_deployment_defaults() -> None:
     (deployment,) = find(render(), "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Leader election makes a rolling update's overlap safe (tests/faults: two operators).
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -353,3 +354,30 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     assert "deployment.apps/t-trtops created (server dry run)" in proc.stdout
     assert "networkpolicy.networking.k8s.io/t-trtops created (server dry run)" in proc.stdout
     assert "PodSecurity" not in proc.stderr
+
+
+def test_leader_election_is_on_by_default_with_one_lease() -> None:
+    docs = render()
+    (container,) = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "--leader-election-name=t-trtops" in container["args"]
+    assert "--standalone" not in container["args"]
+    assert {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in container["env"]
+    (role,) = find(docs, "Role")
+    assert role["metadata"]["namespace"] == "trtops-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["t-trtops"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    off = render(leaderElection__enabled="false")
+    (deployment,) = find(off, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--standalone" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert find(off, "Role") == []

@@ -40,6 +40,7 @@ BASELINE: Table = {
 }
 FRAMEWORK: Table = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 NAMESPACES: Table = {("", "namespaces"): {"list", "watch"}}
+LEADER: Table = {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
 
 # What the operator must never be able to do anywhere (verb, resource).
 NEVER = [
@@ -53,7 +54,6 @@ NEVER = [
     ("create", "trtengines.trtops.dev"),
     ("delete", "trtengines.trtops.dev"),
     ("update", "trtengines.trtops.dev"),
-    ("delete", "jobs.batch"),
     ("update", "httproutes.gateway.networking.k8s.io"),
     ("create", "httproutes.gateway.networking.k8s.io"),
     ("list", "virtualservices.networking.istio.io"),
@@ -244,6 +244,7 @@ def test_operator_with_only_the_chart_rbac_reconciles_to_ready(
     sa_config = sa_kubeconfig(kubeconfig, rel, tmp_path / "sa.kubeconfig")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
     env |= {"KUBECONFIG": str(sa_config), "TRTOPS_WATCH_TIMEOUT_SECONDS": "30"}
+    env["POD_NAMESPACE"] = rel.namespace  # the downward API's value: the Lease lives there
     log_path = tmp_path / "operator.log"
     cluster = Cluster(k8s_api, namespace)
     with log_path.open("w") as log:
@@ -287,9 +288,10 @@ def test_operator_with_only_the_chart_rbac_reconciles_to_ready(
     assert [(verb, res) for verb, res in NEEDED if not can_i(rel, verb, res, namespace)] == []
     allowed = [(verb, res) for verb, res in NEVER if can_i(rel, verb, res, namespace)]
     assert allowed == []
-    # Outside the watched namespace (here: its own), only the cluster-scoped framework rules.
+    # Outside the watched namespace (here: its own), only the cluster-scoped framework rules
+    # and its Lease.
     listed, urls = can_i_table(rel, rel.namespace)
-    assert_exactly(listed, urls, merge(FRAMEWORK, NAMESPACES, BASELINE))
+    assert_exactly(listed, urls, merge(FRAMEWORK, NAMESPACES, BASELINE, LEADER))
     assert not can_i(rel, "list", "trtengines.trtops.dev", rel.namespace)
     assert not can_i(rel, "create", "jobs.batch", rel.namespace)
 

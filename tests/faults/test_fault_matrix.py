@@ -1,0 +1,222 @@
+"""The fault matrix on the local stack (see ``conftest.py``): each scenario asserts what a user
+sees: status, the exact number of Events per transition or command, the objects, the claim.
+
+Which run where (``make test`` runs every module; the opt-in ones skip unless
+``TRTOPS_FAULTS=all``, as they take minutes each on a small machine):
+
+=================================================  ========  =========================
+scenario                                           where     test
+=================================================  ========  =========================
+two operators; the leader killed mid-build          CI        test_two_operators_...
+deletion mid-build                                 CI        test_deletion_mid_build_...
+full claim, then space again                       CI        test_full_claim_...
+read-only claim, then writable again               CI        test_read_only_claim_...
+stable pod loss (1 of 2)                           CI        test_losing_one_of_two_...
+commands at awkward moments; deletion mid-canary   CI        test_commands_mid_canary_...
+operator killed mid-analysis                       opt-in    test_operator_killed_mid_...
+=================================================  ========  =========================
+
+Not here yet: Prometheus restarted with its data lost, and the API server stopped mid-step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from tests.faults.conftest import LEASE, NAME, FaultStack, wait_leader
+from tests.support import stack
+from tests.support.cluster import kubectl, wait_for
+from tests.support.volumes import fill, mount_tmpfs, remount
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
+optin = pytest.mark.skipif(
+    os.environ.get("TRTOPS_FAULTS") != "all", reason="long fault scenario: TRTOPS_FAULTS=all"
+)
+
+NO_ROLLOUT: dict[str, Any] = {"rollout": None}
+
+
+def _settle(fs: FaultStack, seconds: float = 4.0) -> None:
+    """Let queued reconciles and the watch catch up, so that a duplicate would show."""
+    time.sleep(seconds)
+
+
+def test_two_operators_one_acts_and_a_kill_mid_build_hands_over(fs: FaultStack) -> None:
+    fs.start_operator("a")
+    wait_leader(fs, "a")
+    fs.start_operator("b")  # an upgrade's overlap, or a second replica
+    fs.apply_engine(**NO_ROLLOUT, model={"uri": "models/conv-heavy.onnx"})
+    wait_for(lambda: fs.temp_folders(), timeout=120, what="the build writing into the claim")
+    fs.kill_operator("a")
+    took = wait_leader(fs, "b", timeout=30)
+    assert took <= LEASE["duration"] + 4 * LEASE["retry"] + 3  # bounded takeover
+    stack.wait_stable(fs.namespace, NAME, timeout=240)
+    _settle(fs)
+    assert len(fs.jobs()) == 1
+    assert len(fs.engine()["status"]["plans"]) == 1
+    assert fs.count("BuildStarted") == 1
+    assert fs.count(told="Built=True") == 1
+    assert fs.count(told="Ready=True") == 1
+    assert len([e for e in fs.claim_entries() if not e.startswith(".") and e != "shared"]) == 1
+    assert fs.temp_folders() == []
+    assert "became the leader" in fs.operator_log("b")
+
+
+def test_deletion_mid_build_leaves_no_temporary_folder_or_job(fs: FaultStack) -> None:
+    fs.start_operator("a")
+    fs.apply_engine(**NO_ROLLOUT, model={"uri": "models/conv-heavy.onnx"})
+    wait_for(lambda: fs.temp_folders(), timeout=120, what="the build writing into the claim")
+    kubectl("delete", "trtengine", NAME, "-n", fs.namespace, "--wait=true", "--timeout=60s")
+    # The Job goes by owner reference, its pod gets SIGTERM: the folder goes within the grace.
+    wait_for(lambda: not fs.temp_folders(), timeout=30, what="the temporary folder removed")
+    wait_for(lambda: not fs.jobs() and not fs.pods("build"), timeout=60, what="Job and pod gone")
+    assert [e for e in fs.claim_entries() if not e.startswith(".") and e != "shared"] == []
+
+
+def _claim_on_tmpfs(fs: FaultStack, size_kib: int) -> Any:
+    """Re-mount the claim as a small tmpfs holding the same models and data."""
+    saved = fs.workdir / "claim-copy"
+    import shutil
+
+    shutil.copytree(fs.claim, saved)
+    mount = mount_tmpfs(fs.claim, size_kib)
+    mount.__enter__()
+    shutil.copytree(saved, fs.claim, dirs_exist_ok=True)
+    return mount
+
+
+def _storage_fault_then_recovery(fs: FaultStack, reason: str, fault: Any, heal: Any) -> None:
+    fs.start_operator("a")
+    fault()
+    fs.apply_engine(**NO_ROLLOUT)
+    wait_for(
+        lambda: fs.condition("Built").get("reason") == reason,
+        timeout=120,
+        what=f"Built=False/{reason}",
+    )
+    built = fs.condition("Built")
+    assert built["status"] == "False"
+    assert "retried at" in built["message"]
+    assert fs.condition("Ready")["status"] == "False"
+    assert fs.temp_folders() == []
+    _settle(fs)
+    assert fs.count(reason) == 1  # told once, however many reconciles saw it
+    heal()
+    # Retried by itself: no Job deleted by hand, no spec change.
+    stack.wait_stable(fs.namespace, NAME, timeout=180)
+    assert fs.count("BuildStarted") == 2  # the first build and the one retry
+    assert fs.count(reason) == 1
+
+
+def test_full_claim_is_storage_full_and_retried_by_itself(fs: FaultStack) -> None:
+    mount = _claim_on_tmpfs(fs, size_kib=4096)
+    filler: list[Any] = []
+    try:
+        _storage_fault_then_recovery(
+            fs,
+            "StorageFull",
+            lambda: filler.append(fill(fs.claim, leave_kib=16)),
+            lambda: filler[0].unlink(),
+        )
+    finally:
+        if "a" in fs.operators:
+            fs.stop_operator("a")
+        mount.__exit__(None, None, None)
+
+
+def test_read_only_claim_is_storage_unwritable_and_retried_by_itself(fs: FaultStack) -> None:
+    mount = _claim_on_tmpfs(fs, size_kib=16384)
+    try:
+        _storage_fault_then_recovery(
+            fs,
+            "StorageUnwritable",
+            lambda: remount(fs.claim, "ro"),
+            lambda: remount(fs.claim, "rw"),
+        )
+    finally:
+        if "a" in fs.operators:
+            fs.stop_operator("a")
+        mount.__exit__(None, None, None)
+
+
+def test_losing_one_of_two_stable_pods_keeps_ready(fs: FaultStack) -> None:
+    fs.start_operator("a")
+    fs.apply_engine(**NO_ROLLOUT, serving__replicas=2)
+    stack.wait_stable(fs.namespace, NAME, timeout=180)
+    wait_for(lambda: fs.condition("Ready").get("reason") == "Serving", timeout=60, what="2/2")
+    assert "2/2 pods available" in fs.condition("Ready")["message"]
+    pod = fs.pods("serve")[0]
+    kubectl("delete", pod, "-n", fs.namespace, "--wait=false")
+    seen: set[tuple[str, str]] = set()
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        ready = fs.condition("Ready")
+        seen.add((ready["status"], ready["reason"]))
+        time.sleep(0.3)
+    assert ("False", "Starting") not in seen
+    assert {s for s, _ in seen} == {"True"}  # served throughout
+    wait_for(lambda: fs.condition("Ready").get("reason") == "Serving", timeout=90, what="2/2")
+    assert fs.condition("Degraded")["status"] == "False"
+    if ("True", "ReducedCapacity") in seen:
+        assert fs.count("ReducedCapacity") == 1
+
+
+def _canary_at_50(fs: FaultStack, analysis: bool = False) -> None:
+    """Revision 1 stable, then revision 2 (fp16) held at weight 50 by a long pause."""
+    extra: dict[str, Any] = {"rollout__steps": [{"setWeight": 50, "pauseSeconds": 3600}]}
+    if not analysis:
+        extra["rollout__analysis"] = None
+    fs.apply_engine(**extra)
+    stack.wait_stable(fs.namespace, NAME, timeout=180)
+    fs.apply_engine(**extra, build__precision="fp16")
+    wait_for(
+        lambda: stack.route_weights(fs.namespace, NAME) == {NAME: 50, f"{NAME}-canary": 50},
+        timeout=240,
+        what="the canary at weight 50",
+    )
+
+
+def test_commands_mid_canary_apply_once_and_deletion_cleans_the_route(fs: FaultStack) -> None:
+    fs.start_operator("a")
+    _canary_at_50(fs)
+    steps = fs.count("CanaryStep")
+    fs.annotate("resume")  # not paused: nothing to resume, nothing told
+    fs.annotate("pause")
+    wait_for(lambda: fs.engine()["status"]["canary"].get("paused"), timeout=30, what="paused")
+    fs.annotate("pause")  # already paused
+    _settle(fs)
+    assert fs.count("Paused") == 1
+    fs.annotate("resume")
+    wait_for(lambda: not fs.engine()["status"]["canary"].get("paused"), timeout=30, what="resume")
+    _settle(fs)
+    assert fs.count("Resumed") == 1
+    assert fs.count("CanaryStep") == steps  # resuming does not restart the step
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 50, f"{NAME}-canary": 50}
+
+    kubectl("delete", "trtengine", NAME, "-n", fs.namespace, "--wait=true", "--timeout=60s")
+    route = kubectl("get", "httproute", NAME, "-n", fs.namespace, "-o", "json")
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}, route
+    wait_for(lambda: not fs.pods("serve"), timeout=60, what="serving pods gone")
+
+
+@optin
+def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
+    fs.start_operator("a")
+    wait_leader(fs, "a")
+    fs.start_operator("b")
+    _canary_at_50(fs, analysis=True)
+    fs.kill_operator("a")
+    wait_leader(fs, "b")
+    fs.annotate("promote")
+    wait_for(
+        lambda: (fs.engine()["status"].get("canary") or {}).get("phase") == "Promoted",
+        timeout=180,
+        what="promoted",
+    )
+    _settle(fs)
+    assert fs.count("PromoteRequested") == 1
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}
