@@ -23,6 +23,7 @@ import pytest
 from tests.support import stack
 from tests.support.cluster import kubectl, stop_process, wait_for
 from tests.support.node_agent_process import NodeAgentHandle
+from tests.support.prometheus import Prometheus
 
 # Short leases keep takeovers quick in tests; the ratios are client-go's (15 / 10 / 2 s).
 LEASE = {"duration": 4.0, "deadline": 3.0, "retry": 0.5}
@@ -36,6 +37,7 @@ class FaultStack:
     prometheus_url: str
     claim: Path
     workdir: Path
+    prometheus: Prometheus
     operators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     # -- operators --
@@ -193,7 +195,7 @@ def fs(
     claim = node_agent.create_claim(namespace, "plans")
     prom = prometheus({}, discover_pods=True)
     stack.apply(namespace, stack.http_route_manifest(NAME))
-    fs = FaultStack(namespace, node_agent, prom.url, claim, tmp_path)
+    fs = FaultStack(namespace, node_agent, prom.url, claim, tmp_path, prom)
     try:
         yield fs
     finally:

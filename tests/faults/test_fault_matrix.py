@@ -14,9 +14,10 @@ read-only claim, then writable again               CI        test_read_only_clai
 stable pod loss (1 of 2)                           CI        test_losing_one_of_two_...
 commands at awkward moments; deletion mid-canary   CI        test_commands_mid_canary_...
 operator killed mid-analysis                       opt-in    test_operator_killed_mid_...
+Prometheus restarted with its data lost            opt-in    test_prometheus_restart_...
 =================================================  ========  =========================
 
-Not here yet: Prometheus restarted with its data lost, and the API server stopped mid-step.
+Not here yet: the API server stopped mid-step.
 """
 
 from __future__ import annotations
@@ -220,3 +221,33 @@ def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
     _settle(fs)
     assert fs.count("PromoteRequested") == 1
     assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}
+
+
+@optin
+def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> None:
+    import shutil
+
+    from tests.support.gateway import start_gateway
+
+    fs.start_operator("a")
+    _canary_at_50(fs, analysis=True)
+    with start_gateway(httproute=f"{fs.namespace}/{NAME}", log_dir=fs.workdir) as url:
+        stack.wait_for_backend(url)
+        with stack.traffic(url, NAME, fs.claim / "data" / "request.npz", fs.workdir, seconds=600):
+
+            def canary() -> dict[str, Any]:
+                return dict(fs.engine()["status"].get("canary") or {})
+
+            wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=120, what="Passed")
+            fs.prometheus.stop()
+            shutil.rmtree(fs.prometheus.workdir / "data")
+            fs.prometheus.start()
+            # No data for a while: the step holds, nothing rolls back, and it is told once.
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                assert canary()["phase"] == "Progressing"
+                assert stack.route_weights(fs.namespace, NAME) == {NAME: 50, f"{NAME}-canary": 50}
+                time.sleep(1)
+            wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=120, what="again")
+    assert fs.count("RolledBack") == 0
+    assert fs.count("AnalysisInconclusive") <= 1
