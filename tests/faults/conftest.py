@@ -44,7 +44,7 @@ class FaultStack:
 
     def start_operator(self, ident: str) -> subprocess.Popen[bytes]:
         """``python -m trtops_operator -n NS`` with leader election (the default) as ``ident``."""
-        log = (self.workdir / f"operator-{ident}.log").open("ab")
+        path = self.workdir / f"operator-{ident}.log"
         env = {
             **os.environ,
             "TRTOPS_WATCH_TIMEOUT_SECONDS": "5",
@@ -54,23 +54,24 @@ class FaultStack:
             "TRTOPS_LEASE_RETRY_SECONDS": str(LEASE["retry"]),
         }
         env.pop("POD_NAMESPACE", None)  # the Lease lives in the watched namespace
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trtops_operator",
-                "-n",
-                self.namespace,
-                "--metrics-port",
-                "0",
-                "--liveness",
-                "",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        with path.open("ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trtops_operator",
+                    "-n",
+                    self.namespace,
+                    "--metrics-port",
+                    "0",
+                    "--liveness",
+                    "",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.operators[ident] = proc
         return proc
 
@@ -193,6 +194,7 @@ def fs(
     tmp_path: Path,
 ) -> Iterator[FaultStack]:
     claim = node_agent.create_claim(namespace, "plans")
+    stack.fill_claim(claim)
     prom = prometheus({}, discover_pods=True)
     stack.apply(namespace, stack.http_route_manifest(NAME))
     fs = FaultStack(namespace, node_agent, prom.url, claim, tmp_path, prom)
@@ -207,7 +209,7 @@ def fs(
                 print(f"--- operator {ident} (tail) ---\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def wait_leader(fs: FaultStack, ident: str, timeout: float = 30) -> float:
+def wait_leader(fs: FaultStack, ident: str, timeout: float = 120) -> float:
     """Seconds until ``ident`` holds the Lease."""
     start = time.monotonic()
     wait_for(lambda: fs.lease_holder() == ident, timeout=timeout, what=f"{ident} to lead")
