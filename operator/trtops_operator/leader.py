@@ -219,7 +219,9 @@ class Elector:
         while True:
             try:
                 await asyncio.to_thread(self.try_acquire_or_renew)
-            except (ApiException, HTTPError, OSError) as exc:
+            except ApiException as exc:
+                log.warning("could not renew %s: %s %s", where, exc.status, exc.reason)
+            except (HTTPError, OSError) as exc:
                 log.warning("could not renew %s: %s", where, exc)
             leading = self.leading
             if leading and not was_leading:

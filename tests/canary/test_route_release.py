@@ -91,17 +91,25 @@ def test_virtualservice_release_gives_the_canary_share_back() -> None:
 
 @pytest.mark.cluster
 def test_release_on_the_api_server(k8s_api: Any, namespace: str) -> None:
-    create_route(k8s_api, namespace, copy.deepcopy(MID_CANARY))
+    # The route opts in to engine "resnet" (test_router_io's OPT_IN), whose Services these are.
+    rules = copy.deepcopy(MID_CANARY)
+    for rule in rules:
+        for ref in rule["backendRefs"]:
+            ref["name"] = ref["name"].replace("conv", "resnet")
+    create_route(k8s_api, namespace, rules)
     io = RouterIO(k8s_api)
-    assert io.release("gatewayAPI", namespace, "resnet", "conv", OWNED)
-    rules = read(k8s_api, HTTPROUTE, namespace)["spec"]["rules"]
-    assert [[r["name"] for r in rule["backendRefs"]] for rule in rules] == [
-        ["conv"],
+    owned = ("resnet", "resnet-canary")
+    assert not io.release("gatewayAPI", namespace, "resnet", "conv", OWNED)  # not opted in
+    assert io.release("gatewayAPI", namespace, "resnet", "resnet", owned)
+    after = read(k8s_api, HTTPROUTE, namespace)["spec"]["rules"]
+    assert [[r["name"] for r in rule["backendRefs"]] for rule in after] == [
+        ["resnet"],
         ["legacy"],
         ["debug"],
     ]
-    assert rules[0]["filters"] == [HEADER_FILTER]
-    assert rules[1]["backendRefs"][0]["weight"] == 50
+    assert after[0]["filters"] == [HEADER_FILTER]
+    assert after[0]["backendRefs"][0]["weight"] == 100
+    assert after[1]["backendRefs"][0]["weight"] == 50
     # Once more: nothing to write; a route deleted meanwhile is not an error either.
-    assert not io.release("gatewayAPI", namespace, "resnet", "conv", OWNED)
-    assert not io.release("gatewayAPI", namespace, "gone", "conv", OWNED)
+    assert not io.release("gatewayAPI", namespace, "resnet", "resnet", owned)
+    assert not io.release("gatewayAPI", namespace, "gone", "resnet", owned)

@@ -50,9 +50,7 @@ def test_two_operators_one_acts_and_a_kill_mid_build_hands_over(fs: FaultStack) 
     fs.start_operator("a")
     wait_leader(fs, "a")
     fs.start_operator("b")  # an upgrade's overlap, or a second replica
-    wait_for(
-        lambda: "campaigning for Lease" in fs.operator_log("b"), timeout=120, what="b started"
-    )
+    wait_for(lambda: "campaigning for Lease" in fs.operator_log("b"), timeout=120, what="b started")
     fs.apply_engine(**NO_ROLLOUT, model={"uri": "models/conv-heavy.onnx"})
     wait_for(lambda: fs.temp_folders(), timeout=120, what="the build writing into the claim")
     fs.kill_operator("a")

@@ -178,7 +178,7 @@ def test_default_scope_is_the_release_namespace_and_cluster_wide_is_opt_in() -> 
     docs = render()
     assert find(docs, "ClusterRole")[0]["metadata"]["name"] == "t-trtops-framework"
     assert len(find(docs, "ClusterRole")) == 1
-    (role,) = find(docs, "Role")
+    (role,) = find(docs, "Role", "t-trtops")
     assert role["metadata"]["namespace"] == "trtops-system"
     assert rules_of(role) == EXPECTED_RULES
     args = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -365,7 +365,7 @@ def test_leader_election_is_on_by_default_with_one_lease() -> None:
         "name": "POD_NAMESPACE",
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
     } in container["env"]
-    (role,) = find(docs, "Role")
+    (role,) = find(docs, "Role", "t-trtops-leader-election")
     assert role["metadata"]["namespace"] == "trtops-system"
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
@@ -380,4 +380,4 @@ def test_leader_election_is_on_by_default_with_one_lease() -> None:
     (deployment,) = find(off, "Deployment")
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "--standalone" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert find(off, "Role") == []
+    assert find(off, "Role", "t-trtops-leader-election") == []

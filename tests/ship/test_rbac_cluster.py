@@ -254,6 +254,7 @@ def test_operator_with_only_the_chart_rbac_reconciles_to_ready(
                 "-m",
                 "trtops_operator",
                 f"--namespace={namespace}",
+                f"--leader-election-name={rel.sa}",  # as the chart passes it (its full name)
                 "--metrics-port=0",
                 "--liveness=",
             ],
