@@ -8,11 +8,11 @@ Which run where (``make test`` runs every module; the opt-in ones skip unless
 scenario                                           where     test
 =================================================  ========  =========================
 two operators; the leader killed mid-build          CI        test_two_operators_...
-deletion mid-build                                 CI        test_deletion_mid_build_...
-full claim, then space again                       CI        test_full_claim_...
-read-only claim, then writable again               CI        test_read_only_claim_...
-stable pod loss (1 of 2)                           CI        test_losing_one_of_two_...
-commands at awkward moments; deletion mid-canary   CI        test_commands_mid_canary_...
+deletion mid-build                                 opt-in    test_deletion_mid_build_...
+full claim, then space again                       opt-in    test_full_claim_...
+read-only claim, then writable again               opt-in    test_read_only_claim_...
+stable pod loss (1 of 2)                           opt-in    test_losing_one_of_two_...
+commands at awkward moments; deletion mid-canary   opt-in    test_commands_mid_canary_...
 operator killed mid-analysis                       opt-in    test_operator_killed_mid_...
 Prometheus restarted with its data lost            opt-in    test_prometheus_restart_...
 =================================================  ========  =========================
@@ -69,6 +69,7 @@ def test_two_operators_one_acts_and_a_kill_mid_build_hands_over(fs: FaultStack) 
     assert "became the leader" in fs.operator_log("b")
 
 
+@optin
 def test_deletion_mid_build_leaves_no_temporary_folder_or_job(fs: FaultStack) -> None:
     fs.start_operator("a")
     fs.apply_engine(**NO_ROLLOUT, model={"uri": "models/conv-heavy.onnx"})
@@ -115,6 +116,7 @@ def _storage_fault_then_recovery(fs: FaultStack, reason: str, fault: Any, heal: 
     assert fs.count(reason) == 1
 
 
+@optin
 def test_full_claim_is_storage_full_and_retried_by_itself(fs: FaultStack) -> None:
     mount = _claim_on_tmpfs(fs, size_kib=4096)
     filler: list[Any] = []
@@ -131,6 +133,7 @@ def test_full_claim_is_storage_full_and_retried_by_itself(fs: FaultStack) -> Non
         mount.__exit__(None, None, None)
 
 
+@optin
 def test_read_only_claim_is_storage_unwritable_and_retried_by_itself(fs: FaultStack) -> None:
     mount = _claim_on_tmpfs(fs, size_kib=16384)
     try:
@@ -146,6 +149,7 @@ def test_read_only_claim_is_storage_unwritable_and_retried_by_itself(fs: FaultSt
         mount.__exit__(None, None, None)
 
 
+@optin
 def test_losing_one_of_two_stable_pods_keeps_ready(fs: FaultStack) -> None:
     fs.start_operator("a")
     fs.apply_engine(**NO_ROLLOUT, serving__replicas=2)
@@ -183,6 +187,7 @@ def _canary_at_50(fs: FaultStack, analysis: bool = False) -> None:
     )
 
 
+@optin
 def test_commands_mid_canary_apply_once_and_deletion_cleans_the_route(fs: FaultStack) -> None:
     fs.start_operator("a")
     _canary_at_50(fs)
