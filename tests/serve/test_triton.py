@@ -7,6 +7,7 @@ that refuse sample inputs, and Triton's unknown-model wording.
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,8 +82,8 @@ def test_unbatched_model_config_has_the_whole_shape(model_dir: Path, tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def one_front_end(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Statistics are each front end's own counts: one front end answers for the whole server."""
+def two_front_ends(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Two front ends: whichever answers, the statistics count both."""
     s = start_server(
         tmp_path_factory.mktemp("stats"),
         "--model",
@@ -94,14 +95,14 @@ def one_front_end(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--max-batch-size",
         "8",
         "--front-ends",
-        "1",
+        "2",
     )
     yield s
     assert s.stop() == 0
 
 
-def test_statistics_count_what_the_server_did(one_front_end: Server) -> None:
-    server = one_front_end
+def test_statistics_count_what_the_server_did(two_front_ends: Server) -> None:
+    server = two_front_ends
     http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
     grpc_ = grpcclient.InferenceServerClient(server.grpc)
 
@@ -110,15 +111,18 @@ def test_statistics_count_what_the_server_did(one_front_end: Server) -> None:
         return entry  # type: ignore[no-any-return]
 
     before = stats()
-    for rows in (1, 2, 3):
+    # 15 new connections: the kernel spreads them over both front ends (all on one: 2^-14)
+    for rows in (1, 2, 3, *[1] * 12):
         assert requests.post(server.infer_url(), json=infer_body(conv_input(rows)), timeout=10).ok
     assert requests.post(server.infer_url(), json={"inputs": 1}, timeout=10).status_code == 400
-    after = stats()
+    deadline = time.monotonic() + 10  # each front end publishes its counts once a second
+    while (after := stats())["inference_count"] != before["inference_count"] + 18:  # type: ignore[operator]
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
     assert (after["name"], after["version"]) == ("conv", "r1")
-    assert after["inference_count"] - before["inference_count"] == 6  # type: ignore[operator]
-    assert after["execution_count"] - before["execution_count"] == 3  # type: ignore[operator]
+    assert after["execution_count"] - before["execution_count"] == 15  # type: ignore[operator]
     done, was = after["inference_stats"], before["inference_stats"]
-    assert done["success"]["count"] - was["success"]["count"] == 3  # type: ignore[index]
+    assert done["success"]["count"] - was["success"]["count"] == 15  # type: ignore[index]
     assert done["fail"]["count"] - was["fail"]["count"] == 1  # type: ignore[index]
     assert done["compute_infer"]["ns"] > was["compute_infer"]["ns"]  # type: ignore[index]
     sizes = {b["batch_size"] for b in after["batch_stats"]}  # type: ignore[attr-defined]

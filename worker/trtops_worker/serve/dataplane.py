@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +26,8 @@ from .backend import Backend, LoadedBackend, load_onnxruntime
 from .batching import Batcher, batch_key
 from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
-from .metrics import ServeMetrics
+from .frontends import FRONT_END_ENV, MULTIPROC_ENV
+from .metrics import ServeMetrics, merge_model_stats
 from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec
 
 __all__ = ["DataPlane", "ServeConfig"]
@@ -39,6 +42,16 @@ _JSON_BYTES_PER_ELEMENT = 32
 _MIN_BODY_BYTES = 4 << 20
 _DEFAULT_BODY_BYTES = 32 << 20
 _MAX_BODY_BYTES = 1 << 30
+
+_STATS_PREFIX = "triton-stats-"
+
+
+def _shared_folder() -> Path | None:
+    """The front ends' shared folder (serve/frontends.py), when this process is one of them."""
+    if FRONT_END_ENV in os.environ and MULTIPROC_ENV in os.environ:
+        return Path(os.environ[MULTIPROC_ENV])
+    return None
+
 
 Decoder = Callable[[Sequence[TensorSpec], Sequence[str]], InferRequest]
 
@@ -76,6 +89,7 @@ class DataPlane:
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
         self.warmup_status = "pending"  # done | off | skipped: why (model metadata and the log)
+        self._publisher: asyncio.Task[None] | None = None
         metrics.set_backend(self._backend.name, fallback=self._fallback_reason is not None)
         batchable = all(
             s.shape and s.shape[0] == -1 for s in (*self._backend.inputs, *self._backend.outputs)
@@ -95,6 +109,8 @@ class DataPlane:
     async def start(self) -> None:
         """Start the batcher and warm the backend up; ready only afterwards."""
         self.batcher.start()
+        if _shared_folder() is not None:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_statistics())
         await asyncio.get_running_loop().run_in_executor(None, self.warmup)
         self._loaded = self._ready = True
         log.info(
@@ -132,6 +148,8 @@ class DataPlane:
     async def close(self) -> None:
         """Finish queued requests, then release the backend (after the transports have stopped)."""
         self._ready = False
+        if self._publisher is not None:
+            self._publisher.cancel()
         await self.batcher.close()
         self._backend.close()
 
@@ -246,12 +264,36 @@ class DataPlane:
         return max(_MIN_BODY_BYTES, min(_MAX_BODY_BYTES, wanted))
 
     def model_statistics(self, name: str = "", version: str | None = None) -> dict[str, Any]:
-        """Triton's statistics extension from this process's counters (every model when
-        ``name`` is empty: the one served)."""
+        """Triton's statistics extension from the server's counters (every model when ``name``
+        is empty: the one served). With several front ends, every front end's counts: each
+        publishes its own to the shared folder at least once a second (and the one answering,
+        right now), and the answer adds them up."""
         if name:
             self._check(name, version)
-        stats = self.metrics.statistics.as_json(self.config.model_name, self.config.version)
-        return {"model_stats": [stats]}
+        own = self._own_statistics()
+        folder = _shared_folder()
+        if folder is None:
+            return {"model_stats": [own]}
+        entries = []
+        for path in sorted(folder.glob(f"{_STATS_PREFIX}*.json")):
+            with contextlib.suppress(OSError, ValueError):  # a front end writing it right now
+                entries.append(json.loads(path.read_text()))
+        return {"model_stats": [merge_model_stats(entries or [own])]}
+
+    def _own_statistics(self) -> dict[str, Any]:
+        own = self.metrics.statistics.as_json(self.config.model_name, self.config.version)
+        folder = _shared_folder()
+        if folder is not None:
+            path = folder / f"{_STATS_PREFIX}{os.environ[FRONT_END_ENV]}.json"
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(own))
+            temporary.replace(path)  # readers never see half a file
+        return own
+
+    async def _publish_statistics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._own_statistics()
 
     # -- inference -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ new series appear with ``backend="onnxruntime"`` and ``trtops_backend_fallback``
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["LATENCY_BUCKETS", "Labels", "ServeMetrics", "Statistics"]
+__all__ = ["LATENCY_BUCKETS", "Labels", "ServeMetrics", "Statistics", "merge_model_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,30 @@ class Statistics:
                     for size, d in sorted(self.batches.items())
                 ],
             }
+
+
+def merge_model_stats(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several processes' ``model_stats`` entries (same model) as one: counts and durations add
+    up, ``last_inference`` is the latest (the server's front ends answer as one server)."""
+    merged = json.loads(json.dumps(entries[0]))  # a deep copy of plain JSON
+    batches = {b["batch_size"]: b for b in merged["batch_stats"]}
+    for entry in entries[1:]:
+        merged["last_inference"] = max(merged["last_inference"], entry["last_inference"])
+        for key in ("inference_count", "execution_count"):
+            merged[key] += entry[key]
+        for key, value in entry["inference_stats"].items():
+            for part in ("count", "ns"):
+                merged["inference_stats"][key][part] += value[part]
+        for batch in entry["batch_stats"]:
+            mine = batches.get(batch["batch_size"])
+            if mine is None:
+                batches[batch["batch_size"]] = json.loads(json.dumps(batch))
+                continue
+            for key in ("compute_input", "compute_infer", "compute_output"):
+                for part in ("count", "ns"):
+                    mine[key][part] += batch[key][part]
+    merged["batch_stats"] = [batches[size] for size in sorted(batches)]
+    return merged  # type: ignore[no-any-return]
 
 
 class ServeMetrics:
