@@ -102,18 +102,22 @@ class OperatorConfig(BaseModel):
 
     @property
     def toleration_keys(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.allowed_toleration_keys.split(",") if k.strip())
+        return frozenset(_items(self.allowed_toleration_keys))
 
     @property
     def node_selector_keys(self) -> frozenset[str]:
-        keys = self.allowed_node_selector_keys.split(",")
-        return frozenset(k.strip() for k in keys if k.strip())
+        return frozenset(_items(self.allowed_node_selector_keys))
 
     @property
     def allowed_prometheus(self) -> tuple[str, ...]:
         """:attr:`prometheus_addresses` as a list."""
-        return tuple(a.strip() for a in self.prometheus_addresses.split(",") if a.strip())
+        return _items(self.prometheus_addresses)
 
     def to_env(self) -> dict[str, str]:
         """The inverse of :meth:`from_env`."""
         return {self.env_name(f): str(v) for f, v in self.model_dump().items()}
+
+
+def _items(csv: str) -> tuple[str, ...]:
+    """The non-empty items of a comma-separated setting (flags and env carry lists this way)."""
+    return tuple(item.strip() for item in csv.split(",") if item.strip())

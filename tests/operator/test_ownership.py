@@ -8,18 +8,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import pytest
-
 from tests.operator.conftest import finish_build_pod
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
+from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
+from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
 from tests.support.cluster import wait_for
-
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd", "plans_claim")]
-
-
-@pytest.fixture
-def cluster(k8s_api: Any, namespace: str) -> Cluster:
-    return Cluster(k8s_api, namespace)
 
 
 def test_a_service_of_the_same_name_is_not_taken_over_nor_collected(
