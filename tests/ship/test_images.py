@@ -163,6 +163,17 @@ def test_operator_image_reconciles_a_sample(
             "serving": {"backend": "onnxruntime"},
         },
     }
+    # The storage claim, opted in to being mounted by TrtEngine pods.
+    client.CoreV1Api(k8s_api).create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "trt-plans", "labels": {"trtops.dev/mountable": "true"}},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
     custom = client.CustomObjectsApi(k8s_api)
     custom.create_namespaced_custom_object(
         "trtops.dev", "v1alpha1", namespace, "trtengines", engine
