@@ -277,3 +277,55 @@ def test_warmup_refused_by_the_model_is_skipped_and_reported(tmp_path: Path) -> 
         assert meta["parameters"]["warmup"] == "off"
     finally:
         assert off.stop() == 0
+
+
+def _perf_analyzer() -> tuple[str, dict[str, str]] | None:
+    """NVIDIA's perf_analyzer (shipped in tritonclient's wheel) and the environment it needs:
+    libcudart.so.12 from nvidia-cuda-runtime-cu12 even for CPU-only use; None if it cannot run."""
+    import os
+    import shutil
+    import subprocess
+
+    binary = shutil.which("perf_analyzer")
+    if binary is None:
+        return None
+    env = dict(os.environ)
+    try:
+        import nvidia.cuda_runtime
+
+        lib = os.path.join(nvidia.cuda_runtime.__path__[0], "lib")
+        env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
+    except ImportError:
+        pass
+    probe = subprocess.run([binary, "--help"], capture_output=True, env=env, check=False)
+    if b"error while loading shared libraries" in probe.stderr + probe.stdout:
+        return None
+    return binary, env
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_runs_unchanged(server: Server, protocol: str) -> None:
+    """It reads the model configuration for the batch limit and input dims, then measures."""
+    import subprocess
+
+    found = _perf_analyzer()
+    if found is None:
+        pytest.skip("perf_analyzer or its shared libraries (libb64, libcudart) are missing")
+    binary, env = found
+    port = server.http_port if protocol == "http" else server.grpc_port
+    run = subprocess.run(
+        [
+            *(binary, "-m", "conv", "-u", f"127.0.0.1:{port}", "-i", protocol),
+            *("--concurrency-range", "2:2", "--measurement-mode", "count_windows"),
+            # any three windows count as stable: this is whether it runs, not a benchmark
+            *("--measurement-request-count", "30", "--stability-percentage", "999"),
+            *("--max-trials", "10"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Throughput:" in run.stdout
