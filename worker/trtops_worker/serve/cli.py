@@ -110,6 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="turn ready without running sample batches first",
     )
+    parser.add_argument(
+        "--shadow-url",
+        help="also send a share of answered requests to this OIP v2 infer URL (the candidate"
+        " revision) and export how its outputs agree (docs/experiments.md)",
+    )
+    parser.add_argument(
+        "--shadow-percent", type=float, default=0.0, help="share of requests shadowed, 0-100"
+    )
+    parser.add_argument(
+        "--shadow-queue-size", type=int, default=64, help="shadow requests waiting at most"
+    )
     parser.add_argument("--log-level", default=os.environ.get("TRTOPS_LOG_LEVEL", "INFO"))
 
 
@@ -262,7 +273,24 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         dataplane = DataPlane(config, loaded, metrics)
-        await ServingProcess(dataplane, options).run()
+        if not args.shadow_url or args.shadow_percent <= 0:
+            await ServingProcess(dataplane, options).run()
+            return
+        from .shadow import ShadowMetrics, ShadowSender, http_sender
+
+        send, close = http_sender(args.shadow_url, args.revision)
+        dataplane.shadow = ShadowSender(
+            send,
+            ShadowMetrics(args.model_name, args.revision, metrics.registry),
+            percent=args.shadow_percent,
+            queue_size=args.shadow_queue_size,
+        )
+        dataplane.shadow.start()
+        try:
+            await ServingProcess(dataplane, options).run()
+        finally:
+            await dataplane.shadow.close()
+            await close()
 
     uvloop.run(main())
     return 0

@@ -28,6 +28,7 @@ from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
 from .frontends import FRONT_END_ENV, MULTIPROC_ENV
 from .metrics import ServeMetrics, merge_model_stats
+from .shadow import ShadowSender
 from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec
 
 __all__ = ["DataPlane", "ServeConfig"]
@@ -86,6 +87,7 @@ class DataPlane:
         self._backend: Backend = loaded.backend
         self._fallback_reason = loaded.fallback_reason
         self._switch_lock = threading.Lock()
+        self.shadow: ShadowSender | None = None  # set by the server with --shadow-url
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
         self.warmup_status = "pending"  # done | off | skipped: why (model metadata and the log)
@@ -298,37 +300,58 @@ class DataPlane:
     # -- inference -------------------------------------------------------------------------
 
     async def infer(
-        self, name: str, version: str | None, decode: Decoder, started: float | None = None
+        self,
+        name: str,
+        version: str | None,
+        decode: Decoder,
+        started: float | None = None,
+        *,
+        shadow: bool = False,
     ) -> tuple[InferResponse, InferRequest]:
-        """Validate, queue, run, and account for one request; raises :class:`ServeError`."""
+        """Validate, queue, run, and account for one request; raises :class:`ServeError`.
+
+        ``shadow``: a copy another revision sent (serve/shadow.py): left out of the request
+        metrics, so it never counts in this revision's latency and error SLOs, and never
+        shadowed again. Other requests are offered to :attr:`shadow` once answered."""
         started = time.perf_counter() if started is None else started
+        if shadow:
+            response, request, _ = await self._answer(name, version, decode)
+            return response, request
         labels = self.metrics.request_started()
         outcome = "server_error"
         try:
-            with self.batcher.arriving():
-                if not self._loaded:
-                    raise NotReady("model is not loaded yet")
-                self._check(name, version)
-                backend = self._backend
-                request = decode(backend.inputs, [o.name for o in backend.outputs])
-                self._check_rows(request)
-            # no await between leaving `arriving` and queueing: the batcher never sees a gap
-            outputs = await self.batcher.submit(
-                request.inputs, self.config.request_timeout_ms / 1000
-            )
-            response = InferResponse(
-                model_name=self.config.model_name,
-                model_version=self.config.version,
-                outputs=select_outputs(outputs, request.outputs),
-                id=request.id,
-            )
+            response, request, outputs = await self._answer(name, version, decode)
             outcome = "success"
+            if self.shadow is not None:
+                self.shadow.offer(request.inputs, outputs)
             return response, request
         except ServeError as e:
             outcome = e.outcome
             raise
         finally:
             self.metrics.request_finished(labels, time.perf_counter() - started, outcome)
+
+    async def _answer(
+        self, name: str, version: str | None, decode: Decoder
+    ) -> tuple[InferResponse, InferRequest, dict[str, np.ndarray]]:
+        """Decode, check, queue and run one request: its response, the request, and every
+        output the model computed (the shadow compares them all)."""
+        with self.batcher.arriving():
+            if not self._loaded:
+                raise NotReady("model is not loaded yet")
+            self._check(name, version)
+            backend = self._backend
+            request = decode(backend.inputs, [o.name for o in backend.outputs])
+            self._check_rows(request)
+        # no await between leaving `arriving` and queueing: the batcher never sees a gap
+        outputs = await self.batcher.submit(request.inputs, self.config.request_timeout_ms / 1000)
+        response = InferResponse(
+            model_name=self.config.model_name,
+            model_version=self.config.version,
+            outputs=select_outputs(outputs, request.outputs),
+            id=request.id,
+        )
+        return response, request, outputs
 
     def _check_rows(self, request: InferRequest) -> None:
         """Refuse a request bigger than a batch (Triton's rule and wording): run whole, it

@@ -22,6 +22,7 @@ import orjson
 from .codec import decode_json_request, encode_json_response
 from .dataplane import DataPlane
 from .errors import BodyTimeout, InvalidInput, ModelNotFound, PayloadTooLarge, ServeError
+from .shadow import SHADOW_HEADER
 from .types import InferRequest, TensorSpec
 
 __all__ = ["create_app"]
@@ -39,6 +40,7 @@ _MODEL = re.compile(
 )
 _JSON = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = b"inference-header-content-length"
+_SHADOW = SHADOW_HEADER.encode()
 
 
 class _Error(Exception):
@@ -213,7 +215,8 @@ def create_app(
                 raise InvalidInput(f"malformed JSON: {e}") from None
             return decode_json_request(parsed, specs, output_names, binary)
 
-        response, request = await dataplane.infer(model, version, decode, started)
+        shadow = _header(scope, _SHADOW) is not None  # a copy of another revision's request
+        response, request = await dataplane.infer(model, version, decode, started, shadow=shadow)
         payload, raw = encode_json_response(response, request.binary_outputs)
         head = orjson.dumps(payload)
         headers = (
