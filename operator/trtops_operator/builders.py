@@ -37,6 +37,7 @@ __all__ = [
     "owner_reference",
     "policy_problem",
     "resolve_uri",
+    "shadow_url",
     "spec_hash",
     "stamped_hash",
 ]
@@ -391,6 +392,14 @@ def _serving_selector(engine: Engine) -> dict[str, str]:
     return {"trtops.dev/engine": engine.name, "trtops.dev/component": "serve"}
 
 
+def shadow_url(engine: Engine) -> str:
+    """Where stable pods send shadow requests: the ``<engine>-canary`` Service, which exists
+    during a canary only. Every revision gets the same address, so no pod restarts when a
+    canary begins or ends (worker/trtops_worker/serve/shadow.py)."""
+    host = f"{engine.name}-canary.{engine.namespace}.svc"
+    return f"http://{host}:{HTTP_PORT}/v2/models/{engine.model_name}/infer"
+
+
 def build_deployment(
     engine: Engine,
     plan: PlanRef,
@@ -419,6 +428,14 @@ def build_deployment(
     if serving.batching is not None:
         args += ["--max-batch-size", str(serving.batching.max_batch_size)]
         args += ["--max-queue-delay-us", str(serving.batching.max_queue_delay_microseconds)]
+    analysis = engine.spec.rollout.analysis if engine.spec.rollout else None
+    if analysis is not None and analysis.shadow is not None:
+        args += [
+            "--shadow-url",
+            shadow_url(engine),
+            "--shadow-percent",
+            f"{analysis.shadow.percent:g}",
+        ]
 
     # One Deployment per (revision, target): stable and canary run side by side, and their
     # selectors must not overlap or the two Deployments would fight over each other's pods.

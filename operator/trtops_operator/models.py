@@ -22,10 +22,12 @@ __all__ = [
     "Calibration",
     "Judge",
     "ModelSource",
+    "OutputAgreement",
     "Profile",
     "Resources",
     "RolloutSpec",
     "ServingSpec",
+    "Shadow",
     "StorageSpec",
     "Target",
     "Toleration",
@@ -307,10 +309,29 @@ class PrometheusSource(_Model):
     address: Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/@?#]+(/[^\s?#]*)?$")]
 
 
+class OutputAgreement(_Model):
+    """The least agreement of the canary's outputs with stable's on shadow requests
+    (``docs/experiments.md``): ``cosine``, the mean cosine similarity of output rows;
+    ``top1``, the share of positions whose arg-max agrees. The worst output decides."""
+
+    cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    top1: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
 class Slo(_Model):
     p99_latency_ms: Annotated[float, Field(gt=0, le=600000)] | None = None
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = None
     max_latency_ratio_to_stable: Annotated[float, Field(ge=1, le=100)] | None = None
+    min_output_agreement: OutputAgreement | None = None
+
+
+class Shadow(_Model):
+    """A ``percent`` of the requests stable answers are also sent to the canary and the
+    outputs compared (``docs/experiments.md``); ``minSamples``: output rows compared before
+    ``slo.minOutputAgreement`` is judged."""
+
+    percent: Annotated[float, Field(gt=0, le=100)]
+    min_samples: Annotated[int, Field(ge=1, le=1000000000)] = 50
 
 
 class Judge(_Model):
@@ -331,6 +352,19 @@ class Analysis(_Model):
     insufficient_data_deadline_seconds: Annotated[int, Field(ge=10, le=86400)] | None = None
     slo: Slo | None = None
     judge: Judge = Judge()
+    shadow: Shadow | None = None
+
+    @model_validator(mode="after")
+    def _agreement_needs_shadow(self) -> Analysis:
+        if self.slo and self.slo.min_output_agreement and self.shadow is None:
+            raise ValueError(AGREEMENT_NEEDS_SHADOW)
+        return self
+
+
+AGREEMENT_NEEDS_SHADOW = (
+    "spec.rollout.analysis.slo.minOutputAgreement needs spec.rollout.analysis.shadow: outputs"
+    " are compared on shadow requests only; add shadow: {percent: 10}"
+)
 
 
 ANALYSIS_NEEDS_WEIGHT = (

@@ -34,11 +34,18 @@ def decide_routing(engine: builders.Engine, revision: str, serving: Serving) -> 
             engine, revision=(serving.stable_revision or revision) if pinned else None
         )
         services = [main]
-        if pinned and serving.in_canary:
+        # the shadow's address (builders.shadow_url) too, whatever the router
+        shadow = (
+            spec.rollout is not None
+            and spec.rollout.analysis is not None
+            and (spec.rollout.analysis.shadow is not None)
+        )
+        with_canary_svc = (pinned or shadow) and serving.in_canary
+        if with_canary_svc:
             services.append(builders.build_service(engine, revision=revision, name=canary_svc))
         for svc in services:
             apply_if_changed(out.apply, svc, observed.services.get(svc["metadata"]["name"]))
-        if canary_svc in observed.services and not (pinned and serving.in_canary):
+        if canary_svc in observed.services and not with_canary_svc:
             out.delete.append(("Service", canary_svc))
         if pinned and spec.rollout is not None:
             router = spec.rollout.traffic_router

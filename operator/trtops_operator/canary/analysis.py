@@ -20,10 +20,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from trtops_operator.canary.judge import error_increase, histogram_quantile, median_ratio
-from trtops_operator.models import Judge, Slo
+from trtops_operator.models import Judge, OutputAgreement, Slo
 
 __all__ = [
     "MIN_WINDOW_SECONDS",
+    "AgreementQueries",
+    "AgreementSample",
     "Breach",
     "Check",
     "InconclusiveReason",
@@ -33,6 +35,7 @@ __all__ = [
     "Selector",
     "Verdict",
     "VerdictKind",
+    "agreement_queries",
     "evaluate",
     "promql_string",
     "queries",
@@ -115,6 +118,111 @@ def queries(selector: Selector, window: int) -> Queries:
 
 
 OUTCOMES = ("success", "client_error", "server_error", "rejected")
+
+# Shadow agreement, exported by the stable pods (``trtops_worker.serve.shadow``): ``revision``
+# is stable's, ``candidate_revision`` the canary's.
+SHADOW_COSINE = "trtops_shadow_cosine"
+SHADOW_TOP1_COMPARED = "trtops_shadow_top1_compared_total"
+SHADOW_TOP1_AGREED = "trtops_shadow_top1_agreed_total"
+
+
+@dataclass(frozen=True)
+class AgreementQueries:
+    """Four instant queries, each answering a vector keyed by ``output``."""
+
+    cosine_sum: str
+    cosine_count: str
+    top1_compared: str
+    top1_agreed: str
+
+
+def agreement_queries(stable: Selector, canary_revision: str, window: int) -> AgreementQueries:
+    """How the canary's outputs agreed with stable's over the last ``window`` seconds, summed
+    over stable's pods: cosine sums and row counts, top-1 positions compared and agreed."""
+    pair = Selector(
+        stable.model, stable.revision, {**stable.extra, "candidate_revision": canary_revision}
+    )
+    w = f"{pair.matchers()}[{int(window)}s]"
+
+    def q(metric: str) -> str:
+        return f"sum by (output) (increase({metric}{w}))"
+
+    return AgreementQueries(
+        q(SHADOW_COSINE + "_sum"),
+        q(SHADOW_COSINE + "_count"),
+        q(SHADOW_TOP1_COMPARED),
+        q(SHADOW_TOP1_AGREED),
+    )
+
+
+@dataclass(frozen=True)
+class AgreementSample:
+    """Per output, over one window: ``rows`` compared, their cosine sum, and top-1 positions
+    compared and agreed (from ``increase()``, so not necessarily whole)."""
+
+    rows: Mapping[str, float] = field(default_factory=dict)
+    cosine_sum: Mapping[str, float] = field(default_factory=dict)
+    top1_compared: Mapping[str, float] = field(default_factory=dict)
+    top1_agreed: Mapping[str, float] = field(default_factory=dict)
+
+    def cosine(self) -> tuple[str, float] | None:
+        """The output with the lowest mean cosine, and that mean (None: no row compared)."""
+        # increase() extrapolates sum and count separately: a ratio can pass 1 by a hair
+        means = [
+            (min(self.cosine_sum.get(o, 0.0) / n, 1.0), o) for o, n in self.rows.items() if n > 0
+        ]
+        return (min(means)[1], min(means)[0]) if means else None
+
+    def top1(self) -> tuple[str, float] | None:
+        """The output with the lowest top-1 agreement, and that share (None: none compared)."""
+        rates = [
+            (min(self.top1_agreed.get(o, 0.0) / n, 1.0), o)
+            for o, n in self.top1_compared.items()
+            if n > 0
+        ]
+        return (min(rates)[1], min(rates)[0]) if rates else None
+
+    @property
+    def samples(self) -> float:
+        return min(self.rows.values(), default=0.0)
+
+
+def _agreement_check(sample: AgreementSample, want: OutputAgreement, min_samples: int) -> Check:
+    """A point estimate against a floor, once ``min_samples`` rows of every output were
+    compared: agreement is a property of the two models on these inputs, not a noisy
+    latency, and shadow rows are many, so no bounds are drawn (docs/experiments.md)."""
+    n = _n(sample.samples)
+    base = Check("outputAgreement", "InsufficientData", "", n, n)
+    if n < min_samples:
+        return replace(
+            base,
+            message=f"output agreement not judged: {n} shadow rows compared, fewer than"
+            f" shadow.minSamples {min_samples}",
+        )
+    passed: list[str] = []
+    failed: list[str] = []
+    worst: tuple[float, float] | None = None  # (measured, floor): the first failing, else first
+    for field_name, what, got, floor in (
+        ("cosine", "mean cosine", sample.cosine(), want.cosine),
+        ("top1", "top-1 agreement", sample.top1(), want.top1),
+    ):
+        if floor is None:
+            continue
+        if got is None:
+            passed.append(f"{what}: no output to compare")
+            continue
+        output, value = got
+        text = f"output {output!r} {what} {value:.4f}"
+        if value < floor:
+            failed.append(f"{text} < minOutputAgreement.{field_name} {floor:g}")
+            worst = worst if worst and worst[0] < worst[1] else (value, floor)
+        else:
+            passed.append(f"{text} >= {floor:g}")
+            worst = worst or (value, floor)
+    effect, threshold = worst if worst else (None, None)
+    result: CheckResult = "Failed" if failed else "Passed"
+    message = "; ".join(failed or passed) + f" over {n} shadow rows"
+    return replace(base, result=result, message=message, effect=effect, threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -237,7 +345,7 @@ class Breach:
         return cls(str(data["slo"]), data.get("measured"), float(data["threshold"]))
 
 
-CheckName = Literal["successes", "latency", "serverErrors", "clientErrors"]
+CheckName = Literal["successes", "latency", "serverErrors", "clientErrors", "outputAgreement"]
 CheckResult = Literal["Passed", "Failed", "InsufficientData"]
 
 
@@ -395,13 +503,17 @@ def evaluate(
     judge: Judge,
     min_requests: int,
     stable_note: str = "no stable revision to compare with",
+    agreement: AgreementSample | None = None,
+    min_shadow_samples: int = 50,
 ) -> Verdict:
     """Judge the canary's window against stable's (None: nothing to compare with, and
     ``stable_note`` says why). Order: canary evidence, then a canary that answered nothing
     well (Failed, catastrophic), absolute SLOs, catastrophic error rates, then the comparisons,
     each needing ``min_requests`` on both sides. Failed beats InsufficientData beats Passed.
     Fewer than ``min_requests`` canary requests is InsufficientData, never a failure here (the
-    state machine owns the deadline)."""
+    state machine owns the deadline). ``agreement``: the shadow comparison of the canary's
+    outputs with stable's, judged against ``slo.minOutputAgreement`` once every output has
+    ``min_shadow_samples`` rows."""
     cm = canary.metrics()
     sm = stable.metrics() if stable is not None else None
     need = max(min_requests, 1)
@@ -484,6 +596,8 @@ def evaluate(
         ):
             if c is not None:
                 checks.append(c)
+    if agreement is not None and slo is not None and slo.min_output_agreement is not None:
+        checks.append(_agreement_check(agreement, slo.min_output_agreement, min_shadow_samples))
 
     stable_client = (stable.client_errors / stable.requests) if stable and stable.requests else 0.0
     excess_client = (cm.client_error_rate or 0.0) - stable_client

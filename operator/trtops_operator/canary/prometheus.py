@@ -30,10 +30,12 @@ import aiohttp
 
 from trtops_operator.canary.analysis import (
     MIN_WINDOW_SECONDS,
+    AgreementSample,
     InconclusiveReason,
     RevisionSample,
     Selector,
     Verdict,
+    agreement_queries,
     evaluate,
     queries,
     window_seconds,
@@ -276,6 +278,20 @@ async def measure(client: PrometheusClient, selector: Selector, window: int) -> 
         raise PrometheusError("BadResponse", f"bucket bounds of {q.buckets}: {exc}") from exc
 
 
+async def measure_agreement(
+    client: PrometheusClient, stable: Selector, canary_revision: str, window: int
+) -> AgreementSample:
+    """How the canary's outputs agreed with stable's on shadow requests, per output."""
+    q = agreement_queries(stable, canary_revision, window)
+    rows, cos, compared, agreed = await asyncio.gather(
+        *(
+            client.query_by(x, "output")
+            for x in (q.cosine_count, q.cosine_sum, q.top1_compared, q.top1_agreed)
+        )
+    )
+    return AgreementSample(rows, cos, compared, agreed)
+
+
 async def analyse(
     analysis: Analysis,
     *,
@@ -309,10 +325,16 @@ async def analyse(
         address = check_address(analysis.prometheus.address, allowed)
         async with PrometheusClient(address, timeout_seconds=timeout_seconds) as client:
             canary_q = measure(client, Selector(model, canary_revision, extra), window)
+            agreement = None
             if stable_revision:
-                canary, stable = await asyncio.gather(
-                    canary_q, measure(client, Selector(model, stable_revision, extra), window)
-                )
+                stable_sel = Selector(model, stable_revision, extra)
+                canary, stable = await asyncio.gather(canary_q, measure(client, stable_sel, window))
+                if (
+                    analysis.shadow is not None
+                    and analysis.slo
+                    and analysis.slo.min_output_agreement
+                ):
+                    agreement = await measure_agreement(client, stable_sel, canary_revision, window)
             else:
                 canary, stable = await canary_q, None
     except PrometheusError as exc:
@@ -324,6 +346,8 @@ async def analyse(
         judge=analysis.judge,
         min_requests=analysis.min_requests,
         stable_note=stable_note,
+        agreement=agreement,
+        min_shadow_samples=analysis.shadow.min_samples if analysis.shadow else 1,
     )
 
 
