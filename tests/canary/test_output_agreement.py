@@ -210,6 +210,7 @@ def test_a_canary_that_answers_differently_fails_on_output_agreement_only(
     # scrape that saw them, so a little traffic first (in a cluster: the first scrape's worth).
     for canary in ("bad", "good"):
         send(fleet[f"stable-{canary}"], 10, 5000)
+        send(fleet[canary], 10, 6000)  # its request series too
     time.sleep(3)
     for canary in ("bad", "good"):
         send(fleet[f"stable-{canary}"], 150, 0)  # ~75 shadowed, 2 rows each
@@ -220,6 +221,9 @@ def test_a_canary_that_answers_differently_fails_on_output_agreement_only(
             "intervalSeconds": 60,
             "minRequests": 50,
             "shadow": {"percent": 50, "minSamples": 60},
+            # this machine's CPUs are shared: latency is judged in test_prometheus.py, and
+            # here only a gross slowdown may fail a canary
+            "judge": {"minLatencyEffect": 10},
             "slo": {"maxErrorRate": 0.01, "minOutputAgreement": {"cosine": 0.99, "top1": 0.95}},
         }
     )
