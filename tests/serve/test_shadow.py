@@ -70,7 +70,7 @@ async def test_a_stuck_candidate_never_blocks_and_the_queue_drops() -> None:
     one is in flight, the rest are counted as dropped."""
     never = asyncio.Event()
 
-    async def send(inputs: Mapping[str, np.ndarray], outputs: list[str]):  # type: ignore[no-untyped-def]
+    async def send(inputs: Mapping[str, np.ndarray]):  # type: ignore[no-untyped-def]
         await never.wait()
 
     registry = CollectorRegistry()
@@ -97,7 +97,7 @@ async def test_a_stuck_candidate_never_blocks_and_the_queue_drops() -> None:
 async def test_failures_pause_the_shadow_and_self_answers_are_not_compared() -> None:
     registry = CollectorRegistry()
 
-    async def down(inputs, outputs):  # type: ignore[no-untyped-def]
+    async def down(inputs):  # type: ignore[no-untyped-def]
         raise ConnectionError("no canary Service")
 
     sender = _sender(down, registry, percent=100, pause_seconds=60)
@@ -111,7 +111,7 @@ async def test_failures_pause_the_shadow_and_self_answers_are_not_compared() -> 
         == 1
     )
 
-    async def itself(inputs, outputs):  # type: ignore[no-untyped-def]
+    async def itself(inputs):  # type: ignore[no-untyped-def]
         return "stable", dict(inputs)
 
     assert await _sender(itself, CollectorRegistry(), percent=100).shadow_one(x, x) == "self"
@@ -120,7 +120,7 @@ async def test_failures_pause_the_shadow_and_self_answers_are_not_compared() -> 
 async def test_percent_samples_a_share_and_records_per_revision_pair() -> None:
     registry = CollectorRegistry()
 
-    async def candidate(inputs, outputs):  # type: ignore[no-untyped-def]
+    async def candidate(inputs):  # type: ignore[no-untyped-def]
         return "canary", {"p": np.array([[0.0, 1.0]], np.float32)}
 
     import random

@@ -36,13 +36,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .codec import decode_raw, encode_tensor
+from .codec import decode_raw
 from .types import DATATYPE_TO_NUMPY, TensorSpec
 
 __all__ = [
@@ -180,8 +179,8 @@ class ShadowMetrics:
         self.outcome("compared")
 
 
-# (inputs) -> (candidate revision, outputs); raises on any failure.
-Send = Callable[[Mapping[str, np.ndarray], list[str]], Awaitable[tuple[str, dict[str, np.ndarray]]]]
+# (inputs) -> (candidate revision, every output); raises on any failure.
+Send = Callable[[Mapping[str, np.ndarray]], Awaitable[tuple[str, dict[str, np.ndarray]]]]
 
 
 class ShadowSender:
@@ -251,7 +250,7 @@ class ShadowSender:
     async def shadow_one(self, inputs: dict[str, np.ndarray], stable: dict[str, np.ndarray]) -> str:
         """Send one request to the candidate and record the comparison; returns the outcome."""
         try:
-            revision, candidate = await self._send(inputs, list(stable))
+            revision, candidate = await self._send(inputs)
         except Exception as e:  # any failure of the candidate is counted, never raised
             log.debug("shadow request failed: %s", e)
             self._paused_until = time.monotonic() + self.pause_seconds
@@ -269,22 +268,6 @@ class ShadowSender:
             return "mismatch"
         self.metrics.record(revision, agreement)
         return "compared"
-
-
-def _encode(inputs: Mapping[str, np.ndarray], outputs: list[str]) -> tuple[bytes, int]:
-    entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for name, array in inputs.items():
-        entry, raw = encode_tensor(name, array, binary=True)
-        entries.append(entry)
-        chunks.append(raw)
-    head = orjson.dumps(
-        {
-            "inputs": entries,
-            "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in outputs],
-        }
-    )
-    return head + b"".join(chunks), len(head)
 
 
 def decode_response(body: bytes, header_length: int | None) -> tuple[str, dict[str, np.ndarray]]:
@@ -316,14 +299,14 @@ def http_sender(
     binary tensor data extension and the shadow header; and a coroutine closing its session."""
     import aiohttp  # the worker's HTTP client; imported here so the server starts without it
 
+    from trtops_worker.bench.clients import http_infer_body
+
     session: list[aiohttp.ClientSession] = []
 
-    async def send(
-        inputs: Mapping[str, np.ndarray], outputs: list[str]
-    ) -> tuple[str, dict[str, np.ndarray]]:
+    async def send(inputs: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
         if not session:
             session.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)))
-        body, head = _encode(inputs, outputs)
+        body, head = http_infer_body(dict(inputs), binary=True)  # every output as raw bytes
         headers = {
             "Inference-Header-Content-Length": str(head),
             "Content-Type": "application/octet-stream",
