@@ -657,7 +657,8 @@ def build_network_policy(engine: Engine) -> dict[str, Any]:
     """Who may connect to the engine's serving pods: inference (http, grpc) from pods of its
     namespace labelled ``trtops.dev/client`` with the engine's name (or ``"true"``: any engine)
     and from namespaces labelled ``trtops.dev/gateway: "true"`` (a Gateway, a mesh ingress);
-    the metrics port from namespaces labelled ``trtops.dev/monitoring: "true"``. Once a policy
+    the metrics port from namespaces labelled ``trtops.dev/monitoring: "true"``; with
+    ``rollout.analysis.shadow``, inference from the engine's own serving pods too. Once a policy
     selects the pods, every other connection is refused (where the CNI enforces policies)."""
     inference = [
         {
@@ -669,6 +670,10 @@ def build_network_policy(engine: Engine) -> dict[str, Any]:
         },
         {"namespaceSelector": {"matchLabels": {"trtops.dev/gateway": "true"}}},
     ]
+    analysis = engine.spec.rollout.analysis if engine.spec.rollout else None
+    if analysis is not None and analysis.shadow is not None:
+        # stable pods send shadow requests to the canary's (serve/shadow.py)
+        inference.append({"podSelector": {"matchLabels": _serving_selector(engine)}})
     policy = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

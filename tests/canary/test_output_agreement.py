@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -29,6 +30,9 @@ from trtops_operator.canary.analysis import (
 from trtops_operator.canary.prometheus import PrometheusClient, analyse, measure_agreement
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import Analysis, Judge, Slo, TrtEngineSpec
+from trtops_operator.observation import Observed
+from trtops_operator.routing import decide_routing
+from trtops_operator.serving import Serving
 from trtops_worker import samples
 
 from tests.canary.test_prometheus import wait_scraped
@@ -261,3 +265,45 @@ def test_a_canary_that_answers_differently_fails_on_output_agreement_only(
     check = next(c for c in good.checks if c.name == "outputAgreement")
     assert check.result == "Passed", check.message
     assert good.kind != "Failed", good.reason
+
+
+def _engine(router: dict[str, Any], shadow: bool) -> builders.Engine:
+    analysis: dict[str, Any] = {"prometheus": PROM}
+    if shadow:
+        analysis["shadow"] = {"percent": 10}
+    spec = {
+        "model": {"uri": "pvc://models/m.onnx"},
+        "build": {"precision": "fp16"},
+        "storage": {"claimName": "plans"},
+        "serving": {"backend": "onnxruntime"},
+        "rollout": {
+            "trafficRouter": router,
+            "steps": [{"setWeight": 10}],
+            "analysis": analysis,
+        },
+    }
+    return builders.Engine("resnet", "ml", "uid", TrtEngineSpec.model_validate(spec))
+
+
+@pytest.mark.parametrize("shadow", [True, False])
+def test_the_canary_service_exists_during_a_canary_with_shadow_whatever_the_router(
+    shadow: bool,
+) -> None:
+    engine = _engine({"replicas": {}}, shadow)
+    during = Serving(Observed(), replicas=2, wanted={"d": {}}, canary_mode=True)
+    names = [o["metadata"]["name"] for o in decide_routing(engine, "r2", during).apply]
+    assert ("resnet-canary" in names) is shadow
+    # after the canary (promoted or rolled back) it is deleted: the shadow has no target
+    after = Serving(Observed(services={"resnet-canary": "h"}), replicas=2, wanted={"d": {}})
+    assert ("Service", "resnet-canary") in decide_routing(engine, "r2", after).delete
+
+
+@pytest.mark.parametrize("shadow", [True, False])
+def test_network_policy_lets_serving_pods_shadow_to_each_other_only_with_shadow(
+    shadow: bool,
+) -> None:
+    engine = _engine({"replicas": {}}, shadow)
+    policy = builders.build_network_policy(engine)
+    peers = policy["spec"]["ingress"][0]["from"]
+    own = {"podSelector": {"matchLabels": policy["spec"]["podSelector"]["matchLabels"]}}
+    assert (own in peers) is shadow
