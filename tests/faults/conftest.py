@@ -133,6 +133,14 @@ class FaultStack:
             and (told is None or told in (e.get("message") or ""))
         )
 
+    def told(self, reason: str, name: str = NAME) -> list[str]:
+        """The messages of the Events with ``reason`` (for assertion messages)."""
+        return [
+            f"{e.get('lastTimestamp')} {e.get('message')}"
+            for e in self.events(name)
+            if e["reason"] == reason
+        ]
+
     def jobs(self) -> list[str]:
         out = kubectl("get", "jobs", "-n", self.namespace, "-o", "name", check=False)
         return out.split()
