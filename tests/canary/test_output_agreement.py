@@ -27,7 +27,12 @@ from trtops_operator.canary.analysis import (
     agreement_queries,
     evaluate,
 )
-from trtops_operator.canary.prometheus import PrometheusClient, analyse, measure_agreement
+from trtops_operator.canary.prometheus import (
+    PrometheusClient,
+    analyse,
+    measure,
+    measure_agreement,
+)
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import Analysis, Judge, Slo, TrtEngineSpec
 from trtops_operator.observation import Observed
@@ -232,13 +237,16 @@ def test_a_canary_that_answers_differently_fails_on_output_agreement_only(
         }
     )
 
-    async def rows(canary: str) -> float:
+    async def seen(canary: str) -> tuple[float, float]:
+        """Shadow rows compared, and the canary's own requests, as Prometheus has them."""
         async with PrometheusClient(prom.url) as c:
-            return (await measure_agreement(c, Selector("conv", "r1"), canary, 60)).samples
+            agreement = await measure_agreement(c, Selector("conv", "r1"), canary, 60)
+            own = await measure(c, Selector("conv", canary), 60)
+            return agreement.samples, own.requests
 
     deadline = time.monotonic() + 30
-    while min(asyncio.run(rows("bad")), asyncio.run(rows("good"))) < 60:
-        assert time.monotonic() < deadline, "shadow comparisons never reached Prometheus"
+    while not all(r >= 60 and n >= 100 for r, n in (asyncio.run(seen(c)) for c in ("bad", "good"))):
+        assert time.monotonic() < deadline, "the traffic never reached Prometheus"
         time.sleep(0.5)
 
     def judge(canary: str):  # type: ignore[no-untyped-def]
