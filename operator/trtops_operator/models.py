@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -47,9 +47,27 @@ URI_PATTERN = (
     r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[^\s/]+)?/\S+"
     r"|[A-Za-z0-9_][^\s:]*)$"
 )
-Uri = Annotated[str, Field(max_length=1024, pattern=URI_PATTERN)]
+
+
+def _no_dotdot(uri: str) -> str:
+    if ".." in uri:  # the CRD's CEL rule on every URI
+        raise ValueError("a URI must not contain '..'")
+    return uri
+
+
+Uri = Annotated[str, Field(max_length=1024, pattern=URI_PATTERN), AfterValidator(_no_dotdot)]
 Sha256 = Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")]
 SecretName = Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+# An object name (DNS subdomain), as the CRD's route references take it.
+Name = Annotated[
+    str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+]
+Quantity = Annotated[
+    str, Field(max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+]
+# What the worker's calibrator does (trtops_worker.build.precision.MODELOPT_CALIBRATION_METHODS):
+# ModelOpt offers entropy and max; a method it would silently replace is refused at admission.
+CalibrationMethod = Literal["entropy", "max"]
 # A label key ([DNS subdomain/]name) or "" (with operator Exists: every key); a label value.
 TaintKey = Annotated[
     str,
@@ -96,7 +114,7 @@ class ModelSource(_Model):
 class Calibration(_Model):
     uri: Uri
     sha256: Sha256 | None = None
-    method: Literal["entropy", "max", "percentile"] = "entropy"
+    method: CalibrationMethod = "entropy"
     max_samples: Annotated[int, Field(ge=1, le=100000)] = 512
 
     @model_validator(mode="after")
@@ -193,6 +211,22 @@ class Accuracy(_Model):
         | None
     ) = None
 
+    @model_validator(mode="after")
+    def _a_threshold(self) -> Accuracy:
+        thresholds = (
+            self.min_top1_agreement,
+            self.max_mean_abs_error,
+            self.min_cosine_similarity,
+            self.max_relative_error,
+            self.output_kinds,
+        )
+        if all(t is None for t in thresholds):
+            raise ValueError(
+                "spec.build.accuracy needs at least one of minTop1Agreement, maxMeanAbsError,"
+                " minCosineSimilarity, maxRelativeError, outputKinds"
+            )
+        return self
+
 
 class BuildSpec(_Model):
     precision: Precision = "fp16"
@@ -232,8 +266,8 @@ class Batching(_Model):
 
 
 class CpuMemory(_Model):
-    cpu: Annotated[str, Field(max_length=32)] | None = None
-    memory: Annotated[str, Field(max_length=32)] | None = None
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
 
 
 class Resources(_Model):
@@ -265,13 +299,15 @@ class ServingSpec(_Model):
     cpu_fallback: bool = False
     node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
     tolerations: Tolerations = []
-    model_name: Annotated[str, Field(max_length=128)] | None = None
+    model_name: (
+        Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] | None
+    ) = None
     batching: Batching | None = None
     resources: Resources | None = None
 
 
 class GatewayAPIRouter(_Model):
-    http_route: Annotated[str, Field(min_length=1, max_length=253)]
+    http_route: Name
 
 
 class ReplicasRouter(_Model):
@@ -279,7 +315,7 @@ class ReplicasRouter(_Model):
 
 
 class IstioRouter(_Model):
-    virtual_service: Annotated[str, Field(min_length=1, max_length=253)]
+    virtual_service: Name
     routes: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=16)] = []
 
 
@@ -302,6 +338,14 @@ class Step(_Model):
     pause_seconds: Annotated[int, Field(ge=0, le=86400)] | None = None
     pause_until_promoted: bool | None = None
 
+    @model_validator(mode="after")
+    def _one_pause(self) -> Step:
+        if self.pause_seconds is not None and self.pause_until_promoted:
+            raise ValueError(
+                "spec.rollout.steps[] sets either pauseSeconds or pauseUntilPromoted, not both"
+            )
+        return self
+
 
 class PrometheusSource(_Model):
     # The CRD's pattern: no user info, query or fragment. Which addresses may be queried is the
@@ -319,7 +363,7 @@ class OutputAgreement(_Model):
 
 
 class Slo(_Model):
-    p99_latency_ms: Annotated[float, Field(gt=0, le=600000)] | None = None
+    p99_latency_ms: Annotated[float, Field(ge=0.001, le=600000)] | None = None
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = None
     max_latency_ratio_to_stable: Annotated[float, Field(ge=1, le=100)] | None = None
     min_output_agreement: OutputAgreement | None = None
@@ -418,6 +462,10 @@ class TrtEngineSpec(_Model):
         if self.serving.backend == "onnxruntime" and self.build.precision in ("tf32", "fp8"):
             raise ValueError(
                 "spec.build.precision tf32 and fp8 exist only on spec.serving.backend tensorrt"
+            )
+        if self.serving.backend != "tensorrt" and self.serving.cpu_fallback:
+            raise ValueError(
+                "spec.serving.cpuFallback only applies to spec.serving.backend tensorrt"
             )
         return self
 
