@@ -224,6 +224,24 @@ _CONTAINER_SECURITY = {
 }
 
 
+# A failure the worker marks permanent (its inputs must change: model, calibration, config,
+# accuracy) fails the Job at once instead of spending backoffLimit on the same answer; a pod
+# evicted or preempted (DisruptionTarget) is retried without counting against backoffLimit.
+_POD_FAILURE_POLICY = {
+    "rules": [
+        {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": contract.BUILD_CONTAINER,
+                "operator": "In",
+                "values": list(contract.PERMANENT_EXIT_CODES),
+            },
+        },
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+}
+
+
 def build_job(
     engine: Engine,
     target: str | None,
@@ -298,7 +316,7 @@ def build_job(
             {"name": f"claim-{i}", "mountPath": f"{EXTRA_CLAIMS_MOUNT}/{extra}", "readOnly": True}
         )
     container: dict[str, Any] = {
-        "name": "build",
+        "name": contract.BUILD_CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["trtops-worker"],
@@ -338,6 +356,7 @@ def build_job(
         },
         "spec": {
             "backoffLimit": build.backoff_limit,
+            "podFailurePolicy": _POD_FAILURE_POLICY,
             "activeDeadlineSeconds": build.timeout_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},

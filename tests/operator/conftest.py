@@ -44,14 +44,16 @@ def trtengine_crd(k8s_api: Any) -> str:
     return name
 
 
-def finish_build_pod(k8s_api: Any, namespace: str, pod: str, result: dict[str, Any]) -> None:
+def finish_build_pod(
+    k8s_api: Any, namespace: str, pod: str, result: dict[str, Any], exit_code: int | None = None
+) -> None:
     """Write what the kubelet would: the build container terminated with ``result`` as its
-    termination message (exit code 0 when ``result["ok"]``, else 1)."""
+    termination message (exit code ``exit_code``, by default 0 when ``result["ok"]``, else 1)."""
     from kubernetes import client
 
     ok = bool(result.get("ok"))
     terminated = {
-        "exitCode": 0 if ok else 1,
+        "exitCode": (0 if ok else 1) if exit_code is None else exit_code,
         "reason": "Completed" if ok else "Error",
         "message": json.dumps(result),
         "startedAt": "2026-01-01T00:00:00Z",
