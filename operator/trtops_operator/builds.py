@@ -15,7 +15,7 @@ from typing import Any, Literal
 from trtops_operator import builders, keys
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import BuildOutcome, Event
-from trtops_operator.observation import OWNER_KEY, Observed
+from trtops_operator.observation import OWNER_KEY, Observed, Stuck
 from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
 from trtops_operator.status_model import EngineView, PlanRecord
 
@@ -33,6 +33,7 @@ class Target:
     plan: PlanRecord | None = None
     failure: BuildFailure | None = None
     note: str = ""
+    stuck: Stuck | None = None  # a building target whose pod cannot progress
 
     @property
     def label(self) -> str:
@@ -61,6 +62,11 @@ class Builds:
     @property
     def building(self) -> list[Target]:
         return [t for t in self.targets if t.state == "building"]
+
+    @property
+    def stuck(self) -> Target | None:
+        """The first building target whose pod cannot progress."""
+        return next((t for t in self.building if t.stuck is not None), None)
 
     @property
     def ready(self) -> bool:
@@ -123,6 +129,12 @@ def _observe(
         )
         return Target(product, key, job, "built", _plan(product, key, job, success.plan_fields()))
     failure = next((r for r in reversed(results) if isinstance(r, BuildFailure)), None)
+    stuck = pods[-1].stuck if pods else None
+    if stuck is not None and stuck.reason == "OOMKilled" and (obs.failed or failure is None):
+        # Killed for memory, the worker wrote no result (its log tail is not the reason).
+        failure = BuildFailure(
+            "Resources", "OOMKilled", f"build pod {pods[-1].name}: {stuck.message}"
+        )
     if obs.failed:
         if failure is None:
             failure = BuildFailure(
@@ -141,9 +153,11 @@ def _observe(
         )
         return Target(product, key, job, "failed", failure=failure)
     note = f"build Job {job} running"
-    if failure is not None:
+    if stuck is not None:
+        note = f"build pod {pods[-1].name}: {stuck.reason}: {stuck.message}"
+    elif failure is not None:
         note += f"; a previous attempt failed: {failure.reason}: {failure.message}"
-    return Target(product, key, job, "building", note=note)
+    return Target(product, key, job, "building", note=note, stuck=stuck)
 
 
 def decide_builds(

@@ -166,9 +166,11 @@ async def build_pod_changed(
 async def serving_pod_changed(
     namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Only a pod that refused its plan wakes its engine (the Deployment status tells the rest)."""
+    """A pod that refused its plan or is stuck wakes its engine (the Deployment status tells
+    the rest, recoveries included)."""
     pod = summarize_serving_pod(body)
-    if pod.incompatible is not None and pod.engine and (rt := _runtime(memo)) is not None:
+    stuck = pod.incompatible is not None or pod.stuck is not None
+    if stuck and pod.engine and (rt := _runtime(memo)) is not None:
         rt.wake(namespace or "", (pod.engine,))
 
 

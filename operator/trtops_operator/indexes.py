@@ -96,9 +96,11 @@ def pod_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Hashable, 
 
 
 def serving_pod_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Hashable, Any]:
-    """Only pods that refused their plan are kept: a healthy fleet costs no index memory."""
+    """Only pods that refused their plan or are stuck are kept: a healthy fleet costs no index
+    memory (its Deployments' status tells the rest)."""
     pod = summarize_serving_pod(body)
-    return {(namespace, pod.engine): pod} if pod.incompatible is not None else {}
+    stuck = pod.incompatible is not None or pod.stuck is not None
+    return {(namespace, pod.engine): pod} if stuck else {}
 
 
 def deployment_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Hashable, Any]:

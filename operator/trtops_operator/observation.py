@@ -29,6 +29,8 @@ __all__ = [
     "Observed",
     "PodObs",
     "ServingPodObs",
+    "Stuck",
+    "pod_stuck",
     "summarize_deployment",
     "summarize_job",
     "summarize_pod",
@@ -51,12 +53,23 @@ class JobObs:
 
 
 @dataclass(frozen=True)
+class Stuck:
+    """Why a pod cannot make progress, in the cluster's own words (``reason`` is the kubelet's
+    or scheduler's: Unschedulable, ImagePullBackOff, ErrImagePull, CrashLoopBackOff, OOMKilled,
+    ...; ``message`` what it said)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class PodObs:
     name: str
     job: str
     created: str
     phase: str
     message: str | None = None  # the build container's termination message
+    stuck: Stuck | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class ServingPodObs:
     revision: str
     target: str  # the GPU product label value, or "cpu"
     incompatible: PlanIncompatibleResult | None = None  # from its last termination message
+    stuck: Stuck | None = None  # why it cannot progress (pod_stuck)
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,7 @@ class Observed:
     deployments: Mapping[str, DeploymentObs] = field(default_factory=dict)  # this engine's
     services: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
     pdbs: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
-    serving_pods: Sequence[ServingPodObs] = ()  # this engine's serving pods that refused a plan
+    serving_pods: Sequence[ServingPodObs] = ()  # this engine's serving pods that are stuck
     hpas: Mapping[str, str] = field(default_factory=dict)  # this engine's, name -> spec hash
     network_policies: Mapping[str, str] = field(default_factory=dict)  # name -> spec hash
 
@@ -134,25 +148,84 @@ def summarize_job(body: Mapping[str, Any]) -> JobObs:
     )
 
 
+# Container waiting reasons that do not pass by themselves (the kubelet's names).
+STUCK_WAITING = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def pod_stuck(status: Mapping[str, Any]) -> Stuck | None:
+    """What keeps a pod from progressing, from its status alone; None: nothing (yet).
+
+    Sources: the scheduler's ``PodScheduled=False/Unschedulable`` condition (a missing claim,
+    no node with the GPU product, an untolerated taint), a container waiting for a reason in
+    ``STUCK_WAITING``, a container killed for memory (``OOMKilled``, now or last time)."""
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    for c in status.get("conditions") or []:
+        scheduled = (c.get("type"), c.get("status"), c.get("reason"))
+        if scheduled == ("PodScheduled", "False", "Unschedulable"):
+            return Stuck("Unschedulable", str(c.get("message") or "no node fits the pod"))
+    containers = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for cs in containers:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING:
+            message = str(waiting.get("message") or "")
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                if (state.get("terminated") or {}).get("reason") == "OOMKilled":
+                    return Stuck("OOMKilled", _oom(cs))
+            return Stuck(
+                str(waiting["reason"]), f"container {cs.get('name')}: {message}".rstrip(": ")
+            )
+        if ((cs.get("state") or {}).get("terminated") or {}).get("reason") == "OOMKilled":
+            return Stuck("OOMKilled", _oom(cs))
+    return None
+
+
+def _oom(cs: Mapping[str, Any]) -> str:
+    return (
+        f"container {cs.get('name')} was killed for running out of memory"
+        f" (restarts: {cs.get('restartCount', 0)}); raise its memory limit"
+    )
+
+
 def summarize_pod(body: Mapping[str, Any]) -> PodObs:
     meta = body["metadata"]
     labels = meta.get("labels") or {}
     status = body.get("status") or {}
     message = None
+    terminated: Mapping[str, Any] = {}
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") == BUILD_CONTAINER:
-            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            message = terminated.get("message")
     for cs in status.get("initContainerStatuses") or []:
         # The fetch init container reports only a failure (then the build never ran).
         done = (cs.get("state") or {}).get("terminated") or {}
         if cs.get("name") == FETCH_CONTAINER and done.get("exitCode") and message is None:
             message = done.get("message")
+    stuck = pod_stuck(status)
+    if stuck is None and terminated.get("reason") == "OOMKilled":
+        # A build pod is never restarted: its OOM is final, and no result was written.
+        stuck = Stuck("OOMKilled", _oom({"name": BUILD_CONTAINER}))
     return PodObs(
         name=meta["name"],
         job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),
         created=str(meta.get("creationTimestamp") or ""),
         phase=str(status.get("phase") or ""),
         message=message,
+        stuck=stuck,
     )
 
 
@@ -178,6 +251,7 @@ def summarize_serving_pod(body: Mapping[str, Any]) -> ServingPodObs:
         revision=labels.get(LABEL_REVISION, ""),
         target=labels.get(LABEL_TARGET, ""),
         incompatible=incompatible,
+        stuck=pod_stuck(body.get("status") or {}),
     )
 
 

@@ -12,10 +12,20 @@ from dataclasses import dataclass, field
 from trtops_operator.builds import Builds
 from trtops_operator.conditions import ConditionStatus, set_condition
 from trtops_operator.decision import Event
+from trtops_operator.observation import Stuck
 from trtops_operator.serving import Serving
 from trtops_operator.status_model import Condition, EngineStatus, EngineView
 
 __all__ = ["StatusStep", "decide_status"]
+
+
+def _serving_stuck(serving: Serving) -> tuple[str, Stuck] | None:
+    """The first pod of a revision that should serve that cannot progress: (revision, why)."""
+    for pod in sorted(serving.observed.serving_pods, key=lambda p: p.name):
+        if pod.stuck is not None and pod.revision in serving.names_by_rev:
+            message = f"revision {pod.revision}: pod {pod.name}: {pod.stuck.message}"
+            return pod.revision, Stuck(pod.stuck.reason, message)
+    return None
 
 
 @dataclass
@@ -36,6 +46,8 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
             old.conditions, type_, status, reason, message, generation=view.generation, now=now
         )
 
+    build_stuck = builds.stuck
+    serve_stuck = _serving_stuck(serving)
     if failed:
         f = failed[0]
         assert f.failure is not None
@@ -46,7 +58,8 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
             f"{f.label}: {f.failure.category}: {f.failure.message}",
         )
     elif building:
-        built = cond("Built", "False", "Building", "; ".join(t.note for t in building))
+        reason = build_stuck.stuck.reason if build_stuck and build_stuck.stuck else "Building"
+        built = cond("Built", "False", reason, "; ".join(f"{t.label}: {t.note}" for t in building))
     else:
         built = cond(
             "Built", "True", "Built", f"{len(builds.plans)} plan(s) built for revision {revision}"
@@ -74,6 +87,12 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         if refused and refused[0].incompatible is not None
         else ""
     )
+    # What stops a revision, in short: the build's refusal, or a stuck pod's reason.
+    blocker = built.reason if failed or build_stuck else None
+    if blocker is None and refused and refused[0].revision != stable_now:
+        blocker = "PlanIncompatible"
+    if blocker is None and serve_stuck is not None and serve_stuck[0] != stable_now:
+        blocker = serve_stuck[1].reason
     # Ready is "requests are served": any available pod of the stable revision. Fewer than
     # desired (a lost pod, a node drained within the PDB) is its own reason, not Ready=False.
     available, desired = serving.counts(stable_now)
@@ -81,14 +100,20 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         msg = f"revision {stable_now} serving with {available}/{desired} pods available"
         if cd is not None and not serving.promoted:
             msg += f"; canary {revision} at {serving.canary_weight}%"
+        elif stable_now != revision and failed:
+            msg += f"; revision {revision} refused: {blocker}"
         elif stable_now != revision:
-            msg += f"; revision {revision} not ready yet"
+            msg += f"; revision {revision} " + (f"stuck: {blocker}" if blocker else "not ready yet")
         reason = "Serving" if available >= desired else "ReducedCapacity"
         ready = cond("Ready", "True", reason, msg)
     elif failed and not stable_now:
         ready = cond("Ready", "False", "BuildFailed", built.message)
     elif refused:
         ready = cond("Ready", "False", "PlanIncompatible", refusal)
+    elif serve_stuck is not None:
+        ready = cond("Ready", "False", serve_stuck[1].reason, serve_stuck[1].message)
+    elif build_stuck is not None:
+        ready = cond("Ready", "False", built.reason, built.message)
     elif building or not serving.names_by_rev:
         ready = cond("Ready", "False", "Building", "no plan serves yet")
     else:
@@ -97,6 +122,10 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
         degraded = cond("Degraded", "True", "BuildFailed", built.message)
     elif refused:
         degraded = cond("Degraded", "True", "PlanIncompatible", refusal)
+    elif serve_stuck is not None:
+        degraded = cond("Degraded", "True", serve_stuck[1].reason, serve_stuck[1].message)
+    elif build_stuck is not None:
+        degraded = cond("Degraded", "True", built.reason, built.message)
     elif stable_now and stable_now in serving.names_by_rev and available == 0:
         degraded = cond(
             "Degraded", "True", "Unavailable", f"revision {stable_now} has no available pod"
