@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: setup test check lint typecheck demo cluster-up cluster-down images
+.PHONY: setup test check lint imports typecheck demo cluster-up cluster-down images
 
 setup:            ## install Debian packages, Python packages and the cached Go binaries
 	hack/setup.sh
@@ -13,10 +13,13 @@ test: setup       ## every test, the cluster ones included (starts or reuses the
 lint:
 	$(PYTHON) -m ruff check .
 
+imports:          ## the layering contracts ([tool.importlinter] in pyproject.toml)
+	PYTHONPATH=operator:worker lint-imports
+
 typecheck:
 	$(PYTHON) -m mypy
 
-check: setup lint typecheck   ## lint, types, then every test
+check: setup lint imports typecheck   ## lint, import contracts, types, then every test
 	$(PYTHON) -m pytest -q
 
 demo: setup       ## the local demo on its embedded defaults
