@@ -15,7 +15,7 @@ import pytest
 from trtops_worker.contract import EXIT_CODES
 
 from tests.operator.conftest import finish_build_pod
-from tests.operator.test_cluster import OPERATOR, Cluster
+from tests.operator.test_cluster import ACCURACY_REFUSAL, OPERATOR, Cluster
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd", "plans_claim")]
@@ -43,45 +43,41 @@ def cluster(k8s_api: Any, namespace: str) -> Cluster:
     return Cluster(k8s_api, namespace)
 
 
-def test_a_permanent_worker_failure_makes_exactly_one_build_pod(
-    cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
+STORAGE_FAILURE = {
+    "ok": False,
+    "category": "storage",
+    "reason": "StorageUnwritable",
+    "message": "/plans is read-only",
+}
+
+
+@pytest.mark.parametrize(
+    ("result", "retried"),
+    [(ACCURACY_REFUSAL, False), (STORAGE_FAILURE, True)],
+    ids=["permanent failure: one pod", "temporary failure: retried"],
+)
+def test_only_temporary_worker_failures_make_another_build_pod(
+    cluster: Cluster,
+    kopf_operator: Callable[..., AbstractContextManager[Any]],
+    result: dict[str, Any],
+    retried: bool,
 ) -> None:
-    failure = {
-        "ok": False,
-        "category": "accuracy",
-        "reason": "AccuracyGateFailed",
-        "message": "top-1 agreement 0.91 is below 0.99",
-    }
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv", _retries)
         job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0].metadata.name
         pod = cluster.build_pod(job)
-        finish_build_pod(cluster.api, cluster.ns, pod, failure, EXIT_CODES["accuracy"])
+        finish_build_pod(cluster.api, cluster.ns, pod, result, EXIT_CODES[result["category"]])
+        if retried:
+            pods = wait_for(
+                lambda: p if len(p := _pods(cluster, job)) > 1 else None,
+                timeout=60,
+                what="a second build pod",
+            )
+            assert pod in pods
+            assert _job_failed(cluster, job) is None
+            return
         reason = wait_for(lambda: _job_failed(cluster, job), timeout=60, what="Job failed")
         assert reason == "PodFailurePolicy"
         built = cluster.wait_condition("conv", "Built", "AccuracyGateFailed")
         assert "0.91" in built["message"]
-        assert _pods(cluster, job) == [pod]
-
-
-def test_a_temporary_worker_failure_is_retried(
-    cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
-) -> None:
-    failure = {
-        "ok": False,
-        "category": "storage",
-        "reason": "StorageUnwritable",
-        "message": "/plans is read-only",
-    }
-    with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        cluster.create("conv", _retries)
-        job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0].metadata.name
-        pod = cluster.build_pod(job)
-        finish_build_pod(cluster.api, cluster.ns, pod, failure, EXIT_CODES["storage"])
-        pods = wait_for(
-            lambda: p if len(p := _pods(cluster, job)) > 1 else None,
-            timeout=60,
-            what="a second build pod",
-        )
-        assert pod in pods
-        assert _job_failed(cluster, job) is None
+        assert _pods(cluster, job) == [pod]  # the Job is over: no pod can follow

@@ -211,15 +211,18 @@ def test_restart_mid_build_makes_no_second_job(
     assert [j.metadata.name for j in cluster.jobs()] == [job.metadata.name]
 
 
+ACCURACY_REFUSAL = {
+    "ok": False,
+    "category": "accuracy",
+    "reason": "AccuracyGateFailed",
+    "message": "top-1 agreement 0.91 is below 0.99",
+}
+
+
 def test_worker_failure_reaches_status_and_events(
     cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
 ) -> None:
-    failure = {
-        "ok": False,
-        "category": "accuracy",
-        "reason": "AccuracyGateFailed",
-        "message": "top-1 agreement 0.91 is below 0.99",
-    }
+    failure = ACCURACY_REFUSAL
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv")
         job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import finish_build_pod
-from tests.operator.test_cluster import ENGINE, OPERATOR, SUCCESS, Cluster
+from tests.operator.test_cluster import ACCURACY_REFUSAL, ENGINE, OPERATOR, SUCCESS, Cluster
 from tests.support.cluster import kubectl, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd")]
@@ -219,12 +219,6 @@ def test_a_stuck_serving_pod_is_named_on_ready_and_clears(
 def test_wide_columns_show_what_serves_and_a_refused_newer_revision(
     cluster: Cluster, plans_claim: str, kopf_operator: Callable[..., AbstractContextManager[Any]]
 ) -> None:
-    refusal = {
-        "ok": False,
-        "category": "accuracy",
-        "reason": "AccuracyGateFailed",
-        "message": "top-1 agreement 0.91 is below 0.99",
-    }
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv")
         job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0].metadata.name
@@ -241,7 +235,7 @@ def test_wide_columns_show_what_serves_and_a_refused_newer_revision(
             timeout=60,
             what="the int8 build Job",
         ).metadata.name
-        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(second), refusal, 14)
+        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(second), ACCURACY_REFUSAL, 14)
         cluster.wait_condition("conv", "Built", "AccuracyGateFailed")
         row = wait_for(
             lambda: r if "refused" in (r := _row(cluster, "conv"))["MESSAGE"] else None,
