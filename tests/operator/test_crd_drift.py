@@ -170,3 +170,21 @@ def test_api_server_and_models_agree(
         assert TrtEngineSpec.model_validate(created["spec"]) == TrtEngineSpec.model_validate(
             body["spec"]
         )
+
+
+def test_the_status_models_and_the_crd_status_schema_name_the_same_fields() -> None:
+    from trtops_operator.results import PLAN_FIELDS
+    from trtops_operator.status_model import STATUS_KEYS, EngineStatus, PlanRecord, StableStatus
+
+    crd = yaml.safe_load((REPO / "crds" / "trtops.dev_trtengines.yaml").read_text())
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    props = status["properties"]
+
+    def aliases(model: Any) -> set[str]:
+        return {f.alias or n for n, f in model.model_fields.items()}
+
+    assert aliases(EngineStatus) == set(props) == set(STATUS_KEYS)
+    assert aliases(StableStatus) == set(props["stable"]["properties"])
+    plan = set(props["plans"]["items"]["properties"])
+    # Every plan field the operator or the worker writes has a place in the schema.
+    assert aliases(PlanRecord) | {*PLAN_FIELDS, "artifactKey"} <= plan
