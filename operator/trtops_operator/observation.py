@@ -133,7 +133,13 @@ def _owner_refs(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def summarize_job(body: Mapping[str, Any]) -> JobObs:
     conds = _conditions(body)
     status = body.get("status") or {}
-    failed = conds.get("Failed", {}).get("status") == "True"
+    # FailureTarget is the Job controller's verdict (deadline, backoff limit, pod failure
+    # policy); Failed follows once every pod is gone, which a lost node can delay forever.
+    verdict = next(
+        (conds[t] for t in ("Failed", "FailureTarget") if conds.get(t, {}).get("status") == "True"),
+        {},
+    )
+    failed = bool(verdict)
     complete = conds.get("Complete", {}).get("status") == "True" or bool(status.get("succeeded"))
     refs = _owner_refs(body)
     return JobObs(
@@ -142,9 +148,9 @@ def summarize_job(body: Mapping[str, Any]) -> JobObs:
         owner_names=tuple(r["name"] for r in refs),
         succeeded=complete and not failed,
         failed=failed,
-        failure_reason=str(conds.get("Failed", {}).get("reason") or ""),
-        failure_message=str(conds.get("Failed", {}).get("message") or ""),
-        failed_at=str(conds.get("Failed", {}).get("lastTransitionTime") or ""),
+        failure_reason=str(verdict.get("reason") or ""),
+        failure_message=str(verdict.get("message") or ""),
+        failed_at=str(verdict.get("lastTransitionTime") or ""),
     )
 
 

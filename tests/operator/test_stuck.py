@@ -219,3 +219,26 @@ def test_a_stuck_serving_pod_is_named_on_ready(status: dict[str, Any], reason: s
     d2 = decide(body(d.status), healthy, CONFIG, NOW)
     assert cond(d2, "Ready")["reason"] == "Starting"
     assert cond(d2, "Degraded")["reason"] == "AsExpected"
+
+
+def test_the_job_controllers_verdict_counts_before_its_pods_are_gone() -> None:
+    """``FailureTarget`` comes first; ``Failed`` waits for every pod to end, and a pod on a lost
+    node may never end."""
+    from trtops_operator.observation import summarize_job
+
+    job = summarize_job(
+        {
+            "metadata": {"name": "j"},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "FailureTarget",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                    }
+                ]
+            },
+        }
+    )
+    assert (job.failed, job.failure_reason) == (True, "DeadlineExceeded")

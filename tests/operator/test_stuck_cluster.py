@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import finish_build_pod
-from tests.operator.test_cluster import ACCURACY_REFUSAL, ENGINE, OPERATOR, SUCCESS, Cluster
+from tests.operator.test_cluster import (
+    ACCURACY_REFUSAL,
+    ENGINE,
+    H100,
+    OPERATOR,
+    SUCCESS,
+    Cluster,
+)
 from tests.support.cluster import kubectl, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd")]
@@ -41,7 +48,10 @@ def test_node(cluster: Cluster) -> Iterator[str]:
         {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "labels": {"trtops.dev/test-node": name}},
+            "metadata": {
+                "name": name,
+                "labels": {"trtops.dev/test-node": name, "nvidia.com/gpu.product": H100},
+            },
         }
     )
     cluster.core.patch_node_status(
@@ -132,7 +142,10 @@ def test_missing_claim_is_named_and_clears_when_the_claim_appears(
 
 
 def test_image_pull_backoff_of_a_build_pod_is_named_and_clears(
-    cluster: Cluster, test_node: str, kopf_operator: Callable[..., AbstractContextManager[Any]]
+    cluster: Cluster,
+    test_node: str,
+    plans_claim: str,
+    kopf_operator: Callable[..., AbstractContextManager[Any]],
 ) -> None:
     message = 'Back-off pulling image "registry.example/trtops-worker:nope"'
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
@@ -156,7 +169,10 @@ def test_image_pull_backoff_of_a_build_pod_is_named_and_clears(
 
 
 def test_a_build_job_past_its_deadline_is_named(
-    cluster: Cluster, test_node: str, kopf_operator: Callable[..., AbstractContextManager[Any]]
+    cluster: Cluster,
+    test_node: str,
+    plans_claim: str,
+    kopf_operator: Callable[..., AbstractContextManager[Any]],
 ) -> None:
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv", _on(test_node, "build"))
