@@ -306,6 +306,3 @@ class Runtime:
         self.wake(namespace, owner_names)
         for key in self.queue.waiters((namespace, job)):
             self.queue.add(key)
-
-    def engine_keys(self) -> list[Hashable]:
-        return list(self.indices.get("engine_index") or {})
