@@ -136,7 +136,21 @@ def refused(
         generation=view.generation,
         now=now,
     )
-    conds = [c for c in base.get("conditions") or [] if c.get("type") != "Degraded"]
+    conds = []
+    for c in base.get("conditions") or []:
+        if c.get("type") in ("Built", "Ready") and c.get("status") == "False":
+            # What keeps it from building or serving is this refusal: say so where users look.
+            c = set_condition(
+                view.status.conditions,
+                c["type"],
+                "False",
+                reason,
+                message,
+                generation=view.generation,
+                now=now,
+            ).model_dump(mode="json", by_alias=True)
+        if c.get("type") != "Degraded":
+            conds.append(c)
     base["conditions"] = [*conds, degraded.model_dump(mode="json", by_alias=True)]
     prev = view.status.condition("Degraded")
     same = prev is not None and (prev.reason, prev.message) == (reason, degraded.message)

@@ -73,8 +73,11 @@ def _on(node: str, where: str) -> Callable[[dict[str, Any]], None]:
     """Pods of ``where`` (build | serving) go to ``node`` and tolerate its taints."""
 
     def patch(spec: dict[str, Any]) -> None:
+        # A node without a kubelet turns NotReady/unreachable: tolerate exactly those taints.
+        lost = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
         spec.setdefault(where, {}).update(
-            nodeSelector={"trtops.dev/test-node": node}, tolerations=[{"operator": "Exists"}]
+            nodeSelector={"trtops.dev/test-node": node},
+            tolerations=[{"key": k, "operator": "Exists"} for k in lost],
         )
 
     return patch
@@ -125,20 +128,61 @@ def test_missing_claim_is_named_and_clears_when_the_claim_appears(
 ) -> None:
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv")  # no trt-plans claim in this namespace
-        built = cluster.wait_condition("conv", "Built", "Unschedulable")
-        assert 'persistentvolumeclaim "trt-plans" not found' in built["message"], built
-        ready = cluster.condition("conv", "Ready")
-        assert ready["reason"] == "Unschedulable"
-        assert cluster.condition("conv", "Degraded")["reason"] == "Unschedulable"
+        built = cluster.wait_condition("conv", "Built", "ClaimNotAllowed")
+        assert "trt-plans" in built["message"], built
+        assert cluster.condition("conv", "Ready")["reason"] == "ClaimNotAllowed"
         row = _row(cluster, "conv")
-        assert (row["REASON"], row["BUILT"]) == ("Unschedulable", "Unschedulable"), row
+        assert (row["REASON"], row["BUILT"]) == ("ClaimNotAllowed", "ClaimNotAllowed"), row
         assert "trt-plans" in row["MESSAGE"], row
-        request.getfixturevalue("plans_claim")  # the claim appears
+        request.getfixturevalue("plans_claim")  # the claim appears (refusals retry every 60 s)
         wait_for(
-            lambda: cluster.condition("conv", "Built").get("reason") != "Unschedulable",
-            timeout=90,
-            what="Built no longer Unschedulable",
+            lambda: cluster.condition("conv", "Built").get("reason") != "ClaimNotAllowed",
+            timeout=150,
+            what="Built no longer ClaimNotAllowed",
         )
+
+
+def test_no_node_with_the_gpu_product_is_named_and_clears_when_one_joins(
+    cluster: Cluster,
+    plans_claim: str,
+    kopf_operator: Callable[..., AbstractContextManager[Any]],
+) -> None:
+    product = f"NVIDIA-B200-{cluster.ns[-6:]}"
+
+    def target(spec: dict[str, Any]) -> None:
+        spec["build"]["targets"] = [{"gpuProduct": product}]
+
+    with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
+        cluster.create("conv", target)
+        built = cluster.wait_condition("conv", "Built", "Unschedulable")
+        assert "node(s) didn't match Pod's node affinity/selector" in built["message"], built
+        assert _row(cluster, "conv")["REASON"] == "Unschedulable"
+        node = f"gpu-b200-{cluster.ns[-6:]}"
+        cluster.core.create_node(  # kwok runs this one, as a real GPU node would join
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": node,
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {"nvidia.com/gpu.product": product, "type": "kwok"},
+                },
+                "status": {
+                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110",
+                                 "nvidia.com/gpu": "8"},
+                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110",
+                                    "nvidia.com/gpu": "8"},
+                },
+            }
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda: cluster.condition("conv", "Built").get("reason") != "Unschedulable",
+                timeout=90,
+                what="Built no longer Unschedulable",
+            )
+        finally:
+            cluster.core.delete_node(node)
 
 
 def test_image_pull_backoff_of_a_build_pod_is_named_and_clears(
