@@ -269,6 +269,7 @@ class Runtime:
             key = await self.queue.get()
             if key not in engines:
                 self.queue.release(key)  # deleted: drop all its state
+                self.last_writes.forget(key)
                 self.analyses.forget(key)
                 continue
             body = next(iter(engines[key]))

@@ -52,7 +52,8 @@ class LastWrites:
         if kept is None:
             return cached
         at, written = kept
+        # Kept, not dropped, when the index caught up: a caller may pass our own write back in
+        # (a later step of the same pass), and that says nothing about the index.
         if _newer_or_same(_rv(cached), _rv(written)) or time.monotonic() - at > self.max_age_s:
-            del self._by_key[key]
             return cached
         return written
