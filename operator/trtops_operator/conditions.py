@@ -138,8 +138,10 @@ def refused(
     )
     conds = []
     for c in base.get("conditions") or []:
-        if c.get("type") in ("Built", "Ready") and c.get("status") == "False":
-            # What keeps it from building or serving is this refusal: say so where users look.
+        stalled = c.get("type") == "Progressing" and c.get("status") == "True"
+        if stalled or (c.get("type") in ("Built", "Ready") and c.get("status") == "False"):
+            # What keeps it from building or serving is this refusal: say so where users look
+            # (nothing progresses until it is lifted).
             c = set_condition(
                 view.status.conditions,
                 c["type"],

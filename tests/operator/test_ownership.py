@@ -57,3 +57,35 @@ def test_a_service_of_the_same_name_is_not_taken_over_nor_collected(
     kept = cluster.core.read_namespaced_service("conv", cluster.ns)
     assert kept.metadata.uid == before.metadata.uid
     assert kept.spec.selector == {"app": "web"}
+
+
+def test_a_claim_that_has_not_opted_in_is_named_in_ready_and_mounted_once_labelled(
+    cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
+) -> None:
+    """Before: with the claim unlabelled, no Job existed yet Built said "build Job ... created",
+    Ready said Building/"no plan serves yet" and Progressing "building": `kubectl get trt -o
+    wide` (Ready's reason and message) hid why nothing happened. Now Built, Ready and
+    Progressing say ClaimNotAllowed and what to do; labelling the claim starts the build."""
+    cluster.core.patch_namespaced_persistent_volume_claim(
+        "trt-plans", cluster.ns, {"metadata": {"labels": {"trtops.dev/mountable": None}}}
+    )
+    with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
+        cluster.create("conv")
+        ready = cluster.wait_condition("conv", "Ready", "ClaimNotAllowed")
+        assert ready["status"] == "False"
+        assert "label it trtops.dev/mountable=true" in ready["message"]
+        built = cluster.condition("conv", "Built")
+        assert (built["status"], built["reason"]) == ("False", "ClaimNotAllowed")
+        assert "created" not in built["message"]
+        progressing = cluster.condition("conv", "Progressing")
+        assert (progressing["status"], progressing["reason"]) == ("False", "ClaimNotAllowed")
+        assert cluster.condition("conv", "Degraded")["status"] == "True"
+        assert not cluster.jobs()
+        cluster.wait_warning("ClaimNotAllowed")
+
+        cluster.core.patch_namespaced_persistent_volume_claim(
+            "trt-plans", cluster.ns, {"metadata": {"labels": {"trtops.dev/mountable": "true"}}}
+        )
+        wait_for(cluster.jobs, timeout=90, what="a build Job once the claim is labelled")
+        cluster.wait_condition("conv", "Built", "Building")
+        assert cluster.condition("conv", "Degraded")["status"] == "False"
