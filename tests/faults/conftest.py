@@ -52,6 +52,7 @@ class FaultStack:
             "TRTOPS_LEASE_DURATION_SECONDS": str(LEASE["duration"]),
             "TRTOPS_LEASE_RENEW_DEADLINE_SECONDS": str(LEASE["deadline"]),
             "TRTOPS_LEASE_RETRY_SECONDS": str(LEASE["retry"]),
+            "TRTOPS_PROMETHEUS_ADDRESSES": self.prometheus_url,  # the installer's allowlist
         }
         env.pop("POD_NAMESPACE", None)  # the Lease lives in the watched namespace
         with path.open("ab") as log:  # the child keeps its own descriptor

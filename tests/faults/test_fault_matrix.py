@@ -16,8 +16,8 @@ read-only claim, then writable again               opt-in    passed (73 s)
 commands at awkward moments; deletion mid-canary   CI        3 of 3 passed (35-47 s);
                                                              before the fix in freshness.py
                                                              2 of 3 told a command twice
-operator killed mid-analysis                       opt-in    not run yet
-Prometheus restarted with its data lost            opt-in    not run yet
+operator killed mid-analysis (then promote)       opt-in    passed (37 s)
+Prometheus restarted with its data lost            opt-in    passed (75 s)
 =================================================  ========  ==========================
 
 Not here yet: the API server stopped mid-step.
