@@ -321,6 +321,10 @@ def test_install_dry_run_prints_notes(namespace: str) -> None:
     assert f"The operator watches TrtEngines in {namespace}." in proc.stdout
     assert "install the TrtEngine CRD yourself" in proc.stdout
     assert "kubectl get trtengines" in proc.stdout
+    # The opt-ins the operator requires (docs/security.md), or nothing is built or weighed.
+    assert "trtops.dev/mountable=true" in proc.stdout
+    assert "trtops.dev/engine=<engine>" in proc.stdout
+    assert "Canary analyses are off until you list your Prometheus" in proc.stdout
 
 
 @pytest.mark.cluster
