@@ -24,7 +24,7 @@ from trtops_operator.canary.analysis import Verdict
 from trtops_operator.canary.errors import RouterMisconfigured
 from trtops_operator.canary.routers import router_kind
 from trtops_operator.config import OperatorConfig
-from trtops_operator.decision import Event, RouterAction
+from trtops_operator.decision import RouterAction
 from trtops_operator.errors import ApiRefused, PermanentError, TemporaryError
 from trtops_operator.freshness import LastWrites
 from trtops_operator.models import TrtEngineSpec
@@ -152,7 +152,7 @@ class Runtime:
         metrics.record_builds(body, decision)
         if decision.router is not None:
             await self._set_finalizer(key, body, present=True)
-            await self._set_router(body, decision.router)
+            await self._set_router(key, body, decision.router)
         elif edits_route(body) is None:
             await self._set_finalizer(key, body, present=False)
         if len(created) < len(decision.create):
@@ -229,7 +229,9 @@ class Runtime:
             log.info("took %s/%s out of %s %s", *key, kind, route_name)
         await self._set_finalizer(key, body, present=False)
 
-    async def _set_router(self, body: Mapping[str, Any], action: RouterAction) -> None:
+    async def _set_router(
+        self, key: EngineKey, body: Mapping[str, Any], action: RouterAction
+    ) -> None:
         """Move the traffic weights on the user's route object (only the backends we own)."""
         ns = body["metadata"]["namespace"]
         routes = self.api.routes
@@ -254,9 +256,21 @@ class Runtime:
                     engine=body["metadata"]["name"],
                 )
         except RouterMisconfigured as exc:
-            await self.call(
-                self.api.post_event, body, Event("Warning", "RouterMisconfigured", str(exc))
+            # Status says it, not only an Event: the route did not move, whatever weight the
+            # canary records (before, Degraded stayed False and only the log told).
+            fresh = self.last_writes.freshest(key, body)
+            status, event = conditions.refused(
+                EngineView.parse(fresh),
+                None,
+                str(exc)[:1024],
+                now_rfc3339(),
+                reason="RouterMisconfigured",
             )
+            written = await self.call(self.api.patch_status, key[0], key[1], status)
+            if written is not None:
+                self.last_writes.record(key, indexes.slim(written))
+            if event is not None:
+                await self.call(self.api.post_event, body, event)
             # Someone may create or fix the route object without touching the engine.
             raise TemporaryError(str(exc), delay=ROUTER_RETRY_SECONDS) from exc
 

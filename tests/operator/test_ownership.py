@@ -12,7 +12,7 @@ from tests.operator.conftest import finish_build_pod
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
 from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
 from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
-from tests.support.cluster import wait_for
+from tests.support.cluster import kubectl, wait_for
 
 
 def test_a_service_of_the_same_name_is_not_taken_over_nor_collected(
@@ -89,3 +89,65 @@ def test_a_claim_that_has_not_opted_in_is_named_in_ready_and_mounted_once_labell
         wait_for(cluster.jobs, timeout=90, what="a build Job once the claim is labelled")
         cluster.wait_condition("conv", "Built", "Building")
         assert cluster.condition("conv", "Degraded")["status"] == "False"
+
+
+def test_a_route_that_has_not_opted_in_is_named_in_status(
+    cluster: Cluster, kopf_operator: Callable[..., AbstractContextManager[Any]]
+) -> None:
+    """Before: a canary whose HTTPRoute lacked trtops.dev/engine showed Degraded=False and
+    Progressing=True at its step's weight while the route never moved (only the log and an
+    Event said why). Now Degraded and Progressing say RouterMisconfigured and the annotation to
+    add; the route is left as it was."""
+    kubectl(
+        "apply",
+        "-n",
+        cluster.ns,
+        "-f",
+        "-",
+        input_text=(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: conv}\n"
+            "spec:\n  parentRefs: [{name: gw}]\n"
+            "  rules: [{backendRefs: [{name: conv, port: 8000}]}]\n"
+        ),
+    )
+
+    def with_route(spec: dict[str, Any]) -> None:
+        spec["rollout"] = {
+            "trafficRouter": {"gatewayAPI": {"httpRoute": "conv"}},
+            "steps": [{"setWeight": 10, "pauseSeconds": 600}],
+        }
+
+    def finish_new_build(seen: set[str]) -> None:
+        job = wait_for(
+            lambda: [j for j in cluster.jobs() if j.metadata.name not in seen],
+            timeout=60,
+            what="a new build Job",
+        )[0]
+        seen.add(job.metadata.name)
+        key = job.metadata.annotations["trtops.dev/key"]
+        result = {**SUCCESS, "key": key, "path": f"/plans/{key}"}
+        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), result)
+
+    with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
+        cluster.create("conv", with_route)
+        seen: set[str] = set()
+        finish_new_build(seen)
+        cluster.wait_condition("conv", "Ready", "Serving")
+        cluster.custom.patch_namespaced_custom_object(
+            "trtops.dev",
+            "v1alpha1",
+            cluster.ns,
+            "trtengines",
+            "conv",
+            {"spec": {"model": {"uri": "models/conv2.onnx"}}},
+        )
+        finish_new_build(seen)
+        degraded = cluster.wait_condition("conv", "Degraded", "RouterMisconfigured")
+        assert degraded["status"] == "True"
+        assert "annotate it trtops.dev/engine=conv" in degraded["message"]
+        progressing = cluster.condition("conv", "Progressing")
+        assert (progressing["status"], progressing["reason"]) == ("False", "RouterMisconfigured")
+        route = cluster.custom.get_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", cluster.ns, "httproutes", "conv"
+        )
+        assert [b["name"] for b in route["spec"]["rules"][0]["backendRefs"]] == ["conv"]
