@@ -64,6 +64,12 @@ class InvalidSpec(PermanentError):
     """The spec cannot be used; status says why. Nothing retries until the spec changes."""
 
 
+def _route_refused(body: Mapping[str, Any]) -> bool:
+    """Whether status says the route could not be used (``Degraded=True/RouterMisconfigured``)."""
+    cond = EngineView.parse(body).status.condition("Degraded")
+    return cond is not None and cond.status == "True" and cond.reason == "RouterMisconfigured"
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -136,6 +142,23 @@ class Runtime:
         now = now_rfc3339()
         decision = decide(body, observed, self.config, now, verdict=verdict)
         self.queue.wait_on(key, [(key[0], job) for job in decision.waiting_on])
+        stuck: RouterMisconfigured | None = None
+        if decision.router is not None and _route_refused(body):
+            # The route was unusable last pass, after this engine's objects were written: try it
+            # first, so that a route still unusable is told in this pass's one status write
+            # instead of Degraded turning False, then True again, on every retry.
+            try:
+                await self._move_route(body, decision.router)
+            except RouterMisconfigured as exc:
+                stuck = exc
+                decision.status, event = conditions.refused(
+                    EngineView.parse(body),
+                    decision.status,
+                    str(exc)[:1024],
+                    now,
+                    reason="RouterMisconfigured",
+                )
+                decision.events = [] if event is None else [event]
         try:
             created, written = await self.call(k8s.apply_decision, self.api, body, decision)
         except ApiRefused as exc:
@@ -152,6 +175,8 @@ class Runtime:
         metrics.record_builds(body, decision)
         if decision.router is not None:
             await self._set_finalizer(key, body, present=True)
+            if stuck is not None:
+                raise TemporaryError(str(stuck), delay=ROUTER_RETRY_SECONDS) from stuck
             await self._set_router(key, body, decision.router)
         elif edits_route(body) is None:
             await self._set_finalizer(key, body, present=False)
@@ -229,32 +254,36 @@ class Runtime:
             log.info("took %s/%s out of %s %s", *key, kind, route_name)
         await self._set_finalizer(key, body, present=False)
 
+    async def _move_route(self, body: Mapping[str, Any], action: RouterAction) -> None:
+        """Set the weights on the user's route object; raises ``RouterMisconfigured``."""
+        ns = body["metadata"]["namespace"]
+        routes = self.api.routes
+        if action.kind == "gatewayAPI":
+            await self.call(
+                routes.set_httproute_weights,
+                ns,
+                action.name,
+                dict(action.desired),
+                set(action.owned),
+                engine=body["metadata"]["name"],
+            )
+        else:
+            await self.call(
+                routes.set_virtualservice_weights,
+                ns,
+                action.name,
+                dict(action.desired),
+                set(action.owned),
+                action.routes,
+                engine=body["metadata"]["name"],
+            )
+
     async def _set_router(
         self, key: EngineKey, body: Mapping[str, Any], action: RouterAction
     ) -> None:
         """Move the traffic weights on the user's route object (only the backends we own)."""
-        ns = body["metadata"]["namespace"]
-        routes = self.api.routes
         try:
-            if action.kind == "gatewayAPI":
-                await self.call(
-                    routes.set_httproute_weights,
-                    ns,
-                    action.name,
-                    dict(action.desired),
-                    set(action.owned),
-                    engine=body["metadata"]["name"],
-                )
-            else:
-                await self.call(
-                    routes.set_virtualservice_weights,
-                    ns,
-                    action.name,
-                    dict(action.desired),
-                    set(action.owned),
-                    action.routes,
-                    engine=body["metadata"]["name"],
-                )
+            await self._move_route(body, action)
         except RouterMisconfigured as exc:
             # Status says it, not only an Event: the route did not move, whatever weight the
             # canary records (before, Degraded stayed False and only the log told).

@@ -151,3 +151,10 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
             "gateway.networking.k8s.io", "v1", cluster.ns, "httproutes", "conv"
         )
         assert [b["name"] for b in route["spec"]["rules"][0]["backendRefs"]] == ["conv"]
+        # Retried every 30 s without flapping: Degraded never turned False in between.
+        time.sleep(35)
+        again = cluster.condition("conv", "Degraded")
+        assert (again["reason"], again["lastTransitionTime"]) == (
+            "RouterMisconfigured",
+            degraded["lastTransitionTime"],
+        )
