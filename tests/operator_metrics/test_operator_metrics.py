@@ -4,9 +4,9 @@ Two engines, one build that succeeds and one the worker fails: the endpoint must
 build once by outcome, time the successful build, report its plan's accuracy gate, count the
 reconciles by what triggered them, and time every reconcile.
 
-No storage claim exists in the namespace, so the build pods never schedule and kwok never
-finishes them: the worker's result written here is the only way each build ends (kwok would
-otherwise race it with a result-less completion).
+The storage claim is labelled mountable but never bound (no volume exists for it), so the build
+pods never schedule and kwok never finishes them: the worker's result written here is the only
+way each build ends (kwok would otherwise race it with a result-less completion).
 """
 
 from __future__ import annotations
@@ -131,6 +131,20 @@ class Engines:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
 
+    def unbound_claim(self, name: str) -> None:
+        """A claim that opts in to being mounted but has no volume: its pods stay Pending."""
+        self.core.create_namespaced_persistent_volume_claim(
+            self.ns,
+            {
+                "metadata": {"name": name, "labels": {"trtops.dev/mountable": "true"}},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+
     def create(self, name: str) -> None:
         body = copy.deepcopy(ENGINE)
         body["metadata"]["name"] = name
@@ -174,6 +188,7 @@ def test_metrics_count_reconciles_and_build_outcomes(
     k8s_api: Any, namespace: str, tmp_path: Path
 ) -> None:
     engines = Engines(k8s_api, namespace)
+    engines.unbound_claim("trt-plans")
     port = free_port()
     with operator_process(namespace, port, tmp_path / "operator.log") as proc:
         wait_for(lambda: scrape(port), timeout=60, what="the operator's metrics endpoint")
