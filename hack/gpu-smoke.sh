@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first thing to run on a machine with TensorRT 11 and an NVIDIA GPU (the worker image on a
 # GPU node, for example). TensorRT cannot run where trtops is developed: its calls are checked
-# there by name only (tests/build/test_tensorrt_api.py), so this is where they first execute.
+# there by name only (tests/builder/test_tensorrt_api.py), so this is where they first execute.
 #
 # For each sample model (conv, transformer) and precision (fp32, fp16, int8) it builds a plan
 # with `trtops-worker build --backend tensorrt` and the default gate (both stages: converted.onnx

@@ -65,7 +65,7 @@ Name = Annotated[
 Quantity = Annotated[
     str, Field(max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 ]
-# What the worker's calibrator does (trtops_worker.build.precision.MODELOPT_CALIBRATION_METHODS):
+# What the worker's calibrator does (trtops_worker.builder.precision.MODELOPT_CALIBRATION_METHODS):
 # ModelOpt offers entropy and max; a method it would silently replace is refused at admission.
 CalibrationMethod = Literal["entropy", "max"]
 # A label key ([DNS subdomain/]name) or "" (with operator Exists: every key); a label value.
@@ -203,7 +203,7 @@ class Accuracy(_Model):
     max_mean_abs_error: Annotated[float, Field(ge=0, le=1000000)] | None = None
     min_cosine_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
     max_relative_error: Annotated[float, Field(ge=0, le=1000000)] | None = None
-    # Output name -> kind; decides the default thresholds (trtops_worker.build.accuracy).
+    # Output name -> kind; decides the default thresholds (trtops_worker.builder.accuracy).
     output_kinds: (
         Annotated[
             dict[str, Literal["class-scores", "embedding", "regression"]], Field(max_length=64)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trtops_worker.build.errors import BuildError
+from trtops_worker.builder.errors import BuildError
 from trtops_worker.fetch import Get, fetch
 from trtops_worker.sources import local_path
 

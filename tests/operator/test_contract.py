@@ -7,7 +7,7 @@ from __future__ import annotations
 from trtops_operator.canary import analysis
 from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
 from trtops_worker import contract
-from trtops_worker.build import errors
+from trtops_worker.builder import errors
 from trtops_worker.serve import metrics as serve_metrics
 
 

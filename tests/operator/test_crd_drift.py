@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from trtops_operator.models import TrtEngineSpec
-from trtops_worker.build.precision import MODELOPT_CALIBRATION_METHODS
+from trtops_worker.builder.precision import MODELOPT_CALIBRATION_METHODS
 
 from tests.operator.test_crd_validation import CASES, TOLERATION_CASES, VALID, _set
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 # subcommand -> module exposing ``add_arguments(parser)`` and ``run(args) -> int``
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "build": ("trtops_worker.build.cli", "build an ONNX model into a serving artifact"),
-    "compare": ("trtops_worker.build.compare_cli", "build one model at several precisions"),
+    "build": ("trtops_worker.builder.cli", "build an ONNX model into a serving artifact"),
+    "compare": ("trtops_worker.builder.compare_cli", "build one model at several precisions"),
     "serve": ("trtops_worker.serve.cli", "serve an artifact over the Open Inference Protocol v2"),
     "bench": ("trtops_worker.bench.cli", "drive OIP v2 load at a server and report latency"),
     "fetch": ("trtops_worker.fetch", "copy remote inputs (s3, gs, https, hf) onto the claim"),

@@ -63,7 +63,7 @@ METRIC_LABELS = ("model", "revision", "precision", "backend")
 METRIC_INFLIGHT = "trtops_inflight_requests"  # requests received and not yet answered
 METRIC_QUEUE_DEPTH = "trtops_queue_depth"  # rows waiting for a batch
 
-# --- the build's exit codes (``trtops_worker.build.errors``) ----------------------------------
+# --- the build's exit codes (``trtops_worker.builder.errors``) ----------------------------------
 # category -> process exit code; anything unexpected exits 1 (category "internal").
 EXIT_CODES = {
     "model": 10,

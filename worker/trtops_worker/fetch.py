@@ -37,15 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtops_worker.build.errors import (
+from trtops_worker.builder.errors import (
     BuildError,
     CalibrationError,
     ConfigError,
     FetchError,
     ModelError,
 )
-from trtops_worker.build.model import sha256_file
-from trtops_worker.build.result import compact, failure, write_termination_log
+from trtops_worker.builder.model import sha256_file
+from trtops_worker.builder.result import compact, failure, write_termination_log
 from trtops_worker.sources import is_remote, redact
 
 __all__ = ["ROLES", "Get", "add_arguments", "fetch", "run"]
@@ -195,7 +195,7 @@ def fetch(get: Get) -> dict[str, Any]:
 
 
 def _storage_error(get: Get, exc: OSError) -> BuildError:
-    from trtops_worker.build.errors import StorageError
+    from trtops_worker.builder.errors import StorageError
 
     return StorageError("StorageUnwritable", f"cannot write {get.dest}: {exc.strerror or exc}")
 

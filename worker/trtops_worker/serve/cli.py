@@ -127,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _write_termination_message(error: Exception) -> None:
     """The reason the pod could not start, for the operator (it reads the termination message:
     ``PlanIncompatible`` carries both targets so it can build a plan for this one)."""
-    from trtops_worker.build.result import compact, failure, write_termination_log
+    from trtops_worker.builder.result import compact, failure, write_termination_log
 
     from .backend_tensorrt import PlanIncompatible
 

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trtops_worker.build.accuracy import OutputKind, OutputMetrics, Thresholds, evaluate
-from trtops_worker.build.errors import BuildError
-from trtops_worker.build.pipeline import BuildRequest, build
+from trtops_worker.builder.accuracy import OutputKind, OutputMetrics, Thresholds, evaluate
+from trtops_worker.builder.errors import BuildError
+from trtops_worker.builder.pipeline import BuildRequest, build
 
 __all__ = ["chart_figure", "compare", "render_chart", "render_markdown", "summary"]
 

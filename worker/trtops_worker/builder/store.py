@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from trtops_worker.build.errors import StorageError
-from trtops_worker.build.model import sha256_file
+from trtops_worker.builder.errors import StorageError
+from trtops_worker.builder.model import sha256_file
 
 __all__ = ["METADATA", "Store", "TempEntry", "abandon_active"]
 

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 from trtops_worker import __version__
-from trtops_worker.build import precision as precision_stage
-from trtops_worker.build.accuracy import (
+from trtops_worker.builder import precision as precision_stage
+from trtops_worker.builder.accuracy import (
     OutputKind,
     OutputMetrics,
     Thresholds,
@@ -32,13 +32,13 @@ from trtops_worker.build.accuracy import (
     output_kinds,
     output_metrics,
 )
-from trtops_worker.build.benchmark import feeds_for
-from trtops_worker.build.data import InputSet, batches, load_input_set
-from trtops_worker.build.engine import ArtifactRunner, Backend, EngineSettings, load_backend
-from trtops_worker.build.errors import AccuracyError, CalibrationError, ConfigError, EngineError
-from trtops_worker.build.model import LoadedModel, load_model, sha256_file
-from trtops_worker.build.profiles import check_profiles
-from trtops_worker.build.store import METADATA, Store
+from trtops_worker.builder.benchmark import feeds_for
+from trtops_worker.builder.data import InputSet, batches, load_input_set
+from trtops_worker.builder.engine import ArtifactRunner, Backend, EngineSettings, load_backend
+from trtops_worker.builder.errors import AccuracyError, CalibrationError, ConfigError, EngineError
+from trtops_worker.builder.model import LoadedModel, load_model, sha256_file
+from trtops_worker.builder.profiles import check_profiles
+from trtops_worker.builder.store import METADATA, Store
 from trtops_worker.cachekey import (
     CalibrationIngredients,
     KeyIngredients,
@@ -307,7 +307,7 @@ def _gate(
     Either stage missing a threshold raises ``AccuracyError``; the message leads with the
     artifact's misses and says which stage lost the accuracy. The report's top-level
     ``outputs``/``passed``/``checked`` are the artifact stage's (what serves)."""
-    from trtops_worker.build.engine_onnxruntime import Runner
+    from trtops_worker.builder.engine_onnxruntime import Runner
 
     stage_names = {
         "converted": f"{converted.name} on ONNX Runtime (CPU)",

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trtops_worker.build.accuracy import Thresholds, evaluate, output_metrics
-from trtops_worker.build.errors import EXIT_CODES, ConfigError
-from trtops_worker.build.profiles import parse_profile
-from trtops_worker.build.result import compact, failure
-from trtops_worker.build.store import Store
+from trtops_worker.builder.accuracy import Thresholds, evaluate, output_metrics
+from trtops_worker.builder.errors import EXIT_CODES, ConfigError
+from trtops_worker.builder.profiles import parse_profile
+from trtops_worker.builder.result import compact, failure
+from trtops_worker.builder.store import Store
 from trtops_worker.cachekey import (
     CalibrationIngredients,
     Device,

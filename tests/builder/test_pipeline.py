@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from trtops_worker.build.model import sha256_file
+from trtops_worker.builder.model import sha256_file
 
-from tests.build.conftest import RunBuild, SampleModel
+from tests.builder.conftest import RunBuild, SampleModel
 
 
 @pytest.mark.parametrize("model_name", ["conv", "transformer"])
@@ -257,7 +257,7 @@ def test_compare_writes_table_json_and_chart(conv: SampleModel, tmp_path: Path) 
 
 
 def test_compare_sentences_and_chart_labels_stay_inside() -> None:
-    from trtops_worker.build.compare import chart_figure, summary
+    from trtops_worker.builder.compare import chart_figure, summary
 
     def row(precision: str, p50s: list[float], cosine: float, passed: bool) -> dict[str, object]:
         return {

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from trtops_worker.build.errors import BackendError, CalibrationError, EngineError
+from trtops_worker.builder.errors import BackendError, CalibrationError, EngineError
 
 __all__ = [
     "MODELOPT_CALIBRATION_METHODS",

@@ -23,7 +23,7 @@ from trtops_worker.serve.backend_tensorrt import (
     recorded_target,
 )
 
-from tests.build.conftest import SampleModel
+from tests.builder.conftest import SampleModel
 
 POD = PlanTarget("11.2.1.2", "9.0", "NVIDIA H200")
 

@@ -3,6 +3,6 @@
 accuracy gate (``accuracy``) -> self-benchmark (``benchmark``) -> content-addressed store
 (``store``, keyed by :mod:`trtops_worker.cachekey`), orchestrated by ``pipeline``.
 
-Failures are :class:`~trtops_worker.build.errors.BuildError` subclasses (see ``errors`` for the
+Failures are :class:`~trtops_worker.builder.errors.BuildError` subclasses (see ``errors`` for the
 reasons and exit codes); ``result`` turns an outcome into the operator's termination message.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.build import tensorrt_api as api
+from tests.builder import tensorrt_api as api
 
 CACHE = Path.home() / ".cache" / "trtops" / "wheels"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trtops_worker.build.errors import BuildError, CalibrationError, ConfigError
-from trtops_worker.build.model import TensorSpec, sha256_file
+from trtops_worker.builder.errors import BuildError, CalibrationError, ConfigError
+from trtops_worker.builder.model import TensorSpec, sha256_file
 
 __all__ = ["InputSet", "batches", "load_input_set"]
 

@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from trtops_worker.build.cli import _batch_sizes
-from trtops_worker.build.errors import BuildError
+from trtops_worker.builder.cli import _batch_sizes
+from trtops_worker.builder.errors import BuildError
 from trtops_worker.cachekey import BACKENDS, CALIBRATION_METHODS, PRECISIONS
 
 __all__ = ["add_arguments", "run"]
@@ -46,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from trtops_worker.build.compare import compare
-    from trtops_worker.build.pipeline import BuildRequest
-    from trtops_worker.build.profiles import parse_profile
+    from trtops_worker.builder.compare import compare
+    from trtops_worker.builder.pipeline import BuildRequest
+    from trtops_worker.builder.profiles import parse_profile
 
     try:
         base = BuildRequest(

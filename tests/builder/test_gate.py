@@ -10,19 +10,19 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from trtops_worker.build import pipeline
-from trtops_worker.build.accuracy import (
+from trtops_worker.builder import pipeline
+from trtops_worker.builder.accuracy import (
     OutputKind,
     Thresholds,
     evaluate,
     output_kinds,
     output_metrics,
 )
-from trtops_worker.build.engine import EngineSettings
-from trtops_worker.build.engine_onnxruntime import OnnxRuntimeBackend
-from trtops_worker.build.errors import AccuracyError
+from trtops_worker.builder.engine import EngineSettings
+from trtops_worker.builder.engine_onnxruntime import OnnxRuntimeBackend
+from trtops_worker.builder.errors import AccuracyError
 
-from tests.build.conftest import RunBuild, SampleModel, save_npz
+from tests.builder.conftest import RunBuild, SampleModel, save_npz
 
 
 def _model(path: Path, layers: list[np.ndarray], output: str, head: str | None = None) -> Path:
@@ -269,7 +269,7 @@ def test_output_kinds_in_the_spec_reach_the_worker() -> None:
     from trtops_operator import builders
     from trtops_operator.config import OperatorConfig
     from trtops_operator.models import TrtEngineSpec
-    from trtops_worker.build.cli import add_arguments, request_from_args
+    from trtops_worker.builder.cli import add_arguments, request_from_args
 
     spec = TrtEngineSpec.model_validate(
         {

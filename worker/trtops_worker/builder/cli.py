@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtops_worker.build.accuracy import OUTPUT_KINDS
-from trtops_worker.build.errors import BuildError, ConfigError, StorageError
-from trtops_worker.build.result import compact, failure, write_termination_log
+from trtops_worker.builder.accuracy import OUTPUT_KINDS
+from trtops_worker.builder.errors import BuildError, ConfigError, StorageError
+from trtops_worker.builder.result import compact, failure, write_termination_log
 from trtops_worker.cachekey import BACKENDS, CALIBRATION_METHODS, PRECISIONS
 
 __all__ = ["add_arguments", "request_from_args", "run"]
@@ -128,9 +128,9 @@ def check_confined(flag: str, path: Path, storage: Path) -> None:
 
 
 def request_from_args(args: argparse.Namespace) -> Any:
-    from trtops_worker.build.accuracy import Thresholds
-    from trtops_worker.build.pipeline import BuildRequest
-    from trtops_worker.build.profiles import parse_profile
+    from trtops_worker.builder.accuracy import Thresholds
+    from trtops_worker.builder.pipeline import BuildRequest
+    from trtops_worker.builder.profiles import parse_profile
 
     if args.calibration_max_samples < 1 or args.validation_max_samples < 1:
         raise ConfigError("InvalidArgument", "sample limits must be >= 1")
@@ -192,7 +192,7 @@ def exit_on_sigterm(termination_log: Path) -> Callable[[], None]:
     until the main thread leaves its native call, and a TensorRT build can stay in one for
     minutes, past the pod's grace period. Call from the main thread; the returned function
     puts the previous handling back (the tests run builds in-process)."""
-    from trtops_worker.build.store import abandon_active
+    from trtops_worker.builder.store import abandon_active
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
@@ -209,7 +209,7 @@ def exit_on_sigterm(termination_log: Path) -> Callable[[], None]:
                 break
         removed = abandon_active()
         message = f"stopped by SIGTERM; removed {len(removed)} temporary folder(s)"
-        logging.getLogger("trtops_worker.build").warning("%s", message)
+        logging.getLogger("trtops_worker.builder").warning("%s", message)
         write_termination_log(termination_log, compact(failure("internal", "Terminated", message)))
         os._exit(128 + signal.SIGTERM)
 
@@ -236,23 +236,23 @@ def run(args: argparse.Namespace) -> int:
         else lambda: None
     )
     try:
-        from trtops_worker.build.pipeline import build
+        from trtops_worker.builder.pipeline import build
 
         result: dict[str, Any] = build(request_from_args(args))
     except BuildError as exc:
         if isinstance(exc, StorageError):  # a write that failed for want of space says so
             exc = storage_fault(exc) or exc
-        logging.getLogger("trtops_worker.build").error(
+        logging.getLogger("trtops_worker.builder").error(
             "%s (%s): %s", exc.reason, exc.category, exc.message
         )
         result, code = failure(exc.category, exc.reason, exc.message), exc.exit_code
     except Exception as exc:  # the operator still gets a reason, the traceback goes to stderr
         fault = storage_fault(exc)
         if fault is not None:
-            logging.getLogger("trtops_worker.build").error("%s: %s", fault.reason, fault.message)
+            logging.getLogger("trtops_worker.builder").error("%s: %s", fault.reason, fault.message)
             result, code = failure(fault.category, fault.reason, fault.message), fault.exit_code
         else:
-            logging.getLogger("trtops_worker.build").exception("unexpected failure")
+            logging.getLogger("trtops_worker.builder").exception("unexpected failure")
             result = failure("internal", "InternalError", f"{type(exc).__name__}: {exc}")
             code = 1
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.build.conftest import RunBuild, SampleModel
+from tests.builder.conftest import RunBuild, SampleModel
 
 
 def test_a_link_out_of_the_claim_is_refused(

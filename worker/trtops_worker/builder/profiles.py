@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trtops_worker.build.errors import ConfigError
-from trtops_worker.build.model import TensorSpec
+from trtops_worker.builder.errors import ConfigError
+from trtops_worker.builder.model import TensorSpec
 from trtops_worker.cachekey import ProfileIngredients
 
 __all__ = ["check_profiles", "parse_profile"]

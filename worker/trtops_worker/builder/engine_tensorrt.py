@@ -5,7 +5,7 @@ converted ONNX: dtypes and Q/DQ nodes), ``create_network(0)``, ``build_serialize
 ``set_memory_pool_limit``. A built plan is executed only through the server's executor
 (``serve.backend_tensorrt``), by the accuracy gate and the self-benchmark alike. It runs only in
 the GPU worker image; TensorRT cannot be installed where the tests run, so the names used here are
-checked statically against the real bindings (tests/build/test_tensorrt_api.py) and
+checked statically against the real bindings (tests/builder/test_tensorrt_api.py) and
 ``hack/gpu-smoke.sh`` is the first run on a GPU.
 
 Timing cache: the build starts from the store's shared cache for this TensorRT version and
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from trtops_worker.build.benchmark import latency_summary, time_runs
-from trtops_worker.build.engine import ArtifactRunner, EngineSettings
-from trtops_worker.build.errors import BackendError, ConfigError, EngineError
+from trtops_worker.builder.benchmark import latency_summary, time_runs
+from trtops_worker.builder.engine import ArtifactRunner, EngineSettings
+from trtops_worker.builder.errors import BackendError, ConfigError, EngineError
 from trtops_worker.cachekey import Device
 
 __all__ = ["TIMING_CACHE", "TensorRTBackend", "create"]

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from trtops_worker.build.model import TensorSpec
+from trtops_worker.builder.model import TensorSpec
 
 __all__ = [
     "MEMORY_METHOD",

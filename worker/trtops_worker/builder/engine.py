@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trtops_worker.build.model import TensorSpec
+from trtops_worker.builder.model import TensorSpec
 from trtops_worker.cachekey import Device, ProfileIngredients
 
 __all__ = ["BACKEND_MODULES", "ArtifactRunner", "Backend", "EngineSettings", "load_backend"]
@@ -71,8 +71,8 @@ class Backend(Protocol):
 
 
 BACKEND_MODULES = {
-    "onnxruntime": "trtops_worker.build.engine_onnxruntime",
-    "tensorrt": "trtops_worker.build.engine_tensorrt",
+    "onnxruntime": "trtops_worker.builder.engine_onnxruntime",
+    "tensorrt": "trtops_worker.builder.engine_tensorrt",
 }
 
 

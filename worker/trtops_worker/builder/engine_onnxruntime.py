@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from trtops_worker.build.benchmark import (
+from trtops_worker.builder.benchmark import (
     MEMORY_METHOD,
     RssGrowth,
     in_fresh_process,
     latency_summary,
     time_runs,
 )
-from trtops_worker.build.engine import EngineSettings
-from trtops_worker.build.errors import EngineError
+from trtops_worker.builder.engine import EngineSettings
+from trtops_worker.builder.errors import EngineError
 from trtops_worker.cachekey import Device
 
 __all__ = ["OnnxRuntimeBackend", "Runner", "create"]

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.build.conftest import RunBuild, SampleModel
+from tests.builder.conftest import RunBuild, SampleModel
 from tests.support.volumes import fill, mount_tmpfs, remount
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trtops_worker.build.model import sha256_file
+from trtops_worker.builder.model import sha256_file
 
-from tests.build.conftest import RunBuild, SampleModel, save_npz
+from tests.builder.conftest import RunBuild, SampleModel, save_npz
 
 
 def _expect(result: tuple[int, dict[str, object]], code: int, category: str, reason: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtops_worker.build.errors import ModelError
+from trtops_worker.builder.errors import ModelError
 
 __all__ = ["LoadedModel", "TensorSpec", "describe", "load_model", "sha256_file"]
 

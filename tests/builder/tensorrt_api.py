@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 PINS = ROOT / "images" / "versions.env"  # the worker image's TensorRT, pinned in one place
 SOURCES = (
-    ROOT / "worker" / "trtops_worker" / "build" / "engine_tensorrt.py",
+    ROOT / "worker" / "trtops_worker" / "builder" / "engine_tensorrt.py",
     ROOT / "worker" / "trtops_worker" / "serve" / "backend_tensorrt.py",
 )
 TENSORRT = "tensorrt"
@@ -375,7 +375,7 @@ def sources_uses() -> list[Use]:
 
 
 def main() -> int:
-    """``python -m tests.build.tensorrt_api``: each name, where it is used, how it was confirmed."""
+    """``python -m tests.builder.tensorrt_api``: each name, where it is used, how it was confirmed."""
     values = pins()
     cache = Path.home() / ".cache" / "trtops" / "wheels"
     trt = TensorRTSymbols(download(values["TENSORRT_BINDINGS_WHEEL"], cache))
