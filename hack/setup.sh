@@ -6,7 +6,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf '[setup] %s\n' "$*" >&2; }
 python="${PYTHON:-python3}"
 
-debs=(prometheus lua5.1 lua5.4 jq)
+# libb64-0d: perf_analyzer (tests/serve/test_triton.py) links it
+debs=(prometheus lua5.1 lua5.4 jq libb64-0d)
 missing=()
 # `dpkg -s` also succeeds for a removed package whose config files remain, so ask for the state.
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
