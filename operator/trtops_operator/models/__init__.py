@@ -1,0 +1,106 @@
+"""Typed models of the ``TrtEngine`` spec.
+
+The CRD schema is what refuses bad resources (the API server runs it); these models mirror it so
+the operator's code reads typed fields instead of nested dicts, and so a resource that slipped
+past an older CRD fails loudly (``extra="forbid"``) instead of being half-understood. Defaults
+match the CRD's, so a body that never went through the API server (unit tests) reads the same.
+
+One module per part of the spec: ``base`` (shared field types), ``build`` (``spec.model``,
+``spec.build``, ``spec.storage``), ``serving``, ``rollout`` and ``spec`` (the whole, with the
+rules across parts). Import from here: ``from trtops_operator.models import TrtEngineSpec``.
+"""
+
+from trtops_operator.models.base import (
+    URI_PATTERN,
+    Backend,
+    CalibrationMethod,
+    Dim,
+    Dims,
+    Name,
+    Precision,
+    Quantity,
+    SecretName,
+    Sha256,
+    SpecModel,
+    TaintKey,
+    TaintValue,
+    Uri,
+)
+from trtops_operator.models.build import (
+    Accuracy,
+    BuildSpec,
+    Calibration,
+    ModelSource,
+    Profile,
+    StorageSpec,
+    Target,
+    Toleration,
+    Tolerations,
+    Validation,
+)
+from trtops_operator.models.rollout import (
+    AGREEMENT_NEEDS_SHADOW,
+    ANALYSIS_NEEDS_WEIGHT,
+    Analysis,
+    GatewayAPIRouter,
+    IstioRouter,
+    Judge,
+    OutputAgreement,
+    PrometheusSource,
+    ReplicasRouter,
+    RolloutSpec,
+    Shadow,
+    Slo,
+    Step,
+    TrafficRouter,
+)
+from trtops_operator.models.serving import Autoscaling, Batching, CpuMemory, Resources, ServingSpec
+from trtops_operator.models.spec import AUTOSCALING_NEEDS_WEIGHTS, TrtEngineSpec
+
+__all__ = [
+    "AGREEMENT_NEEDS_SHADOW",
+    "ANALYSIS_NEEDS_WEIGHT",
+    "AUTOSCALING_NEEDS_WEIGHTS",
+    "URI_PATTERN",
+    "Accuracy",
+    "Analysis",
+    "Autoscaling",
+    "Backend",
+    "Batching",
+    "BuildSpec",
+    "Calibration",
+    "CalibrationMethod",
+    "CpuMemory",
+    "Dim",
+    "Dims",
+    "GatewayAPIRouter",
+    "IstioRouter",
+    "Judge",
+    "ModelSource",
+    "Name",
+    "OutputAgreement",
+    "Precision",
+    "Profile",
+    "PrometheusSource",
+    "Quantity",
+    "ReplicasRouter",
+    "Resources",
+    "RolloutSpec",
+    "SecretName",
+    "ServingSpec",
+    "Sha256",
+    "Shadow",
+    "Slo",
+    "SpecModel",
+    "Step",
+    "StorageSpec",
+    "TaintKey",
+    "TaintValue",
+    "Target",
+    "Toleration",
+    "Tolerations",
+    "TrafficRouter",
+    "TrtEngineSpec",
+    "Uri",
+    "Validation",
+]
