@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trtops_operator import builders, keys
+from trtops_operator import keys, manifests
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import BuildOutcome, Event
 from trtops_operator.observation import OWNER_KEY, Observed, Stuck
@@ -81,7 +81,7 @@ def _plan(product: str | None, key: str, job: str, fields: Mapping[str, Any]) ->
 
 def _observe(
     view: EngineView,
-    engine: builders.Engine,
+    engine: manifests.Engine,
     product: str | None,
     key: str,
     job: str,
@@ -106,7 +106,7 @@ def _observe(
     obs = observed.jobs.get(job)
     if obs is None:
         out.create.append(
-            builders.build_job(
+            manifests.build_job(
                 engine, product, key, name=job, config=config, compute_capability=pin
             )
         )
@@ -162,7 +162,7 @@ def _observe(
 
 def decide_builds(
     view: EngineView,
-    engine: builders.Engine,
+    engine: manifests.Engine,
     observed: Observed,
     config: OperatorConfig,
     pins: Mapping[str, str] | None = None,

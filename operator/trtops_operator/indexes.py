@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
-from trtops_operator import builders
+from trtops_operator import manifests
 from trtops_operator.observation import (
     OWNER_KEY,
     DeploymentObs,
@@ -109,7 +109,7 @@ def deployment_entry(namespace: str | None, body: Mapping[str, Any]) -> dict[Has
 
 
 def hash_entry(namespace: str | None, name: str, body: Mapping[str, Any]) -> dict[Hashable, Any]:
-    return {(namespace, name): builders.stamped_hash(body)}
+    return {(namespace, name): manifests.stamped_hash(body)}
 
 
 class _NsView(Mapping[str, Any]):

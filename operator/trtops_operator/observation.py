@@ -20,7 +20,7 @@ from trtops_worker.contract import (
     PlanIncompatibleResult,
 )
 
-from trtops_operator import builders
+from trtops_operator import manifests
 
 __all__ = [
     "OWNER_KEY",
@@ -267,7 +267,7 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentObs:
     return DeploymentObs(
         name=meta["name"],
         engine=(meta.get("labels") or {}).get(LABEL_ENGINE, ""),
-        spec_hash=builders.stamped_hash(body),
+        spec_hash=manifests.stamped_hash(body),
         generation=int(meta.get("generation") or 0),
         observed_generation=int(status.get("observedGeneration") or 0),
         replicas=int((body.get("spec") or {}).get("replicas", 1)),

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trtops_operator import builders
+from trtops_operator import installer_policy, manifests
 from trtops_operator.builds import decide_builds, retry_storage_faults
 from trtops_operator.canary.analysis import Verdict
 from trtops_operator.compat import decide_pins
@@ -68,7 +68,7 @@ def decide(
         message = f"spec is invalid: {exc.errors()[0].get('msg', exc)}"[:1024]
         decision = invalid(view, message, now)
     else:
-        problem = builders.policy_problem(spec, config)
+        problem = installer_policy.policy_problem(spec, config)
         if problem is not None:
             decision = invalid(view, f"spec is not allowed here: {problem}"[:1024], now)
         else:
@@ -85,7 +85,7 @@ def _decide(
     now: str,
     verdict: Verdict | None,
 ) -> Decision:
-    engine = builders.Engine(name=view.name, namespace=view.namespace, uid=view.uid, spec=spec)
+    engine = manifests.Engine(name=view.name, namespace=view.namespace, uid=view.uid, spec=spec)
     pins = decide_pins(
         view.status.compute_capability_pins, observed.serving_pods, view.status.revision
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trtops_operator import builders
+from trtops_operator import manifests
 from trtops_operator.canary import routers as canary_routers
 from trtops_operator.decision import RouterAction
 from trtops_operator.serving import Serving, apply_if_changed
@@ -22,7 +22,7 @@ class Routing:
     router: RouterAction | None = None
 
 
-def decide_routing(engine: builders.Engine, revision: str, serving: Serving) -> Routing:
+def decide_routing(engine: manifests.Engine, revision: str, serving: Serving) -> Routing:
     """One Service per engine (Gateway API and Istio weigh a stable-pinned one against the
     canary's), the route weights, and a PDB when there is more than one replica."""
     spec, observed, out = engine.spec, serving.observed, Routing()
@@ -30,11 +30,11 @@ def decide_routing(engine: builders.Engine, revision: str, serving: Serving) -> 
     canary_svc = f"{engine.name}-canary"
     if serving.wanted:
         pinned = kind in ("gatewayAPI", "istio")
-        main = builders.build_service(
+        main = manifests.build_service(
             engine, revision=(serving.stable_revision or revision) if pinned else None
         )
         services = [main]
-        # the shadow's address (builders.shadow_url) too, whatever the router
+        # the shadow's address (manifests.shadow_url) too, whatever the router
         shadow = (
             spec.rollout is not None
             and spec.rollout.analysis is not None
@@ -42,7 +42,7 @@ def decide_routing(engine: builders.Engine, revision: str, serving: Serving) -> 
         )
         with_canary_svc = (pinned or shadow) and serving.in_canary
         if with_canary_svc:
-            services.append(builders.build_service(engine, revision=revision, name=canary_svc))
+            services.append(manifests.build_service(engine, revision=revision, name=canary_svc))
         for svc in services:
             apply_if_changed(out.apply, svc, observed.services.get(svc["metadata"]["name"]))
         if canary_svc in observed.services and not with_canary_svc:
@@ -62,8 +62,8 @@ def decide_routing(engine: builders.Engine, revision: str, serving: Serving) -> 
                 owned=(engine.name, canary_svc),
             )
         if serving.replicas > 1:
-            apply_if_changed(out.apply, builders.build_pdb(engine), observed.pdbs.get(engine.name))
-        policy = builders.build_network_policy(engine)
+            apply_if_changed(out.apply, manifests.build_pdb(engine), observed.pdbs.get(engine.name))
+        policy = manifests.build_network_policy(engine)
         apply_if_changed(out.apply, policy, observed.network_policies.get(engine.name))
     if engine.name in observed.pdbs and not (serving.wanted and serving.replicas > 1):
         out.delete.append(("PodDisruptionBudget", engine.name))

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trtops_operator import builders, keys, rollout
+from trtops_operator import keys, manifests, rollout
 from trtops_operator.builds import Builds
 from trtops_operator.canary.analysis import Verdict
 from trtops_operator.config import OperatorConfig
@@ -30,7 +30,7 @@ __all__ = ["Serving", "apply_if_changed", "decide_serving"]
 
 def apply_if_changed(apply: list[dict[str, Any]], obj: dict[str, Any], have: str | None) -> None:
     """Apply ``obj`` unless what exists carries its hash already (a steady state writes nothing)."""
-    if have != builders.stamped_hash(obj):
+    if have != manifests.stamped_hash(obj):
         apply.append(obj)
 
 
@@ -63,7 +63,7 @@ class Serving:
         names = self.names_by_rev.get(rev) or []
         return bool(names) and all(
             (d := self.observed.deployments.get(n)) is not None
-            and d.spec_hash == builders.stamped_hash(self.wanted[n])
+            and d.spec_hash == manifests.stamped_hash(self.wanted[n])
             and d.rolled_out
             for n in names
         )
@@ -81,7 +81,7 @@ class Serving:
 
 def decide_serving(
     view: EngineView,
-    engine: builders.Engine,
+    engine: manifests.Engine,
     builds: Builds,
     observed: Observed,
     config: OperatorConfig,
@@ -127,7 +127,7 @@ def decide_serving(
         for p in rev_plans:
             cpu = p.target == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
             product = None if cpu else p.target
-            ref = builders.PlanRef(
+            ref = manifests.PlanRef(
                 target=product,
                 key=p.key,
                 path=p.path,
@@ -136,11 +136,11 @@ def decide_serving(
                 compute_capability=(pins or {}).get(product) if product else None,
             )
             name = keys.serving_name(f"{engine.name}-{rev}", product)
-            serving.wanted[name] = builders.build_deployment(
+            serving.wanted[name] = manifests.build_deployment(
                 engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
             )
             if auto is not None:
-                serving.hpas[name] = builders.build_hpa(
+                serving.hpas[name] = manifests.build_hpa(
                     engine, name=name, revision=rev, floor=rev_replicas
                 )
             serving.names_by_rev.setdefault(rev, []).append(name)

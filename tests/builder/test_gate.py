@@ -266,7 +266,7 @@ def test_output_kinds_in_the_spec_reach_the_worker() -> None:
     """The Job's args, as the operator writes them, parsed by the worker's own CLI."""
     import argparse
 
-    from trtops_operator import builders
+    from trtops_operator import manifests
     from trtops_operator.config import OperatorConfig
     from trtops_operator.models import TrtEngineSpec
     from trtops_worker.builder.cli import add_arguments, request_from_args
@@ -285,8 +285,8 @@ def test_output_kinds_in_the_spec_reach_the_worker() -> None:
             "storage": {"claimName": "c"},
         }
     )
-    engine = builders.Engine(name="e", namespace="ns", uid="u", spec=spec)
-    job = builders.build_job(
+    engine = manifests.Engine(name="e", namespace="ns", uid="u", spec=spec)
+    job = manifests.build_job(
         engine, "H100", "k" * 64, name="j", config=OperatorConfig(worker_image="w:1")
     )
     container = next(

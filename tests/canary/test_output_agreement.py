@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from pydantic import ValidationError
-from trtops_operator import builders
+from trtops_operator import manifests
 from trtops_operator.canary.analysis import (
     AgreementSample,
     RevisionSample,
@@ -140,12 +140,12 @@ def test_every_serving_pod_gets_the_canary_service_as_shadow_address() -> None:
             "analysis": {"prometheus": PROM, "shadow": {"percent": 12.5}},
         },
     }
-    engine = builders.Engine("resnet", "ml", "uid", TrtEngineSpec.model_validate(spec))
-    plan = builders.PlanRef(
+    engine = manifests.Engine("resnet", "ml", "uid", TrtEngineSpec.model_validate(spec))
+    plan = manifests.PlanRef(
         target="cpu", key="k", path="/plans/p", precision="int8", backend="onnxruntime"
     )
     config = OperatorConfig(worker_image="w:1")
-    args = builders.build_deployment(engine, plan, name="d", revision="r1", config=config)["spec"][
+    args = manifests.build_deployment(engine, plan, name="d", revision="r1", config=config)["spec"][
         "template"
     ]["spec"]["containers"][0]["args"]
     url = args[args.index("--shadow-url") + 1]
@@ -275,7 +275,7 @@ def test_a_canary_that_answers_differently_fails_on_output_agreement_only(
     assert good.kind != "Failed", good.reason
 
 
-def _engine(router: dict[str, Any], shadow: bool) -> builders.Engine:
+def _engine(router: dict[str, Any], shadow: bool) -> manifests.Engine:
     analysis: dict[str, Any] = {"prometheus": PROM}
     if shadow:
         analysis["shadow"] = {"percent": 10}
@@ -290,7 +290,7 @@ def _engine(router: dict[str, Any], shadow: bool) -> builders.Engine:
             "analysis": analysis,
         },
     }
-    return builders.Engine("resnet", "ml", "uid", TrtEngineSpec.model_validate(spec))
+    return manifests.Engine("resnet", "ml", "uid", TrtEngineSpec.model_validate(spec))
 
 
 @pytest.mark.parametrize("shadow", [True, False])
@@ -311,7 +311,7 @@ def test_network_policy_lets_serving_pods_shadow_to_each_other_only_with_shadow(
     shadow: bool,
 ) -> None:
     engine = _engine({"replicas": {}}, shadow)
-    policy = builders.build_network_policy(engine)
+    policy = manifests.build_network_policy(engine)
     peers = policy["spec"]["ingress"][0]["from"]
     own = {"podSelector": {"matchLabels": policy["spec"]["podSelector"]["matchLabels"]}}
     assert (own in peers) is shadow

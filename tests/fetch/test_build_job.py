@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from trtops_operator import keys
-from trtops_operator.builders import Engine, build_job
 from trtops_operator.config import OperatorConfig
+from trtops_operator.manifests import Engine, build_job
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import summarize_pod
 from trtops_operator.reconcile import JobObs, Observed, decide

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from trtops_operator import builders
+from trtops_operator import manifests
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import DeploymentObs, JobObs, Observed, PodObs
@@ -55,11 +55,11 @@ class World:
 
     def observed(self) -> Observed:
         deps = {
-            n: DeploymentObs(n, "e", builders.stamped_hash(d), 1, 1, r, r, r, r)
+            n: DeploymentObs(n, "e", manifests.stamped_hash(d), 1, 1, r, r, r, r)
             for n, d in self.deployments.items()
             for r in [self.replicas[n]]
         }
-        hpas = {n: builders.stamped_hash(h) for n, h in self.hpas.items()}
+        hpas = {n: manifests.stamped_hash(h) for n, h in self.hpas.items()}
         return Observed(jobs=self.jobs, pods=self.pods, deployments=deps, hpas=hpas)
 
     def reconcile(self) -> Any:

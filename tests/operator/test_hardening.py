@@ -1,12 +1,12 @@
 """Pods a tenant's spec makes, hardened whatever the spec says; and what the installer's policy
-refuses before any pod exists (pure: builders and decide, no cluster)."""
+refuses before any pod exists (pure: manifests and decide, no cluster)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from trtops_operator import builders
+from trtops_operator import manifests
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.reconcile import Observed, decide
@@ -19,15 +19,15 @@ SPEC: dict[str, Any] = {
 }
 
 
-def engine(spec: dict[str, Any]) -> builders.Engine:
-    return builders.Engine("e", "ns", "u1", TrtEngineSpec.model_validate(spec))
+def engine(spec: dict[str, Any]) -> manifests.Engine:
+    return manifests.Engine("e", "ns", "u1", TrtEngineSpec.model_validate(spec))
 
 
 def pods(spec: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
     e = engine(spec)
-    job = builders.build_job(e, "H100", "k" * 64, name="j", config=config)
-    plan = builders.PlanRef("H100", "k" * 64, "/plans/k", "fp16", "tensorrt")
-    dep = builders.build_deployment(e, plan, name="d", revision="r1", config=config)
+    job = manifests.build_job(e, "H100", "k" * 64, name="j", config=config)
+    plan = manifests.PlanRef("H100", "k" * 64, "/plans/k", "fp16", "tensorrt")
+    dep = manifests.build_deployment(e, plan, name="d", revision="r1", config=config)
     return [job["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]]
 
 
@@ -108,13 +108,13 @@ def test_allowed_placement_still_builds() -> None:
 
 def test_each_engine_gets_a_network_policy_for_its_serving_pods() -> None:
     """Before, no NetworkPolicy existed anywhere: any pod could call any engine."""
-    policy = builders.build_network_policy(engine(SPEC))["spec"]
+    policy = manifests.build_network_policy(engine(SPEC))["spec"]
     assert policy["podSelector"]["matchLabels"] == {
         "trtops.dev/engine": "e",
         "trtops.dev/component": "serve",
     }
     inference, metrics = policy["ingress"]
-    assert {p["port"] for p in inference["ports"]} == {builders.HTTP_PORT, builders.GRPC_PORT}
+    assert {p["port"] for p in inference["ports"]} == {manifests.HTTP_PORT, manifests.GRPC_PORT}
     clients = inference["from"][0]["podSelector"]["matchExpressions"][0]
     assert (clients["key"], clients["values"]) == ("trtops.dev/client", ["e", "true"])
-    assert [p["port"] for p in metrics["ports"]] == [builders.METRICS_PORT]
+    assert [p["port"] for p in metrics["ports"]] == [manifests.METRICS_PORT]

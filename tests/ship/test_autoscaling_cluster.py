@@ -9,8 +9,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from trtops_operator.builders import Engine, PlanRef, build_deployment, build_hpa
 from trtops_operator.config import OperatorConfig
+from trtops_operator.manifests import Engine, PlanRef, build_deployment, build_hpa
 from trtops_operator.models import TrtEngineSpec
 
 pytestmark = pytest.mark.cluster

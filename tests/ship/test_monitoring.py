@@ -18,10 +18,10 @@ import orjson
 import pytest
 import requests
 import yaml
-from trtops_operator.builders import Engine, PlanRef, build_deployment
 from trtops_operator.canary.analysis import Selector
 from trtops_operator.canary.prometheus import PrometheusClient, measure
 from trtops_operator.config import OperatorConfig
+from trtops_operator.manifests import Engine, PlanRef, build_deployment
 from trtops_operator.models import TrtEngineSpec
 from trtops_worker import samples
 from trtops_worker.serve.codec import encode_tensor

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
-from trtops_operator import builders, keys
+from trtops_operator import keys, manifests
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import Toleration, TrtEngineSpec
 
@@ -18,9 +18,9 @@ GOLDEN = Path(__file__).parent / "golden"
 CONFIG = OperatorConfig(worker_image="registry.example/trtops-worker:test")
 
 
-def engine(sample: str) -> builders.Engine:
+def engine(sample: str) -> manifests.Engine:
     doc = yaml.safe_load((SAMPLES / sample).read_text())
-    return builders.Engine(
+    return manifests.Engine(
         name=doc["metadata"]["name"],
         namespace="ml",
         uid="uid-1",
@@ -43,16 +43,16 @@ def gpu_objects() -> dict[str, dict[str, Any]]:
     product = "NVIDIA-H100-80GB-HBM3"
     key = keys.build_key(e.spec, product, CONFIG.worker_image)
     job = keys.job_name(key, e.spec.storage.claim_name, keys.gate_json(e.spec))
-    plan = builders.PlanRef(
+    plan = manifests.PlanRef(
         target=product, key=key, path=f"/plans/{'a' * 64}", precision="int8", backend="tensorrt"
     )
     return {
-        "resnet-job.yaml": builders.build_job(e, product, key, name=job, config=CONFIG),
-        "resnet-deployment.yaml": builders.build_deployment(
+        "resnet-job.yaml": manifests.build_job(e, product, key, name=job, config=CONFIG),
+        "resnet-deployment.yaml": manifests.build_deployment(
             e, plan, name=keys.serving_name(e.name, product), revision="r1", config=CONFIG
         ),
-        "resnet-service.yaml": builders.build_service(e),
-        "resnet-pdb.yaml": builders.build_pdb(e),
+        "resnet-service.yaml": manifests.build_service(e),
+        "resnet-pdb.yaml": manifests.build_pdb(e),
     }
 
 
@@ -66,13 +66,13 @@ def test_gpu_objects_match_golden(name: str) -> None:
 def test_cpu_job_and_deployment_match_golden_and_ask_for_no_gpu() -> None:
     e = engine("cpu-fp32.yaml")
     key = keys.build_key(e.spec, None, CONFIG.worker_image)
-    job = builders.build_job(
+    job = manifests.build_job(
         e, None, key, name=keys.job_name(key, "trt-plans", None), config=CONFIG
     )
-    plan = builders.PlanRef(
+    plan = manifests.PlanRef(
         target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime"
     )
-    dep = builders.build_deployment(
+    dep = manifests.build_deployment(
         e, plan, name=keys.serving_name(e.name, None), revision="r1", config=CONFIG
     )
     check_golden("cpu-job.yaml", job)
@@ -104,9 +104,12 @@ def test_job_command_line_follows_the_worker_contract() -> None:
 
 
 def test_relative_uri_and_same_claim_uri_resolve_onto_the_storage_mount() -> None:
-    assert builders.resolve_uri("models/m.onnx", "plans") == ("/plans/models/m.onnx", None)
-    assert builders.resolve_uri("pvc://plans/m.onnx", "plans") == ("/plans/m.onnx", None)
-    assert builders.resolve_uri("pvc://data/m.onnx", "plans") == ("/mnt/claims/data/m.onnx", "data")
+    assert manifests.resolve_uri("models/m.onnx", "plans") == ("/plans/models/m.onnx", None)
+    assert manifests.resolve_uri("pvc://plans/m.onnx", "plans") == ("/plans/m.onnx", None)
+    assert manifests.resolve_uri("pvc://data/m.onnx", "plans") == (
+        "/mnt/claims/data/m.onnx",
+        "data",
+    )
 
 
 def test_serving_is_pinned_to_the_plans_gpu_with_read_only_plans() -> None:
@@ -132,14 +135,14 @@ def test_serving_is_pinned_to_the_plans_gpu_with_read_only_plans() -> None:
 
 def test_hash_annotation_changes_with_the_object() -> None:
     e = engine("cpu-fp32.yaml")
-    plan = builders.PlanRef(
+    plan = manifests.PlanRef(
         target=None, key="k", path="/plans/x", precision="fp32", backend="onnxruntime"
     )
-    a = builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
-    b = builders.build_deployment(e, plan, name="n", revision="r2", config=CONFIG)
-    h = builders.HASH_ANNOTATION
+    a = manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    b = manifests.build_deployment(e, plan, name="n", revision="r2", config=CONFIG)
+    h = manifests.HASH_ANNOTATION
     assert a["metadata"]["annotations"][h] != b["metadata"]["annotations"][h]
-    assert a == builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    assert a == manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
 
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -148,29 +151,29 @@ DRAIN = {"key": "node.example/draining", "operator": "Exists", "effect": "NoExec
 
 
 def with_tolerations(
-    e: builders.Engine,
+    e: manifests.Engine,
     build: list[dict[str, Any]] | None = None,
     serving: list[dict[str, Any]] | None = None,
-) -> builders.Engine:
+) -> manifests.Engine:
     """``e`` with the given build and serving tolerations (as a user writes them)."""
     spec = e.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     if build is not None:
         spec["build"]["tolerations"] = build
     if serving is not None:
         spec["serving"]["tolerations"] = serving
-    return builders.Engine(e.name, e.namespace, e.uid, TrtEngineSpec.model_validate(spec))
+    return manifests.Engine(e.name, e.namespace, e.uid, TrtEngineSpec.model_validate(spec))
 
 
-def gpu_job_and_deployment(e: builders.Engine) -> tuple[dict[str, Any], dict[str, Any]]:
+def gpu_job_and_deployment(e: manifests.Engine) -> tuple[dict[str, Any], dict[str, Any]]:
     product = "NVIDIA-H100-80GB-HBM3"
     key = keys.build_key(e.spec, product, CONFIG.worker_image)
     job = keys.job_name(key, e.spec.storage.claim_name, keys.gate_json(e.spec))
-    plan = builders.PlanRef(
+    plan = manifests.PlanRef(
         target=product, key=key, path="/plans/p", precision="int8", backend="tensorrt"
     )
     return (
-        builders.build_job(e, product, key, name=job, config=CONFIG),
-        builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG),
+        manifests.build_job(e, product, key, name=job, config=CONFIG),
+        manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG),
     )
 
 
@@ -199,11 +202,11 @@ def test_a_repeat_of_the_gpu_toleration_is_listed_once() -> None:
 def test_cpu_pods_get_only_the_spec_tolerations() -> None:
     e = with_tolerations(engine("cpu-fp32.yaml"), build=[DRAIN], serving=[TEAM_TAINT])
     key = keys.build_key(e.spec, None, CONFIG.worker_image)
-    plan = builders.PlanRef(
+    plan = manifests.PlanRef(
         target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime"
     )
-    job = builders.build_job(e, None, key, name="j", config=CONFIG)
-    dep = builders.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    job = manifests.build_job(e, None, key, name="j", config=CONFIG)
+    dep = manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
     assert pod_tolerations(job) == [DRAIN]
     assert pod_tolerations(dep) == [TEAM_TAINT]
 
@@ -228,9 +231,9 @@ def test_tolerations_never_change_the_build_identity() -> None:
     # Same build Job name (so no new Job, no rebuild) and the same plan key on the Deployment...
     assert job["metadata"]["name"] == base_job["metadata"]["name"]
     notes, base_notes = dep["metadata"]["annotations"], base_dep["metadata"]["annotations"]
-    assert notes[builders.KEY_ANNOTATION] == base_notes[builders.KEY_ANNOTATION]
+    assert notes[manifests.KEY_ANNOTATION] == base_notes[manifests.KEY_ANNOTATION]
     # ...while the serving Deployment is rewritten, so its pods roll onto the new tolerations.
-    assert notes[builders.HASH_ANNOTATION] != base_notes[builders.HASH_ANNOTATION]
+    assert notes[manifests.HASH_ANNOTATION] != base_notes[manifests.HASH_ANNOTATION]
 
 
 @pytest.mark.parametrize(
