@@ -55,6 +55,7 @@ OPERATOR_METRICS = frozenset({
     "trtops_plan_top1_agreement",  # gauge, accuracy gate: top-1 agreement with FP32
     "trtops_plan_mean_abs_error",  # gauge, accuracy gate: mean absolute error against FP32
     "trtops_canary_weight",  # gauge, traffic weight (percent) the operator set per revision/role
+    "trtops_revision_pod_hourly_cost",  # gauge, price of one serving pod per hour (cost.py)
 })
 # Charted by the dashboard, not yet exposed by the operator: such panels would stay empty
 # (their titles must say "pending operator metric"). Empty since the operator has them all.

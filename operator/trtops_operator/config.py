@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trtops_operator import __version__
+from trtops_operator.models import Cost
 
 __all__ = ["DEFAULT_WORKER_IMAGE", "ENV_PREFIX", "OperatorConfig"]
 
@@ -88,6 +89,17 @@ class OperatorConfig(BaseModel):
         300.0, description="longest retry delay of a failing reconcile"
     )
 
+    # Prices for cost per 1M inferences (trtops_operator.cost); an engine's spec.cost overrides.
+    gpu_hour_price: Annotated[float, Field(ge=0, le=1000000)] = Field(
+        0.0, description="price of one GPU for one hour (0 with cpu-hour-price 0: no cost)"
+    )
+    cpu_hour_price: Annotated[float, Field(ge=0, le=1000000)] = Field(
+        0.0, description="price of one CPU core for one hour"
+    )
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = Field(
+        "USD", description="ISO 4217 currency of the two prices"
+    )
+
     @staticmethod
     def env_name(field: str) -> str:
         return ENV_PREFIX + field.upper()
@@ -112,6 +124,18 @@ class OperatorConfig(BaseModel):
     def allowed_prometheus(self) -> tuple[str, ...]:
         """:attr:`prometheus_addresses` as a list."""
         return _items(self.prometheus_addresses)
+
+    @property
+    def prices(self) -> Cost | None:
+        """The installer's prices (the chart's ``cost`` values) as an engine's ``spec.cost``;
+        ``None`` when both are 0 (no cost is reported)."""
+        if self.gpu_hour_price <= 0 and self.cpu_hour_price <= 0:
+            return None
+        return Cost(
+            gpu_hour_price=self.gpu_hour_price,
+            cpu_hour_price=self.cpu_hour_price,
+            currency=self.currency,
+        )
 
     def to_env(self) -> dict[str, str]:
         """The inverse of :meth:`from_env`."""

@@ -206,7 +206,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     if election.enabled:
         rt.elector = leader.Elector(election, api.client, on_elected=rt.recheck_all)
         memo["tasks"].append(asyncio.create_task(rt.elector.run()))
-    metrics.watch_engines(lambda: idx.get("engine_index") or {})
+    metrics.watch_engines(lambda: idx.get("engine_index") or {}, config.prices)
     if config.metrics_port:
         metrics.serve(config.metrics_port, config.metrics_address)
     memo["runtime"] = rt

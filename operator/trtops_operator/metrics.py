@@ -23,9 +23,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import ValidationError
 
-from trtops_operator import keys
+from trtops_operator import cost, keys
 from trtops_operator.decision import Decision
-from trtops_operator.models import TrtEngineSpec
+from trtops_operator.models import Cost, TrtEngineSpec
 
 __all__ = [
     "BUILD_BUCKETS",
@@ -142,6 +142,7 @@ EngineSource = Callable[[], Mapping[Any, Iterable[Mapping[str, Any]]]]
 
 PLAN_LABELS = ["namespace", "engine", "revision", "precision", "target", "output"]
 WEIGHT_LABELS = ["namespace", "engine", "revision", "precision", "role"]
+COST_LABELS = [*WEIGHT_LABELS, "currency"]
 
 
 def snapshot(source: EngineSource | None, attempts: int = 3) -> list[Mapping[str, Any]]:
@@ -179,13 +180,16 @@ def _precision(plans: Any) -> str:
 
 class EngineCollector(Collector):
     """``trtops_plan_top1_agreement``, ``trtops_plan_mean_abs_error`` (per plan of the current
-    revision and output, from ``status.plans[].accuracy``) and ``trtops_canary_weight`` (percent
-    of traffic per revision and role, from ``status.stable`` and ``status.canary``)."""
+    revision and output, from ``status.plans[].accuracy``), ``trtops_canary_weight`` (percent
+    of traffic per revision and role, from ``status.stable`` and ``status.canary``) and
+    ``trtops_revision_pod_hourly_cost`` (price of one serving pod of each revision per hour, from
+    the spec's resources and ``spec.cost`` or ``prices``; only where a price is set)."""
 
-    def __init__(self, source: EngineSource | None = None) -> None:
+    def __init__(self, source: EngineSource | None = None, prices: Cost | None = None) -> None:
         self.source = source
+        self.prices = prices
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
             GaugeMetricFamily(
                 "trtops_plan_top1_agreement",
@@ -202,19 +206,45 @@ class EngineCollector(Collector):
                 "Percent of traffic the operator gives each revision (role stable or canary)",
                 labels=WEIGHT_LABELS,
             ),
+            GaugeMetricFamily(
+                "trtops_revision_pod_hourly_cost",
+                "Price of one serving pod of the revision for one hour (GPUs and CPU cores it"
+                " requests at spec.cost or the operator's prices), in the currency label",
+                labels=COST_LABELS,
+            ),
         )
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        top1, mae, weight = self._families()
+        top1, mae, weight, pod_cost = self._families()
         for body in snapshot(self.source):
             try:
                 self._add(body, top1, mae, weight)
+                self._add_cost(body, pod_cost)
             except (AttributeError, KeyError, TypeError, ValueError):
                 continue  # one malformed status must not cost the whole scrape
-        return iter((top1, mae, weight))
+        return iter((top1, mae, weight, pod_cost))
+
+    def _add_cost(self, body: Mapping[str, Any], pod_cost: GaugeMetricFamily) -> None:
+        spec = TrtEngineSpec.model_validate(body.get("spec") or {})
+        prices = cost.prices_for(spec, self.prices)
+        if prices is None:
+            return
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        for role in ("stable", "canary"):
+            side = status.get(role) or {}
+            plans = [p for p in side.get("plans") or [] if isinstance(p, Mapping)]
+            if not side.get("revision") or not plans:
+                continue
+            # Every target's pod requests the same (one GPU, or none): the first plan tells.
+            pod = cost.serving_footprint(
+                spec.serving, plans[0].get("backend"), plans[0].get("target")
+            )
+            labels = [str(meta.get("namespace") or ""), str(meta.get("name") or "")]
+            labels += [str(side["revision"]), _precision(plans), role, prices.currency]
+            pod_cost.add_metric(labels, cost.pod_hourly_cost(pod, prices))
 
     @staticmethod
     def _add(
@@ -248,9 +278,11 @@ ENGINES = EngineCollector()
 REGISTRY.register(ENGINES)
 
 
-def watch_engines(source: EngineSource) -> None:
-    """Read the engines from ``source`` at every scrape (the handlers pass kopf's index)."""
+def watch_engines(source: EngineSource, prices: Cost | None = None) -> None:
+    """Read the engines from ``source`` at every scrape (the handlers pass kopf's index); cost
+    engines without ``spec.cost`` at ``prices`` (the operator's)."""
     ENGINES.source = source
+    ENGINES.prices = prices
 
 
 _SERVER: list[Any] = []  # the running metrics server, for stop()

@@ -39,3 +39,6 @@ def test_chart_values_match_the_config_defaults() -> None:
     assert values["operator"]["analysisWorkers"] == default.analysis_workers
     assert ",".join(values["prometheus"]["addresses"]) == default.prometheus_addresses
     assert values["worker"]["image"]["pullPolicy"] == default.image_pull_policy
+    assert values["cost"]["gpuHourPrice"] == default.gpu_hour_price
+    assert values["cost"]["cpuHourPrice"] == default.cpu_hour_price
+    assert values["cost"]["currency"] == default.currency

@@ -74,6 +74,13 @@ REFUSED: list[tuple[str, Mutate]] = [
             {"prometheus": {"address": "http://p:9090"}, "slo": {"p99LatencyMs": 0.0001}},
         ),
     ),
+    ("cost with no price", _set("spec.cost", {"gpuHourPrice": 0, "cpuHourPrice": 0})),
+    ("cost with a negative price", _set("spec.cost", {"gpuHourPrice": -1, "cpuHourPrice": 0})),
+    ("cost without cpuHourPrice", _set("spec.cost", {"gpuHourPrice": 2.5})),
+    (
+        "cost in a currency that is no ISO 4217 code",
+        _set("spec.cost", {"gpuHourPrice": 2.5, "cpuHourPrice": 0.04, "currency": "usd"}),
+    ),
 ]
 
 ACCEPTED: list[tuple[str, Mutate]] = [
@@ -99,6 +106,14 @@ ACCEPTED: list[tuple[str, Mutate]] = [
     ("pvc uri with dots in a name", _set("spec.model.uri", "pvc://models/v1.2/m.onnx")),
     ("quantities", _set("spec.serving.resources", {"requests": {"cpu": "500m", "memory": "1Gi"}})),
     ("sensible tolerations", _tolerations("serving", {"key": "dedicated", "value": "ml-gpu"})),
+    (
+        "cost, GPU only, default currency",
+        _set("spec.cost", {"gpuHourPrice": 2.5, "cpuHourPrice": 0}),
+    ),
+    (
+        "cost in euros",
+        _set("spec.cost", {"gpuHourPrice": 2.1, "cpuHourPrice": 0.035, "currency": "EUR"}),
+    ),
 ]
 
 

@@ -38,6 +38,7 @@ from trtops_operator.models.build import (
     Tolerations,
     Validation,
 )
+from trtops_operator.models.cost import COST_NEEDS_A_PRICE, Cost
 from trtops_operator.models.rollout import (
     AGREEMENT_NEEDS_SHADOW,
     ANALYSIS_NEEDS_WEIGHT,
@@ -70,6 +71,8 @@ __all__ = [
     "BuildSpec",
     "Calibration",
     "CalibrationMethod",
+    "COST_NEEDS_A_PRICE",
+    "Cost",
     "CpuMemory",
     "Dim",
     "Dims",

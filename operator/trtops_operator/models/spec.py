@@ -6,6 +6,7 @@ from pydantic import model_validator
 
 from trtops_operator.models.base import SpecModel
 from trtops_operator.models.build import BuildSpec, ModelSource, StorageSpec
+from trtops_operator.models.cost import Cost
 from trtops_operator.models.rollout import RolloutSpec
 from trtops_operator.models.serving import ServingSpec
 
@@ -21,6 +22,7 @@ class TrtEngineSpec(SpecModel):
     storage: StorageSpec
     serving: ServingSpec = ServingSpec()
     rollout: RolloutSpec | None = None
+    cost: Cost | None = None
 
     @model_validator(mode="after")
     def _backend_rules(self) -> TrtEngineSpec:
