@@ -1,89 +1,30 @@
-"""The one module that writes to the Kubernetes API (reads come from kopf's watch indexes),
-router objects included, with one error map.
-
-Every call is idempotent: Jobs are created if absent (409 means someone else already did,
-which is the point of deterministic names), owned objects are server-side applied with one
-field manager, deletes ignore 404. Errors follow :mod:`trtops_operator.errors`: a request the
-API server refuses as malformed or forbidden (400, 403, 422) is ``ApiRefused`` (permanent);
-any other API error or an unreachable server is ``ApiUnavailable`` (temporary). No kopf here.
-
-Route objects (HTTPRoute, VirtualService) belong to the user: each write is a JSON patch of the
-weights this operator owns (computed by :mod:`trtops_operator.canary.routers` from the object
-just read), headed by ``{"op": "replace", "path": "/metadata/resourceVersion", ...}``: a
-resourceVersion in a patched object is a precondition, so if anyone (Argo CD, a person) changed
-the object between our read and our write, the API server refuses it with 409 and we read again.
-"""
+"""``Api``: the operator's writes of its own objects (Jobs, server-side applied Deployments,
+Services, PodDisruptionBudgets, HorizontalPodAutoscalers, NetworkPolicies), the engine's status,
+finalizers and Events; and ``apply_decision``, which carries out one reconcile's writes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from trtops_operator import GROUP, KIND, PLURAL, VERSION
-from trtops_operator.canary import routers
-from trtops_operator.canary.errors import RouterMisconfigured, RouterUnavailable
 from trtops_operator.decision import Decision, Event
-from trtops_operator.errors import (
-    ApiRefused,
-    ApiUnavailable,
-    ClaimNotAllowed,
-    NameConflict,
-    PermanentError,
-    TemporaryError,
-)
+from trtops_operator.errors import ApiRefused, ApiUnavailable, ClaimNotAllowed, NameConflict
+from trtops_operator.k8s.error_map import FIELD_MANAGER, api_errors
+from trtops_operator.k8s.routes import RouterIO
 
-__all__ = [
-    "CLAIM_OPT_IN",
-    "HTTPROUTE",
-    "ROUTE_OPT_IN",
-    "VIRTUALSERVICE",
-    "Api",
-    "RouteRef",
-    "RouterIO",
-    "apply_decision",
-]
+__all__ = ["CLAIM_OPT_IN", "Api", "apply_decision"]
 
-FIELD_MANAGER = "trtops-operator"
 APPLY = "application/apply-patch+yaml"
-REFUSED = (400, 403, 422)
 log = logging.getLogger(__name__)
-JsonPatch = list[dict[str, Any]]
-
-
-@contextmanager
-def _errors(
-    what: str,
-    *,
-    ignore: Collection[int] = (),
-    temporary: type[TemporaryError] = ApiUnavailable,
-    permanent: type[PermanentError] = ApiRefused,
-) -> Iterator[None]:
-    """The one error map: API errors -> the operator's exceptions; ``ignore``: statuses that
-    mean the work is done already (404 on delete, 409 on create)."""
-    try:
-        yield
-    except ApiException as exc:
-        if exc.status in ignore:
-            return
-        if exc.status in REFUSED:
-            raise permanent(
-                f"{what}: the API server refused it ({exc.status}): {exc.body}"
-            ) from exc
-        raise temporary(f"{what}: API error {exc.status} {exc.reason}") from exc
-    except (HTTPError, OSError) as exc:
-        raise temporary(f"{what}: API unreachable: {exc}") from exc
-
-
-def _status(exc: ApiException) -> int:
-    return int(exc.status or 0)
+# A PersistentVolumeClaim opts in to being mounted by TrtEngine pods with this label ("true").
+CLAIM_OPT_IN = "trtops.dev/mountable"
 
 
 class Api:
@@ -116,7 +57,7 @@ class Api:
             if not claim:
                 continue
             labels: Mapping[str, str] = {}
-            with _errors(f"read PersistentVolumeClaim {claim}", ignore=(404,)):
+            with api_errors(f"read PersistentVolumeClaim {claim}", ignore=(404,)):
                 pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
                 labels = (pvc.metadata.labels if pvc.metadata else None) or {}
             if labels.get(CLAIM_OPT_IN) != "true":
@@ -130,7 +71,7 @@ class Api:
         meta = job["metadata"]
         self.check_claims(meta["namespace"], job["spec"]["template"]["spec"])
         created = False
-        with _errors(f"create Job {meta['name']}", ignore=(409,)):
+        with api_errors(f"create Job {meta['name']}", ignore=(409,)):
             self.batch.create_namespaced_job(meta["namespace"], job)  # type: ignore[arg-type]  # dicts serialize as is
             created = True
         return created
@@ -139,7 +80,7 @@ class Api:
         """Add ``owner`` to a shared Job's owners: it is collected only when its last owner goes."""
         patch = [{"op": "add", "path": "/metadata/ownerReferences/-", "value": owner}]
         # 404: gone; the next reconcile creates it again.
-        with _errors(f"adopt Job {name}", ignore=(404,)):
+        with api_errors(f"adopt Job {name}", ignore=(404,)):
             self.batch.patch_namespaced_job(
                 name, namespace, patch, _content_type="application/json-patch+json"
             )
@@ -181,7 +122,7 @@ class Api:
         owner = next((r["uid"] for r in refs if r.get("controller")), None)
         if kind == "Deployment":
             self.check_claims(meta["namespace"], obj["spec"]["template"]["spec"])
-        with _errors(f"apply {kind} {meta['name']}"):
+        with api_errors(f"apply {kind} {meta['name']}"):
             uid, controller = self._controller(kind, meta["namespace"], meta["name"])
             if uid is not None and controller != owner:
                 raise NameConflict(kind, meta["namespace"], meta["name"])
@@ -203,7 +144,7 @@ class Api:
         """Delete an object the engine ``owner_uid`` controls; anything else of that name (a
         namesake created since the engine let go of the name) is left alone."""
         # 404: gone already; 409: replaced between the read and the delete, so not ours.
-        with _errors(f"delete {kind} {name}", ignore=(404, 409)):
+        with api_errors(f"delete {kind} {name}", ignore=(404, 409)):
             uid, controller = self._controller(kind, namespace, name)
             if uid is None or controller != owner_uid:
                 return
@@ -213,7 +154,7 @@ class Api:
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a build Job (one that failed on its storage, to retry it) with its pods
         (the API's default for Jobs orphans them). Jobs are shared, never controlled."""
-        with _errors(f"delete Job {name}", ignore=(404,)):
+        with api_errors(f"delete Job {name}", ignore=(404,)):
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
 
     def patch_status(
@@ -221,7 +162,7 @@ class Api:
     ) -> dict[str, Any] | None:
         """Merge-patch the status; the engine as written (None: deleted meanwhile)."""
         written: dict[str, Any] | None = None
-        with _errors(f"patch status of {KIND} {name}", ignore=(404,)):
+        with api_errors(f"patch status of {KIND} {name}", ignore=(404,)):
             written = self.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]  # the object as JSON
                 GROUP,
                 VERSION,
@@ -249,7 +190,7 @@ class Api:
             {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
         ]
         written: dict[str, Any] | None = None
-        with _errors(f"set finalizers of {KIND} {meta['name']}", ignore=(404,)):
+        with api_errors(f"set finalizers of {KIND} {meta['name']}", ignore=(404,)):
             written = self.custom.patch_namespaced_custom_object(  # type: ignore[assignment]  # as above
                 GROUP,
                 VERSION,
@@ -290,7 +231,7 @@ class Api:
             "count": 1,
         }
         try:
-            with _errors(f"post Event {event.reason}"):
+            with api_errors(f"post Event {event.reason}"):
                 self.core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # as above
         except (ApiRefused, ApiUnavailable) as exc:
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc)
@@ -333,181 +274,3 @@ def apply_decision(
             continue  # a Job someone (or an earlier pass) created already: told then
         api.post_event(engine, event)
     return created, written
-
-
-# --- route objects ----------------------------------------------------------------------------
-
-
-class RouteRef:
-    """Group, version and plural of a route kind."""
-
-    def __init__(self, kind: str, group: str, version: str, plural: str) -> None:
-        self.kind, self.group, self.version, self.plural = kind, group, version, plural
-
-
-HTTPROUTE = RouteRef("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
-VIRTUALSERVICE = RouteRef("VirtualService", "networking.istio.io", "v1", "virtualservices")
-
-
-# A route object opts in to having its weights moved by naming the engines that may move them
-# (comma-separated) in this annotation: naming a route in a spec is not enough, since whoever
-# may create a TrtEngine need not be whoever owns the route.
-ROUTE_OPT_IN = "trtops.dev/engine"
-# A PersistentVolumeClaim opts in to being mounted by TrtEngine pods with this label ("true").
-CLAIM_OPT_IN = "trtops.dev/mountable"
-
-
-def _check_opt_in(ref: RouteRef, obj: Mapping[str, Any], engine: str) -> None:
-    meta = obj.get("metadata") or {}
-    named = str((meta.get("annotations") or {}).get(ROUTE_OPT_IN, ""))
-    if engine not in {n.strip() for n in named.split(",")}:
-        raise RouterMisconfigured(
-            f"{ref.kind} {meta.get('namespace')}/{meta.get('name')} has not opted in to this"
-            f" engine moving its weights: annotate it {ROUTE_OPT_IN}={engine}"
-            " (comma-separate several engines)"
-        )
-
-
-class RouterIO:
-    """Sets weights on HTTPRoutes and VirtualServices; ``attempts`` bounds the re-read loop.
-    Raises ``RouterMisconfigured`` (permanent) or ``RouterUnavailable`` (temporary)."""
-
-    def __init__(self, api_client: client.ApiClient, *, attempts: int = 5) -> None:
-        self.custom = client.CustomObjectsApi(api_client)
-        self.attempts = attempts
-
-    def get(self, ref: RouteRef, namespace: str, name: str) -> dict[str, Any]:
-        what = f"{ref.kind} {namespace}/{name} (spec.rollout.trafficRouter)"
-        try:
-            with _errors(
-                f"read {what}", temporary=RouterUnavailable, permanent=RouterMisconfigured
-            ):
-                obj = self.custom.get_namespaced_custom_object(
-                    ref.group, ref.version, namespace, ref.plural, name
-                )
-        except RouterUnavailable as exc:
-            if isinstance(exc.__cause__, ApiException) and _status(exc.__cause__) == 404:
-                raise RouterMisconfigured(f"{what} does not exist") from exc
-            raise
-        if not isinstance(obj, dict):
-            raise RouterUnavailable(f"read {ref.kind} {name}: unexpected answer {obj!r:.200}")
-        return obj
-
-    def _converge(
-        self,
-        ref: RouteRef,
-        namespace: str,
-        name: str,
-        engine: str,
-        compute: Callable[[Mapping[str, Any]], JsonPatch],
-    ) -> bool:
-        for attempt in range(1, self.attempts + 1):
-            obj = self.get(ref, namespace, name)
-            _check_opt_in(ref, obj, engine)
-            ops = compute(obj)
-            if not ops:
-                return False
-            rv = obj["metadata"]["resourceVersion"]
-            guarded = [{"op": "replace", "path": "/metadata/resourceVersion", "value": rv}, *ops]
-            try:
-                with _errors(
-                    f"patch {ref.kind} {name}",
-                    temporary=RouterUnavailable,
-                    permanent=RouterMisconfigured,
-                ):
-                    self.custom.patch_namespaced_custom_object(
-                        ref.group,
-                        ref.version,
-                        namespace,
-                        ref.plural,
-                        name,
-                        guarded,
-                        _content_type="application/json-patch+json",
-                    )
-            except RouterUnavailable as exc:
-                code = _status(exc.__cause__) if isinstance(exc.__cause__, ApiException) else 0
-                if code == 409:
-                    log.info(
-                        "%s %s changed under us (attempt %d): re-reading", ref.kind, name, attempt
-                    )
-                    continue
-                if code == 404:
-                    raise RouterMisconfigured(f"{ref.kind} {namespace}/{name} was deleted") from exc
-                raise
-            return True
-        raise RouterUnavailable(
-            f"{ref.kind} {name} kept changing between read and write ({self.attempts} attempts)"
-        )
-
-    def set_httproute_weights(
-        self,
-        namespace: str,
-        name: str,
-        desired: Mapping[str, int],
-        owned: Collection[str],
-        *,
-        engine: str,
-    ) -> bool:
-        """Give the owned backendRefs of HTTPRoute ``name`` the ``desired`` percentages
-        (Service name -> percent) for TrtEngine ``engine``, which the route must name in its
-        :data:`ROUTE_OPT_IN` annotation; True when something was written."""
-        return self._converge(
-            HTTPROUTE,
-            namespace,
-            name,
-            engine,
-            lambda obj: routers.httproute_patch(obj, desired, owned),
-        )
-
-    def set_virtualservice_weights(
-        self,
-        namespace: str,
-        name: str,
-        desired: Mapping[str, int],
-        owned: Collection[str],
-        routes: Collection[str] = (),
-        ref: RouteRef = VIRTUALSERVICE,
-        *,
-        engine: str,
-    ) -> bool:
-        """Same for the owned destinations of VirtualService ``name`` (its ``http`` routes, or
-        only those named in ``routes``). ``ref`` picks the API version (Istio < 1.22: v1beta1)."""
-        return self._converge(
-            ref,
-            namespace,
-            name,
-            engine,
-            lambda obj: routers.virtualservice_patch(obj, desired, owned, routes),
-        )
-
-    def release(
-        self,
-        kind: str,
-        namespace: str,
-        name: str,
-        main: str,
-        owned: Collection[str],
-        routes: Collection[str] = (),
-    ) -> bool:
-        """Take a deleted engine's backends out of its route (``kind`` gatewayAPI or istio; see
-        ``routers.*_release_patch`` for what stays). A route that no longer exists, or no longer
-        names the engine ``main`` in its opt-in annotation, is left alone. True when something
-        was written."""
-        try:
-            if kind == "gatewayAPI":
-                return self._converge(
-                    HTTPROUTE,
-                    namespace,
-                    name,
-                    main,
-                    lambda obj: routers.httproute_release_patch(obj, main, owned),
-                )
-            return self._converge(
-                VIRTUALSERVICE,
-                namespace,
-                name,
-                main,
-                lambda obj: routers.virtualservice_release_patch(obj, main, owned, routes),
-            )
-        except RouterMisconfigured:
-            return False  # the route is gone
