@@ -24,7 +24,7 @@ __all__ = [
     "recorded_canary",
 ]
 
-CanaryTurn = canary_steps.Decision  # one turn's outcome: weights, replicas, conditions, events
+CanaryTurn = canary_steps.CanaryTurn  # one turn's outcome: weights, replicas, conditions, events
 
 
 def parse_now(now: str) -> dt.datetime:

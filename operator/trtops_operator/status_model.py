@@ -4,7 +4,7 @@ A kopf body is parsed once per reconcile into an :class:`EngineView` (metadata, 
 :class:`EngineStatus`); the reconcile steps read typed fields and write a new ``EngineStatus``,
 which becomes a merge patch only at the edge (:meth:`EngineStatus.to_json`). Field names and
 bounds follow the CRD's ``status`` schema. ``canary`` stays the JSON the canary package reads
-(``trtops_operator.canary.steps.CanaryState.from_json``): that package types it.
+(``trtops_operator.canary.state.CanaryState.from_json``): that package types it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from trtops_operator.canary.analysis import Breach, RevisionMetrics, Verdict
 from trtops_operator.canary.steps import (
     CanaryState,
-    Decision,
+    CanaryTurn,
     Options,
     analysis_due,
     decide,
@@ -89,7 +89,7 @@ class Run:
         self.spec = spec
         self.options = options
         self.state = begin(spec, **kw)
-        self.decisions: list[Decision] = []
+        self.decisions: list[CanaryTurn] = []
 
     def at(
         self,
@@ -98,7 +98,7 @@ class Run:
         annotations: Mapping[str, str] | None = None,
         available: int = 0,
         replicas: int = 4,
-    ) -> Decision:
+    ) -> CanaryTurn:
         now = T0 + dt.timedelta(seconds=seconds)
         kwargs: dict[str, Any] = dict(
             now=now,
@@ -117,11 +117,11 @@ class Run:
         return d
 
 
-def reasons(d: Decision) -> list[str]:
+def reasons(d: CanaryTurn) -> list[str]:
     return [e.reason for e in d.events]
 
 
-def condition(d: Decision, type_: str) -> tuple[str, str, str]:
+def condition(d: CanaryTurn, type_: str) -> tuple[str, str, str]:
     c = next(c for c in d.conditions if c.type == type_)
     return c.status, c.reason, c.message
 

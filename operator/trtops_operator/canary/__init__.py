@@ -1,6 +1,8 @@
 """Canary rollouts: the state machine, analysis, Prometheus and the traffic routers.
 
-Pure modules (no I/O, no kopf, no clients): :mod:`.steps`, :mod:`.analysis`, :mod:`.routers`.
+Pure modules (no I/O, no kopf, no clients): :mod:`.steps` (the machine), :mod:`.state` (its
+persisted state and outputs), :mod:`.gate` (a step's analysis gate), :mod:`.analysis`,
+:mod:`.routers`.
 I/O: :mod:`.prometheus` (aiohttp); the route objects are written by :mod:`trtops_operator.k8s`,
 the operator's one Kubernetes module. The reconcile enters the package through
 :mod:`trtops_operator.rollout` only. ``docs/canary.md`` describes the behaviour users see.
@@ -16,7 +18,7 @@ from trtops_operator.canary.errors import (
 from trtops_operator.canary.routers import canary_replicas, effective_weight, router_kind
 from trtops_operator.canary.steps import (
     CanaryState,
-    Decision,
+    CanaryTurn,
     Options,
     analysis_due,
     decide,
@@ -27,7 +29,7 @@ from trtops_operator.canary.steps import (
 __all__ = [
     "CanaryError",
     "CanaryState",
-    "Decision",
+    "CanaryTurn",
     "Options",
     "RevisionMetrics",
     "RouterError",

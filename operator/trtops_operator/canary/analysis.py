@@ -45,7 +45,7 @@ __all__ = [
 # increase() needs two samples inside its window. 30 s holds two scrapes at the common 15 s
 # scrape interval; for intervals >= 30 s the window is the interval itself, so successive
 # analyses look at disjoint traffic and ``failureLimit`` counts independent observations. The
-# window is also capped at the time since the current step began (see ``steps.analysis_window``).
+# window is also capped at the time since the current step began (see ``gate.analysis_window``).
 MIN_WINDOW_SECONDS = 30
 
 VerdictKind = Literal["Passed", "Failed", "InsufficientData", "Inconclusive"]
