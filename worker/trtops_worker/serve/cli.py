@@ -9,13 +9,18 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
 from .cpus import plan_sizing, usable_cpus
 from .frontends import FrontEnds, is_front_end, reserve_port
+
+if TYPE_CHECKING:
+    from .sampling import Sampler
 
 __all__ = ["add_arguments", "run"]
 
@@ -121,6 +126,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shadow-queue-size", type=int, default=64, help="shadow requests waiting at most"
     )
+    parser.add_argument(
+        "--sample-dir",
+        type=Path,
+        help="keep a sample of answered requests' inputs under this folder (serve/sampling.py;"
+        " the inputs may be sensitive: docs/security.md)",
+    )
+    parser.add_argument(
+        "--sample-max-bytes",
+        type=int,
+        default=64 << 20,
+        help="the pod's sample size at most, shared by its front ends",
+    )
+    parser.add_argument(
+        "--sample-window-seconds",
+        type=float,
+        default=86400.0,
+        help="the sample is uniform over the requests of this window, then starts again",
+    )
     parser.add_argument("--log-level", default=os.environ.get("TRTOPS_LOG_LEVEL", "INFO"))
 
 
@@ -138,6 +161,25 @@ def _write_termination_message(error: Exception) -> None:
         result = failure("backend", "BackendLoadFailed", f"{type(error).__name__}: {error}")
     path = Path(os.environ.get("TRTOPS_TERMINATION_LOG", "/dev/termination-log"))
     write_termination_log(path, compact(result))
+
+
+def _sampler(args: argparse.Namespace, front_ends: int, registry: Any) -> Sampler:
+    """The request sampler of this process: its share of the pod's bytes, its own file."""
+    from trtops_worker.sample_layout import writer_name
+
+    from .frontends import FRONT_END_ENV
+    from .sampling import Sampler
+
+    pod = os.environ.get("TRTOPS_POD_NAME") or socket.gethostname()
+    return Sampler(
+        args.sample_dir,
+        revision=args.revision,
+        writer=writer_name(pod, os.environ.get(FRONT_END_ENV)),
+        model=args.model_name,
+        max_bytes=max(args.sample_max_bytes, 0) // max(front_ends, 1),
+        registry=registry,
+        window_seconds=args.sample_window_seconds,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -273,6 +315,16 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         dataplane = DataPlane(config, loaded, metrics)
+        if args.sample_dir is not None:
+            dataplane.sampler = _sampler(args, sizing.front_ends, metrics.registry)
+            dataplane.sampler.start()
+        try:
+            await _serve(dataplane)
+        finally:
+            if dataplane.sampler is not None:
+                await dataplane.sampler.close()
+
+    async def _serve(dataplane: DataPlane) -> None:
         if not args.shadow_url or args.shadow_percent <= 0:
             await ServingProcess(dataplane, options).run()
             return

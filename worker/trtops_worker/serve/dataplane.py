@@ -28,6 +28,7 @@ from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
 from .frontends import FRONT_END_ENV, MULTIPROC_ENV
 from .metrics import ServeMetrics, merge_model_stats
+from .sampling import Sampler
 from .shadow import ShadowSender
 from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec
 
@@ -88,6 +89,7 @@ class DataPlane:
         self._fallback_reason = loaded.fallback_reason
         self._switch_lock = threading.Lock()
         self.shadow: ShadowSender | None = None  # set by the server with --shadow-url
+        self.sampler: Sampler | None = None  # set by the server with --sample-dir
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
         self.warmup_status = "pending"  # done | off | skipped: why (model metadata and the log)
@@ -324,6 +326,8 @@ class DataPlane:
             outcome = "success"
             if self.shadow is not None:
                 self.shadow.offer(request.inputs, outputs)
+            if self.sampler is not None:  # shadow copies return above: never sampled
+                self.sampler.offer(request.inputs)
             return response, request
         except ServeError as e:
             outcome = e.outcome
