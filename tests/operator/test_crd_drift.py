@@ -62,6 +62,28 @@ REFUSED: list[tuple[str, Mutate]] = [
         ),
     ),
     ("modelName with a space", _set("spec.serving.modelName", "my model")),
+    ("schedule with six fields", _set("spec.build.schedule", "0 0 3 * * *")),
+    ("schedule not cron", _set("spec.build.schedule", "every day")),
+    (
+        "sample calibration without sampling",
+        _both(INT8, _set("spec.build.calibration.source", "sample")),
+    ),
+    (
+        "sample validation with sampling off",
+        _both(
+            _set(
+                "spec.build.accuracy",
+                {"validation": {"uri": "v.npz", "source": "sample"}, "minCosineSimilarity": 0.99},
+            ),
+            _set("spec.serving.sampling", {"enabled": False}),
+        ),
+    ),
+    (
+        "sampling maxBytes too small",
+        _set("spec.serving.sampling", {"enabled": True, "maxBytes": 10}),
+    ),
+    ("latency ratio below 1", _set("spec.build.regressionGate", {"maxLatencyRatio": 0.9})),
+    ("calibration source unknown", _both(INT8, _set("spec.build.calibration.source", "traffic"))),
     ("cpu not a quantity", _set("spec.serving.resources", {"requests": {"cpu": "lots"}})),
     (
         "httpRoute not an object name",
@@ -113,6 +135,19 @@ ACCEPTED: list[tuple[str, Mutate]] = [
     (
         "cost in euros",
         _set("spec.cost", {"gpuHourPrice": 2.1, "cpuHourPrice": 0.035, "currency": "EUR"}),
+    ),
+    ("a daily schedule", _set("spec.build.schedule", "0 3 * * *")),
+    ("a schedule macro", _set("spec.build.schedule", "@weekly")),
+    (
+        "sample calibration with sampling on",
+        _both(
+            _set("spec.build.precision", "int8"),
+            INT8,
+            _set("spec.build.calibration.source", "sample"),
+            _set("spec.serving.sampling", {"enabled": True, "maxBytes": 1048576}),
+            _set("spec.build.schedule", "30 2 * * 1-5"),
+            _set("spec.build.regressionGate", {"maxLatencyRatio": 1.2, "maxAccuracyDrop": 0.01}),
+        ),
     ),
 ]
 

@@ -55,14 +55,28 @@ from trtops_operator.models.rollout import (
     Step,
     TrafficRouter,
 )
+from trtops_operator.models.sampling import (
+    CRON_PATTERN,
+    Cron,
+    RegressionGate,
+    SampleSourced,
+    Sampling,
+    next_fire,
+)
 from trtops_operator.models.serving import Autoscaling, Batching, CpuMemory, Resources, ServingSpec
-from trtops_operator.models.spec import AUTOSCALING_NEEDS_WEIGHTS, TrtEngineSpec
+from trtops_operator.models.spec import (
+    AUTOSCALING_NEEDS_WEIGHTS,
+    SAMPLE_NEEDS_SAMPLING,
+    TrtEngineSpec,
+)
 
 __all__ = [
     "AGREEMENT_NEEDS_SHADOW",
     "ANALYSIS_NEEDS_WEIGHT",
     "AUTOSCALING_NEEDS_WEIGHTS",
     "COST_NEEDS_A_PRICE",
+    "CRON_PATTERN",
+    "SAMPLE_NEEDS_SAMPLING",
     "URI_PATTERN",
     "Accuracy",
     "Analysis",
@@ -74,6 +88,7 @@ __all__ = [
     "CalibrationMethod",
     "Cost",
     "CpuMemory",
+    "Cron",
     "Dim",
     "Dims",
     "GatewayAPIRouter",
@@ -86,9 +101,12 @@ __all__ = [
     "Profile",
     "PrometheusSource",
     "Quantity",
+    "RegressionGate",
     "ReplicasRouter",
     "Resources",
     "RolloutSpec",
+    "SampleSourced",
+    "Sampling",
     "SecretName",
     "ServingSpec",
     "Sha256",
@@ -106,4 +124,5 @@ __all__ = [
     "TrtEngineSpec",
     "Uri",
     "Validation",
+    "next_fire",
 ]

@@ -18,6 +18,7 @@ from trtops_operator.models.base import (
     Uri,
     https_pinned,
 )
+from trtops_operator.models.sampling import Cron, RegressionGate, SampleSourced
 
 
 class ModelSource(SpecModel):
@@ -31,7 +32,7 @@ class ModelSource(SpecModel):
         return self
 
 
-class Calibration(SpecModel):
+class Calibration(SampleSourced):
     uri: Uri
     sha256: Sha256 | None = None
     method: CalibrationMethod = "entropy"
@@ -107,7 +108,7 @@ class Toleration(SpecModel):
 Tolerations = Annotated[list[Toleration], Field(max_length=16)]
 
 
-class Validation(SpecModel):
+class Validation(SampleSourced):
     uri: Uri
     sha256: Sha256 | None = None
 
@@ -160,6 +161,8 @@ class BuildSpec(SpecModel):
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 1
     node_selector: Annotated[dict[str, str], Field(max_length=16)] = {}
     tolerations: Tolerations = []
+    schedule: Cron | None = None  # rebuild on this cron schedule (UTC), through regressionGate
+    regression_gate: RegressionGate = RegressionGate()
 
     @model_validator(mode="after")
     def _rules(self) -> BuildSpec:

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from trtops_operator.models.base import Backend, Quantity, SpecModel
 from trtops_operator.models.build import Tolerations
+from trtops_operator.models.sampling import Sampling
 
 
 class Batching(SpecModel):
@@ -55,3 +56,4 @@ class ServingSpec(SpecModel):
     ) = None
     batching: Batching | None = None
     resources: Resources | None = None
+    sampling: Sampling | None = None

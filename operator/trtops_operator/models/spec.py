@@ -15,6 +15,11 @@ AUTOSCALING_NEEDS_WEIGHTS = (
     " the replicas router splits traffic by pod counts, which an autoscaler changes"
 )
 
+SAMPLE_NEEDS_SAMPLING = (
+    "source: sample (spec.build.calibration or spec.build.accuracy.validation) needs"
+    " spec.serving.sampling.enabled: true, or nothing is ever sampled"
+)
+
 
 class TrtEngineSpec(SpecModel):
     model: ModelSource
@@ -49,7 +54,18 @@ class TrtEngineSpec(SpecModel):
             raise ValueError(
                 "spec.serving.cpuFallback only applies to spec.serving.backend tensorrt"
             )
+        if self.uses_sample() and not (self.serving.sampling and self.serving.sampling.enabled):
+            raise ValueError(SAMPLE_NEEDS_SAMPLING)
         return self
+
+    def uses_sample(self) -> bool:
+        """Whether a build reads the request sample (calibration or validation)."""
+        build = self.build
+        sources = [
+            build.calibration.source if build.calibration else None,
+            build.accuracy.validation.source if build.accuracy else None,
+        ]
+        return "sample" in sources
 
     def target_products(self) -> list[str | None]:
         """The GPU products to build for; ``[None]``: the one CPU build (onnxruntime)."""

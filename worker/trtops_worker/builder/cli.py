@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="entropy")
     parser.add_argument("--calibration-max-samples", type=int, default=512)
     parser.add_argument(
+        "--calibration-sample",
+        type=Path,
+        help="the request sample's folder (samples/<engine>): calibrate with it once it holds"
+        " --calibration-min-sample-rows rows, with --calibration until then",
+    )
+    parser.add_argument("--calibration-min-sample-rows", type=int, default=64)
+    parser.add_argument(
         "--profile",
         action="append",
         default=[],
@@ -74,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation", type=Path, help="validation inputs (.npz/.npy); default: calibration data"
     )
     parser.add_argument("--validation-max-samples", type=int, default=256)
+    parser.add_argument(
+        "--validation-sample", type=Path, help="as --calibration-sample, for the accuracy gate"
+    )
+    parser.add_argument("--validation-min-sample-rows", type=int, default=64)
     # Thresholds not given get the defaults of each output's kind (docs/build.md).
     parser.add_argument("--min-top1-agreement", type=_fraction)
     parser.add_argument("--max-mean-abs-error", type=float)
@@ -136,9 +147,9 @@ def request_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("InvalidArgument", "sample limits must be >= 1")
     if args.workspace_mib < 1:
         raise ConfigError("InvalidArgument", "--workspace-mib must be >= 1")
-    for flag in ("model", "calibration", "validation"):
+    for flag in ("model", "calibration", "validation", "calibration_sample", "validation_sample"):
         if getattr(args, flag) is not None:
-            check_confined(f"--{flag}", getattr(args, flag), args.storage)
+            check_confined(f"--{flag.replace('_', '-')}", getattr(args, flag), args.storage)
     return BuildRequest(
         model=args.model,
         precision=args.precision,
@@ -148,11 +159,15 @@ def request_from_args(args: argparse.Namespace) -> Any:
         calibration=args.calibration,
         calibration_method=args.calibration_method,
         calibration_max_samples=args.calibration_max_samples,
+        calibration_sample=args.calibration_sample,
+        calibration_min_sample_rows=args.calibration_min_sample_rows,
         profiles=tuple(parse_profile(p) for p in args.profile),
         optimization_level=args.optimization_level,
         workspace_mib=args.workspace_mib,
         validation=args.validation,
         validation_max_samples=args.validation_max_samples,
+        validation_sample=args.validation_sample,
+        validation_min_sample_rows=args.validation_min_sample_rows,
         thresholds=Thresholds(
             args.min_top1_agreement,
             args.max_mean_abs_error,

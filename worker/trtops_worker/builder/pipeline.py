@@ -38,6 +38,7 @@ from trtops_worker.builder.engine import ArtifactRunner, Backend, EngineSettings
 from trtops_worker.builder.errors import AccuracyError, CalibrationError, ConfigError, EngineError
 from trtops_worker.builder.model import LoadedModel, load_model, sha256_file
 from trtops_worker.builder.profiles import check_profiles
+from trtops_worker.builder.sample import choose_input_set
 from trtops_worker.builder.store import METADATA, Store
 from trtops_worker.cachekey import (
     CalibrationIngredients,
@@ -63,11 +64,16 @@ class BuildRequest:
     calibration: Path | None = None
     calibration_method: str = "entropy"
     calibration_max_samples: int = 512
+    # The request sample's folder (source: sample): used once it holds this many rows.
+    calibration_sample: Path | None = None
+    calibration_min_sample_rows: int = 64
     profiles: tuple[ProfileIngredients, ...] = ()
     optimization_level: int = 3
     workspace_mib: int = 2048
     validation: Path | None = None
     validation_max_samples: int = 256
+    validation_sample: Path | None = None
+    validation_min_sample_rows: int = 64
     thresholds: Thresholds = field(default_factory=Thresholds)
     output_kinds: dict[str, OutputKind] = field(default_factory=dict)  # declared; others detected
     benchmark_batch_sizes: tuple[int, ...] = (1, 8)
@@ -83,17 +89,23 @@ def build(request: BuildRequest) -> dict[str, Any]:
     check_profiles(request.profiles, model.inputs)
     quantized = request.precision in precision_stage.QUANTIZED
     calibration: InputSet | None = None
-    if quantized and request.calibration is None:
+    sources: dict[str, str] = {}  # where calibration and validation data came from
+    if quantized and request.calibration is None and request.calibration_sample is None:
         raise CalibrationError(
             "CalibrationRequired",
             f"{request.precision} needs calibration data (--calibration .npz/.npy)",
         )
-    if quantized and request.calibration is not None:
-        calibration = load_input_set(
-            request.calibration, model.inputs, request.calibration_max_samples, kind="calibration"
+    if quantized:
+        calibration, sources["calibration"] = choose_input_set(
+            request.calibration,
+            request.calibration_sample,
+            request.calibration_min_sample_rows,
+            model.inputs,
+            request.calibration_max_samples,
+            kind="calibration",
         )
         precision_stage.check_calibration_method(request.precision, request.calibration_method)
-    validation = _validation_set(request, model, calibration)
+    validation = _validation_set(request, model, calibration, sources)
     kinds = _output_kinds(model, request.output_kinds)
     backend = load_backend(request.backend)
     store = Store(request.storage)
@@ -121,7 +133,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
     if cached is not None:
         _regate(cached, request.thresholds, kinds)
         log.info("cache hit %s", key)
-        return _result(cached, store.entry(key), cached=True)
+        return _result(cached, store.entry(key), cached=True) | _sources(sources)
 
     shared_cache = _timing_cache_name(ingredients)
     log.info("building %s: %s on %s, key %s", model.path.name, request.precision, backend.name, key)
@@ -148,7 +160,12 @@ def build(request: BuildRequest) -> dict[str, Any]:
     if (final / TIMING_CACHE).is_file():
         store.replace_shared(shared_cache, final / TIMING_CACHE)
     published = store.lookup(key) or metadata  # another builder may have won the race
-    return _result(published, final, cached=False)
+    return _result(published, final, cached=False) | _sources(sources)
+
+
+def _sources(sources: dict[str, str]) -> dict[str, Any]:
+    """Where this build's calibration and validation data came from (file or request sample)."""
+    return {"dataSources": sources} if sources else {}
 
 
 def _timing_cache_name(ingredients: KeyIngredients) -> str:
@@ -164,13 +181,22 @@ def _timing_cache_name(ingredients: KeyIngredients) -> str:
 
 
 def _validation_set(
-    request: BuildRequest, model: LoadedModel, calibration: InputSet | None
+    request: BuildRequest,
+    model: LoadedModel,
+    calibration: InputSet | None,
+    sources: dict[str, str],
 ) -> InputSet | None:
     """Validation data if given; else the calibration data (better than nothing, and said so)."""
-    if request.validation is not None:
-        return load_input_set(
-            request.validation, model.inputs, request.validation_max_samples, kind="validation"
+    if request.validation is not None or request.validation_sample is not None:
+        validation, sources["validation"] = choose_input_set(
+            request.validation,
+            request.validation_sample,
+            request.validation_min_sample_rows,
+            model.inputs,
+            request.validation_max_samples,
+            kind="validation",
         )
+        return validation
     if request.calibration is not None:
         if calibration is not None:
             n = min(calibration.samples, request.validation_max_samples)
@@ -224,7 +250,7 @@ def _build_into(
         validation,
         request.thresholds,
         kinds,
-        used_calibration=request.validation is None,
+        used_calibration=request.validation is None and request.validation_sample is None,
         batch_size=_gate_batch_size(request.profiles),
     )
     feeds = feeds_for(
