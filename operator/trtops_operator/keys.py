@@ -49,9 +49,11 @@ def build_key(
     gpu_product: str | None,
     worker_image: str,
     compute_capability: str | None = None,
+    rebuild: str | None = None,
 ) -> str:
     """The build identity of one target (sha256 hex): equal keys build byte-identical plans.
-    ``compute_capability``: the product's pin, if any (a pinned build is another plan)."""
+    ``compute_capability``: the product's pin, if any (a pinned build is another plan);
+    ``rebuild``: the scheduled rebuild the plan comes from (``rebuild.py``), None for none."""
     build = spec.build
     calibration = None
     if build.precision in QUANTIZED and build.calibration is not None:
@@ -60,12 +62,19 @@ def build_key(
             "method": build.calibration.method,
             "maxSamples": build.calibration.max_samples,
         }
+        if build.calibration.source == "sample":  # (absent for "uri": keys as before it existed)
+            calibration |= {
+                "source": "sample",
+                "minSampleRows": build.calibration.min_sample_rows,
+            }
     model = {"sha256": spec.model.sha256} if spec.model.sha256 else {"uri": spec.model.uri}
     device = {"kind": "cpu"} if gpu_product is None else {"kind": "gpu", "gpuProduct": gpu_product}
     if gpu_product is not None and compute_capability is not None:
         device["computeCapability"] = compute_capability
+    rebuilt = {"rebuild": rebuild} if rebuild is not None else {}
     return _sha256(
         {
+            **rebuilt,
             "schema": KEY_SCHEMA,
             "source": "spec",
             "model": model,
@@ -90,7 +99,11 @@ def gate_json(spec: TrtEngineSpec) -> dict[str, Any] | None:
     acc = spec.build.accuracy
     if acc is None:
         return None
-    return acc.model_dump(mode="json", by_alias=True, exclude_none=True)
+    gate = acc.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if acc.validation.source == "uri":  # the default: Job names as before the field existed
+        for field in ("source", "minSampleRows"):
+            gate["validation"].pop(field, None)
+    return gate
 
 
 def job_name(key: str, claim: str, gate: dict[str, Any] | None) -> str:

@@ -30,6 +30,7 @@ from trtops_operator.manifests.common import (
     serving_selector,
     stamp,
 )
+from trtops_operator.manifests.sampling import serve_sample_mount
 
 
 def shadow_url(engine: Engine) -> str:
@@ -157,6 +158,12 @@ def build_deployment(
     }
     if plan.target is not None:
         pod_spec.update(gpu_placement(plan.target, plan.compute_capability))
+    sample = serve_sample_mount(engine)
+    if sample is not None:  # only the engine's sample folder is writable (manifests/sampling.py)
+        container["args"] += sample.args
+        container["env"].append(sample.env)
+        container["volumeMounts"].append(sample.mount)
+        pod_spec["volumes"].append(sample.volume)
     place(pod_spec, serving.node_selector, serving.tolerations)
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",

@@ -29,6 +29,7 @@ from trtops_operator.manifests.common import (
     resolve_uri,
     stamp,
 )
+from trtops_operator.manifests.sampling import build_sample_args
 
 # A failure the worker marks permanent (its inputs must change: model, calibration, config,
 # accuracy) fails the Job at once instead of spending backoffLimit on the same answer; a pod
@@ -101,6 +102,7 @@ def build_job(
                 args += [flag, repr(float(value))]
         for output, kind in sorted((acc.output_kinds or {}).items()):
             args += ["--output-kind", f"{output}={kind}"]
+    args += build_sample_args(engine, calibrate=build.precision in ("int8", "fp8"))
     if target is not None:
         args += ["--gpu-product", target]
     args += ["--termination-log", TERMINATION_LOG]
