@@ -1,11 +1,14 @@
-"""The PromQL of every panel in ``dashboards/trtops.json``, for tests that check the queries parse
-(promtool) and return data from a real Prometheus scraping real workers.
+"""The PromQL of every panel in ``dashboards/trtops.json`` (serving and rollouts) and
+``dashboards/trtops-value.json`` (baseline against optimized: latency, throughput, output
+agreement, cost, GPU), for tests that check the queries parse (promtool) and return data from a
+real Prometheus scraping real workers.
 
 Each query is classified by the metrics it reads, because not every metric exists everywhere:
 worker metrics exist wherever a worker serves; GPU gauges only where NVML finds a GPU; operator
 metrics only where the operator runs (and is scraped with ``honor_labels``: its series carry the
-``namespace`` of the engine they describe). ``PENDING_OPERATOR_METRICS`` would list metrics the
-dashboard charts before the operator exposes them; none today.
+``namespace`` of the engine they describe); DCGM exporter metrics only where NVIDIA's exporter
+runs (their panels are checked with promtool only). ``PENDING_OPERATOR_METRICS`` would list
+metrics the dashboard charts before the operator exposes them; none today.
 
 Run as a script to print them: ``python dashboards/queries.py [--substitute]``.
 """
@@ -21,9 +24,12 @@ from typing import Any
 
 __all__ = [
     "DASHBOARD",
+    "DCGM_METRICS",
     "GPU_METRICS",
     "OPERATOR_METRICS",
     "PENDING_OPERATOR_METRICS",
+    "SHADOW_METRICS",
+    "VALUE_DASHBOARD",
     "WORKER_METRICS",
     "Query",
     "load",
@@ -32,6 +38,7 @@ __all__ = [
 ]
 
 DASHBOARD = Path(__file__).resolve().parent / "trtops.json"
+VALUE_DASHBOARD = Path(__file__).resolve().parent / "trtops-value.json"
 
 # Fixed names: trtops_worker.serve.metrics (histograms expose _bucket/_sum/_count).
 WORKER_METRICS = frozenset({
@@ -44,6 +51,16 @@ WORKER_METRICS = frozenset({
     "trtops_queue_depth",
     "trtops_backend_fallback",
 })
+# trtops_worker.serve.shadow: output agreement of the candidate with stable, per revision pair.
+SHADOW_METRICS = frozenset({
+    "trtops_shadow_requests_total",
+    "trtops_shadow_cosine",
+    "trtops_shadow_top1_compared_total",
+    "trtops_shadow_top1_agreed_total",
+    "trtops_shadow_max_abs_error",
+})
+# NVIDIA DCGM exporter (dcgm-exporter's default counters), per GPU with the pod it is attached to.
+DCGM_METRICS = frozenset({"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"})
 GPU_METRICS = frozenset({"trtops_gpu_memory_used_bytes", "trtops_gpu_utilization_ratio"})
 # What trtops_operator.metrics exposes (tests/ship/test_dashboard.py checks against it).
 OPERATOR_METRICS = frozenset({
@@ -69,10 +86,18 @@ DEFAULT_VARIABLES = {
     "revision": ".*",
     "__rate_interval": "1m",
     "__range": "1h",
+    "baseline": "fp32",
 }
 
-_KNOWN = WORKER_METRICS | GPU_METRICS | OPERATOR_METRICS | PENDING_OPERATOR_METRICS
-_METRIC = re.compile(r"\b(trtops_[a-z0-9_]+?)(?:_bucket|_sum|_count)?\b")
+_KNOWN = (
+    WORKER_METRICS
+    | SHADOW_METRICS
+    | GPU_METRICS
+    | OPERATOR_METRICS
+    | PENDING_OPERATOR_METRICS
+    | DCGM_METRICS
+)
+_METRIC = re.compile(r"\b(trtops_[a-z0-9_]+?|DCGM_FI_[A-Z0-9_]+)(?:_bucket|_sum|_count)?\b")
 
 
 @dataclass(frozen=True)
@@ -92,10 +117,13 @@ class Query:
 
     @property
     def source(self) -> str:
-        """``worker``, ``gpu``, ``operator`` or ``pending`` (the most demanding metric wins)."""
+        """``worker``, ``gpu``, ``operator``, ``dcgm`` or ``pending`` (the most demanding metric
+        wins)."""
         m = self.metrics
         if m & PENDING_OPERATOR_METRICS:
             return "pending"
+        if m & DCGM_METRICS:
+            return "dcgm"
         if m & OPERATOR_METRICS:
             return "operator"
         if m & GPU_METRICS:
@@ -141,5 +169,5 @@ def substitute(expr: str, variables: dict[str, str] | None = None) -> str:
 
 if __name__ == "__main__":
     plain = "--substitute" in sys.argv[1:]
-    for q in queries():
+    for q in queries() + queries(load(VALUE_DASHBOARD)):
         print(f"[{q.source}] {q.panel} ({q.ref_id}): {substitute(q.expr) if plain else q.expr}")

@@ -3,8 +3,7 @@
 #   crds/trtops.dev_trtengines.yaml -> charts/trtops/templates/crds/trtops.dev_trtengines.yaml
 #       (verbatim, wrapped in `if .Values.crds.enabled`, plus the `helm.sh/resource-policy: keep`
 #       annotation when crds.keep: cert-manager's pattern; Helm's crds/ folder can do neither)
-#   dashboards/trtops.json -> charts/trtops/dashboards/trtops.json (Helm reads files only inside
-#       the chart)
+#   dashboards/*.json -> charts/trtops/dashboards/ (Helm reads files only inside the chart)
 #
 #   hack/sync-chart-crds.sh          rewrite the chart's copies
 #   hack/sync-chart-crds.sh --check  exit 1 (and show the diff) when a copy is out of date
@@ -13,8 +12,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 chart="$here/charts/trtops"
 crd_src="$here/crds/trtops.dev_trtengines.yaml"
 crd_dst="$chart/templates/crds/trtops.dev_trtengines.yaml"
-dash_src="$here/dashboards/trtops.json"
-dash_dst="$chart/dashboards/trtops.json"
+dash_src="$here/dashboards"
+dash_dst="$chart/dashboards"
 
 die() { printf 'sync-chart-crds: %s\n' "$*" >&2; exit 1; }
 
@@ -44,20 +43,22 @@ render_crd() {
 check=0
 [[ "${1:-}" == "--check" ]] && check=1
 [[ -f "$crd_src" ]] || die "missing $crd_src"
-[[ -f "$dash_src" ]] || die "missing $dash_src"
+compgen -G "$dash_src/*.json" >/dev/null || die "no dashboards in $dash_src"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 render_crd >"$tmp/crd.yaml"
-cp "$dash_src" "$tmp/dashboard.json"
+mkdir "$tmp/dashboards"
+cp "$dash_src"/*.json "$tmp/dashboards/"
 
 if ((check)); then
   status=0
   diff -u "$crd_dst" "$tmp/crd.yaml" || { echo "out of date: $crd_dst (run hack/sync-chart-crds.sh)" >&2; status=1; }
-  diff -u "$dash_dst" "$tmp/dashboard.json" || { echo "out of date: $dash_dst (run hack/sync-chart-crds.sh)" >&2; status=1; }
+  diff -ru "$dash_dst" "$tmp/dashboards" || { echo "out of date: $dash_dst (run hack/sync-chart-crds.sh)" >&2; status=1; }
   exit "$status"
 fi
-mkdir -p "$(dirname "$crd_dst")" "$(dirname "$dash_dst")"
+mkdir -p "$(dirname "$crd_dst")" "$dash_dst"
 cp "$tmp/crd.yaml" "$crd_dst"
-cp "$tmp/dashboard.json" "$dash_dst"
+rm -f "$dash_dst"/*.json
+cp "$tmp/dashboards"/*.json "$dash_dst/"
 echo "synced $crd_dst and $dash_dst"

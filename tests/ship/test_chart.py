@@ -289,8 +289,9 @@ def test_monitoring_is_off_by_default_and_renders_when_asked() -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     (dashboard,) = find(docs, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    shipped = json.loads(dashboard["data"]["trtops.json"])
-    assert shipped == json.loads((REPO / "dashboards" / "trtops.json").read_text())
+    for name in ("trtops.json", "trtops-value.json"):  # serving, and baseline against optimized
+        shipped = json.loads(dashboard["data"][name])
+        assert shipped == json.loads((REPO / "dashboards" / name).read_text())
 
 
 def test_metrics_off_removes_port_and_service() -> None:

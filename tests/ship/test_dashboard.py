@@ -40,8 +40,13 @@ def test_dashboard_shape() -> None:
 
 
 def test_panels_do_not_overlap() -> None:
+    assert_no_overlap(BOARD)
+
+
+def assert_no_overlap(board: dict[str, Any]) -> None:
+    """Every panel of ``board`` fits the 24-column grid and no two share a cell."""
     cells: dict[tuple[int, int], str] = {}
-    for panel in BOARD["panels"]:
+    for panel in board["panels"]:
         g = panel["gridPos"]
         assert g["x"] + g["w"] <= 24, panel["title"]
         for x in range(g["x"], g["x"] + g["w"]):

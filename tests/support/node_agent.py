@@ -12,6 +12,8 @@ It plays the kubelet for one Node of the local cluster, so that the operator's p
 - stands a host folder in for each volume (a PersistentVolumeClaim is ``<root>/pvc/<ns>/<claim>``,
   shared by every pod that mounts it), and rewrites paths under a mount point in args and env
   to the host folder (there is no mount namespace);
+- plays cluster DNS and kube-proxy for Service names in args and env (``service_proxy``), so a
+  pod reaches ``<svc>.<ns>.svc:<port>`` as on a real node;
 - reports readiness from the pod's HTTP readiness probe, the termination message from the
   container's ``terminationMessagePath`` (or the log tail with ``FallbackToLogsOnError``), exit
   codes,
@@ -41,6 +43,8 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+
+from tests.support.service_proxy import ServiceProxies
 
 log = logging.getLogger("node-agent")
 
@@ -109,6 +113,7 @@ class NodeAgent:
         # with another agent's, or with processes an earlier run left behind.
         self._octet = random.SystemRandom().randint(16, 250)
         self._last_heartbeat = 0.0
+        self.services = ServiceProxies(api, self._octet)
 
     # ---- node ----------------------------------------------------------------------------------
 
@@ -323,8 +328,11 @@ class NodeAgent:
             raise ValueError(
                 f"container {spec.name} has no command: the local agent cannot run images"
             )
-        argv = [host_path(_expand(a, env)) for a in [*spec.command, *(spec.args or [])]]
-        env = {k: host_path(v) for k, v in env.items()}
+        argv = [
+            self.services.rewrite(host_path(_expand(a, env)))
+            for a in [*spec.command, *(spec.args or [])]
+        ]
+        env = {k: self.services.rewrite(host_path(v)) for k, v in env.items()}
         cont.log_path = state.workdir / f"{spec.name}.log"
         with cont.log_path.open("ab") as logf:
             cont.process = subprocess.Popen(
@@ -616,6 +624,7 @@ class NodeAgent:
         for state in list(self.pods.values()):
             self._kill_all(state, grace=5)
         self.pods.clear()
+        self.services.close()
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -195,9 +195,11 @@ class Prometheus:
         with urllib.request.urlopen(req, timeout=5):  # noqa: S310 - loopback
             pass
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Instant query; returns the ``result`` list (raises on a query error)."""
-        qs = urllib.parse.urlencode({"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query (now, or at the Unix time ``at``); returns the ``result`` list (raises
+        on a query error)."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        qs = urllib.parse.urlencode(params)
         with urllib.request.urlopen(f"{self.url}/api/v1/query?{qs}", timeout=10) as resp:  # noqa: S310
             body = json.load(resp)
         if body.get("status") != "success":
