@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from trtops_operator import conditions, indexes, k8s, leader, metrics, rollout
-from trtops_operator.canary import prometheus as canary_prometheus
+from trtops_operator.canary import runner as canary_runner
 from trtops_operator.canary.analysis import Verdict
 from trtops_operator.canary.errors import RouterMisconfigured
 from trtops_operator.canary.routers import router_kind
@@ -85,7 +85,7 @@ class Runtime:
         )
         # Prometheus is asked here, never inside a reconcile: a slow or silent one costs an
         # analysis slot, not a worker; the verdict wakes the engine when it is in.
-        self.analyses = canary_prometheus.AnalysisPool(
+        self.analyses = canary_runner.AnalysisPool(
             config.analysis_workers,
             lambda key: self.queue.add(key),  # type: ignore[arg-type]  # keys are EngineKeys
         )
@@ -208,7 +208,7 @@ class Runtime:
         analysis = spec.rollout.analysis
 
         def start() -> Awaitable[Verdict]:
-            return canary_prometheus.analyse(
+            return canary_runner.analyse(
                 analysis,
                 allowed=self.config.allowed_prometheus,
                 model=spec.serving.model_name or meta["name"],

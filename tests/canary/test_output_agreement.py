@@ -27,12 +27,8 @@ from trtops_operator.canary.analysis import (
     agreement_queries,
     evaluate,
 )
-from trtops_operator.canary.prometheus import (
-    PrometheusClient,
-    analyse,
-    measure,
-    measure_agreement,
-)
+from trtops_operator.canary.prometheus import PrometheusClient
+from trtops_operator.canary.runner import analyse, measure, measure_agreement
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import Analysis, Judge, Slo, TrtEngineSpec
 from trtops_operator.observation import Observed

@@ -19,7 +19,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from trtops_operator.canary.analysis import RevisionMetrics, Selector
-from trtops_operator.canary.prometheus import PrometheusClient, PrometheusError, analyse, measure
+from trtops_operator.canary.prometheus import PrometheusClient, PrometheusError
+from trtops_operator.canary.runner import analyse, measure
 from trtops_operator.models import Analysis
 from trtops_worker import samples
 

@@ -17,13 +17,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from trtops_operator.canary.analysis import Verdict
-from trtops_operator.canary.prometheus import (
-    MAX_RESPONSE_BYTES,
-    AnalysisPool,
-    PrometheusClient,
-    PrometheusError,
-    analyse,
-)
+from trtops_operator.canary.prometheus import MAX_RESPONSE_BYTES, PrometheusClient, PrometheusError
+from trtops_operator.canary.runner import AnalysisPool, analyse
 from trtops_operator.config import OperatorConfig
 from trtops_operator.models import Analysis, PrometheusSource
 from trtops_operator.reconcile import Observed, decide

@@ -19,7 +19,8 @@ import pytest
 import requests
 import yaml
 from trtops_operator.canary.analysis import Selector
-from trtops_operator.canary.prometheus import PrometheusClient, measure
+from trtops_operator.canary.prometheus import PrometheusClient
+from trtops_operator.canary.runner import measure
 from trtops_operator.config import OperatorConfig
 from trtops_operator.manifests import Engine, PlanRef, build_deployment
 from trtops_operator.models import TrtEngineSpec

@@ -1,11 +1,12 @@
 """Canary rollouts: the state machine, analysis, Prometheus and the traffic routers.
 
 Pure modules (no I/O, no kopf, no clients): :mod:`.steps` (the machine), :mod:`.state` (its
-persisted state and outputs), :mod:`.gate` (a step's analysis gate), :mod:`.analysis`,
-:mod:`.routers`.
-I/O: :mod:`.prometheus` (aiohttp); the route objects are written by :mod:`trtops_operator.k8s`,
-the operator's one Kubernetes module. The reconcile enters the package through
-:mod:`trtops_operator.rollout` only. ``docs/canary.md`` describes the behaviour users see.
+persisted state and outputs), :mod:`.gate` (a step's analysis gate), :mod:`.analysis` (the
+verdict) with :mod:`.promql`, :mod:`.samples`, :mod:`.verdict` and :mod:`.judge`, and
+:mod:`.routers`. I/O: :mod:`.prometheus` (the aiohttp client) and :mod:`.runner` (analysis
+runs); the route objects are written by :mod:`trtops_operator.k8s`, the operator's one
+Kubernetes package. The reconcile enters the package through :mod:`trtops_operator.rollout`
+only. ``docs/canary.md`` describes the behaviour users see.
 """
 
 from trtops_operator.canary.analysis import RevisionMetrics, Selector, Verdict, evaluate

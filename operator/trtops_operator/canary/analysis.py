@@ -7,19 +7,38 @@ only) and ``trtops_requests_total{outcome=success|client_error|server_error|reje
 (``instance``, ``pod``, ``backend``, ``precision``), so the buckets of every pod of a revision
 are added before any quantile: a fleet p99, not an average of per-pod p99s.
 
-:func:`evaluate` applies the evidence rules and the absolute SLOs, and asks
-:mod:`trtops_operator.canary.judge` for the statistics. Only
-:mod:`trtops_operator.canary.prometheus` runs the queries; nothing here does I/O.
+The queries are in :mod:`.promql`, the measured windows in :mod:`.samples`, the outcome types
+in :mod:`.verdict` (all re-exported here). :func:`evaluate` applies the evidence rules and the
+absolute SLOs, and asks :mod:`trtops_operator.canary.judge` for the statistics. Only
+:mod:`trtops_operator.canary.runner` runs the queries; nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Literal
 
-from trtops_operator.canary.judge import error_increase, histogram_quantile, median_ratio
+from trtops_operator.canary.judge import error_increase, median_ratio
+from trtops_operator.canary.promql import (
+    MIN_WINDOW_SECONDS,
+    AgreementQueries,
+    Queries,
+    Selector,
+    agreement_queries,
+    promql_string,
+    queries,
+    window_seconds,
+)
+from trtops_operator.canary.samples import AgreementSample, RevisionMetrics, RevisionSample
+from trtops_operator.canary.verdict import (
+    Breach,
+    Check,
+    CheckResult,
+    InconclusiveReason,
+    Verdict,
+    VerdictKind,
+)
 from trtops_operator.models import Judge, OutputAgreement, Slo
 
 __all__ = [
@@ -41,150 +60,6 @@ __all__ = [
     "queries",
     "window_seconds",
 ]
-
-# increase() needs two samples inside its window. 30 s holds two scrapes at the common 15 s
-# scrape interval; for intervals >= 30 s the window is the interval itself, so successive
-# analyses look at disjoint traffic and ``failureLimit`` counts independent observations. The
-# window is also capped at the time since the current step began (see ``gate.analysis_window``).
-MIN_WINDOW_SECONDS = 30
-
-VerdictKind = Literal["Passed", "Failed", "InsufficientData", "Inconclusive"]
-InconclusiveReason = Literal[
-    "PrometheusNotAllowed",
-    "PrometheusUnreachable",
-    "PrometheusTimeout",
-    "QueryError",
-    "BadResponse",
-]
-
-LATENCY = "trtops_request_duration_seconds_bucket"
-REQUESTS = "trtops_requests_total"
-
-
-def window_seconds(
-    interval_seconds: int,
-    min_window_seconds: int = MIN_WINDOW_SECONDS,
-    max_window_seconds: float | None = None,
-) -> int:
-    """The range ``[W]`` of every query: the analysis interval, at least ``min_window_seconds``,
-    but never more than ``max_window_seconds`` (the time the current weight has been in effect),
-    and at least 1."""
-    w = max(int(interval_seconds), int(min_window_seconds))
-    if max_window_seconds is not None:
-        w = min(w, int(max_window_seconds))
-    return max(w, 1)
-
-
-def promql_string(value: str) -> str:
-    """``value`` as a double-quoted PromQL string literal (backslash, quote, newline escaped)."""
-    escaped = (
-        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Which series belong to one revision. ``extra`` adds equality matchers (``namespace``,
-    ``job``) for Prometheus servers that scrape more than one cluster or engine."""
-
-    model: str
-    revision: str
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-    def matchers(self, **more: str) -> str:
-        labels = {"model": self.model, "revision": self.revision, **self.extra}
-        parts = [f"{k}={promql_string(v)}" for k, v in sorted(labels.items())]
-        parts += [f"{k}=~{promql_string(v)}" for k, v in more.items()]
-        return "{" + ",".join(parts) + "}"
-
-
-@dataclass(frozen=True)
-class Queries:
-    """Two instant queries per revision; each answers a vector keyed by one label."""
-
-    outcomes: str  # by ``outcome``: request counts over the window
-    buckets: str  # by ``le``: cumulative latency bucket counts of successful requests
-
-
-def queries(selector: Selector, window: int) -> Queries:
-    """The queries for one revision over the last ``window`` seconds. ``increase()`` of the
-    buckets keeps the raw counts, so the judge can resample them (a quantile alone cannot)."""
-    w = f"[{int(window)}s]"
-    return Queries(
-        outcomes=f"sum by (outcome) (increase({REQUESTS}{selector.matchers()}{w}))",
-        buckets=f"sum by (le) (increase({LATENCY}{selector.matchers()}{w}))",
-    )
-
-
-OUTCOMES = ("success", "client_error", "server_error", "rejected")
-
-# Shadow agreement, exported by the stable pods (``trtops_worker.serve.shadow``): ``revision``
-# is stable's, ``candidate_revision`` the canary's.
-SHADOW_COSINE = "trtops_shadow_cosine"
-SHADOW_TOP1_COMPARED = "trtops_shadow_top1_compared_total"
-SHADOW_TOP1_AGREED = "trtops_shadow_top1_agreed_total"
-
-
-@dataclass(frozen=True)
-class AgreementQueries:
-    """Four instant queries, each answering a vector keyed by ``output``."""
-
-    cosine_sum: str
-    cosine_count: str
-    top1_compared: str
-    top1_agreed: str
-
-
-def agreement_queries(stable: Selector, canary_revision: str, window: int) -> AgreementQueries:
-    """How the canary's outputs agreed with stable's over the last ``window`` seconds, summed
-    over stable's pods: cosine sums and row counts, top-1 positions compared and agreed."""
-    pair = Selector(
-        stable.model, stable.revision, {**stable.extra, "candidate_revision": canary_revision}
-    )
-    w = f"{pair.matchers()}[{int(window)}s]"
-
-    def q(metric: str) -> str:
-        return f"sum by (output) (increase({metric}{w}))"
-
-    return AgreementQueries(
-        q(SHADOW_COSINE + "_sum"),
-        q(SHADOW_COSINE + "_count"),
-        q(SHADOW_TOP1_COMPARED),
-        q(SHADOW_TOP1_AGREED),
-    )
-
-
-@dataclass(frozen=True)
-class AgreementSample:
-    """Per output, over one window: ``rows`` compared, their cosine sum, and top-1 positions
-    compared and agreed (from ``increase()``, so not necessarily whole)."""
-
-    rows: Mapping[str, float] = field(default_factory=dict)
-    cosine_sum: Mapping[str, float] = field(default_factory=dict)
-    top1_compared: Mapping[str, float] = field(default_factory=dict)
-    top1_agreed: Mapping[str, float] = field(default_factory=dict)
-
-    def cosine(self) -> tuple[str, float] | None:
-        """The output with the lowest mean cosine, and that mean (None: no row compared)."""
-        # increase() extrapolates sum and count separately: a ratio can pass 1 by a hair
-        means = [
-            (min(self.cosine_sum.get(o, 0.0) / n, 1.0), o) for o, n in self.rows.items() if n > 0
-        ]
-        return (min(means)[1], min(means)[0]) if means else None
-
-    def top1(self) -> tuple[str, float] | None:
-        """The output with the lowest top-1 agreement, and that share (None: none compared)."""
-        rates = [
-            (min(self.top1_agreed.get(o, 0.0) / n, 1.0), o)
-            for o, n in self.top1_compared.items()
-            if n > 0
-        ]
-        return (min(rates)[1], min(rates)[0]) if rates else None
-
-    @property
-    def samples(self) -> float:
-        return min(self.rows.values(), default=0.0)
 
 
 def _agreement_check(sample: AgreementSample, want: OutputAgreement, min_samples: int) -> Check:
@@ -223,206 +98,6 @@ def _agreement_check(sample: AgreementSample, want: OutputAgreement, min_samples
     result: CheckResult = "Failed" if failed else "Passed"
     message = "; ".join(failed or passed) + f" over {n} shadow rows"
     return replace(base, result=result, message=message, effect=effect, threshold=threshold)
-
-
-@dataclass(frozen=True)
-class RevisionSample:
-    """What one revision did over one window: request counts by outcome and the cumulative
-    latency buckets of its successful requests (``(le seconds, count)``, +Inf last). Counts come
-    from ``increase()``, which extrapolates to the window's edges, so they need not be whole."""
-
-    outcomes: Mapping[str, float] = field(default_factory=dict)
-    buckets: tuple[tuple[float, float], ...] = ()
-    window_seconds: float = 0.0
-
-    @classmethod
-    def from_vectors(
-        cls, outcomes: Mapping[str, float], buckets: Mapping[str, float], window_seconds: float
-    ) -> RevisionSample:
-        """Build from the query results (label value -> number); NaN and negatives become 0."""
-
-        def clean(x: float) -> float:
-            return x if math.isfinite(x) and x > 0 else 0.0
-
-        parsed = sorted((float(le), clean(v)) for le, v in buckets.items())
-        return cls({k: clean(v) for k, v in outcomes.items()}, tuple(parsed), float(window_seconds))
-
-    @property
-    def requests(self) -> float:
-        return sum(self.outcomes.values())
-
-    @property
-    def successes(self) -> float:
-        return self.outcomes.get("success", 0.0)
-
-    @property
-    def server_errors(self) -> float:
-        return self.outcomes.get("server_error", 0.0) + self.outcomes.get("rejected", 0.0)
-
-    @property
-    def client_errors(self) -> float:
-        return self.outcomes.get("client_error", 0.0)
-
-    def metrics(self) -> RevisionMetrics:
-        n = self.requests
-        p50 = histogram_quantile(0.5, self.buckets)
-        p99 = histogram_quantile(0.99, self.buckets)
-        return RevisionMetrics(
-            requests=n,
-            qps=n / self.window_seconds if self.window_seconds > 0 else None,
-            p50_ms=None if p50 is None else p50 * 1000.0,
-            p99_ms=None if p99 is None else p99 * 1000.0,
-            error_rate=self.server_errors / n if n > 0 else None,
-            client_error_rate=self.client_errors / n if n > 0 else None,
-        )
-
-
-@dataclass(frozen=True)
-class RevisionMetrics:
-    """The summary of one revision's window kept in status. ``None``: no value (no request, or
-    a quantile over zero successful requests). ``error_rate`` counts server errors and
-    rejections; ``client_error_rate`` the requests answered 4xx."""
-
-    requests: float = 0.0
-    qps: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    error_rate: float | None = None
-    client_error_rate: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        def r(x: float | None, nd: int) -> float | None:
-            return None if x is None else round(x, nd)
-
-        return {
-            "requests": round(self.requests, 1),
-            "qps": r(self.qps, 3),
-            "p50Ms": r(self.p50_ms, 3),
-            "p99Ms": r(self.p99_ms, 3),
-            "errorRate": r(self.error_rate, 6),
-            "clientErrorRate": r(self.client_error_rate, 6),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RevisionMetrics:
-        return cls(
-            requests=float(data.get("requests") or 0.0),
-            qps=data.get("qps"),
-            p50_ms=data.get("p50Ms"),
-            p99_ms=data.get("p99Ms"),
-            error_rate=data.get("errorRate"),
-            client_error_rate=data.get("clientErrorRate"),
-        )
-
-
-@dataclass(frozen=True)
-class Breach:
-    """One broken absolute SLO: the spec field's name, what was measured, and its threshold."""
-
-    slo: str
-    measured: float | None
-    threshold: float
-
-    def describe(self) -> str:
-        fmt = {
-            "p99LatencyMs": ("canary p99 {m} ms > {t} ms", 1),
-            "maxErrorRate": ("canary error rate {m} > {t}", 4),
-            "maxLatencyRatioToStable": ("canary/stable p99 ratio {m} > {t}", 3),
-            "minRequests": ("{m} requests < minRequests {t} past the deadline", 0),
-        }
-        template, nd = fmt.get(self.slo, (self.slo + " {m} vs {t}", 3))
-        if self.measured is None:
-            m = "none (no successful request)"
-        else:
-            m = f"{self.measured:.{nd}f}" if nd else f"{self.measured:.0f}"
-        return template.format(m=m, t=f"{self.threshold:g}") + f" ({self.slo})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"slo": self.slo, "measured": self.measured, "threshold": self.threshold}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Breach:
-        return cls(str(data["slo"]), data.get("measured"), float(data["threshold"]))
-
-
-CheckName = Literal["successes", "latency", "serverErrors", "clientErrors", "outputAgreement"]
-CheckResult = Literal["Passed", "Failed", "InsufficientData"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison of canary with stable, with its numbers (kept in ``status.canary``).
-
-    ``latency``: ``effect`` is canary median / stable median, ``lower``/``upper`` its one-sided
-    bounds at the judge's confidence, ``threshold`` ``minLatencyEffect``. ``serverErrors`` /
-    ``clientErrors``: ``effect`` is canary rate - stable rate, ``p_value`` Fisher's one-sided
-    test, ``threshold`` the allowed increase. ``successes``: the canary answered nothing well.
-    ``canary_samples``/``stable_samples``: requests each side contributed."""
-
-    name: CheckName
-    result: CheckResult
-    message: str
-    canary_samples: int = 0
-    stable_samples: int = 0
-    effect: float | None = None
-    lower: float | None = None
-    upper: float | None = None
-    p_value: float | None = None
-    threshold: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        def r(x: float | None) -> float | None:
-            return None if x is None else float(f"{x:.4g}")
-
-        return {
-            "name": self.name,
-            "result": self.result,
-            "message": self.message,
-            "canarySamples": self.canary_samples,
-            "stableSamples": self.stable_samples,
-            "effect": r(self.effect),
-            "lower": r(self.lower),
-            "upper": r(self.upper),
-            "pValue": r(self.p_value),
-            "threshold": self.threshold,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Check:
-        return cls(
-            name=d["name"],
-            result=d["result"],
-            message=str(d.get("message", "")),
-            canary_samples=int(d.get("canarySamples") or 0),
-            stable_samples=int(d.get("stableSamples") or 0),
-            effect=d.get("effect"),
-            lower=d.get("lower"),
-            upper=d.get("upper"),
-            p_value=d.get("pValue"),
-            threshold=d.get("threshold"),
-        )
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of one analysis. ``reason`` is a sentence for status and events; it names the
-    side that lacked data, or what failed with its numbers. ``catastrophic``: a Failed so clear
-    (nothing answered well, or an error rate past ``catastrophicErrorRate``) that the rollout
-    rolls back at once instead of waiting for ``failureLimit``."""
-
-    kind: VerdictKind
-    reason: str
-    canary: RevisionMetrics | None = None
-    stable: RevisionMetrics | None = None
-    latency_ratio: float | None = None
-    breaches: tuple[Breach, ...] = ()
-    inconclusive: InconclusiveReason | None = None
-    checks: tuple[Check, ...] = ()
-    catastrophic: bool = False
-
-    @classmethod
-    def make_inconclusive(cls, why: InconclusiveReason, message: str) -> Verdict:
-        return cls("Inconclusive", f"{why}: {message}", inconclusive=why)
 
 
 def _n(x: float) -> int:

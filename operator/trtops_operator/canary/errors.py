@@ -10,7 +10,7 @@ Router errors are also the operator's ``TemporaryError``/``PermanentError``
 (:mod:`trtops_operator.errors`), so callers outside the package need only those two.
 
 Prometheus trouble is not an exception the reconciler sees: it becomes an ``Inconclusive``
-verdict (:mod:`trtops_operator.canary.prometheus`), which holds the rollout where it is.
+verdict (:mod:`trtops_operator.canary.runner`), which holds the rollout where it is.
 """
 
 from __future__ import annotations
