@@ -26,6 +26,8 @@ from trtops_operator.canary.routers import router_kind
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import RouterAction
 from trtops_operator.errors import ApiRefused, PermanentError, TemporaryError
+from trtops_operator.experiment.prometheus import MeasurePool
+from trtops_operator.experiment.run import poll_measurement
 from trtops_operator.freshness import LastWrites
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.reconcile import decide
@@ -89,6 +91,7 @@ class Runtime:
             config.analysis_workers,
             lambda key: self.queue.add(key),  # type: ignore[arg-type]  # keys are EngineKeys
         )
+        self.experiments = MeasurePool(lambda key: self.queue.add(key))  # type: ignore[arg-type]  # keys are EngineKeys
         # Each status write's response, until the watch brings it back (freshness.py).
         self.last_writes = LastWrites()
         self.elector: leader.Elector | None = None  # None: --standalone, always acting
@@ -139,8 +142,9 @@ class Runtime:
     async def _pass(self, key: EngineKey, body: Mapping[str, Any], idx: Mapping[str, Any]) -> None:
         observed = indexes.observed(*key, idx)
         verdict = self._analysis_if_due(body)
+        measured = poll_measurement(self.experiments, body, self.config.allowed_prometheus)
         now = now_rfc3339()
-        decision = decide(body, observed, self.config, now, verdict=verdict)
+        decision = decide(body, observed, self.config, now, verdict=verdict, measured=measured)
         self.queue.wait_on(key, [(key[0], job) for job in decision.waiting_on])
         stuck: RouterMisconfigured | None = None
         if decision.router is not None and _route_refused(body):
@@ -314,6 +318,7 @@ class Runtime:
                 self.queue.release(key)  # deleted: drop all its state
                 self.last_writes.forget(key)
                 self.analyses.forget(key)
+                self.experiments.forget(key)
                 continue
             body = next(iter(engines[key]))
             try:

@@ -79,11 +79,10 @@ def plan_entry(
     namespace: str | None, status: Mapping[str, Any], uid: str | None
 ) -> dict[Hashable, Any]:
     # Remember which engine recorded each plan: an engine's own plan is never "reused".
-    return {
-        (namespace, p["job"]): {**p, OWNER_KEY: uid}
-        for p in status.get("plans") or []
-        if p.get("job")
-    }
+    # An experiment's variant plans too: promoting a variant then builds nothing.
+    variants = (status.get("experiment") or {}).get("variants") or []
+    plans = [*(status.get("plans") or []), *(p for v in variants for p in v.get("plans") or [])]
+    return {(namespace, p["job"]): {**p, OWNER_KEY: uid} for p in plans if p.get("job")}
 
 
 def job_entry(namespace: str | None, name: str, body: Mapping[str, Any]) -> dict[Hashable, Any]:

@@ -8,6 +8,7 @@ A short chain of steps, one module per concern (after argo-rollouts' ``rolloutCa
     decide_builds          builds        Jobs to create or adopt, plans, build outcomes
     decide_serving         serving       Deployments, the canary's turn, where stable is
     decide_routing         routing       Services, route weights, PodDisruptionBudget
+    decide_experiment      experiment    spec.experiment's variants, their weights and results
     decide_status          status        conditions and status fields
     finish_status          conditions    the status patch and its transition Events
 
@@ -20,6 +21,7 @@ is what lets a restarted operator or a missed event converge.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,6 +33,7 @@ from trtops_operator.compat import decide_pins
 from trtops_operator.conditions import finish_status, fold_transitions, invalid
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import BuildOutcome, Decision, Event, RouterAction
+from trtops_operator.experiment.step import Measured, decide_experiment
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import DeploymentObs, JobObs, Observed, PodObs
 from trtops_operator.routing import decide_routing
@@ -58,9 +61,11 @@ def decide(
     now: str,
     *,
     verdict: Verdict | None = None,
+    measured: Measured | None = None,
 ) -> Decision:
     """Everything one reconcile of ``body`` (a TrtEngine) should do, given what exists at
-    ``now`` (RFC 3339). ``verdict``: the canary analysis run for this pass (if one was due)."""
+    ``now`` (RFC 3339). ``verdict``: the canary analysis run for this pass (if one was due);
+    ``measured``: the experiment's measurement taken for this pass (if one was due)."""
     view = EngineView.parse(body)
     try:
         spec = TrtEngineSpec.model_validate(view.spec)
@@ -72,7 +77,7 @@ def decide(
         if problem is not None:
             decision = invalid(view, f"spec is not allowed here: {problem}"[:1024], now)
         else:
-            decision = _decide(view, spec, observed, config, now, verdict)
+            decision = _decide(view, spec, observed, config, now, verdict, measured)
     decision.events = fold_transitions(decision.events)
     return decision
 
@@ -84,6 +89,7 @@ def _decide(
     config: OperatorConfig,
     now: str,
     verdict: Verdict | None,
+    measured: Measured | None = None,
 ) -> Decision:
     engine = manifests.Engine(name=view.name, namespace=view.namespace, uid=view.uid, spec=spec)
     pins = decide_pins(
@@ -93,20 +99,31 @@ def _decide(
     retry_now, retry_later = retry_storage_faults(view, builds, observed, now)
     serving = decide_serving(view, engine, builds, observed, config, now, verdict, pins.pins)
     routing = decide_routing(engine, builds.revision, serving)
+    exp = decide_experiment(
+        view, engine, builds, serving, observed, config, now, measured, pins.pins
+    )
+    router = exp.router or routing.router
+    if exp.router is None and routing.router is not None and exp.owned:  # drop variants' refs
+        router = replace(routing.router, owned=(*routing.router.owned, *exp.owned))
     step = decide_status(view, builds, serving, now)
     step.status.compute_capability_pins = pins.pins or None
+    step.status.experiment = exp.status
     decision = Decision(
-        create=builds.create,
-        adopt=builds.adopt,
-        apply=serving.apply + routing.apply,
-        delete=serving.delete + routing.delete + [("Job", j) for j in retry_now],
-        events=pins.events + builds.events + step.events,
-        outcomes=builds.outcomes,
-        router=routing.router,
+        create=builds.create + exp.create,
+        adopt=builds.adopt + exp.adopt,
+        apply=serving.apply + routing.apply + exp.apply,
+        delete=[d for d in serving.delete if d[1] not in exp.keep]
+        + routing.delete
+        + exp.delete
+        + [("Job", j) for j in retry_now],
+        events=pins.events + builds.events + exp.events + step.events,
+        outcomes=builds.outcomes + exp.outcomes,
+        router=router,
         requeue_after=min(
-            (t for t in (step.requeue_after, retry_later) if t is not None), default=None
+            (t for t in (step.requeue_after, retry_later, exp.requeue_after) if t is not None),
+            default=None,
         ),
-        waiting_on=[t.job for t in builds.building],
+        waiting_on=[t.job for t in builds.building] + exp.waiting_on,
     )
     finish_status(decision, view, step.status)
     return decision

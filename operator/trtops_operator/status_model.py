@@ -34,6 +34,7 @@ STATUS_KEYS = (
     "stable",
     "canary",
     "lastGoodRevision",
+    "experiment",
 )
 MESSAGE_MAX = 4096
 STABLE_PLAN_FIELDS = ("target", "key", "job", "path", "precision", "backend")
@@ -94,6 +95,8 @@ class EngineStatus(_Status):
     stable: StableStatus | None = None
     canary: dict[str, Any] | None = None
     last_good_revision: str | None = None
+    # spec.experiment's state and results (trtops_operator.experiment.step), kept as JSON.
+    experiment: dict[str, Any] | None = None
     # GPU product -> compute capability its plans are pinned to (``compat.decide_pins``).
     compute_capability_pins: dict[str, str] | None = None
 

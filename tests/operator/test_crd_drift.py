@@ -45,6 +45,27 @@ def INT8(body: dict[str, Any]) -> None:
     body["spec"]["build"].update(precision="int8", calibration={"uri": "calib.npz"})
 
 
+GATEWAY = _set("spec.rollout.trafficRouter", {"gatewayAPI": {"httpRoute": "route"}})
+
+
+def _experiment(**fields: Any) -> Mutate:
+    """spec.experiment over a Gateway API route; ``fields`` replace the defaults."""
+    exp = {
+        "variants": [{"name": "int8", "precision": "int8", "weight": 30}],
+        "durationSeconds": 600,
+        "prometheus": {"address": "http://prometheus:9090"},
+        **fields,
+    }
+    exp = {k: v for k, v in exp.items() if v is not None}
+    return _both(
+        GATEWAY, _set("spec.build.calibration", {"uri": "calib.npz"}), _set("spec.experiment", exp)
+    )
+
+
+def _variants(*pairs: tuple[str, str, int]) -> list[dict[str, Any]]:
+    return [{"name": n, "precision": p, "weight": w} for n, p, w in pairs]
+
+
 # What the API server refuses beyond test_crd_validation's cases: the inputs the models once
 # accepted, and the patterns they lacked. (metadata.name's bound is the API server's alone.)
 REFUSED: list[tuple[str, Mutate]] = [
@@ -61,6 +82,49 @@ REFUSED: list[tuple[str, Mutate]] = [
             _set("spec.build.calibration.method", "percentile"),
         ),
     ),
+    ("experiment without an end", _experiment(durationSeconds=None)),
+    (
+        "experiment weights over 90",
+        _experiment(variants=_variants(("a", "fp32", 50), ("b", "int8", 41))),
+    ),
+    (
+        "experiment variant names repeat",
+        _experiment(variants=_variants(("a", "fp32", 5), ("a", "int8", 5))),
+    ),
+    (
+        "experiment precisions repeat",
+        _experiment(variants=_variants(("a", "int8", 5), ("b", "int8", 5))),
+    ),
+    (
+        "experiment variant at the baseline's precision",
+        _experiment(variants=_variants(("a", "fp16", 5))),
+    ),
+    (
+        "experiment int8 variant without calibration",
+        _both(_experiment(), lambda b: b["spec"]["build"].pop("calibration")),
+    ),
+    (
+        "experiment on the replicas router",
+        _both(_experiment(), _set("spec.rollout.trafficRouter", {"replicas": {}})),
+    ),
+    ("experiment without a Prometheus", _experiment(prometheus=None)),
+    (
+        "experiment fp8 variant on onnxruntime",
+        _both(ONNXRUNTIME, _experiment(variants=_variants(("a", "fp8", 5)))),
+    ),
+    (
+        "experiment variant name not a DNS label",
+        _experiment(variants=_variants(("Int8", "int8", 5))),
+    ),
+    (
+        "experiment with four variants",
+        _experiment(
+            variants=_variants(
+                ("a", "fp32", 5), ("b", "int8", 5), ("c", "bf16", 5), ("d", "tf32", 5)
+            )
+        ),
+    ),
+    ("experiment hardSlo empty", _experiment(hardSlo={})),
     ("modelName with a space", _set("spec.serving.modelName", "my model")),
     ("schedule with six fields", _set("spec.build.schedule", "0 0 3 * * *")),
     ("schedule not cron", _set("spec.build.schedule", "every day")),
@@ -147,6 +211,27 @@ ACCEPTED: list[tuple[str, Mutate]] = [
             _set("spec.serving.sampling", {"enabled": True, "maxBytes": 1048576}),
             _set("spec.build.schedule", "30 2 * * 1-5"),
             _set("spec.build.regressionGate", {"maxLatencyRatio": 1.2, "maxAccuracyDrop": 0.01}),
+        ),
+    ),
+    ("experiment: one int8 variant for 10 min", _experiment()),
+    (
+        "experiment: fp32 and int8 until 500 requests, the analysis' Prometheus, a full rule",
+        _both(
+            _set("spec.rollout.analysis", {"prometheus": {"address": "http://p:9090"}}),
+            _experiment(
+                variants=_variants(("fp32", "fp32", 45), ("int8", "int8", 45)),
+                durationSeconds=None,
+                minRequests=500,
+                prometheus=None,
+                shadowPercent=20,
+                recommend={
+                    "objective": "cheapest",
+                    "maxP95LatencyMs": 50,
+                    "minOutputAgreement": {"cosine": 0.99},
+                    "errorRateNotWorse": False,
+                },
+                hardSlo={"maxErrorRate": 0.2},
+            ),
         ),
     ),
 ]

@@ -33,11 +33,12 @@ from trtops_operator.manifests.common import (
 from trtops_operator.manifests.sampling import serve_sample_mount
 
 
-def shadow_url(engine: Engine) -> str:
+def shadow_url(engine: Engine, service: str | None = None) -> str:
     """Where stable pods send shadow requests: the ``<engine>-canary`` Service, which exists
     during a canary only. Every revision gets the same address, so no pod restarts when a
-    canary begins or ends (worker/trtops_worker/serve/shadow.py)."""
-    host = f"{engine.name}-canary.{engine.namespace}.svc"
+    canary begins or ends (worker/trtops_worker/serve/shadow.py). ``service``: another
+    Service (an experiment's variants)."""
+    host = f"{service or engine.name + '-canary'}.{engine.namespace}.svc"
     return f"http://{host}:{HTTP_PORT}/v2/models/{engine.model_name}/infer"
 
 
@@ -70,7 +71,15 @@ def build_deployment(
         args += ["--max-batch-size", str(serving.batching.max_batch_size)]
         args += ["--max-queue-delay-us", str(serving.batching.max_queue_delay_microseconds)]
     analysis = engine.spec.rollout.analysis if engine.spec.rollout else None
-    if analysis is not None and analysis.shadow is not None:
+    experiment = engine.spec.experiment
+    if experiment is not None:  # the baseline shadows to every variant (experiment/step.py)
+        args += [
+            "--shadow-url",
+            shadow_url(engine, f"{engine.name}-experiment"),
+            "--shadow-percent",
+            f"{experiment.shadow_percent:g}",
+        ]
+    elif analysis is not None and analysis.shadow is not None:
         args += [
             "--shadow-url",
             shadow_url(engine),

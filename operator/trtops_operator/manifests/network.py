@@ -79,8 +79,8 @@ def build_network_policy(engine: Engine) -> dict[str, Any]:
         {"namespaceSelector": {"matchLabels": {"trtops.dev/gateway": "true"}}},
     ]
     analysis = engine.spec.rollout.analysis if engine.spec.rollout else None
-    if analysis is not None and analysis.shadow is not None:
-        # stable pods send shadow requests to the canary's (serve/shadow.py)
+    if (analysis is not None and analysis.shadow is not None) or engine.spec.experiment:
+        # stable pods send shadow requests to the canary's or the variants' (serve/shadow.py)
         inference.append({"podSelector": {"matchLabels": serving_selector(engine)}})
     policy = {
         "apiVersion": "networking.k8s.io/v1",

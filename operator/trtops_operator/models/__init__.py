@@ -6,8 +6,9 @@ past an older CRD fails loudly (``extra="forbid"``) instead of being half-unders
 match the CRD's, so a body that never went through the API server (unit tests) reads the same.
 
 One module per part of the spec: ``base`` (shared field types), ``build`` (``spec.model``,
-``spec.build``, ``spec.storage``), ``serving``, ``rollout`` and ``spec`` (the whole, with the
-rules across parts). Import from here: ``from trtops_operator.models import TrtEngineSpec``.
+``spec.build``, ``spec.storage``), ``serving``, ``rollout``, ``experiment`` and ``spec`` (the
+whole, with the rules across parts). Import from here:
+``from trtops_operator.models import TrtEngineSpec``.
 """
 
 from trtops_operator.models.base import (
@@ -39,6 +40,7 @@ from trtops_operator.models.build import (
     Validation,
 )
 from trtops_operator.models.cost import COST_NEEDS_A_PRICE, Cost
+from trtops_operator.models.experiment import Experiment, HardSlo, RecommendRule, Variant
 from trtops_operator.models.rollout import (
     AGREEMENT_NEEDS_SHADOW,
     ANALYSIS_NEEDS_WEIGHT,
@@ -91,7 +93,9 @@ __all__ = [
     "Cron",
     "Dim",
     "Dims",
+    "Experiment",
     "GatewayAPIRouter",
+    "HardSlo",
     "IstioRouter",
     "Judge",
     "ModelSource",
@@ -101,6 +105,7 @@ __all__ = [
     "Profile",
     "PrometheusSource",
     "Quantity",
+    "RecommendRule",
     "RegressionGate",
     "ReplicasRouter",
     "Resources",
@@ -124,5 +129,6 @@ __all__ = [
     "TrtEngineSpec",
     "Uri",
     "Validation",
+    "Variant",
     "next_fire",
 ]

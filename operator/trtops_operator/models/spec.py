@@ -7,6 +7,7 @@ from pydantic import model_validator
 from trtops_operator.models.base import SpecModel
 from trtops_operator.models.build import BuildSpec, ModelSource, StorageSpec
 from trtops_operator.models.cost import Cost
+from trtops_operator.models.experiment import Experiment, experiment_rules
 from trtops_operator.models.rollout import RolloutSpec
 from trtops_operator.models.serving import ServingSpec
 
@@ -28,6 +29,7 @@ class TrtEngineSpec(SpecModel):
     serving: ServingSpec = ServingSpec()
     rollout: RolloutSpec | None = None
     cost: Cost | None = None
+    experiment: Experiment | None = None
 
     @model_validator(mode="after")
     def _backend_rules(self) -> TrtEngineSpec:
@@ -56,6 +58,8 @@ class TrtEngineSpec(SpecModel):
             )
         if self.uses_sample() and not (self.serving.sampling and self.serving.sampling.enabled):
             raise ValueError(SAMPLE_NEEDS_SAMPLING)
+        if self.experiment is not None:
+            experiment_rules(self.experiment, self.build, self.serving.backend, self.rollout)
         return self
 
     def uses_sample(self) -> bool:
