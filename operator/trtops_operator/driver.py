@@ -142,7 +142,9 @@ class Runtime:
     async def _pass(self, key: EngineKey, body: Mapping[str, Any], idx: Mapping[str, Any]) -> None:
         observed = indexes.observed(*key, idx)
         verdict = self._analysis_if_due(body)
-        measured = poll_measurement(self.experiments, body, self.config.allowed_prometheus)
+        measured = poll_measurement(
+            self.experiments, body, self.config.allowed_prometheus, self.config.prices
+        )
         now = now_rfc3339()
         decision = decide(body, observed, self.config, now, verdict=verdict, measured=measured)
         self.queue.wait_on(key, [(key[0], job) for job in decision.waiting_on])

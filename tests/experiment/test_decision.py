@@ -40,9 +40,10 @@ def agreement(cosine: float, top1: float, rows: int = 200) -> AgreementSample:
 
 
 def arm(name: str, precision: str, median: float, **kw: Any) -> ArmSample:
-    errors = kw.pop("errors", 0)
+    """An arm of 600 requests around ``median`` ms; ``errors``/``seed`` shape its sample."""
+    errors, seed = kw.pop("errors", 0), kw.pop("seed", sum(map(ord, name)))
     return ArmSample(
-        name, precision, f"r-{name}", 30, sample(median, errors=errors, seed=hash(name) % 100), **kw
+        name, precision, f"r-{name}", 30, sample(median, errors=errors, seed=seed), **kw
     )
 
 
@@ -74,8 +75,8 @@ def test_the_fastest_variant_that_agrees_is_recommended_not_the_fastest_overall(
 
 
 def test_a_variant_as_fast_as_the_baseline_is_not_recommended() -> None:
-    base = arm("baseline", "fp32", 10.0)
-    same = arm("fp16", "fp16", 10.0, agreement=agreement(1.0, 1.0))
+    base = arm("baseline", "fp32", 10.0, seed=7)
+    same = arm("fp16", "fp16", 10.0, agreement=agreement(1.0, 1.0), seed=7)  # the same requests
     results = judge_arms(base, [same], RULE, min_shadow=50)
     assert results[1].latency == "no significant difference"
     rec = recommend(results, RULE)
@@ -104,14 +105,18 @@ def test_too_few_shadow_rows_is_not_agreement() -> None:
     assert "10 shadow rows compared, fewer than minShadowSamples 50" in results[1].notes[0]
 
 
-def test_cheapest_objective_ranks_by_cost() -> None:
+def test_cheapest_objective_ranks_by_the_cost_of_busy_pods() -> None:
     rule = RecommendRule.model_validate({"objective": "cheapest"})
-    base = arm("baseline", "fp32", 10.0, cost_per_million=2.0)
-    a = arm("fp16", "fp16", 9.0, agreement=agreement(1, 1), cost_per_million=1.5)
-    b = arm("int8", "int8", 9.5, agreement=agreement(1, 1), cost_per_million=1.0)
-    rec = recommend(judge_arms(base, [a, b], rule, 50), rule)
+    base = arm("baseline", "fp32", 10.0, pod_hourly_cost=2.0)
+    a = arm("fp16", "fp16", 9.0, agreement=agreement(1, 1), pod_hourly_cost=2.0)
+    b = arm("int8", "int8", 9.5, agreement=agreement(1, 1), pod_hourly_cost=1.0)  # fewer cores
+    results = judge_arms(base, [a, b], rule, 50)
+    # 2.0 per pod-hour at ~10 ms a request: 2.0 * 0.010 / 3600 * 1e6 ~ 5.6 per 1M
+    assert results[0].busy_cost_per_million is not None
+    assert 4.0 < results[0].busy_cost_per_million < 7.0
+    rec = recommend(results, rule)
     assert rec.name == "int8"
-    assert "1 vs 2 per 1M" in rec.reason
+    assert "per 1M" in rec.reason
 
 
 # --- the reconcile of spec.experiment ---------------------------------------------------------

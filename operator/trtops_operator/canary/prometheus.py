@@ -144,10 +144,13 @@ class PrometheusClient:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise PrometheusError("BadResponse", f"malformed sample for {promql}") from exc
 
-    async def query_by(self, promql: str, label: str) -> dict[str, float]:
-        """An instant vector query keyed by ``label``'s value (NaN samples dropped)."""
+    async def query_by(
+        self, promql: str, label: str, at: float | None = None
+    ) -> dict[str, float]:
+        """An instant vector query keyed by ``label``'s value (NaN samples dropped), evaluated
+        now or at Unix time ``at``."""
         out: dict[str, float] = {}
-        for series in await self._result(promql) or []:
+        for series in await self._result(promql, at) or []:
             try:
                 key = str(series["metric"].get(label, ""))
                 value = _number(series["value"][1])
@@ -157,7 +160,7 @@ class PrometheusClient:
                 out[key] = value
         return out
 
-    async def _result(self, promql: str) -> list[Any] | None:
+    async def _result(self, promql: str, at: float | None = None) -> list[Any] | None:
         """The vector result of an instant query; None for a scalar NaN."""
         if self._session is None:
             raise RuntimeError("PrometheusClient used outside 'async with'")
@@ -166,6 +169,8 @@ class PrometheusClient:
         # (Whole milliseconds: Prometheus' duration syntax has no fractional seconds.)
         server_ms = int(max(self.timeout_seconds - 0.5, 0.5) * 1000)
         params = {"query": promql, "timeout": f"{server_ms}ms"}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         try:
             async with self._session.get(url, params=params, allow_redirects=False) as resp:
                 status = resp.status

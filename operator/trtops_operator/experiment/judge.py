@@ -45,8 +45,9 @@ class ArmSample:
     ``agreement``: how its outputs agreed with the baseline's on shadow requests (None for the
     baseline). ``gpu_memory_mib``/``gpu_utilization_percent``: DCGM's ``DCGM_FI_DEV_FB_USED``
     (max over the arm's pods) and ``DCGM_FI_DEV_GPU_UTIL`` (mean), None where no exporter
-    reports them (CPU nodes). ``cost_per_million``: the arm's cost per 1M inferences
-    (:mod:`trtops_operator.cost`), None when no price is set."""
+    reports them (CPU nodes). ``cost_per_million``: the arm's cost per 1M inferences at the
+    throughput it served (:func:`trtops_operator.cost.cost_per_million`; at fixed weights it
+    follows the weight more than the precision), None when no price is set."""
 
     name: str
     precision: str
@@ -57,6 +58,7 @@ class ArmSample:
     gpu_memory_mib: float | None = None
     gpu_utilization_percent: float | None = None
     cost_per_million: float | None = None
+    pod_hourly_cost: float | None = None  # one pod of the arm for one hour (trtops_operator.cost)
     stopped: str = ""  # why a hard SLO stopped it ("" = serving)
 
 
@@ -78,6 +80,9 @@ class ArmResult:
     latency_lower: float | None = None
     latency_upper: float | None = None
     latency: Significance = "not compared"
+    # pod-hour price x p50: the cost per 1M inferences of a pod kept busy one request at a
+    # time; unlike the measured cost it does not depend on the arm's weight.
+    busy_cost_per_million: float | None = None
     error_increase: float | None = None  # variant rate - baseline rate
     error_p_value: float | None = None
     error_worse: bool = False  # significantly more errors than the baseline
@@ -103,6 +108,7 @@ class ArmResult:
             "gpuMemoryMiB": r(a.gpu_memory_mib),
             "gpuUtilizationPercent": r(a.gpu_utilization_percent),
             "costPerMillion": r(a.cost_per_million),
+            "busyCostPerMillion": r(self.busy_cost_per_million),
         }
         if a.stopped:
             out["stopped"] = a.stopped
@@ -134,7 +140,11 @@ def _figures(arm: ArmSample) -> dict[str, Any]:
     s = arm.sample
     q = {p: histogram_quantile(p / 100, s.buckets) for p in (50, 95, 99)}
     n = s.requests
+    busy = None
+    if arm.pod_hourly_cost is not None and q[50] is not None:
+        busy = arm.pod_hourly_cost * q[50] / 3600 * 1_000_000
     return {
+        "busy_cost_per_million": busy,
         "p50_ms": None if q[50] is None else q[50] * 1000,
         "p95_ms": None if q[95] is None else q[95] * 1000,
         "p99_ms": None if q[99] is None else q[99] * 1000,
@@ -260,16 +270,16 @@ def recommend(results: Sequence[ArmResult], rule: RecommendRule) -> Recommendati
         better.sort(key=lambda r: r.latency_ratio if r.latency_ratio is not None else 1.0)
         what = "significantly faster (median latency) than the baseline"
     else:
-        base_cost = base.arm.cost_per_million
+        base_cost = base.busy_cost_per_million
         better = [
             r
             for r in eligible
-            if r.arm.cost_per_million is not None
+            if r.busy_cost_per_million is not None
             and base_cost is not None
-            and r.arm.cost_per_million < base_cost
+            and r.busy_cost_per_million < base_cost
         ]
-        better.sort(key=lambda r: r.arm.cost_per_million or 0.0)
-        what = "cheaper per 1M inferences than the baseline"
+        better.sort(key=lambda r: r.busy_cost_per_million or 0.0)
+        what = "cheaper per 1M inferences (busy pods) than the baseline"
     if better:
         best = better[0]
         figures = (
@@ -281,7 +291,7 @@ def recommend(results: Sequence[ArmResult], rule: RecommendRule) -> Recommendati
             else ""
         )
         if rule.objective == "cheapest":
-            figures = f"{best.arm.cost_per_million:.4g} vs {base.arm.cost_per_million:.4g} per 1M"
+            figures = f"{best.busy_cost_per_million:.4g} vs {base.busy_cost_per_million:.4g} per 1M"
         return Recommendation(
             best.arm.name,
             best.arm.precision,

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trtops_operator.canary.prometheus import PrometheusClient, PrometheusError, check_address
 from trtops_operator.canary.promql import Selector, promql_string
 from trtops_operator.canary.runner import measure, measure_agreement
+from trtops_operator.cost import PodFootprint, Prices, cost_per_million, pod_hourly_cost
 from trtops_operator.experiment.judge import ArmSample
 
 __all__ = ["Arm", "MeasurePool", "measure_arms"]
@@ -31,13 +32,15 @@ DCGM_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm to measure: its name, precision, revision, weight and Deployment name prefix."""
+    """One arm to measure: its name, precision, revision, weight, Deployment (its pods' name
+    prefix) and what each of its pods requests (for its cost)."""
 
     name: str
     precision: str
     revision: str
     weight: int
     deployment: str
+    footprint: PodFootprint = field(default_factory=PodFootprint)
     stopped: str = ""
 
 
@@ -57,11 +60,13 @@ async def measure_arms(
     namespace: str,
     arms: Sequence[Arm],
     window: int,
-    cost: Callable[[Arm, float | None], float | None] | None = None,
+    prices: Prices | None = None,
+    replicas: int = 1,
     timeout_seconds: float = 5.0,
 ) -> tuple[ArmSample, ...]:
-    """Every arm (the baseline first) over the last ``window`` seconds; raises
-    :class:`PrometheusError` (its message is safe for status)."""
+    """Every arm (the baseline first) over the last ``window`` seconds; with ``prices``, its
+    cost per 1M inferences (``replicas`` pods of the arm's footprint at the successful requests
+    per second it served). Raises :class:`PrometheusError` (its message is safe for status)."""
     checked = check_address(address, allowed)
     extra = {"namespace": namespace}
     base = Selector(model, arms[0].revision, extra)
@@ -75,7 +80,12 @@ async def measure_arms(
             pods = _pods(namespace, arm.deployment)
             memory = await client.query(f"max(max_over_time({DCGM_MEMORY}{pods}[{window}s]))")
             util = await client.query(f"avg(avg_over_time({DCGM_UTIL}{pods}[{window}s]))")
-            qps = sample.requests / window if window > 0 else None
+            per_million = pod_hourly = None
+            if prices is not None:
+                pod_hourly = pod_hourly_cost(arm.footprint, prices)
+                per_million = cost_per_million(
+                    arm.footprint, replicas, prices, sample.successes / max(window, 1)
+                )
             return ArmSample(
                 arm.name,
                 arm.precision,
@@ -85,7 +95,8 @@ async def measure_arms(
                 agreement,
                 gpu_memory_mib=memory,
                 gpu_utilization_percent=util,
-                cost_per_million=cost(arm, qps) if cost is not None else None,
+                cost_per_million=per_million,
+                pod_hourly_cost=pod_hourly,
                 stopped=arm.stopped,
             )
 

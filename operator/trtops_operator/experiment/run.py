@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from trtops_operator import keys
 from trtops_operator.canary.prometheus import PrometheusError
+from trtops_operator.cost import Prices, prices_for, serving_footprint
 from trtops_operator.experiment.prometheus import Arm, MeasurePool, measure_arms
 from trtops_operator.experiment.step import Measured, measurement_due
 from trtops_operator.models import TrtEngineSpec
@@ -21,12 +22,23 @@ from trtops_operator.status_model import EngineStatus
 __all__ = ["arms_of", "poll_measurement"]
 
 
-def _deployment(
-    engine: str, revision: str, plans: Sequence[Mapping[str, Any]], backend: str
-) -> str:
-    target = str((plans[0] if plans else {}).get("target") or keys.CPU_TARGET)
+def _arm(
+    spec: TrtEngineSpec, engine: str, name: str, precision: str, revision: str, weight: int,
+    plans: Sequence[Mapping[str, Any]], stopped: str = "",
+) -> Arm:  # fmt: skip
+    plan = plans[0] if plans else {}
+    target = str(plan.get("target") or keys.CPU_TARGET)
+    backend = str(plan.get("backend") or spec.serving.backend)
     product = None if target == keys.CPU_TARGET and backend == "onnxruntime" else target
-    return keys.serving_name(f"{engine}-{revision}", product)
+    return Arm(
+        name,
+        precision,
+        revision,
+        weight,
+        keys.serving_name(f"{engine}-{revision}", product),
+        serving_footprint(spec.serving, backend, target),
+        stopped,
+    )
 
 
 def arms_of(name: str, spec: TrtEngineSpec, status: EngineStatus) -> list[Arm]:
@@ -38,34 +50,32 @@ def arms_of(name: str, spec: TrtEngineSpec, status: EngineStatus) -> list[Arm]:
     weights = sum(
         int(v.get("weight") or 0) for v in exp.get("variants") or [] if not v.get("stopped")
     )
-    arms = [
-        Arm(
-            "baseline",
-            spec.build.precision,
-            base_rev,
-            100 - weights,
-            _deployment(name, base_rev, base_plans, spec.serving.backend),
-        )
-    ]
+    arms = [_arm(spec, name, "baseline", spec.build.precision, base_rev, 100 - weights, base_plans)]
     for v in exp.get("variants") or []:
-        rev = str(v.get("revision") or "")
+        stopped = str(v.get("stopped") or "")
         arms.append(
-            Arm(
+            _arm(
+                spec,
+                name,
                 str(v.get("name")),
                 str(v.get("precision")),
-                rev,
-                0 if v.get("stopped") else int(v.get("weight") or 0),
-                _deployment(name, rev, list(v.get("plans") or []), spec.serving.backend),
-                stopped=str(v.get("stopped") or ""),
+                str(v.get("revision") or ""),
+                0 if stopped else int(v.get("weight") or 0),
+                list(v.get("plans") or []),
+                stopped,
             )
         )
     return arms
 
 
 def poll_measurement(
-    pool: MeasurePool, body: Mapping[str, Any], allowed: Collection[str]
+    pool: MeasurePool,
+    body: Mapping[str, Any],
+    allowed: Collection[str],
+    prices: Prices | None = None,
 ) -> Measured | None:
-    """The measurement of the engine's due experiment once it is in, else None."""
+    """The measurement of the engine's due experiment once it is in, else None. ``prices``: the
+    operator's (an engine's ``spec.cost`` wins), for cost per 1M inferences."""
     try:
         spec = TrtEngineSpec.model_validate(body.get("spec") or {})
     except ValidationError:
@@ -97,6 +107,10 @@ def poll_measurement(
             namespace=meta["namespace"],
             arms=arms,
             window=window,
+            prices=prices_for(spec, prices),
+            replicas=auto.min_replicas
+            if (auto := spec.serving.autoscaling)
+            else spec.serving.replicas,
         )
         return Measured(at, key, samples)
 

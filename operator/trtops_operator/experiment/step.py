@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trtops_operator import keys, manifests
+from trtops_operator import cost, keys, manifests
 from trtops_operator.builds import Builds, decide_builds
 from trtops_operator.canary import routers as canary_routers
 from trtops_operator.config import OperatorConfig
@@ -202,7 +202,16 @@ def decide_experiment(
     status: dict[str, Any] = {
         "key": key,
         "baseline": {"name": "baseline", "precision": spec.build.precision, "revision": baseline},
+        # what the report states beside the figures: the rule, the backend, the currency
+        "rule": {
+            **exp.recommend.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "minShadowSamples": exp.min_shadow_samples,
+        },
+        "backend": spec.serving.backend,
     }
+    prices = cost.prices_for(spec, config.prices)
+    if prices is not None:
+        status["currency"] = prices.currency
     for k in ("startedAt", "endsAt", "lastMeasuredAt", "results", "completedAt", "recommendation"):
         if same and old.get(k) is not None:
             status[k] = old[k]

@@ -1,0 +1,72 @@
+"""The experiment report from a status.experiment: Markdown a person can read, a PNG that is an
+image (PIL opens it; its size; not blank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from trtops_operator.experiment.judge import judge_arms, promote_hint, recommend
+from trtops_operator.experiment.report import chart_figure, render_markdown
+from trtops_operator.models import RecommendRule
+
+from tests.experiment.test_decision import agreement, arm
+
+pytest.importorskip("matplotlib")
+RULE = RecommendRule.model_validate({"minOutputAgreement": {"cosine": 0.99}})
+
+
+def _status() -> dict[str, object]:
+    base = arm("baseline", "fp32", 10.0, pod_hourly_cost=0.02, cost_per_million=0.5)
+    results = judge_arms(
+        base,
+        [
+            arm("fp16", "fp16", 6.0, agreement=agreement(0.99995, 1.0), pod_hourly_cost=0.02),
+            arm("int8", "int8", 5.0, agreement=agreement(0.7, 0.5), pod_hourly_cost=0.02),
+        ],
+        RULE,
+        50,
+    )
+    rec = recommend(results, RULE)
+    return {
+        "phase": "Completed",
+        "baseline": {"name": "baseline", "precision": "fp32", "revision": "r-baseline"},
+        "startedAt": "2026-01-01T00:00:00Z",
+        "completedAt": "2026-01-01T00:05:00Z",
+        "rule": {
+            **RULE.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "minShadowSamples": 50,
+        },
+        "backend": "onnxruntime",
+        "currency": "USD",
+        "results": [r.to_json() for r in results],
+        "recommendation": rec.to_json(promote_hint(rec)),
+    }
+
+
+def test_the_markdown_says_what_won_why_and_how_to_promote_it() -> None:
+    md = render_markdown("bert", "ml", _status())
+    assert "**fp16 (fp16)**" in md
+    assert "set spec.build.precision to fp16 and remove spec.experiment" in md
+    assert "| int8 | int8 | 30 |" in md
+    assert "cosine 0.7000 < minOutputAgreement.cosine 0.99" in md  # why int8 lost
+    assert "not reported" in md  # GPU figures on a CPU run
+    assert "Ran 2026-01-01T00:00:00Z to 2026-01-01T00:05:00Z (300 s)" in md
+    assert "| faster |" in md
+
+
+def test_the_chart_is_a_non_blank_png(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    series = {"baseline": [(0.0, 12.0), (30.0, 11.0)], "fp16": [(0.0, 7.0), (30.0, 6.5)]}
+    fig = chart_figure("bert", _status(), series)
+    path = tmp_path / "chart.png"
+    fig.savefig(path)
+    plt.close(fig)
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size == (1100, 450)
+        colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colors is not None
+    assert len(colors) > 50  # bars, lines and text, not a blank canvas
