@@ -35,6 +35,10 @@ def _f(value: Any, digits: int = 2, none: str = "-") -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _seconds(a: str | None, b: str | None) -> int | None:
     if not a or not b:
         return None
@@ -108,8 +112,8 @@ def render_markdown(engine: str, namespace: str, exp: Mapping[str, Any]) -> str:
             _f(r.get("p95Ms")),
             _f(r.get("p99Ms")),
             _f(r.get("errorRate"), 4),
-            "(reference)" if baseline_row else _f(agree.get("cosine"), 4),
-            "(reference)" if baseline_row else _f(agree.get("top1"), 4),
+            "(reference)" if baseline_row else _f(_float(agree.get("cosine")), 4),
+            "(reference)" if baseline_row else _f(_float(agree.get("top1")), 4),
             "" if baseline_row else _f(agree.get("rows"), 0),
             _f(r.get("gpuMemoryMiB"), 0, NOT_REPORTED),
             _f(r.get("gpuUtilizationPercent"), 1, NOT_REPORTED),
@@ -197,8 +201,8 @@ def chart_figure(engine: str, exp: Mapping[str, Any], series: Series | None = No
         for name, points in series.items():
             if points:
                 over_time.plot([t - start for t, _ in points], [v for _, v in points], label=name)
-        over_time.set_xlabel("seconds since the experiment started")
-        over_time.set_ylabel("p95 latency, ms (30 s windows)")
+        over_time.set_xlabel("seconds since the first full window")
+        over_time.set_ylabel("p95 latency, ms")
         over_time.legend(fontsize=8)
         over_time.grid(True, alpha=0.3)
     else:
@@ -215,7 +219,8 @@ def chart_figure(engine: str, exp: Mapping[str, Any], series: Series | None = No
 async def latency_series(
     address: str, engine: str, namespace: str, model: str, exp: Mapping[str, Any], points: int = 30
 ) -> dict[str, list[tuple[float, float]]]:
-    """Each arm's p95 latency (ms, over 30 s windows) at ``points`` times across the run."""
+    """Each arm's p95 latency (ms, over 30 s windows, or a quarter of a shorter run) at
+    ``points`` times across the run, as (Unix time, ms) per arm name."""
     from trtops_operator.canary.prometheus import PrometheusClient
     from trtops_operator.canary.promql import promql_string
 
@@ -237,14 +242,16 @@ async def latency_series(
         f"model={promql_string(model)},namespace={promql_string(namespace)},"
         f"revision=~{promql_string(revisions)}"
     )
+    # 30 s windows, shorter for a short run (at least 5 s: two scrapes), from the first full one
+    w = int(min(max((t1 - t0) / 4, 5), 30))
     promql = (
         "histogram_quantile(0.95, sum by (le, revision)"
-        f" (rate(trtops_request_duration_seconds_bucket{{{sel}}}[30s])))"
+        f" (rate(trtops_request_duration_seconds_bucket{{{sel}}}[{w}s])))"
     )
     out: dict[str, list[tuple[float, float]]] = {name: [] for name in arms.values()}
     async with PrometheusClient(address, timeout_seconds=10) as client:
         for i in range(points):
-            at = t0 + 30 + (t1 - t0 - 30) * i / max(points - 1, 1)
+            at = t0 + w + max(t1 - t0 - w, 0) * i / max(points - 1, 1)
             for rev, value in (await client.query_by(promql, "revision", at=at)).items():
                 if rev in arms:
                     out[arms[rev]].append((at, value * 1000))

@@ -8,7 +8,8 @@ asks for and no canary is in flight (the canary owns the route meanwhile). Its p
                is the engine's own with another precision, so a plan that exists is reused)
     Starting   every variant is built; its pods are coming up (no traffic yet)
     Running    the route gives each variant its weight; measured every ``intervalSeconds``
-    Completed  ``durationSeconds`` passed or every arm answered ``minRequests``: the results
+    Completed  ``durationSeconds`` passed, or every arm answered ``minRequests`` (and every
+               variant had ``minShadowSamples`` rows compared, if the rule needs them): the results
                and the recommendation stay in status; variants are taken out of the route and
                their pods removed
     Waiting    a new revision or a canary is in flight: variants are out of the route until
@@ -411,8 +412,14 @@ def _judge(
     status["results"] = [r.to_json() for r in results]
     status["lastMeasuredAt"] = measured.at
     ended = bool(status.get("endsAt")) and _time(measured.at) >= _time(status["endsAt"])
+    serving = [r for r in results if not r.arm.stopped]
+    # minRequests ends it only once the rule's agreement can be judged too: a variant with too
+    # few shadow rows would lose for lack of data, not for its answers.
+    want = exp.recommend.min_output_agreement
+    rows_needed = exp.min_shadow_samples if want is not None else 0
     if exp.min_requests is not None and all(
-        r.requests >= exp.min_requests for r in results if not r.arm.stopped
+        r.requests >= exp.min_requests and (i == 0 or r.shadow_rows >= rows_needed)
+        for i, r in enumerate(serving)
     ):
         ended = True
     if ended:

@@ -305,7 +305,15 @@ def http_sender(
 
     async def send(inputs: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
         if not session:
-            session.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)))
+            # A new connection per shadow request: a Service (kube-proxy) picks a pod per
+            # connection, so a kept-alive one would send every shadow to one pod (one canary
+            # replica, one of an experiment's variants).
+            session.append(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(force_close=True),
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                )
+            )
         body, head = http_infer_body(dict(inputs), binary=True)  # every output as raw bytes
         headers = {
             "Inference-Header-Content-Length": str(head),
