@@ -108,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu-product", help="GPU product label of the target node (part of the key)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a scheduled rebuild: the serving plan's folder, measured against the new plan on"
+        " the same device and inputs (the result's 'comparison')",
+    )
     # Kubernetes reads /dev/termination-log; a runtime without per-container /dev (the local node
     # agent in tests) names another file through TRTOPS_TERMINATION_LOG.
     parser.add_argument(
@@ -147,7 +153,8 @@ def request_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("InvalidArgument", "sample limits must be >= 1")
     if args.workspace_mib < 1:
         raise ConfigError("InvalidArgument", "--workspace-mib must be >= 1")
-    for flag in ("model", "calibration", "validation", "calibration_sample", "validation_sample"):
+    paths = ("model", "calibration", "validation", "calibration_sample", "validation_sample")
+    for flag in (*paths, "baseline"):
         if getattr(args, flag) is not None:
             check_confined(f"--{flag.replace('_', '-')}", getattr(args, flag), args.storage)
     return BuildRequest(
@@ -179,6 +186,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
         benchmark_iterations=args.benchmark_iterations,
         benchmark_seconds=args.benchmark_seconds,
         gpu_product=args.gpu_product,
+        baseline=args.baseline,
     )
 
 

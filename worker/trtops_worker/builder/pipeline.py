@@ -38,6 +38,7 @@ from trtops_worker.builder.engine import ArtifactRunner, Backend, EngineSettings
 from trtops_worker.builder.errors import AccuracyError, CalibrationError, ConfigError, EngineError
 from trtops_worker.builder.model import LoadedModel, load_model, sha256_file
 from trtops_worker.builder.profiles import check_profiles
+from trtops_worker.builder.regression import compare_plans
 from trtops_worker.builder.sample import choose_input_set
 from trtops_worker.builder.store import METADATA, Store
 from trtops_worker.cachekey import (
@@ -80,6 +81,8 @@ class BuildRequest:
     benchmark_iterations: int = 50
     benchmark_seconds: float = 2.0
     gpu_product: str | None = None
+    # A scheduled rebuild: the serving plan's folder, measured against the new plan here.
+    baseline: Path | None = None
 
 
 def build(request: BuildRequest) -> dict[str, Any]:
@@ -133,7 +136,8 @@ def build(request: BuildRequest) -> dict[str, Any]:
     if cached is not None:
         _regate(cached, request.thresholds, kinds)
         log.info("cache hit %s", key)
-        return _result(cached, store.entry(key), cached=True) | _sources(sources)
+        result = _result(cached, store.entry(key), cached=True) | _sources(sources)
+        return result | _comparison(request, store.entry(key), model, backend, validation)
 
     shared_cache = _timing_cache_name(ingredients)
     log.info("building %s: %s on %s, key %s", model.path.name, request.precision, backend.name, key)
@@ -160,7 +164,33 @@ def build(request: BuildRequest) -> dict[str, Any]:
     if (final / TIMING_CACHE).is_file():
         store.replace_shared(shared_cache, final / TIMING_CACHE)
     published = store.lookup(key) or metadata  # another builder may have won the race
-    return _result(published, final, cached=False) | _sources(sources)
+    result = _result(published, final, cached=False) | _sources(sources)
+    return result | _comparison(request, final, model, backend, validation)
+
+
+def _comparison(
+    request: BuildRequest,
+    folder: Path,
+    model: LoadedModel,
+    backend: Backend,
+    validation: InputSet | None,
+) -> dict[str, Any]:
+    """With ``--baseline``: the new plan against the serving one (``regression.py``)."""
+    if request.baseline is None:
+        return {}
+    comparison = compare_plans(
+        folder,
+        request.baseline,
+        model,
+        backend,
+        validation,
+        batch_sizes=request.benchmark_batch_sizes,
+        fallback_dims={p.input: p.opt for p in request.profiles},
+        gate_batch_size=_gate_batch_size(request.profiles),
+        iterations=request.benchmark_iterations,
+        seconds=request.benchmark_seconds,
+    )
+    return {"comparison": comparison}
 
 
 def _sources(sources: dict[str, str]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def compact(result: dict[str, Any], limit: int = LIMIT_BYTES) -> str:
             "cached",
             "category",
             "reason",
+            "comparison",  # a scheduled rebuild's regression gate reads it
         )
         text = _dumps({k: data[k] for k in keep if k in data} | {"truncated": True})
     return text
