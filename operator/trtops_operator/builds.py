@@ -166,9 +166,11 @@ def decide_builds(
     observed: Observed,
     config: OperatorConfig,
     pins: Mapping[str, str] | None = None,
+    rebuild: str | None = None,
 ) -> Builds:
     """One build per GPU target: reuse, wait for, create or adopt its Job, read its result.
-    ``pins``: GPU product -> compute capability its build is pinned to (``compat``)."""
+    ``pins``: GPU product -> compute capability its build is pinned to (``compat``);
+    ``rebuild``: the accepted scheduled rebuild the plans come from (``rebuild.py``)."""
     spec = engine.spec
     pins = pins or {}
     old_plans = {p.job: p for p in view.status.plans}
@@ -176,7 +178,7 @@ def decide_builds(
     keyed = []
     for product in spec.target_products():
         pin = pins.get(product) if product is not None else None
-        key = keys.build_key(spec, product, config.worker_image, pin)
+        key = keys.build_key(spec, product, config.worker_image, pin, rebuild=rebuild)
         keyed.append((product, key, keys.job_name(key, spec.storage.claim_name, gate), pin))
     out = Builds([], keys.revision_of(k for _, k, _, _ in keyed))
     out.targets = [

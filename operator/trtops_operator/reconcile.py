@@ -5,6 +5,7 @@ A short chain of steps, one module per concern (after argo-rollouts' ``rolloutCa
     EngineView.parse       status_model  the body, parsed once
     TrtEngineSpec          models        the spec (invalid: conditions.invalid, nothing else)
     decide_pins            compat        GPU products pinned after a PlanIncompatible refusal
+    decide_rebuild         rebuild       a scheduled rebuild: its Jobs, its regression gate
     decide_builds          builds        Jobs to create or adopt, plans, build outcomes
     decide_serving         serving       Deployments, the canary's turn, where stable is
     decide_routing         routing       Services, route weights, PodDisruptionBudget
@@ -36,6 +37,7 @@ from trtops_operator.decision import BuildOutcome, Decision, Event, RouterAction
 from trtops_operator.experiment.step import Measured, decide_experiment
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import DeploymentObs, JobObs, Observed, PodObs
+from trtops_operator.rebuild import decide_rebuild
 from trtops_operator.routing import decide_routing
 from trtops_operator.serving import decide_serving
 from trtops_operator.status import decide_status
@@ -95,7 +97,8 @@ def _decide(
     pins = decide_pins(
         view.status.compute_capability_pins, observed.serving_pods, view.status.revision
     )
-    builds = decide_builds(view, engine, observed, config, pins.pins)
+    rebuild = decide_rebuild(view, engine, observed, config, now, pins.pins)
+    builds = decide_builds(view, engine, observed, config, pins.pins, rebuild.current)
     retry_now, retry_later = retry_storage_faults(view, builds, observed, now)
     serving = decide_serving(view, engine, builds, observed, config, now, verdict, pins.pins)
     routing = decide_routing(engine, builds.revision, serving)
@@ -108,22 +111,27 @@ def _decide(
     step = decide_status(view, builds, serving, now)
     step.status.compute_capability_pins = pins.pins or None
     step.status.experiment = exp.status
+    rebuild.apply(step.status)
     decision = Decision(
-        create=builds.create + exp.create,
+        create=builds.create + exp.create + rebuild.create,
         adopt=builds.adopt + exp.adopt,
         apply=serving.apply + routing.apply + exp.apply,
         delete=[d for d in serving.delete if d[1] not in exp.keep]
         + routing.delete
         + exp.delete
         + [("Job", j) for j in retry_now],
-        events=pins.events + builds.events + exp.events + step.events,
+        events=pins.events + builds.events + exp.events + rebuild.events + step.events,
         outcomes=builds.outcomes + exp.outcomes,
         router=router,
         requeue_after=min(
-            (t for t in (step.requeue_after, retry_later, exp.requeue_after) if t is not None),
+            (
+                t
+                for t in (step.requeue_after, retry_later, exp.requeue_after, rebuild.requeue_after)
+                if t is not None
+            ),
             default=None,
         ),
-        waiting_on=[t.job for t in builds.building] + exp.waiting_on,
+        waiting_on=[t.job for t in builds.building] + exp.waiting_on + rebuild.waiting_on,
     )
     finish_status(decision, view, step.status)
     return decision

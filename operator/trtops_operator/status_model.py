@@ -99,6 +99,8 @@ class EngineStatus(_Status):
     experiment: dict[str, Any] | None = None
     # GPU product -> compute capability its plans are pinned to (``compat.decide_pins``).
     compute_capability_pins: dict[str, str] | None = None
+    # Scheduled rebuilds (``rebuild.RebuildStatus``); typed there.
+    rebuild: dict[str, Any] | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

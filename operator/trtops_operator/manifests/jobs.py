@@ -57,6 +57,7 @@ def build_job(
     name: str,
     config: OperatorConfig,
     compute_capability: str | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """The build Job of one (key, target): ``trtops-worker build`` with the result in the
     termination message. ``name`` comes from :func:`trtops_operator.keys.job_name`;
@@ -103,6 +104,8 @@ def build_job(
         for output, kind in sorted((acc.output_kinds or {}).items()):
             args += ["--output-kind", f"{output}={kind}"]
     args += build_sample_args(engine, calibrate=build.precision in ("int8", "fp8"))
+    if baseline is not None:  # a scheduled rebuild measures the serving plan too (rebuild.py)
+        args += ["--baseline", baseline]
     if target is not None:
         args += ["--gpu-product", target]
     args += ["--termination-log", TERMINATION_LOG]
