@@ -4,7 +4,7 @@ nobody serves."""
 
 from __future__ import annotations
 
-from trtops_operator.canary import analysis
+from trtops_operator.canary import promql
 from trtops_operator.results import BuildFailure, BuildSuccess, parse_result
 from trtops_worker import contract
 from trtops_worker.builder import errors
@@ -23,8 +23,8 @@ def test_exit_codes_are_the_build_errors_codes() -> None:
 
 def test_analysis_queries_the_metrics_the_server_exposes() -> None:
     assert serve_metrics.LABELS == contract.METRIC_LABELS
-    assert analysis.LATENCY == contract.METRIC_REQUEST_DURATION + "_bucket"
-    assert analysis.REQUESTS == contract.METRIC_REQUESTS
+    assert promql.LATENCY == contract.METRIC_REQUEST_DURATION + "_bucket"
+    assert promql.REQUESTS == contract.METRIC_REQUESTS
 
 
 def test_a_success_result_becomes_a_plan_and_a_bad_one_a_named_failure() -> None:
