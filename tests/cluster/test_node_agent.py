@@ -4,6 +4,7 @@ message that reaches the pod status; deleting a pod stops its process."""
 
 from __future__ import annotations
 
+import json
 import sys
 import urllib.request
 from typing import Any
@@ -101,3 +102,82 @@ def test_job_pod_exit_code_and_termination_message_reach_status(
     terminated = pod.status.container_statuses[0].state.terminated
     assert terminated.exit_code == 3
     assert terminated.message == '{"ok": false}'
+
+
+# Fetches each URL given, and writes what each answered (or the error), in order, as the
+# termination message.
+FETCH = """
+import json, sys, time, urllib.request
+out = []
+for url in sys.argv[2:]:
+    start = time.monotonic()
+    try:
+        out.append(urllib.request.urlopen(url, timeout=10).read().decode())
+    except OSError as exc:
+        out.append(f"error after {time.monotonic() - start:.1f}s: {exc}")
+open(sys.argv[1], "w").write(json.dumps(out))
+"""
+
+
+def test_a_pod_reaches_a_service_by_its_dns_name(
+    k8s_api: Any, namespace: str, node_agent: NodeAgentHandle
+) -> None:
+    """As cluster DNS and kube-proxy do on a node: ``<svc>.<ns>.svc:<port>`` in a pod's args
+    reaches a ready pod of the Service; a Service with no pod refuses at once."""
+    from tests.cluster.test_gateway import _site
+
+    _site(k8s_api, namespace, node_agent, "blue")  # Service blue:80 -> pods' 8080, "who" = blue
+    apps, batch, core = (
+        client.AppsV1Api(k8s_api),
+        client.BatchV1Api(k8s_api),
+        client.CoreV1Api(k8s_api),
+    )
+    wait_for(
+        lambda: apps.read_namespaced_deployment_status("blue", namespace).status.ready_replicas,
+        timeout=60,
+        what="blue to be ready",
+    )
+    core.create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="empty"),
+            spec=client.V1ServiceSpec(
+                selector={"app": "nothing"}, ports=[client.V1ServicePort(port=80)]
+            ),
+        ),
+    )
+    found, empty = f"http://blue.{namespace}.svc:80/who", f"http://empty.{namespace}.svc:80/who"
+    batch.create_namespaced_job(
+        namespace,
+        client.V1Job(
+            metadata=client.V1ObjectMeta(name="fetch"),
+            spec=client.V1JobSpec(
+                backoff_limit=0,
+                template=client.V1PodTemplateSpec(
+                    spec=client.V1PodSpec(
+                        restart_policy="Never",
+                        node_selector=node_agent.node_selector,
+                        containers=[
+                            client.V1Container(
+                                name="main",
+                                image="x",
+                                command=[sys.executable, "-c", FETCH, "/dev/termination-log"],
+                                args=[found, empty],
+                            )
+                        ],
+                    )
+                ),
+            ),
+        ),
+    )
+    wait_for(
+        lambda: batch.read_namespaced_job_status("fetch", namespace).status.succeeded,
+        timeout=60,
+        what="the fetching Job to succeed",
+    )
+    pod = core.list_namespaced_pod(namespace, label_selector="job-name=fetch").items[0]
+    found_answer, empty_answer = json.loads(
+        pod.status.container_statuses[0].state.terminated.message
+    )
+    assert found_answer == "blue"
+    assert empty_answer.startswith("error after 0."), empty_answer  # refused, not timed out
