@@ -1,7 +1,8 @@
 """dashboards/trtops-value.json, baseline against optimized: it charts latency, throughput, memory,
-output agreement and cost; every query parses (promtool); and the DCGM exporter panels, which
-cannot return data on a machine without NVIDIA's exporter, are run by ``promtool test rules`` on
-series shaped as dcgm-exporter writes them, so their join onto revisions is checked too. Every
+output agreement and cost; every query parses (promtool); and the GPU panels (DCGM exporter, and
+the worker's NVML gauge), which cannot return data on a machine without a GPU, are run by
+``promtool test rules`` on series shaped as their exporters write them, so their join onto
+revisions is checked too. Every
 other panel returns data from a real Prometheus in tests/e2e_canary/test_shadow_rollback_e2e.py.
 """
 
@@ -73,15 +74,23 @@ DCGM_SERIES = [
     ("DCGM_FI_DEV_POWER_USAGE", "2", "other-x", "300 300 300"),
 ]
 WORKER_SERIES = [("conv-r1-a", "r1", "fp32"), ("conv-r2-b", "r2", "int8")]
+# The worker's own NVML gauge, per GPU of the pod (absent on CPU-only pods).
+NVML_SERIES = [
+    ("conv-r1-a", "r1", "fp32", "0", "3e9 3e9 3e9"),
+    ("conv-r2-b", "r2", "int8", "0", "1e9 1e9 1e9"),
+]
 EXPECTED = {  # panel title -> (r1 fp32, r2 int8)
+    "GPU memory used per revision (worker, NVML)": (3e9, 1e9),
     "GPU utilization (DCGM)": (80, 30),
     "GPU framebuffer used (DCGM)": (4096 * 1048576, 1024 * 1048576),
     "GPU power (DCGM)": (250, 120),
 }
 
 
-def test_dcgm_panels_give_each_revisions_gpus_with_promtool(tmp_path: Path) -> None:
-    dcgm = [q for q in QUERIES if q.source == "dcgm"]
+def test_gpu_panels_give_each_revisions_gpus_with_promtool(tmp_path: Path) -> None:
+    """The panels that need a GPU (DCGM exporter, or the worker's NVML gauge), on series shaped
+    as their exporters write them: each revision gets its own pods' GPUs, no other."""
+    dcgm = [q for q in QUERIES if q.source in ("dcgm", "gpu")]
     assert {q.panel for q in dcgm} == set(EXPECTED)
     rules = tmp_path / "rules.yaml"
     rules.write_text(
@@ -114,6 +123,14 @@ def test_dcgm_panels_give_each_revisions_gpus_with_promtool(tmp_path: Path) -> N
             "values": "0 2 1",
         }
         for pod, rev, prec in WORKER_SERIES
+    ]
+    series += [
+        {
+            "series": f'trtops_gpu_memory_used_bytes{{namespace="ml", pod="{pod}", model="conv",'
+            f' revision="{rev}", precision="{prec}", backend="tensorrt", gpu="{gpu}"}}',
+            "values": values,
+        }
+        for pod, rev, prec, gpu, values in NVML_SERIES
     ]
     tests = [
         {
