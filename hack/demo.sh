@@ -2,7 +2,9 @@
 # The local demo on its embedded defaults (`make demo` runs hack/setup.sh first): the local control
 # plane, a local node agent that really runs the operator's pods, Prometheus and the operator; a
 # sample TrtEngine built and served on CPU, traffic from `trtops-worker bench`, a good canary
-# promoted and a bad one rolled back, then a summary table. Everything it starts is stopped on exit
+# promoted and a bad one rolled back, then an experiment (the stable precision against two others at
+# fixed weights, to a recommendation and a Markdown + PNG report), then a summary table with
+# output agreement and cost per 1M inferences. Everything it starts is stopped on exit
 # and on Ctrl-C, the control plane too when this run started it (TRTOPS_KEEP_CLUSTER=1 keeps it up
 # for a quicker next run; a cluster that was already up is left as it was).
 # Flags go to tests/support/demo.py (--workdir, --node).

@@ -285,6 +285,18 @@ def test_an_experiment_builds_serves_weighs_measures_and_recommends() -> None:
     assert "hardSlo.maxErrorRate 0.5" in stopped["stopped"]
     assert d.router.desired == {"e": 70, "e-x-fp16": 30}  # nothing else moved
     assert any(e.reason == "ExperimentVariantStopped" for e in d.events)
+    # 4b. minRequests reached but too few shadow rows for the rule: it runs on
+    few_rows = Measured(
+        "2026-01-01T00:03:00Z",
+        exp["key"],
+        (
+            ArmSample("baseline", "fp32", exp["baseline"]["revision"], 70, sample(10, n=900)),
+            ArmSample("fp16", "fp16", revs["fp16"], 30, sample(5, n=600), agreement(1.0, 1.0, 10)),
+            ArmSample("int8", "int8", revs["int8"], 0, sample(3, n=100, errors=200)),
+        ),
+    )
+    held = decide(body, obs, CONFIG, "2026-01-01T00:03:00Z", measured=few_rows)
+    assert held.status["experiment"]["phase"] == "Running"
     # 5. every serving arm reached minRequests: Completed, recommended, variants gone
     measured = Measured(
         "2026-01-01T00:05:00Z",

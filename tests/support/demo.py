@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime as dt
 import hashlib
 import json
 import math
@@ -169,6 +170,9 @@ def infer(
 # --- the demo ---------------------------------------------------------------------------------
 
 NAME = "conv"
+DEMO_PRICES = {"gpuHourPrice": 2.5, "cpuHourPrice": 0.04, "currency": "USD"}
+DEMO_CPU = "500m"
+EXPERIMENT_REQUESTS = 600
 
 
 def _say(text: str = "") -> None:
@@ -183,6 +187,7 @@ class RevisionRow:
     start: float = 0.0  # wall-clock window in which it served traffic (for Prometheus)
     end: float = 0.0
     outcome: str = ""
+    cosine: float | None = None  # output agreement with the baseline (experiment arms)
 
 
 @dataclass
@@ -236,7 +241,10 @@ class Demo:
             if type_ in conds:
                 parts.append(f"{type_}={conds[type_]['status']}({conds[type_].get('reason', '')})")
         canary = st.get("canary") or {}
-        if canary.get("revision") == rev and canary.get("phase"):
+        experiment = st.get("experiment") or {}
+        if (obj.get("spec") or {}).get("experiment") and experiment.get("phase"):
+            parts.append(f"experiment {experiment['phase']}: {experiment.get('message', '')}")
+        elif canary.get("revision") == rev and canary.get("phase"):
             parts.append(
                 f"canary {canary['phase']} step {canary.get('stepIndex', 0) + 1} "
                 f"weight {canary.get('weight', 0)}%"
@@ -277,6 +285,9 @@ class Demo:
         body["spec"]["build"]["nodeSelector"] = {"trtops.dev/node-agent": self.node}
         body["spec"]["serving"]["nodeSelector"] = {"trtops.dev/node-agent": self.node}
         body["spec"]["rollout"]["analysis"]["prometheus"]["address"] = self.prom_url
+        # Prices and a CPU request: every revision gets a cost per 1M inferences.
+        body["spec"]["serving"]["resources"] = {"requests": {"cpu": DEMO_CPU}}
+        body["spec"]["cost"] = DEMO_PRICES
         kubectl("apply", "-n", self.namespace, "-f", str(SAMPLES / "conv-route.yaml"))
         self.engines.create(body)
         obj = self.watch(_stable, timeout=300, what="the first revision to serve")
@@ -369,11 +380,19 @@ class Demo:
     def summary(self) -> None:
         self.step("summary (server-side latency and throughput per revision, from Prometheus)")
         now = time.time()
-        header = ("revision", "model", "precision", "p50 ms", "p99 ms", "QPS", "outcome")
+        from trtops_operator.cost import PodFootprint, Prices, cost_per_million, cpu_cores
+
+        prices = Prices.model_validate(DEMO_PRICES)
+        pod = PodFootprint(cpu_cores=cpu_cores(DEMO_CPU))
+        header = (
+            "revision", "model", "precision", "p50 ms", "p99 ms", "QPS", "cosine",
+            f"{prices.currency}/1M", "outcome",
+        )  # fmt: skip
         table = [header]
         for row in self.rows:
             end = row.end or now
             p50, p99, qps = self.revision_metrics(row.revision, row.start, end)
+            cost = cost_per_million(pod, 1, prices, qps) if qps else None
             table.append(
                 (
                     row.revision,
@@ -382,6 +401,8 @@ class Demo:
                     _fmt(p50),
                     _fmt(p99),
                     _fmt(qps, 1),
+                    _fmt(row.cosine, 5),
+                    _fmt(cost, 4),
                     row.outcome or "stable",
                 )
             )
@@ -390,6 +411,11 @@ class Demo:
             _say("    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
             if i == 0:
                 _say("    " + "  ".join("-" * w for w in widths))
+        _say(
+            "    cosine: mean cosine of the arm's outputs with the baseline's on the same live"
+            " requests (experiment arms); cost: the revision's pods at"
+            f" {prices.cpu_hour_price} {prices.currency}/core-hour at its measured throughput"
+        )
 
     def revision_metrics(self, revision: str, start: float, end: float) -> tuple[float | None, ...]:
         window = max(int(end - start), 5)
@@ -415,6 +441,86 @@ class Demo:
             return None
         value = float(result[0]["value"][1])
         return None if math.isnan(value) or math.isinf(value) else value
+
+    def experiment(self, stable: dict[str, Any]) -> None:
+        """The stable revision against two other precisions at fixed weights, to a
+        recommendation and a report (docs/experiments.md)."""
+        assert self.engines is not None
+        st = stable["status"]
+        precision = st["stable"]["plans"][0]["precision"]
+        others = [p for p in ("fp32", "fp16", "int8") if p != precision]
+        self.step(
+            f"experiment phase: the stable {precision} against {' and '.join(others)} at 30 % each"
+            f" until {EXPERIMENT_REQUESTS} requests per arm (output agreement on shadow requests)"
+        )
+        experiment = {
+            "variants": [{"name": p, "precision": p, "weight": 30} for p in others],
+            "minRequests": EXPERIMENT_REQUESTS,
+            "durationSeconds": 240,
+            "intervalSeconds": 10,
+            # Low: the baseline's pods do the shadow work, which a busy CPU charges to its
+            # latency (docs/experiments.md).
+            "shadowPercent": 10,
+            "minShadowSamples": 30,
+            "recommend": {"minOutputAgreement": {"cosine": 0.99}},
+        }
+        # Back to the stable revision's spec (the heavy canary was rolled back), plus the
+        # experiment and the calibration data an int8 variant needs.
+        self.engines.patch_spec(
+            NAME,
+            {
+                "model": {"uri": "models/conv.onnx"},
+                "build": {"precision": precision, "calibration": {"uri": "data/calib.npz"}},
+                "experiment": experiment,
+            },
+        )
+        obj = self.watch(
+            lambda o: (
+                ((o.get("status") or {}).get("experiment") or {}).get("phase")
+                in ("Completed", "Failed")
+            ),
+            timeout=420,
+            what="the experiment to end",
+        )
+        exp = obj["status"]["experiment"]
+        if exp["phase"] != "Completed":
+            raise RuntimeError(f"experiment {exp['phase']}: {exp.get('message')}")
+        started, ended = (
+            dt.datetime.fromisoformat(exp[k].replace("Z", "+00:00")).timestamp()
+            for k in ("startedAt", "completedAt")
+        )
+        for r in exp.get("results") or []:
+            agree = (r.get("outputAgreement") or {}).get("cosine")
+            lat = r.get("latency") or {}
+            _say(
+                f"      {r['name']:8} {r['precision']:5} weight {r['weight']:3}%"
+                f"  p50 {_fmt(r.get('p50Ms'))} ms  p95 {_fmt(r.get('p95Ms'))} ms"
+                f"  cosine {_fmt(agree, 5)}  vs baseline: {lat.get('significance', '-')}"
+                f"  {exp.get('currency', '')}/1M {_fmt(r.get('costPerMillion'), 4)}"
+            )
+            row = RevisionRow(
+                r["revision"],
+                "conv.onnx",
+                r["precision"],
+                start=started,
+                end=ended,
+                outcome="experiment baseline" if r["name"] == "baseline" else "experiment arm",
+                cosine=agree,
+            )
+            if r["name"] != "baseline":
+                self.rows.append(row)
+        rec = exp["recommendation"]
+        _say(f"    recommended: {rec['variant']} ({rec['precision']}): {rec['reason']}")
+        _say(f"    to promote it: {rec['promote']}")
+        for row in self.rows:
+            if row.precision == rec["precision"] and row.outcome.startswith("experiment"):
+                row.outcome += " (recommended)"
+        out = self.workdir / "report"
+        from trtops_operator.experiment import report
+
+        if report.main([NAME, "-n", self.namespace, "--out", str(out), "--prometheus",
+                        self.prom_url]) == 0:  # fmt: skip
+            _say(f"    report: {out / (NAME + '-experiment.md')} and its .png")
 
     # -- the whole story ------------------------------------------------------------------------
 
@@ -446,6 +552,7 @@ class Demo:
                 "fp32",
                 expect="rolled back",
             )
+            self.experiment(self.engines.get(NAME) if self.engines else {})
         finally:
             traffic.stop()
 

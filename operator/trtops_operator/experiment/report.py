@@ -161,6 +161,9 @@ def render_markdown(engine: str, namespace: str, exp: Mapping[str, Any]) -> str:
         " at the successful requests per second it served; at fixed weights that follows the"
         " weight. *Busy pod*: a pod's hourly price x its median latency, the cost of a pod kept"
         " busy one request at a time, comparable across arms.",
+        "- The baseline's pods do the shadow work (encoding, sending and comparing their share of"
+        " requests): on a busy CPU that work adds to the baseline's latency, which favours the"
+        " variants; keep shadowPercent low.",
         "",
     ]
     return "\n".join(lines)
