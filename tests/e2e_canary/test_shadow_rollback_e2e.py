@@ -177,3 +177,10 @@ def test_int8_calibrated_on_bad_data_is_rolled_back_on_output_agreement(
         print(f"cost per 1M: {row['metric']} {row['value'][1]}", file=sys.__stderr__)
     precisions = {r["metric"]["precision"] for r in results["Cost per 1M inferences (A)"]}
     assert precisions == {"fp32", "int8"}, results["Cost per 1M inferences (A)"]
+    relative = {
+        r["metric"]["precision"]: float(r["value"][1])
+        for r in results["Cost per 1M inferences relative to the baseline (A)"]
+    }
+    print(f"cost per 1M relative to FP32: {relative}", file=sys.__stderr__)
+    assert relative["fp32"] == 1.0  # the baseline against itself
+    assert relative["int8"] > 0
