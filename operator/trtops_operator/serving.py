@@ -22,10 +22,11 @@ from trtops_operator import keys, manifests, rollout
 from trtops_operator.builds import Builds
 from trtops_operator.canary.analysis import Verdict
 from trtops_operator.config import OperatorConfig
+from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import Observed
 from trtops_operator.status_model import EngineView, PlanRecord, StableStatus
 
-__all__ = ["Serving", "apply_if_changed", "decide_serving"]
+__all__ = ["Serving", "apply_if_changed", "decide_serving", "plan_ref"]
 
 
 def apply_if_changed(apply: list[dict[str, Any]], obj: dict[str, Any], have: str | None) -> None:
@@ -79,6 +80,23 @@ class Serving:
         return available, self.replicas * len(names)
 
 
+def plan_ref(
+    spec: TrtEngineSpec, plan: PlanRecord, pins: Mapping[str, str] | None
+) -> manifests.PlanRef:
+    """How a recorded plan is served: on its GPU product (``None``: ONNX Runtime on CPU), with
+    the product's compute-capability pin, if any."""
+    cpu = plan.target == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
+    product = None if cpu else plan.target
+    return manifests.PlanRef(
+        target=product,
+        key=plan.key,
+        path=plan.path,
+        precision=str(plan.precision or spec.build.precision),
+        backend=str(plan.backend or spec.serving.backend),
+        compute_capability=(pins or {}).get(product) if product else None,
+    )
+
+
 def decide_serving(
     view: EngineView,
     engine: manifests.Engine,
@@ -125,17 +143,8 @@ def decide_serving(
             runs.append((revision, builds.plans, count))
     for rev, rev_plans, rev_replicas in runs:
         for p in rev_plans:
-            cpu = p.target == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
-            product = None if cpu else p.target
-            ref = manifests.PlanRef(
-                target=product,
-                key=p.key,
-                path=p.path,
-                precision=str(p.precision or spec.build.precision),
-                backend=str(p.backend or spec.serving.backend),
-                compute_capability=(pins or {}).get(product) if product else None,
-            )
-            name = keys.serving_name(f"{engine.name}-{rev}", product)
+            ref = plan_ref(spec, p, pins)
+            name = keys.serving_name(f"{engine.name}-{rev}", ref.target)
             serving.wanted[name] = manifests.build_deployment(
                 engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
             )

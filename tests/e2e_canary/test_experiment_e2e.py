@@ -37,7 +37,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 __all__ = ["operator_env", "rollout_stack"]  # the fixtures this module uses
 
 PRICES = {"gpuHourPrice": 2.5, "cpuHourPrice": 0.04, "currency": "USD"}
-MIN_REQUESTS = 150
+# Longer runs for a report to hand on: TRTOPS_EXPERIMENT_MIN_REQUESTS=5000.
+MIN_REQUESTS = int(os.environ.get("TRTOPS_EXPERIMENT_MIN_REQUESTS", "150"))
 
 
 def fill_transformer(claim: Path) -> None:

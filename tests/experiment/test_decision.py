@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import numpy as np
-from trtops_operator import keys
+from trtops_operator import indexes, keys
 from trtops_operator.canary.samples import AgreementSample, RevisionSample
 from trtops_operator.config import OperatorConfig
 from trtops_operator.experiment.judge import ArmSample, judge_arms, recommend
@@ -327,6 +327,17 @@ def test_an_experiment_builds_serves_weighs_measures_and_recommends() -> None:
     d = decide(body, obs, CONFIG, "2026-01-01T00:06:00Z")
     assert d.status is None
     assert ("Service", "e-x-fp16") in d.delete
+    # 7. the one change that promotes fp16: no build (its plan is recorded), a canary begins
+    body["spec"]["build"]["precision"] = "fp16"
+    del body["spec"]["experiment"]
+    known = {job: plan for (_, job), plan in indexes.plan_entry("ns", body["status"], "u1").items()}
+    after_jobs = Observed(deployments=obs.deployments, services=obs.services, known_plans=known)
+    d = decide(body, after_jobs, CONFIG, "2026-01-01T00:07:00Z")
+    assert d.create == []
+    fp16_rev = revs["fp16"]
+    assert d.status["revision"] == fp16_rev
+    assert any(o["metadata"]["name"] == f"e-{fp16_rev}-cpu" for o in d.apply)
+    assert d.status["experiment"]["phase"] == "Completed"  # the record stays
 
 
 def _exists_all(body: dict[str, Any], obs: Observed) -> list[dict[str, Any]]:

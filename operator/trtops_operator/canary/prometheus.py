@@ -144,9 +144,7 @@ class PrometheusClient:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise PrometheusError("BadResponse", f"malformed sample for {promql}") from exc
 
-    async def query_by(
-        self, promql: str, label: str, at: float | None = None
-    ) -> dict[str, float]:
+    async def query_by(self, promql: str, label: str, at: float | None = None) -> dict[str, float]:
         """An instant vector query keyed by ``label``'s value (NaN samples dropped), evaluated
         now or at Unix time ``at``."""
         out: dict[str, float] = {}

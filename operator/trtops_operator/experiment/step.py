@@ -36,7 +36,7 @@ from trtops_operator.decision import BuildOutcome, Event, RouterAction
 from trtops_operator.experiment.judge import ArmSample, judge_arms, promote_hint, recommend
 from trtops_operator.models import Experiment, TrtEngineSpec
 from trtops_operator.observation import Observed
-from trtops_operator.serving import Serving, apply_if_changed
+from trtops_operator.serving import Serving, apply_if_changed, plan_ref
 from trtops_operator.status_model import EngineView, PlanRecord
 
 __all__ = [
@@ -301,16 +301,8 @@ def decide_experiment(
     for entry in variants:
         rev, plans, vengine = ready_refs[entry["name"]]
         for p in plans:
-            cpu = p.target == keys.CPU_TARGET and spec.serving.backend == "onnxruntime"
-            product = None if cpu else p.target
-            ref = manifests.PlanRef(
-                target=product,
-                key=p.key,
-                path=p.path,
-                precision=str(p.precision or entry["precision"]),
-                backend=str(p.backend or spec.serving.backend),
-                compute_capability=(pins or {}).get(product) if product else None,
-            )
+            ref = plan_ref(vengine.spec, p, pins)  # the variant's precision
+            product = ref.target
             name = keys.serving_name(f"{engine.name}-{rev}", product)
             dep = manifests.build_deployment(
                 vengine, ref, name=name, revision=rev, config=config, replicas=replicas
