@@ -164,7 +164,8 @@ def substitute(expr: str, variables: dict[str, str] | None = None) -> str:
             raise KeyError(f"no value for Grafana variable {name!r} in {expr!r}")
         return values[name]
 
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)", repl, expr)
+    # ``$1`` (a label_replace group reference) is no variable: Grafana leaves it as written.
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$([A-Za-z_]\w*)", repl, expr)
 
 
 if __name__ == "__main__":
