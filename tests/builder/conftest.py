@@ -5,6 +5,7 @@ exit code with the termination-log JSON."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,3 +89,28 @@ def run_build(tmp_path: Path) -> RunBuild:
         return code, json.loads(text)
 
     return run
+
+
+def int8_build_argv(conv: SampleModel, storage: Path, log: Path, *extra: str) -> list[str]:
+    """``python -m trtops_worker build`` of ``conv`` at int8 (max calibration), as a subprocess's
+    argv: seconds of work inside the temporary folder, for tests that stop or kill it midway.
+    ``extra`` adds flags (a validation set, a benchmark length)."""
+    return [
+        sys.executable,
+        "-m",
+        "trtops_worker",
+        "build",
+        "--model",
+        str(conv.model),
+        "--precision",
+        "int8",
+        "--calibration",
+        str(conv.calibration),
+        "--calibration-method",
+        "max",
+        "--storage",
+        str(storage),
+        "--termination-log",
+        str(log),
+        *extra,
+    ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from trtops_worker.builder.model import sha256_file
 
-from tests.builder.conftest import RunBuild, SampleModel, save_npz
+from tests.builder.conftest import RunBuild, SampleModel, int8_build_argv, save_npz
 
 
 def _expect(result: tuple[int, dict[str, object]], code: int, category: str, reason: str) -> str:
@@ -209,28 +208,15 @@ def test_a_build_killed_midway_leaves_nothing_at_the_final_path(
     conv: SampleModel, tmp_path: Path
 ) -> None:
     storage = tmp_path / "store"
-    argv = [
-        sys.executable,
-        "-m",
-        "trtops_worker",
-        "build",
-        "--model",
-        str(conv.model),
-        "--precision",
-        "int8",
-        "--calibration",
-        str(conv.calibration),
-        "--calibration-method",
-        "max",
+    argv = int8_build_argv(
+        conv,
+        storage,
+        tmp_path / "log",
         "--validation",
         str(conv.validation),
-        "--storage",
-        str(storage),
-        "--termination-log",
-        str(tmp_path / "log"),
         "--benchmark-iterations",
         "5",
-    ]
+    )
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

@@ -10,11 +10,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.builder.conftest import RunBuild, SampleModel
+from tests.builder.conftest import RunBuild, SampleModel, int8_build_argv
 from tests.support.volumes import fill, mount_tmpfs, remount
 
 
@@ -59,36 +58,15 @@ def test_read_only_claim_is_storage_unwritable(
         assert result["ok"]
 
 
-def _build_argv(conv: SampleModel, storage: Path, log: Path) -> list[str]:
-    # int8 with a long benchmark: seconds of work inside the temporary folder.
-    return [
-        sys.executable,
-        "-m",
-        "trtops_worker",
-        "build",
-        "--model",
-        str(conv.model),
-        "--precision",
-        "int8",
-        "--calibration",
-        str(conv.calibration),
-        "--calibration-method",
-        "max",
-        "--storage",
-        str(storage),
-        "--termination-log",
-        str(log),
-        "--benchmark-seconds",
-        "30",
-    ]
-
-
 def test_sigterm_removes_the_temporary_folder_within_the_grace_period(
     conv: SampleModel, tmp_path: Path
 ) -> None:
     storage, log = tmp_path / "store", tmp_path / "log"
     proc = subprocess.Popen(
-        _build_argv(conv, storage, log), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        # A long benchmark: seconds of work inside the temporary folder.
+        int8_build_argv(conv, storage, log, "--benchmark-seconds", "30"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120

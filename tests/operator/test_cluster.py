@@ -7,7 +7,7 @@ writes the worker's result into the pod status itself, as the kubelet would
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -94,6 +94,36 @@ class Cluster:
 
         return wait_for(probe, timeout=60, what=f"a pod of Job {job}")
 
+    def finish_build(
+        self, result: dict[str, Any], *, after: Collection[str] = ()
+    ) -> tuple[Any, dict[str, Any]]:
+        """Wait for a build Job not named in ``after`` and finish its pod as the kubelet would,
+        with the worker's ``result`` (a success under the Job's own plan key, as the worker
+        writes it); return the Job and the result written."""
+        job = wait_for(
+            lambda: [j for j in self.jobs() if j.metadata.name not in after],
+            timeout=60,
+            what="a new build Job",
+        )[0]
+        if result.get("ok"):
+            key = job.metadata.annotations["trtops.dev/key"]
+            result = {**result, "key": key, "path": f"/plans/{key}"}
+        finish_build_pod(self.api, self.ns, self.build_pod(job.metadata.name), result)
+        return job, result
+
+    def build_and_finish(
+        self,
+        name: str,
+        result: dict[str, Any],
+        until: tuple[str, str],
+        spec_patch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Create engine ``name``, finish its build with ``result`` and return its condition
+        ``until`` = (type, reason) once it says so."""
+        self.create(name, spec_patch)
+        self.finish_build(result)
+        return self.wait_condition(name, *until)
+
     def wait_condition(self, name: str, type_: str, reason: str) -> dict[str, Any]:
         """The condition ``type_`` once its reason is ``reason``."""
 
@@ -128,26 +158,21 @@ def test_build_serve_share_and_garbage_collect(
 ) -> None:
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         cluster.create("conv")
-        job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
+        job, result = cluster.finish_build(SUCCESS)
         pod_spec = job.spec.template.spec
         assert pod_spec.node_selector == {"nvidia.com/gpu.product": H100}
         assert pod_spec.containers[0].resources.limits == {"nvidia.com/gpu": "1", "memory": "16Gi"}
         assert pod_spec.automount_service_account_token is False
-        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
-
-        def ready() -> bool:
-            return cluster.condition("conv", "Ready").get("status") == "True"
-
-        wait_for(ready, timeout=90, what="conv Ready")
+        cluster.wait_condition("conv", "Ready", "Serving")
         status = cluster.get("conv")["status"]
         assert status["plans"][0]["sha256"] == "e" * 64
-        assert status["plans"][0]["path"] == SUCCESS["path"]
+        assert status["plans"][0]["path"] == result["path"]
         assert status["stable"]["weight"] == 100
         assert status["stable"]["revision"] == status["revision"]
         (dep,) = cluster.deployments("conv")
         assert dep.status.ready_replicas == 2
         args = dep.spec.template.spec.containers[0].args
-        assert args[args.index("--artifact-dir") + 1] == SUCCESS["path"]
+        assert args[args.index("--artifact-dir") + 1] == result["path"]
         assert cluster.core.read_namespaced_service("conv", cluster.ns).spec.ports[0].port == 8000
         from kubernetes import client
 
@@ -224,10 +249,7 @@ def test_worker_failure_reaches_status_and_events(
 ) -> None:
     failure = ACCURACY_REFUSAL
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        cluster.create("conv")
-        job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
-        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), failure)
-        built = cluster.wait_condition("conv", "Built", "AccuracyGateFailed")
+        built = cluster.build_and_finish("conv", failure, ("Built", "AccuracyGateFailed"))
         assert built["status"] == "False"
         assert "0.91" in built["message"]
         assert cluster.condition("conv", "Ready")["status"] == "False"
@@ -285,10 +307,7 @@ spec:
     wait_for(enforced, timeout=60, what="the admission policy to be enforced")
     try:
         with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-            cluster.create("conv")
-            job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
-            finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
-            degraded = cluster.wait_condition("conv", "Degraded", "ApplyRefused")
+            degraded = cluster.build_and_finish("conv", SUCCESS, ("Degraded", "ApplyRefused"))
             assert degraded["status"] == "True"
             assert "deployments are frozen in this namespace" in degraded["message"]
             assert cluster.get("conv")["status"]["plans"][0]["sha256"] == SUCCESS["sha256"]

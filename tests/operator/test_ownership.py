@@ -8,7 +8,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from tests.operator.conftest import finish_build_pod
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
 from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
 from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
@@ -35,10 +34,7 @@ def test_a_service_of_the_same_name_is_not_taken_over_nor_collected(
     )
     before = cluster.core.read_namespaced_service("conv", cluster.ns)
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        cluster.create("conv")
-        job = wait_for(cluster.jobs, timeout=60, what="a build Job")[0]
-        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), SUCCESS)
-        degraded = cluster.wait_condition("conv", "Degraded", "NameConflict")
+        degraded = cluster.build_and_finish("conv", SUCCESS, ("Degraded", "NameConflict"))
         assert degraded["status"] == "True"
         assert f"Service {cluster.ns}/conv already exists" in degraded["message"]
         cluster.wait_warning("NameConflict")
@@ -117,22 +113,9 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
             "steps": [{"setWeight": 10, "pauseSeconds": 600}],
         }
 
-    def finish_new_build(seen: set[str]) -> None:
-        job = wait_for(
-            lambda: [j for j in cluster.jobs() if j.metadata.name not in seen],
-            timeout=60,
-            what="a new build Job",
-        )[0]
-        seen.add(job.metadata.name)
-        key = job.metadata.annotations["trtops.dev/key"]
-        result = {**SUCCESS, "key": key, "path": f"/plans/{key}"}
-        finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), result)
-
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        cluster.create("conv", with_route)
-        seen: set[str] = set()
-        finish_new_build(seen)
-        cluster.wait_condition("conv", "Ready", "Serving")
+        cluster.build_and_finish("conv", SUCCESS, ("Ready", "Serving"), with_route)
+        (first,) = cluster.jobs()
         cluster.custom.patch_namespaced_custom_object(
             "trtops.dev",
             "v1alpha1",
@@ -141,7 +124,7 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
             "conv",
             {"spec": {"model": {"uri": "models/conv2.onnx"}}},
         )
-        finish_new_build(seen)
+        cluster.finish_build(SUCCESS, after={first.metadata.name})
         degraded = cluster.wait_condition("conv", "Degraded", "RouterMisconfigured")
         assert degraded["status"] == "True"
         assert "annotate it trtops.dev/engine=conv" in degraded["message"]

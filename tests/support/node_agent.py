@@ -605,10 +605,11 @@ class NodeAgent:
         if status == state.last_status:
             return
         stamp = now().isoformat()
-        for cond in status["conditions"]:
-            cond["lastTransitionTime"] = stamp
+        # Stamped in the body only: ``last_status`` stays comparable with the next report (with
+        # the stamps in it, every pass patched every pod again, and woke the operator).
         body = {
             **status,
+            "conditions": [{**c, "lastTransitionTime": stamp} for c in status["conditions"]],
             "startTime": pod.status.start_time.isoformat() if pod.status.start_time else stamp,
         }
         try:
