@@ -375,7 +375,8 @@ def sources_uses() -> list[Use]:
 
 
 def main() -> int:
-    """``python -m tests.builder.tensorrt_api``: each name, where it is used, how it was confirmed."""
+    """``python -m tests.builder.tensorrt_api``: each name, where it is used, how it was
+    confirmed."""
     values = pins()
     cache = Path.home() / ".cache" / "trtops" / "wheels"
     trt = TensorRTSymbols(download(values["TENSORRT_BINDINGS_WHEEL"], cache))
