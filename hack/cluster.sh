@@ -154,6 +154,9 @@ cmd_up() {
     rm -rf "$KWOK_WORKDIR/clusters/$name"
   fi
   local port="${TRTOPS_APISERVER_PORT:-}"
+  # The controller manager and the scheduler run once each, without leader election: with it they
+  # exit after 10 s without the API server, and nothing here restarts them as a kubelet would
+  # (tests/faults stops the API server for 20 s).
   if [[ -n "$port" ]]; then
     port_free "$port" || die "port $port (TRTOPS_APISERVER_PORT) is in use by another program: free it or unset TRTOPS_APISERVER_PORT to pick a free port"
   else
@@ -173,6 +176,8 @@ cmd_up() {
       --disable-qps-limits \
       --extra-args "kwok-controller=manage-all-nodes=false" \
       --extra-args "kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake" \
+      --extra-args "kube-controller-manager=leader-elect=false" \
+      --extra-args "kube-scheduler=leader-elect=false" \
       --timeout 3m --wait 2m >"$cache/clusters/$name.create.log" 2>&1 9>&-; then
     tail -20 "$cache/clusters/$name.create.log" >&2
     kwokctl delete cluster --name "$name" >/dev/null 2>&1 9>&- || true

@@ -18,21 +18,23 @@ commands at awkward moments; deletion mid-canary   CI        3 of 3 passed (35-4
                                                              2 of 3 told a command twice
 operator killed mid-analysis (then promote)       opt-in    passed (37 s)
 Prometheus restarted with its data lost            opt-in    passed (75 s)
+API server stopped 20 s mid-step                   CI        passed (96 s)
 =================================================  ========  ==========================
-
-Not here yet: the API server stopped mid-step.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from tests.faults.conftest import LEASE, NAME, FaultStack, wait_leader
-from tests.support import stack
+from tests.support import apiserver, stack
 from tests.support.cluster import kubectl, wait_for
 from tests.support.volumes import fill, mount_tmpfs, remount
 
@@ -42,6 +44,20 @@ optin = pytest.mark.skipif(
 )
 
 NO_ROLLOUT: dict[str, Any] = {"rollout": None}
+
+
+# A failed try in the operator's log: a watch's or a Lease renewal's, or a reconcile's.
+_FAILED_TRY = re.compile(
+    r"Request attempt|could not renew|Retrying \(Retry|reconcile of .* (will be retried|crashed)"
+)
+
+
+def _parse(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _since(stamp: dt.datetime) -> float:
+    return (dt.datetime.now(dt.UTC) - stamp).total_seconds()
 
 
 def _settle(fs: FaultStack, seconds: float = 4.0) -> None:
@@ -261,3 +277,76 @@ def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> Non
             wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=120, what="again")
     assert fs.count("RolledBack") == 0
     assert fs.count("AnalysisInconclusive") <= 1
+
+
+def test_api_server_outage_mid_step_keeps_the_step_and_promotes_on_time(fs: FaultStack) -> None:
+    first, second = 45, 10  # the steps' pauses, seconds
+    rollout = {
+        "rollout__analysis": None,
+        "rollout__steps": [
+            {"setWeight": 30, "pauseSeconds": first},
+            {"setWeight": 60, "pauseSeconds": second},
+        ],
+    }
+    fs.start_operator("a")
+    fs.apply_engine(**rollout)
+    stack.wait_stable(fs.namespace, NAME, timeout=180)
+    fs.apply_engine(**rollout, build__precision="fp16")
+    wait_for(
+        lambda: stack.route_weights(fs.namespace, NAME) == {NAME: 70, f"{NAME}-canary": 30},
+        timeout=240,
+        what="the canary at weight 30",
+    )
+    before = fs.engine()["status"]["canary"]
+    step_started = _parse(before["stepStartedAt"])
+    wait_for(lambda: _since(step_started) >= 5, timeout=60, what="5 s into the step")
+
+    mark = len(fs.operator_log("a"))
+    apiserver.stop()
+    down = time.monotonic()
+    time.sleep(20)
+    apiserver.start()
+    print(f"API server down {time.monotonic() - down:.1f} s")
+    outage_log = fs.operator_log("a")[mark:]
+    back = fs.engine()["status"]["canary"]
+    # The same step at the same weight, its timer not restarted.
+    assert (back["stepIndex"], back["weight"], back["stepStartedAt"]) == (
+        0,
+        30,
+        before["stepStartedAt"],
+    )
+    assert back["startedAt"] == before["startedAt"]
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 70, f"{NAME}-canary": 30}
+    apiserver.wait_controllers()
+    print(f"controllers back after {time.monotonic() - down:.1f} s")
+
+    wait_for(
+        lambda: (fs.engine()["status"].get("canary") or {}).get("phase") == "Promoted",
+        timeout=first + second + 120,
+        what="promoted",
+    )
+    _settle(fs)
+    done = fs.engine()["status"]
+    # On time: the second step began when the first one's pause ended (the outage fell inside
+    # it), not a whole pause after the API server came back.
+    second_started = _parse(done["canary"]["stepStartedAt"])
+    began_after = (second_started - step_started).total_seconds()
+    assert first <= began_after <= first + 12, began_after
+    assert done["stable"]["revision"] == done["revision"]
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}
+    # Each transition told once.
+    assert fs.count("CanaryStep") == 1, fs.told("CanaryStep")
+    assert fs.count("StepsComplete") == 1, fs.told("StepsComplete")
+    assert fs.count("Promoted") == 1, fs.told("Promoted")
+    assert fs.count("RolledBack") == 0
+    # No burst of retries: while the API server was away, each watch, the Lease and the engine
+    # retried at their backoff's pace, not in a loop.
+    failed = [line for line in outage_log.splitlines() if _FAILED_TRY.search(line)]
+    per_second = Counter(line[:19] for line in failed)
+    retried = [line for line in failed if "reconcile of" in line]
+    print(
+        f"outage: {len(failed)} failed tries, at most {max(per_second.values())} in a second;"
+        f" {len(retried)} reconcile retries"
+    )
+    assert max(per_second.values()) <= 40, per_second.most_common(3)
+    assert len(retried) <= 8, retried
