@@ -192,24 +192,34 @@ def test_losing_one_of_two_stable_pods_keeps_ready(fs: FaultStack) -> None:
         assert fs.count("ReducedCapacity") == 1
 
 
-def _canary_at_50(fs: FaultStack, analysis: bool = False) -> None:
-    """Revision 1 stable, then revision 2 (fp16) held at weight 50 by a long pause."""
-    extra: dict[str, Any] = {"rollout__steps": [{"setWeight": 50, "pauseSeconds": 3600}]}
+HOLD_AT_50 = [{"setWeight": 50, "pauseSeconds": 3600}]
+
+
+def _start_canary(
+    fs: FaultStack, analysis: bool = False, steps: list[dict[str, Any]] = HOLD_AT_50
+) -> None:
+    """Revision 1 stable, then revision 2 (fp16) at its first step's weight (by default held at
+    weight 50 by a long pause)."""
+    extra: dict[str, Any] = {"rollout__steps": steps}
     if not analysis:
         extra["rollout__analysis"] = None
     fs.apply_engine(**extra)
     stack.wait_stable(fs.namespace, NAME, timeout=180)
     fs.apply_engine(**extra, build__precision="fp16")
+    weight = steps[0]["setWeight"]
     wait_for(
-        lambda: stack.route_weights(fs.namespace, NAME) == {NAME: 50, f"{NAME}-canary": 50},
+        lambda: (
+            stack.route_weights(fs.namespace, NAME)
+            == {NAME: 100 - weight, f"{NAME}-canary": weight}
+        ),
         timeout=240,
-        what="the canary at weight 50",
+        what=f"the canary at weight {weight}",
     )
 
 
 def test_commands_mid_canary_apply_once_and_deletion_cleans_the_route(fs: FaultStack) -> None:
     fs.start_operator("a")
-    _canary_at_50(fs)
+    _start_canary(fs)
     steps = fs.count("CanaryStep")
     fs.annotate("resume")  # not paused: nothing to resume, nothing told
     fs.annotate("pause")
@@ -235,7 +245,7 @@ def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
     fs.start_operator("a")
     wait_leader(fs, "a")
     fs.start_operator("b")
-    _canary_at_50(fs, analysis=True)
+    _start_canary(fs, analysis=True)
     fs.kill_operator("a")
     wait_leader(fs, "b")
     fs.annotate("promote")
@@ -256,7 +266,7 @@ def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> Non
     from tests.support.gateway import start_gateway
 
     fs.start_operator("a")
-    _canary_at_50(fs, analysis=True)
+    _start_canary(fs, analysis=True)
     with start_gateway(httproute=f"{fs.namespace}/{NAME}", log_dir=fs.workdir) as url:
         stack.wait_for_backend(url)
         with stack.traffic(url, NAME, fs.claim / "data" / "request.npz", fs.workdir, seconds=600):
@@ -281,21 +291,13 @@ def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> Non
 
 def test_api_server_outage_mid_step_keeps_the_step_and_promotes_on_time(fs: FaultStack) -> None:
     first, second = 45, 10  # the steps' pauses, seconds
-    rollout = {
-        "rollout__analysis": None,
-        "rollout__steps": [
+    fs.start_operator("a")
+    _start_canary(
+        fs,
+        steps=[
             {"setWeight": 30, "pauseSeconds": first},
             {"setWeight": 60, "pauseSeconds": second},
         ],
-    }
-    fs.start_operator("a")
-    fs.apply_engine(**rollout)
-    stack.wait_stable(fs.namespace, NAME, timeout=180)
-    fs.apply_engine(**rollout, build__precision="fp16")
-    wait_for(
-        lambda: stack.route_weights(fs.namespace, NAME) == {NAME: 70, f"{NAME}-canary": 30},
-        timeout=240,
-        what="the canary at weight 30",
     )
     before = fs.engine()["status"]["canary"]
     step_started = _parse(before["stepStartedAt"])
