@@ -70,28 +70,7 @@ def test_job_pod_exit_code_and_termination_message_reach_status(
 ) -> None:
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
     script = "import sys; open(sys.argv[1], 'w').write('{\"ok\": false}'); sys.exit(3)"
-    batch.create_namespaced_job(
-        namespace,
-        client.V1Job(
-            metadata=client.V1ObjectMeta(name="fails"),
-            spec=client.V1JobSpec(
-                backoff_limit=0,
-                template=client.V1PodTemplateSpec(
-                    spec=client.V1PodSpec(
-                        restart_policy="Never",
-                        node_selector=node_agent.node_selector,
-                        containers=[
-                            client.V1Container(
-                                name="main",
-                                image="x",
-                                command=[sys.executable, "-c", script, "/dev/termination-log"],
-                            )
-                        ],
-                    )
-                ),
-            ),
-        ),
-    )
+    _python_job(batch, namespace, node_agent, "fails", script)
     job = wait_for(
         lambda: (j := batch.read_namespaced_job_status("fails", namespace)).status.failed and j,
         timeout=60,
@@ -147,29 +126,7 @@ def test_a_pod_reaches_a_service_by_its_dns_name(
         ),
     )
     found, empty = f"http://blue.{namespace}.svc:80/who", f"http://empty.{namespace}.svc:80/who"
-    batch.create_namespaced_job(
-        namespace,
-        client.V1Job(
-            metadata=client.V1ObjectMeta(name="fetch"),
-            spec=client.V1JobSpec(
-                backoff_limit=0,
-                template=client.V1PodTemplateSpec(
-                    spec=client.V1PodSpec(
-                        restart_policy="Never",
-                        node_selector=node_agent.node_selector,
-                        containers=[
-                            client.V1Container(
-                                name="main",
-                                image="x",
-                                command=[sys.executable, "-c", FETCH, "/dev/termination-log"],
-                                args=[found, empty],
-                            )
-                        ],
-                    )
-                ),
-            ),
-        ),
-    )
+    _python_job(batch, namespace, node_agent, "fetch", FETCH, found, empty)
     wait_for(
         lambda: batch.read_namespaced_job_status("fetch", namespace).status.succeeded,
         timeout=60,
@@ -181,3 +138,30 @@ def test_a_pod_reaches_a_service_by_its_dns_name(
     )
     assert found_answer == "blue"
     assert empty_answer.startswith("error after 0."), empty_answer  # refused, not timed out
+
+
+def _python_job(
+    batch: client.BatchV1Api,
+    namespace: str,
+    node_agent: NodeAgentHandle,
+    name: str,
+    script: str,
+    *args: str,
+) -> None:
+    """A Job on the agent's node running ``python -c script /dev/termination-log *args``, once."""
+    container = client.V1Container(
+        name="main",
+        image="x",
+        command=[sys.executable, "-c", script, "/dev/termination-log"],
+        args=list(args) or None,
+    )
+    pod = client.V1PodSpec(
+        restart_policy="Never", node_selector=node_agent.node_selector, containers=[container]
+    )
+    batch.create_namespaced_job(
+        namespace,
+        client.V1Job(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1JobSpec(backoff_limit=0, template=client.V1PodTemplateSpec(spec=pod)),
+        ),
+    )
