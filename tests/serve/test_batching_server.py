@@ -127,6 +127,36 @@ async def test_instances_run_batches_at_once() -> None:
     assert batcher.describe()["instances"] == 2
 
 
+async def test_one_cpu_instance_runs_batches_on_the_event_loops_thread() -> None:
+    """In process: with ``on_loop`` and one instance a batch runs on the thread of the event
+    loop (no hop to a worker thread and back); with two instances, or without it, on a worker
+    thread, so the loop keeps feeding the other instance."""
+    for on_loop, instances, here in ((True, 1, True), (True, 2, False), (False, 1, False)):
+        threads: list[threading.Thread] = []
+
+        def run(inputs: dict[str, np.ndarray], seen: list[threading.Thread] = threads) -> dict:
+            seen.append(threading.current_thread())
+            return {"y": inputs["x"] + 1}
+
+        batcher = Batcher(
+            run,
+            max_batch_size=4,
+            max_queue_delay_us=0,
+            max_queue_size=8,
+            batchable=True,
+            instances=instances,
+            on_loop=on_loop,
+        )
+        batcher.start()
+        try:
+            x = np.ones((1, 3), np.float32)
+            out = await batcher.submit({"x": x}, 30)
+        finally:
+            await batcher.close()
+        np.testing.assert_array_equal(out["y"], x + 1)
+        assert (threads == [threading.current_thread()]) is here, (on_loop, instances)
+
+
 async def test_free_instances_share_a_burst_instead_of_one_taking_it_all() -> None:
     """In process: four same-shape requests arrive at once and two instances are free. Each batch
     waits at a two-party barrier, so the burst only completes if it is split over both instances

@@ -87,6 +87,8 @@ def test_every_front_end_serves_and_metrics_count_each_request_once(
         assert s.metric("trtops_request_duration_seconds_count") == sent
         assert s.metric("trtops_batch_size_sum") == sent  # rows computed, over both
         assert s.metric("trtops_inflight_requests") == 0
+        # the inference CPU each front end counts, summed once: part of what they used
+        assert 0.05 <= s.metric("trtops_compute_cpu_seconds_total") <= sum(used.values())
         bad = requests.post(s.infer_url("slow"), json={"inputs": "no"}, timeout=30)
         assert bad.status_code == 400
         assert s.metric("trtops_requests_total", outcome="client_error") == 1
@@ -144,5 +146,34 @@ def test_one_front_end_needs_no_supervisor(model_dir: Path, tmp_path: Path) -> N
         r = requests.post(s.infer_url(), json=infer_body(conv_input(1)), timeout=30)
         assert r.status_code == 200
         assert s.metric("trtops_requests_total", outcome="success") == 1
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_the_cores_the_pod_may_use_size_the_defaults(
+    model_dir: Path, tmp_path: Path, cores: int
+) -> None:
+    """With no sizing flags a server pinned to ``cores`` cores (what the static CPU manager or
+    ``taskset`` does) runs one front end of one one-thread instance per core: one process
+    alone on one core, a supervisor and two front ends on two."""
+    everything = os.sched_getaffinity(0)
+    if len(everything) < cores:
+        pytest.skip(f"needs {cores} cores")
+    os.sched_setaffinity(0, sorted(everything)[:cores])  # the server inherits it
+    try:
+        s = start_server(tmp_path, "--model", str(model_dir / "conv.onnx"), "--model-name", "conv")
+    finally:
+        os.sched_setaffinity(0, everything)
+    try:
+        _all_listening(s, cores)
+        assert len(_front_ends(s.process.pid)) == (cores if cores > 1 else 0)
+        assert s.output().count("ONNX Runtime: 1 instances of 1 threads") == cores
+        config = requests.get(f"{s.url}/v2/models/conv/config", timeout=10).json()
+        assert config["instance_group"][0]["count"] == 1
+        for _ in range(4):  # new connections: on two cores both front ends get some
+            r = requests.post(s.infer_url(), json=infer_body(conv_input(1)), timeout=30)
+            assert r.status_code == 200, r.text
+        assert s.metric("trtops_requests_total", outcome="success") == 4
     finally:
         assert s.stop() == 0

@@ -26,6 +26,8 @@ _thread = threading.local()
 
 def _name_this_thread(name: str) -> None:
     _thread.named = True
+    if threading.current_thread() is threading.main_thread():  # the event loop's: keep its name
+        return
     with contextlib.suppress(OSError, AttributeError):  # Linux only; a name is a nicety
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME

@@ -144,7 +144,7 @@ def decide(
 class BatchObserver(Protocol):
     def queued(self, depth: int) -> None: ...
     def dispatched(self, waits: Sequence[float], rows: int) -> None: ...
-    def computed(self, seconds: float, requests: int, rows: int) -> None: ...
+    def computed(self, seconds: float, requests: int, rows: int, cpu_seconds: float) -> None: ...
 
 
 def as_serve_error(error: Exception) -> ServeError:
@@ -182,6 +182,7 @@ class Batcher:
         batchable: bool,
         instances: int = 1,
         observer: BatchObserver | None = None,
+        on_loop: bool = False,
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
@@ -195,6 +196,12 @@ class Batcher:
         # Batches on the backend at once, each in its own worker thread (Triton's instance
         # count): with one-thread ORT runs, no run waits on a barrier for a preempted thread.
         self.instances = max(1, instances)
+        # One instance computing on the CPU: its batches run right here, on the event loop's
+        # thread. The loop could not feed a second batch anyway, and a worker thread cost two
+        # thread wake-ups per batch (to it, and back to the loop): at concurrency 1 they were
+        # most of the latency over a bare ONNX Runtime call. Not with a GPU, whose runs leave
+        # the CPU free to parse the next requests meanwhile.
+        self.on_loop = on_loop and self.instances == 1
         self._executor = ThreadPoolExecutor(
             max_workers=self.instances, thread_name_prefix="trtops-infer"
         )
@@ -306,6 +313,17 @@ class Batcher:
                 return
             idle_rounds = 0 if len(self._queue) != before else idle_rounds + 1
 
+    async def _settle(self) -> None:
+        """Before a run blocks the event loop: let the requests already received (and
+        connections already accepted) reach the queue, until it stops growing for two rounds,
+        so that they are queued, or refused when it is full, rather than left unread."""
+        idle_rounds = 0
+        while idle_rounds < 2 and not self._closing:
+            before = len(self._queue)
+            await asyncio.sleep(0)
+            self._drop_dead()
+            idle_rounds = 0 if len(self._queue) != before else idle_rounds + 1
+
     def _ahead_ready(self) -> bool:
         """Every instance is busy, but a full batch is queued and none is waiting on the executor.
 
@@ -333,8 +351,10 @@ class Batcher:
                 continue
             if self.batching:
                 await self._form_batch()
-                if not self._queue:
-                    continue
+            elif self.on_loop:
+                await self._settle()
+            if not self._queue:
+                continue
             limit = batch_limit(
                 self._queued_rows(), self.instances - len(self._computing), self.max_batch_size
             )
@@ -344,6 +364,10 @@ class Batcher:
                 del self._queue[i]
             if self._observer:
                 self._observer.queued(len(self._queue))
+            if self.on_loop:
+                self._deliver(batch, self._results(batch))
+                await asyncio.sleep(0)  # the answers leave, and requests received join the queue
+                continue
             task = asyncio.get_running_loop().create_task(self._compute(batch))
             self._computing.add(task)
             task.add_done_callback(self._computed)
@@ -362,13 +386,16 @@ class Batcher:
         if self._observer:
             now = time.monotonic()
             self._observer.dispatched([now - i.enqueued for i in batch], sum(i.rows for i in batch))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             return self._run(inputs)
         finally:
             if self._observer:
                 self._observer.computed(
-                    time.perf_counter() - started, len(batch), sum(i.rows for i in batch)
+                    time.perf_counter() - started,
+                    len(batch),
+                    sum(i.rows for i in batch),
+                    time.thread_time() - cpu,
                 )
 
     def _bisect(self, batch: Sequence[_Item]) -> list[dict[str, np.ndarray] | ServeError]:
@@ -387,23 +414,31 @@ class Batcher:
                 results += [as_serve_error(e)] if len(part) == 1 else self._bisect(part)
         return results
 
-    async def _compute(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
+    def _results(self, batch: Sequence[_Item]) -> Sequence[dict[str, np.ndarray] | ServeError]:
+        """Run ``batch`` on this thread: each request's outputs or error."""
         try:
-            merged = merge([i.inputs for i in batch])
-            outputs = await loop.run_in_executor(self._executor, self._timed_run, batch, merged)
-            results: Sequence[dict[str, np.ndarray] | ServeError] = split(
-                outputs, [i.rows for i in batch]
-            )
+            outputs = self._timed_run(batch, merge([i.inputs for i in batch]))
+            return split(outputs, [i.rows for i in batch])
         except Exception as e:
             if len(batch) == 1 or isinstance(e, DeviceError):  # a dead device fails them all
-                results = [as_serve_error(e)] * len(batch)
-            else:
-                results = await loop.run_in_executor(self._executor, self._bisect, batch)
+                return [as_serve_error(e)] * len(batch)
+            return self._bisect(batch)
+
+    async def _compute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        self._deliver(batch, await loop.run_in_executor(self._executor, self._results, batch))
+
+    @staticmethod
+    def _deliver(
+        batch: Sequence[_Item], results: Sequence[dict[str, np.ndarray] | ServeError]
+    ) -> None:
+        now = time.monotonic()
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
-            if isinstance(result, ServeError):
+            if item.deadline <= now:  # its timer could not fire while the run held the loop
+                _expire(item.future, item.deadline - item.enqueued)
+            elif isinstance(result, ServeError):
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)

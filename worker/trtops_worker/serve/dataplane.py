@@ -73,6 +73,8 @@ class ServeConfig:
     intra_op_threads: int = 0
     intra_op_spinning: bool = True
     instances: int = 1  # batches on the backend at once (capped by what the backend allows)
+    # One CPU instance: run batches on the event loop's thread (Batcher's ``on_loop``).
+    run_on_loop: bool = True
     warmup: bool = True  # run sample batches before turning ready
 
     @property
@@ -106,6 +108,7 @@ class DataPlane:
             batchable=batchable,
             instances=min(config.instances, self._backend.max_concurrent_runs),
             observer=metrics,
+            on_loop=config.run_on_loop and self._backend.name == "onnxruntime",
         )
 
     # -- lifecycle -------------------------------------------------------------------------

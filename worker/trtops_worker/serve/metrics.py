@@ -74,6 +74,7 @@ class _Series:
     request_duration: Any
     queue_duration: Any
     compute_duration: Any
+    compute_cpu: Any
     batch_size: Any
     inflight: Any
     queue_depth: Any
@@ -213,6 +214,14 @@ class ServeMetrics:
             registry=r,
             buckets=LATENCY_BUCKETS,
         )
+        self.compute_cpu = Counter(
+            "trtops_compute_cpu_seconds",
+            "CPU time of the threads calling the backend while it ran (with one-thread ONNX"
+            " Runtime instances: all of the inference CPU; the rest of the process's CPU is"
+            " serving).",
+            LABELS,
+            registry=r,
+        )
         self.requests = Counter(
             "trtops_requests", "Inference requests by outcome.", (*LABELS, "outcome"), registry=r
         )
@@ -271,6 +280,7 @@ class ServeMetrics:
             request_duration=self.request_duration.labels(*v),
             queue_duration=self.queue_duration.labels(*v),
             compute_duration=self.compute_duration.labels(*v),
+            compute_cpu=self.compute_cpu.labels(*v),
             batch_size=self.batch_size.labels(*v),
             inflight=self.inflight.labels(*v),
             queue_depth=self.queue_depth.labels(*v),
@@ -302,9 +312,12 @@ class ServeMetrics:
             series.queue_duration.observe(wait)
         series.batch_size.observe(rows)
 
-    def computed(self, seconds: float, requests: int = 1, rows: int = 1) -> None:
+    def computed(
+        self, seconds: float, requests: int = 1, rows: int = 1, cpu_seconds: float = 0.0
+    ) -> None:
         self.statistics.computed(seconds, requests, rows)
         self._series.compute_duration.observe(seconds)
+        self._series.compute_cpu.inc(cpu_seconds)
 
     # -- exposition ------------------------------------------------------------------------
 
