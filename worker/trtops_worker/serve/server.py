@@ -21,6 +21,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .dataplane import DataPlane
 from .frontends import all_warm
@@ -54,6 +55,53 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class _OneWrite:
+    """A transport that sends a response head together with the body after it.
+
+    uvicorn writes the status line and headers, then the body, in two ``write`` calls: two
+    system calls and two TCP segments per response, the second waking the client again. Here a
+    head (a write ending in a blank line) waits for the next write; whatever is left is flushed
+    on the loop's next round (a HEAD answer, a 100 Continue) or before the transport closes.
+    Everything else goes straight to the real transport.
+    """
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._head:
+            data, self._head = self._head + data, b""
+        elif bytes(data[-4:]) == b"\r\n\r\n":
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head:
+            head, self._head = self._head, b""
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing each response in one piece (:class:`_OneWrite`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
 
 
 class ServingProcess:
@@ -104,7 +152,7 @@ class ServingProcess:
             ),
             host=opts.host,
             port=opts.http_port,
-            http="httptools",
+            http=_HttpProtocol,
             lifespan="off",
             access_log=False,
             # No per-request work nobody reads: the gateway in front keeps client addresses.
