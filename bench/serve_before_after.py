@@ -4,11 +4,17 @@ Answers "does this change cost anything on the happy path?": ``trtops-worker ser
 given git revision (checked out into a temporary worktree) and from this tree serve the same
 model with the same flags, and ``trtops-worker bench`` (this tree's) drives each in turn, round
 after round, so both see the same machine state. Prints p50/p99 and throughput per wire and
-concurrency, and the after/before ratios.
+concurrency, and the after/before ratios; and the server's CPU per request outside inference
+(``srv us``): all its processes' CPU minus the inference CPU (its threads named
+``trtops-ort-run``, or its ``trtops_compute_cpu_seconds_total``, whichever the revision has;
+exact with one-thread instances), per request. ``--after-variants`` adds more "after" sides:
+this tree with more flags each (one step switched off, say), in the same rounds.
 
 Usage::
 
-    python bench/serve_before_after.py --before 68e4de1 [--seconds 3] [--rounds 2] [--json out.json]
+    python bench/serve_before_after.py --before 68e4de1 [--seconds 3] [--rounds 2] \
+        [--serve-flags '--front-ends 1 --instances 1 --intra-op-threads 1'] \
+        [--after-variants=--batches-in-worker-thread] [--json out.json]
 
 A script, not a test: numbers depend on the machine.
 """
@@ -28,8 +34,9 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "worker")]
+sys.path[:0] = [str(ROOT), str(ROOT / "worker"), str(ROOT / "bench")]
 
+from serve_benchmark import tree_cpu  # noqa: E402
 from trtops_worker import samples  # noqa: E402
 
 from tests.support.prometheus import free_port  # noqa: E402  # the repo root is on the path now
@@ -50,9 +57,25 @@ def _path(tree: Path) -> str:
     )
 
 
+def inference_cpu(metrics_port: int) -> float:
+    """The server's own count of its inference CPU seconds (0 where the revision has none)."""
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("trtops_compute_cpu_seconds_total")
+    )
+
+
+def cpu_now(pid: int, metrics_port: int) -> tuple[float, float, float]:
+    """``(monotonic time, all CPU seconds, inference CPU seconds)`` of the server ``pid``."""
+    _, run_threads, total = tree_cpu(pid)
+    return time.monotonic(), total, max(run_threads, inference_cpu(metrics_port))
+
+
 def serve(
     tree: Path, model: Path, log: Path, extra: list[str]
-) -> tuple[subprocess.Popen[bytes], int, int]:
+) -> tuple[subprocess.Popen[bytes], int, int, int]:
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": _path(tree)}
     cmd = [sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
@@ -65,7 +88,7 @@ def serve(
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).ok:
-                return process, http, grpc
+                return process, http, grpc, metrics
         except requests.ConnectionError:
             pass
         time.sleep(0.2)
@@ -73,15 +96,29 @@ def serve(
     raise RuntimeError(f"{tree} did not get ready:\n{log.read_text()}")
 
 
-def bench(port: int, wire: str, concurrency: int, seconds: float) -> dict[str, object]:
+def bench(
+    port: int, wire: str, concurrency: int, seconds: float, server: tuple[int, int]
+) -> dict[str, object]:
+    """One load; adds ``server_us_per_request``: the server's (``(pid, metrics port)``) CPU
+    outside inference per request over the measured window (after the 0.5 s warm-up)."""
     url = f"127.0.0.1:{port}" if wire.startswith("grpc") else f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--model", "m"]
     cmd += [*WIRES[wire], "--concurrency", str(concurrency)]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd += ["--duration-seconds", str(seconds), "--warmup-seconds", "0.5", "--json", out.name]
         env = {**os.environ, "PYTHONPATH": _path(ROOT)}
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
-        return json.loads(Path(out.name).read_text())  # type: ignore[no-any-return]
+        load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        time.sleep(0.5)
+        first = cpu_now(*server)
+        _, err = load.communicate(timeout=seconds + 120)
+        last = cpu_now(*server)
+        if load.returncode:
+            raise RuntimeError(f"bench failed: {err.decode()[-2000:]}")
+        summary: dict[str, object] = json.loads(Path(out.name).read_text())
+    elapsed = last[0] - first[0]
+    serving_cores = ((last[1] - first[1]) - (last[2] - first[2])) / elapsed
+    summary["server_us_per_request"] = serving_cores / float(summary["throughput_rps"]) * 1e6  # type: ignore[arg-type]
+    return summary
 
 
 def main() -> int:
@@ -100,6 +137,12 @@ def main() -> int:
         help="more serve flags for both sides, e.g. '--front-ends 1 --instances 1' so that"
         " sizing defaults changed in between do not count",
     )
+    parser.add_argument(
+        "--after-variants",
+        nargs="*",
+        default=[],
+        help="more 'after' sides: this tree with these flags added (each one string)",
+    )
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -112,18 +155,20 @@ def main() -> int:
                 check=True,
                 capture_output=True,
             )
-        results: dict[str, dict[str, list[dict[str, object]]]] = {"before": {}, "after": {}}
+        sides = [("before", before, ""), ("after", ROOT, "")]
+        sides += [(f"after {v}", ROOT, v) for v in args.after_variants]
+        results: dict[str, dict[str, list[dict[str, object]]]] = {s[0]: {} for s in sides}
         try:
             for round_ in range(args.rounds):
-                sides = [("before", before), ("after", ROOT)]
-                for side, tree in sides if round_ % 2 == 0 else sides[::-1]:
-                    log = tmp / f"{side}-{round_}.log"
-                    process, http, grpc = serve(tree, model, log, args.serve_flags.split())
+                for side, tree, more in sides if round_ % 2 == 0 else sides[::-1]:
+                    log = tmp / f"{len(results)}-{round_}.log"
+                    flags = [*args.serve_flags.split(), *more.split()]
+                    process, http, grpc, metrics = serve(tree, model, log, flags)
                     try:
                         for wire in WIRES:
                             port = grpc if wire.startswith("grpc") else http
                             for c in args.concurrency:
-                                summary = bench(port, wire, c, args.seconds)
+                                summary = bench(port, wire, c, args.seconds, (process.pid, metrics))
                                 results[side].setdefault(f"{wire} c={c}", []).append(summary)
                     finally:
                         process.terminate()
@@ -136,23 +181,27 @@ def main() -> int:
                 )
     print(
         f"before = {args.before or args.before_tree}, after = this tree;"
-        f" median of {args.rounds} rounds (order alternating)"
+        f" median of {args.rounds} rounds (order alternating); ratios: side / before"
     )
-    print(f"{'case':22} {'p50 ms b/a':>16} {'ratio':>6} {'p99 ms b/a':>16} {'ratio':>6}"
-          f" {'req/s b/a':>16} {'ratio':>6}")  # fmt: skip
+    keys = (("p50", "p50 ms"), ("p99", "p99 ms"), ("rps", "req/s"), ("srv", "srv us"))
+
+    def med(side: str, key: str, case: str) -> float:
+        runs = results[side][case]
+        if key == "rps":
+            return statistics.median(float(r["throughput_rps"]) for r in runs)  # type: ignore[arg-type]
+        if key == "srv":
+            return statistics.median(float(r["server_us_per_request"]) for r in runs)  # type: ignore[arg-type]
+        return statistics.median(float(r["latency_ms"][key]) for r in runs)  # type: ignore[index]
+
+    print("| side | case | " + " | ".join(f"{label} | ratio" for _, label in keys) + " |")
+    print("| --- | --- |" + " ---: | ---: |" * len(keys))
     for case in results["before"]:
-
-        def med(side: str, key: str, case: str = case) -> float:
-            runs = results[side][case]
-            if key == "rps":
-                return statistics.median(float(r["throughput_rps"]) for r in runs)  # type: ignore[arg-type]
-            return statistics.median(float(r["latency_ms"][key]) for r in runs)  # type: ignore[index]
-
-        cells = []
-        for key in ("p50", "p99", "rps"):
-            b, a = med("before", key), med("after", key)
-            cells.append(f"{b:7.2f}/{a:<8.2f} {a / b:6.2f}")
-        print(f"{case:22} " + " ".join(cells))
+        for side in results:
+            cells = []
+            for key, _ in keys:
+                value, base = med(side, key, case), med("before", key, case)
+                cells.append(f"{value:.2f} | {value / base:.2f}" if base else f"{value:.2f} | -")
+            print(f"| {side} | {case} | " + " | ".join(cells) + " |")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=1))
     return 0
