@@ -157,3 +157,17 @@ def test_the_operator_exports_each_revisions_pod_price_per_hour() -> None:
     euros = {"gpuHourPrice": 2.0, "cpuHourPrice": 0.5, "currency": "EUR"}
     assert _scrape(_body(euros), PRICES)[("r2", "int8", "canary", "EUR")] == pytest.approx(3.0)
     assert _scrape(_body(), None) == {}  # no prices: no cost series, rather than a cost of 0
+
+
+def test_changing_the_prices_rebuilds_and_restarts_nothing() -> None:
+    """Prices are bookkeeping: the build keys (so the revision) and the serving Deployment stay."""
+    e = _engine("resnet-int8.yaml")
+    priced = manifests.Engine(
+        name=e.name,
+        namespace=e.namespace,
+        uid=e.uid,
+        spec=e.spec.model_copy(update={"cost": Cost(gpu_hour_price=9.0, cpu_hour_price=1.0)}),
+    )
+    product = e.spec.build.targets[0].gpu_product
+    assert keys.build_key(priced.spec, product, "img") == keys.build_key(e.spec, product, "img")
+    assert _deployment_pod(priced, product, "tensorrt") == _deployment_pod(e, product, "tensorrt")
