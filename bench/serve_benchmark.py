@@ -72,6 +72,8 @@ DELAY_US = 2000  # max queue delay, ours and Triton's
 
 MLSERVER_RUNTIME = textwrap.dedent(
     """
+    import os
+
     import onnxruntime as ort
     from mlserver import MLModel
     from mlserver.codecs import NumpyCodec
@@ -80,8 +82,13 @@ MLSERVER_RUNTIME = textwrap.dedent(
 
     class OrtModel(MLModel):
         async def load(self) -> bool:
+            # One session of all the cores it may use (one process: parallel_workers 0). The
+            # thread count is given: ONNX Runtime's automatic one pins its pool threads to every
+            # core of the node, past the affinity the benchmark sets (--cpus).
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = len(os.sched_getaffinity(0))
             self._session = ort.InferenceSession(
-                self.settings.parameters.uri, providers=["CPUExecutionProvider"]
+                self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
             )
             return True
 
