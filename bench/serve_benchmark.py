@@ -32,10 +32,12 @@ Usage::
         [--json out.json]
 
 ``--cpus`` pins the raw sessions and the servers to those cores (default: all usable); the
-load generators run on the other cores when there are any. Triton: ``pip install
-nvidia-pytriton`` (or ``--tritonserver PATH``). MLServer in its own venv (its pins differ from
-ours): ``python -m venv /tmp/peer-venv && /tmp/peer-venv/bin/pip install mlserver onnxruntime``
-(or ``pip install -e '.[bench]'``'s pins into a venv of their own), ``--mlserver PATH``.
+load generators run on the other cores when there are any. The peers go into a venv of their
+own (MLServer pins protobuf < 7, our gRPC stubs need 7): ``python -m venv /tmp/peer-venv &&
+/tmp/peer-venv/bin/pip install '.[serve-peers]'``, then ``--mlserver
+/tmp/peer-venv/bin/mlserver`` (the default) and ``--tritonserver
+/tmp/peer-venv/lib/python3.X/site-packages/pytriton/tritonserver/bin/tritonserver`` (default:
+nvidia-pytriton's in this environment, if installed).
 """
 
 from __future__ import annotations
