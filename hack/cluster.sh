@@ -140,7 +140,10 @@ apply_prometheus_operator_crds() {
 cmd_up() {
   "$here/hack/build-controlplane.sh"
   local start=$SECONDS
-  if kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
+  # A cluster that answers is reused even when `kwokctl get clusters` misses it (it can, while
+  # another cluster is being created or deleted): recreating it would delete the kubeconfig of a
+  # running cluster, and kwokctl, finding it "already exists", would not write a new one.
+  if healthy || kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
     if healthy; then
       log "reusing running cluster '$name'"
       apply_nodes
