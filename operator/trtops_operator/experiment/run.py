@@ -76,6 +76,8 @@ def poll_measurement(
 ) -> Measured | None:
     """The measurement of the engine's due experiment once it is in, else None. ``prices``: the
     operator's (an engine's ``spec.cost`` wins), for cost per 1M inferences."""
+    if ((body.get("status") or {}).get("experiment") or {}).get("phase") != "Running":
+        return None  # the common case, before parsing anything
     try:
         spec = TrtEngineSpec.model_validate(body.get("spec") or {})
     except ValidationError:
