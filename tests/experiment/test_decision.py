@@ -344,3 +344,27 @@ def _exists_all(body: dict[str, Any], obs: Observed) -> list[dict[str, Any]]:
     """Every Deployment the reconcile wants now (applied or not)."""
     d = decide(body, Observed(jobs=obs.jobs, pods=obs.pods), CONFIG, "2026-01-01T00:01:06Z")
     return [o for o in d.apply if o["kind"] == "Deployment"]
+
+
+def test_a_running_experiment_is_measured_every_interval_and_at_its_end() -> None:
+    from datetime import UTC, datetime
+
+    from trtops_operator.experiment.step import measurement_due
+    from trtops_operator.models import Experiment
+
+    exp = Experiment.model_validate(
+        {"variants": [{"name": "a", "precision": "fp16", "weight": 10}], "durationSeconds": 100,
+         "intervalSeconds": 30}
+    )  # fmt: skip
+    running = {"phase": "Running", "startedAt": "2026-01-01T00:00:00Z",
+               "endsAt": "2026-01-01T00:01:40Z"}  # fmt: skip
+
+    def at(s: int) -> datetime:
+        return datetime(2026, 1, 1, 0, s // 60, s % 60, tzinfo=UTC)
+
+    assert not measurement_due(running, exp, at(10))
+    assert measurement_due(running, exp, at(30))
+    measured = {**running, "lastMeasuredAt": "2026-01-01T00:01:30Z"}
+    assert not measurement_due(measured, exp, at(95))
+    assert measurement_due(measured, exp, at(100))  # the end: once more, at once
+    assert not measurement_due({**running, "phase": "Completed"}, exp, at(200))
