@@ -23,7 +23,7 @@ from trtops_operator.canary.runner import measure, measure_agreement
 from trtops_operator.cost import PodFootprint, Prices, cost_per_million, pod_hourly_cost
 from trtops_operator.experiment.judge import ArmSample
 
-__all__ = ["Arm", "MeasurePool", "measure_arms"]
+__all__ = ["Arm", "MeasurePool", "gpu_queries", "measure_arms"]
 
 log = logging.getLogger(__name__)
 DCGM_MEMORY = "DCGM_FI_DEV_FB_USED"
@@ -44,11 +44,17 @@ class Arm:
     stopped: str = ""
 
 
-def _pods(namespace: str, deployment: str) -> str:
-    # A Deployment's pods are <deployment>-<replicaset hash>-<5 chars>.
-    return (
+def gpu_queries(namespace: str, deployment: str, window: int) -> tuple[str, str]:
+    """(framebuffer MiB in use: the max over the run and the arm's GPUs, utilisation percent:
+    the mean) of the pods of ``deployment`` (named ``<deployment>-<replicaset hash>-<5
+    chars>``), from dcgm-exporter's series with its Kubernetes pod labels."""
+    pods = (
         f"{{namespace={promql_string(namespace)},"
         f"pod=~{promql_string(deployment + '-[a-z0-9]+-[a-z0-9]+')}}}"
+    )
+    return (
+        f"max(max_over_time({DCGM_MEMORY}{pods}[{window}s]))",
+        f"avg(avg_over_time({DCGM_UTIL}{pods}[{window}s]))",
     )
 
 
@@ -77,9 +83,8 @@ async def measure_arms(
             agreement = None
             if not first:
                 agreement = await measure_agreement(client, base, arm.revision, window)
-            pods = _pods(namespace, arm.deployment)
-            memory = await client.query(f"max(max_over_time({DCGM_MEMORY}{pods}[{window}s]))")
-            util = await client.query(f"avg(avg_over_time({DCGM_UTIL}{pods}[{window}s]))")
+            memory_q, util_q = gpu_queries(namespace, arm.deployment, window)
+            memory, util = await client.query(memory_q), await client.query(util_q)
             per_million = pod_hourly = None
             if prices is not None:
                 pod_hourly = pod_hourly_cost(arm.footprint, prices)
