@@ -22,10 +22,13 @@ from trtops_operator.status_model import (
 
 __all__ = [
     "PROGRESS_REASONS",
+    "changes",
     "finish_status",
     "fold_transitions",
     "invalid",
+    "merge_patched",
     "refused",
+    "route_unusable",
     "set_condition",
 ]
 
@@ -73,6 +76,28 @@ def _bad(cond: Condition) -> bool:
     )
 
 
+def merge_patched(target: Any, patch: Any) -> Any:
+    """``target`` after the JSON merge patch ``patch`` (RFC 7396): a null removes its key, an
+    object merges, anything else replaces. Compared with ``target`` it says whether a status
+    patch would change anything (a null for a key that is absent changes nothing)."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
+
+
+def changes(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether merge patch ``patch`` changes ``status`` as the API server stores it (it keeps
+    no nulls): a status write only when what is stored would differ, not on every request."""
+    stored = merge_patched({}, status)
+    return bool(merge_patched(stored, patch) != stored)
+
+
 def finish_status(
     decision: Decision, view: EngineView, status: EngineStatus, *, partial: bool = False
 ) -> None:
@@ -81,9 +106,10 @@ def finish_status(
     ``partial``: leave the fields ``status`` does not set as they are."""
     new = status.to_json()
     old = view.raw_status
-    if any(old.get(k) != new.get(k) for k in new):
-        # Merge patches drop keys that are absent; null them explicitly to clear old values.
-        decision.status = new if partial else {**dict.fromkeys(STATUS_KEYS), **new}
+    # Merge patches drop keys that are absent; null them explicitly to clear old values.
+    patch = new if partial else {**dict.fromkeys(STATUS_KEYS), **new}
+    if changes(old, patch):
+        decision.status = patch
     for cond in status.conditions:
         prev = view.status.condition(cond.type)
         if prev is not None and (prev.status, prev.reason) == (cond.status, cond.reason):
@@ -121,11 +147,12 @@ def refused(
     now: str,
     *,
     reason: str = "ApplyRefused",
-) -> tuple[dict[str, Any], Event | None]:
+) -> tuple[dict[str, Any] | None, Event | None]:
     """What to report when an object this reconcile built could not be written (the API server
     refused it: ``ApplyRefused``; its name is someone else's object: ``NameConflict``): the
     status patch that was about to be written (or the current status) with ``Degraded=True/
-    <reason>``, and a Warning unless the same refusal is already reported."""
+    <reason>`` (None: status says all that already), and a Warning unless the same refusal is
+    already reported."""
     base = dict(patch if patch is not None else view.raw_status)
     degraded = set_condition(
         view.status.conditions,
@@ -156,7 +183,32 @@ def refused(
     base["conditions"] = [*conds, degraded.model_dump(mode="json", by_alias=True)]
     prev = view.status.condition("Degraded")
     same = prev is not None and (prev.reason, prev.message) == (reason, degraded.message)
-    return base, None if same else Event("Warning", reason, message)
+    patch_ = base if changes(view.raw_status, base) else None
+    return patch_, None if same else Event("Warning", reason, message)
+
+
+def route_unusable(
+    view: EngineView, patch: Mapping[str, Any] | None, message: str, now: str
+) -> tuple[dict[str, Any] | None, Event | None]:
+    """:func:`refused` for a route object the operator may not or cannot move
+    (``RouterMisconfigured``), with what the route really carries: the operator set nothing on
+    it, so a canary in flight has weight 0 there (stable 100), whatever its step says
+    (``setWeight``), and Ready's message says so."""
+    base = dict(patch if patch is not None else view.raw_status)
+    canary = base.get("canary") or {}
+    if canary.get("revision") and canary.get("phase") in ("Progressing", "Promoting"):
+        base["canary"] = {**canary, "weight": 0}
+        if base.get("stable"):
+            base["stable"] = {**base["stable"], "weight": 100}
+        conds = []
+        for c in base.get("conditions") or []:
+            if c.get("type") == "Ready" and c.get("status") == "True":
+                serving = str(c.get("message", "")).split("; canary ", 1)[0]
+                text = f"{serving}; canary {canary['revision']} at 0%: the route is unusable"
+                c = {**c, "message": f"{text} (RouterMisconfigured, see Degraded)"}
+            conds.append(c)
+        base["conditions"] = conds
+    return refused(view, base, message, now, reason="RouterMisconfigured")
 
 
 def fold_transitions(events: Sequence[Event]) -> list[Event]:

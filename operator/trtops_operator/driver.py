@@ -157,12 +157,8 @@ class Runtime:
                 await self._move_route(body, decision.router)
             except RouterMisconfigured as exc:
                 stuck = exc
-                decision.status, event = conditions.refused(
-                    EngineView.parse(body),
-                    decision.status,
-                    str(exc)[:1024],
-                    now,
-                    reason="RouterMisconfigured",
+                decision.status, event = conditions.route_unusable(
+                    EngineView.parse(body), decision.status, str(exc)[:1024], now
                 )
                 decision.events = [] if event is None else [event]
         try:
@@ -172,7 +168,8 @@ class Runtime:
             status, event = conditions.refused(
                 EngineView.parse(body), decision.status, str(exc)[:1024], now, reason=exc.reason
             )
-            await self.call(self.api.patch_status, key[0], key[1], status)
+            if status is not None:
+                await self.call(self.api.patch_status, key[0], key[1], status)
             if event is not None:
                 await self.call(self.api.post_event, body, event)
             raise TemporaryError(str(exc), delay=REFUSED_RETRY_SECONDS) from exc
@@ -294,16 +291,13 @@ class Runtime:
             # Status says it, not only an Event: the route did not move, whatever weight the
             # canary records (before, Degraded stayed False and only the log told).
             fresh = self.last_writes.freshest(key, body)
-            status, event = conditions.refused(
-                EngineView.parse(fresh),
-                None,
-                str(exc)[:1024],
-                now_rfc3339(),
-                reason="RouterMisconfigured",
+            status, event = conditions.route_unusable(
+                EngineView.parse(fresh), None, str(exc)[:1024], now_rfc3339()
             )
-            written = await self.call(self.api.patch_status, key[0], key[1], status)
-            if written is not None:
-                self.last_writes.record(key, indexes.slim(written))
+            if status is not None:
+                written = await self.call(self.api.patch_status, key[0], key[1], status)
+                if written is not None:
+                    self.last_writes.record(key, indexes.slim(written))
             if event is not None:
                 await self.call(self.api.post_event, body, event)
             # Someone may create or fix the route object without touching the engine.

@@ -32,9 +32,9 @@ def parse_now(now: str) -> dt.datetime:
 
 
 def recorded_canary(status: EngineStatus) -> canary_steps.CanaryState | None:
-    """The canary recorded in status; None when there is none or it is garbled (start over
-    rather than guess)."""
-    if not status.canary:
+    """The canary recorded in status; None when there is none, only a finished attempt's record
+    (which names no revision) or a garbled one (start over rather than guess)."""
+    if not status.canary or not status.canary.get("revision"):
         return None
     try:
         return canary_steps.CanaryState.from_json(status.canary)

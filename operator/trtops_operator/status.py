@@ -7,7 +7,9 @@ the canary machine's own conditions (``RolledBack``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trtops_operator.builds import Builds
 from trtops_operator.conditions import ConditionStatus, set_condition
@@ -26,6 +28,15 @@ def _serving_stuck(serving: Serving) -> tuple[str, Stuck] | None:
             message = f"revision {pod.revision}: pod {pod.name}: {pod.stuck.message}"
             return pod.revision, Stuck(pod.stuck.reason, message)
     return None
+
+
+def _finished(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The last attempt's record once no canary runs (promoted, or the spec back on stable):
+    readable (phase, analyses, rollback report) but naming no canary, at weight 0, as Argo
+    Rollouts sets the canary weight to 0 once fully promoted; ``kubectl get trt`` shows an empty
+    CANARY and WEIGHT 0 instead of the promoted revision as a canary."""
+    # null, not absent: a merge patch keeps the keys it does not name
+    return {**record, "revision": None, "plans": None, "weight": 0}
 
 
 @dataclass
@@ -144,14 +155,16 @@ def decide_status(view: EngineView, builds: Builds, serving: Serving, now: str) 
             "RolledBack", "False", "NotRolledBack", f"revision {revision} is not rolled back"
         )
     canary = None
-    if cd is not None:
+    if cd is not None and serving.promoted:
+        canary = _finished(cd.state.to_json())
+    elif cd is not None:
         canary = {
             **cd.state.to_json(),
             "weight": serving.canary_weight,
             "plans": [p.identity().to_json() for p in builds.plans],
         }
     elif old.canary and stable_now == revision:
-        canary = {**old.canary, "weight": 0}  # the last attempt's record stays readable
+        canary = _finished(old.canary)
     step.status = EngineStatus(
         observed_generation=view.generation,
         revision=revision,

@@ -11,6 +11,7 @@ from typing import Any
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
 from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
 from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
+from tests.operator.test_stuck_cluster import _row
 from tests.support.cluster import kubectl, wait_for
 
 
@@ -93,7 +94,8 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
     """Before: a canary whose HTTPRoute lacked trtops.dev/engine showed Degraded=False and
     Progressing=True at its step's weight while the route never moved (only the log and an
     Event said why). Now Degraded and Progressing say RouterMisconfigured and the annotation to
-    add; the route is left as it was."""
+    add; the route is left as it was. ``kubectl get trt`` shows the weight the route carries
+    (WEIGHT 0, not the step's 10) and Ready says the route is unusable."""
     kubectl(
         "apply",
         "-n",
@@ -134,6 +136,10 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
             "gateway.networking.k8s.io", "v1", cluster.ns, "httproutes", "conv"
         )
         assert [b["name"] for b in route["spec"]["rules"][0]["backendRefs"]] == ["conv"]
+        row = _row(cluster, "conv")
+        assert row["WEIGHT"] == "0", row
+        assert "at 0%: the route is unusable" in row["MESSAGE"], row
+        assert cluster.get("conv")["status"]["canary"]["setWeight"] == 10  # the step's
         # Retried every 30 s without flapping: Degraded never turned False in between.
         time.sleep(35)
         again = cluster.condition("conv", "Degraded")

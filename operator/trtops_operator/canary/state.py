@@ -203,6 +203,10 @@ class CanaryState:
             "startedAt": _ts(self.started_at),
             "phase": self.phase,
             "stepIndex": self.step_index,
+            # The step's weight (Argo Rollouts' SetWeight); the operator overwrites ``weight``
+            # with the weight the router really carries (ActualWeight), e.g. 0 while the route
+            # is unusable, so the machine reads its own from ``setWeight``.
+            "setWeight": self.weight,
             "weight": self.weight,
             "stepStartedAt": _ts(self.step_started_at),
             "stepPassed": self.step_passed,
@@ -240,7 +244,7 @@ class CanaryState:
             started_at=started,
             phase=phase,
             step_index=int(d.get("stepIndex", 0)),
-            weight=int(d.get("weight", 0)),
+            weight=int(d.get("setWeight", d.get("weight", 0))),  # before setWeight: weight
             step_started_at=_parse_ts(d.get("stepStartedAt")),
             step_passed=bool(d.get("stepPassed", False)),
             step_released=bool(d.get("stepReleased", False)),
