@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -155,6 +156,35 @@ async def test_one_cpu_instance_runs_batches_on_the_event_loops_thread() -> None
             await batcher.close()
         np.testing.assert_array_equal(out["y"], x + 1)
         assert (threads == [threading.current_thread()]) is here, (on_loop, instances)
+
+
+async def test_long_runs_leave_the_event_loop_for_a_worker_thread() -> None:
+    """In process: a run longer than ``on_loop_max_run_s`` would hold the loop (and the probes
+    on it) that long, so once the recent runs are that slow the next batch runs in a worker."""
+    threads: list[threading.Thread] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread())
+        time.sleep(0.05)
+        return {"y": inputs["x"] + 1}
+
+    batcher = Batcher(
+        run,
+        max_batch_size=4,
+        max_queue_delay_us=0,
+        max_queue_size=8,
+        batchable=True,
+        on_loop=True,
+        on_loop_max_run_s=0.02,
+    )
+    batcher.start()
+    try:
+        for _ in range(2):
+            await batcher.submit({"x": np.ones((1, 3), np.float32)}, 30)
+    finally:
+        await batcher.close()
+    assert threads[0] is threading.current_thread()  # nothing known yet: on the loop
+    assert threads[1] is not threading.current_thread()  # 50 ms runs: in a worker
 
 
 async def test_free_instances_share_a_burst_instead_of_one_taking_it_all() -> None:

@@ -116,6 +116,12 @@ def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
     return parts
 
 
+# Batches run on the event loop while recent runs (a moving average) take at most this long;
+# longer ones go to a worker thread. A thread hand-off costs ~0.1-0.5 ms, under 1% of a 100 ms
+# run, and a run on the loop delays everything else on it (the kubelet's probes give up after
+# 1 s by default). The benchmark models' batches run 15-61 ms on one thread: on the loop.
+ON_LOOP_MAX_RUN_S = 0.1
+
 Decision = Literal["dispatch", "yield", "wait"]
 
 
@@ -183,6 +189,7 @@ class Batcher:
         instances: int = 1,
         observer: BatchObserver | None = None,
         on_loop: bool = False,
+        on_loop_max_run_s: float = ON_LOOP_MAX_RUN_S,
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
@@ -200,8 +207,11 @@ class Batcher:
         # thread. The loop could not feed a second batch anyway, and a worker thread cost two
         # thread wake-ups per batch (to it, and back to the loop): at concurrency 1 they were
         # most of the latency over a bare ONNX Runtime call. Not with a GPU, whose runs leave
-        # the CPU free to parse the next requests meanwhile.
+        # the CPU free to parse the next requests meanwhile; and only while runs are short
+        # (ON_LOOP_MAX_RUN_S): a run on the loop holds up everything else on it, probes too.
         self.on_loop = on_loop and self.instances == 1
+        self._on_loop_max_run_s = on_loop_max_run_s
+        self._run_s = 0.0  # recent runs' seconds (a moving average)
         self._executor = ThreadPoolExecutor(
             max_workers=self.instances, thread_name_prefix="trtops-infer"
         )
@@ -349,9 +359,10 @@ class Batcher:
                     break
             if not self._queue:
                 continue
+            here = self.on_loop and self._run_s <= self._on_loop_max_run_s
             if self.batching:
                 await self._form_batch()
-            elif self.on_loop:
+            elif here:
                 await self._settle()
             if not self._queue:
                 continue
@@ -364,7 +375,7 @@ class Batcher:
                 del self._queue[i]
             if self._observer:
                 self._observer.queued(len(self._queue))
-            if self.on_loop:
+            if here:
                 self._deliver(batch, self._results(batch))
                 await asyncio.sleep(0)  # the answers leave, and requests received join the queue
                 continue
@@ -378,11 +389,16 @@ class Batcher:
         self._computing.discard(task)
         self._wakeup.set()
 
+    def note_run(self, seconds: float) -> None:
+        """One run took ``seconds`` (a batch, or a warm-up run seeding the average)."""
+        self._run_s = seconds if self._run_s == 0 else 0.8 * self._run_s + 0.2 * seconds
+
     def _timed_run(
         self, batch: Sequence[_Item], inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        """Runs in a worker thread. Queue time ends here, when the run starts (a batch sent
-        ahead waits in the executor: that is queueing too); compute time is the run alone."""
+        """Runs in a worker thread, or on the loop. Queue time ends here, when the run starts
+        (a batch sent ahead waits in the executor: that is queueing too); compute time is the
+        run alone."""
         if self._observer:
             now = time.monotonic()
             self._observer.dispatched([now - i.enqueued for i in batch], sum(i.rows for i in batch))
@@ -390,9 +406,11 @@ class Batcher:
         try:
             return self._run(inputs)
         finally:
+            seconds = time.perf_counter() - started
+            self.note_run(seconds)
             if self._observer:
                 self._observer.computed(
-                    time.perf_counter() - started,
+                    seconds,
                     len(batch),
                     sum(i.rows for i in batch),
                     time.thread_time() - cpu,

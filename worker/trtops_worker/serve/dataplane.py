@@ -141,7 +141,10 @@ class DataPlane:
         sizes = sorted({1, self.batcher.max_batch_size if self.batcher.batching else 1})
         for rows in sizes:
             try:
+                started = time.perf_counter()
                 self._run_batch({s.name: sample_input(s, rows) for s in self._backend.inputs})
+                if rows == sizes[-1]:  # the largest batch, warm: where batches start to run
+                    self.batcher.note_run(time.perf_counter() - started)
             except ServeError as e:
                 self.warmup_status = f"skipped: batch of {rows} refused: {e}"
                 log.warning("warm-up %s; serving without it", self.warmup_status)
