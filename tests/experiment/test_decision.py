@@ -368,3 +368,19 @@ def test_a_running_experiment_is_measured_every_interval_and_at_its_end() -> Non
     assert not measurement_due(measured, exp, at(95))
     assert measurement_due(measured, exp, at(100))  # the end: once more, at once
     assert not measurement_due({**running, "phase": "Completed"}, exp, at(200))
+
+
+def test_a_hand_edited_record_starts_the_experiment_over_instead_of_failing() -> None:
+    body = _settled_body()
+    obs = _exists(decide(body, Observed(), CONFIG, "2026-01-01T00:00:00Z"), Observed())
+    d = decide(body, obs, CONFIG, "2026-01-01T00:00:01Z")
+    key = d.status["experiment"]["key"]
+    body["status"]["experiment"] = {
+        "key": key,
+        "phase": "Running",
+        "startedAt": "yesterday",
+        "variants": [{"name": "fp16", "plans": [{"target": 7}]}],
+    }
+    d = decide(body, obs, CONFIG, "2026-01-01T00:00:02Z")
+    assert d.status["experiment"]["phase"] == "Building"
+    assert d.status["experiment"]["startedAt"] is None  # nulled in the merge patch

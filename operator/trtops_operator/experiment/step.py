@@ -110,6 +110,8 @@ def measurement_due(status: Mapping[str, Any] | None, spec: Experiment, now: dt.
     measurement (or its start), or at once when its duration is over."""
     if not status or status.get("phase") != "Running" or not status.get("startedAt"):
         return False
+    if not _readable(status):
+        return False  # the next pass starts it over
     last = _time(str(status.get("lastMeasuredAt") or status["startedAt"]))
     if (now - last).total_seconds() >= spec.interval_seconds:
         return True
@@ -144,6 +146,20 @@ def stale_services(engine: str, observed: Observed) -> list[str]:
     """Experiment Services that exist (to take out of the route and delete)."""
     prefixes = (f"{engine}-x-", shadow_service(engine))
     return [n for n in observed.services if n.startswith(prefixes)]
+
+
+def _readable(record: Mapping[str, Any]) -> bool:
+    """Whether a recorded ``status.experiment`` has the shapes this step reads."""
+    try:
+        for k in ("startedAt", "endsAt", "lastMeasuredAt"):
+            if record.get(k) is not None:
+                _time(str(record[k]))
+        for v in record.get("variants") or []:
+            for p in v.get("plans") or []:
+                PlanRecord.model_validate(p)
+    except (ValueError, TypeError, AttributeError):  # pydantic's ValidationError is a ValueError
+        return False
+    return isinstance(record.get("variants") or [], list)
 
 
 def _restamp(obj: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +214,8 @@ def decide_experiment(
 
     baseline = builds.revision
     key = experiment_key(exp, baseline)
-    same = old.get("key") == key
+    # A record that does not read (a hand edit) starts the experiment over instead of wedging it.
+    same = old.get("key") == key and _readable(old)
     recorded = {v.get("name"): v for v in (old.get("variants") or [])} if same else {}
     status: dict[str, Any] = {
         "key": key,
