@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from croniter import croniter
@@ -237,12 +237,14 @@ def _candidate(
         fields = result.result.model_dump(mode="json", by_alias=True, exclude_none=True)
         old = plan.to_json() if plan else {}
         unchanged = unchanged and old.get("artifactKey") == result.key
-        verdicts.append(
-            judge(
-                fields.get("comparison"), spec.build.regression_gate, label,
-                recorded_comparison(fields, old) if old else None,
-            )
+        verdict = judge(
+            fields.get("comparison"), spec.build.regression_gate, label,
+            recorded_comparison(fields, old) if old else None,
         )  # fmt: skip
+        calibrated = (fields.get("dataSources") or {}).get("calibration")
+        if calibrated:  # what the rebuild calibrated with: the request sample, or the file
+            verdict = replace(verdict, message=f"{verdict.message} (calibration: {calibrated})")
+        verdicts.append(verdict)
     if running:
         step.waiting_on = running
         cond(

@@ -153,10 +153,12 @@ def _job(rebuild: str | None) -> str:
     return keys.job_name(key, "c", None)
 
 
-def _done(job: str, comparison: dict[str, Any], artifact_key: str = "b" * 64) -> Observed:
+def _done(
+    job: str, comparison: dict[str, Any], artifact_key: str = "b" * 64, **extra: Any
+) -> Observed:
     result = {
         "ok": True, "key": artifact_key, "path": f"/plans/{artifact_key}", "sha256": "s" * 64,
-        "precision": "fp16", "backend": "tensorrt", "comparison": comparison,
+        "precision": "fp16", "backend": "tensorrt", "comparison": comparison, **extra,
     }  # fmt: skip
     return Observed(
         jobs={job: JobObs(job, ("u1",), ("e",), succeeded=True)},
@@ -246,11 +248,16 @@ def test_a_rebuild_not_worse_becomes_the_revision_the_canary_rolls_out() -> None
     fired = "2026-12-01T03:00:00Z"
     rebuild = {"lastScheduleTime": fired, "candidate": fired}
     status = _status(revision, serving_job, **rebuild)
-    better = _merge(_serving_observed(serving_job), _done(_job(fired), _cmp(p50=(0.8, 1.0))))
+    sampled = {"calibration": "request sample: 64 of 64 rows from 2 file(s)"}
+    better = _merge(
+        _serving_observed(serving_job),
+        _done(_job(fired), _cmp(p50=(0.8, 1.0)), dataSources=sampled),
+    )
     d = decide(_body(status), better, CONFIG, "2026-12-01T03:05:00Z")
     cond = _rebuilt(d)
     assert (cond["status"], cond["reason"]) == ("True", "NotWorse")
     assert "p50 x0.80..x0.80 of serving's" in cond["message"]
+    assert "(calibration: request sample: 64 of 64 rows from 2 file(s))" in cond["message"]
     assert d.status["rebuild"]["current"] == fired
     new_revision = d.status["revision"]
     assert new_revision != revision  # the accepted plans are the revision the spec asks for
