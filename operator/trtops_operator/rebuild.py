@@ -102,11 +102,14 @@ class RebuildStep:
     events: list[Event] = field(default_factory=list)
     waiting_on: list[str] = field(default_factory=list)
     requeue_after: float | None = None
+    recorded: tuple[str, ...] = ()  # the fields status.rebuild holds now
 
     def apply(self, status: EngineStatus) -> None:
-        """Put ``status.rebuild`` and the ``Rebuilt`` condition into this pass's status."""
+        """Put ``status.rebuild`` and the ``Rebuilt`` condition into this pass's status. A field
+        cleared this pass is written as null: a merge patch keeps the keys it does not name."""
         if self.status is not None:
-            status.rebuild = self.status.to_json()
+            new = self.status.to_json()
+            status.rebuild = {**dict.fromkeys(k for k in self.recorded if k not in new), **new}
         if self.condition is not None:
             status.conditions = [c for c in status.conditions if c.type != CONDITION]
             status.conditions.append(self.condition)
@@ -159,7 +162,7 @@ def decide_rebuild(
     if schedule is None and raw is None:
         return RebuildStep()
     state = RebuildStatus.parse(raw)
-    step = RebuildStep(current=state.current, status=state.model_copy())
+    step = RebuildStep(current=state.current, status=state.model_copy(), recorded=tuple(raw or ()))
     new = step.status
     assert new is not None
     now_dt = _time(now)

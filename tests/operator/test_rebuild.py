@@ -239,6 +239,9 @@ def test_a_worse_rebuild_is_refused_across_a_restart_and_the_serving_plan_stays(
     assert d.status["revision"] == revision
     assert "current" not in d.status["rebuild"]
     assert d.status["rebuild"]["lastResult"]["verdict"] == "Refused"
+    # cleared in the merge patch (a key left out would stay as it was on the server)
+    assert "candidate" in d.status["rebuild"]
+    assert d.status["rebuild"]["candidate"] is None
     assert d.status["rebuild"]["nextScheduleTime"] == "2026-12-02T03:00:00Z"
     assert not d.create
 
