@@ -49,6 +49,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from trtops_worker.sample_layout import SAMPLE_SUFFIX
 
+from .background import BackgroundLoop
+
 __all__ = ["Reservoir", "Sampler", "prune_revisions", "write_atomically"]
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ def prune_revisions(root: Path, keep: str, retention_seconds: float, now: float)
     return removed
 
 
-class Sampler:
+class Sampler(BackgroundLoop):
     """Keeps the sample of one serving process and writes it every ``flush_seconds``.
 
     ``root``: the engine's sample folder (mounted writable at the pod's ``--sample-dir``);
@@ -182,7 +184,6 @@ class Sampler:
         self._rng = rng or random.Random()  # noqa: S311 - sampling, not security
         self._queue: deque[Mapping[str, np.ndarray]] = deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._window_started = time.monotonic()
         self.reservoir = Reservoir(max_bytes, self._rng)
         self._dirty = False
@@ -208,17 +209,9 @@ class Sampler:
         self._wake.set()
         return True
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
     async def close(self) -> None:
         """Stop, sample what is queued and write the file once more."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.stop_loop()
         self.drain()
         await asyncio.get_running_loop().run_in_executor(None, self.flush)
 

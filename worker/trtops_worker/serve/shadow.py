@@ -28,7 +28,6 @@ per ``output``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -41,6 +40,7 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from .background import BackgroundLoop
 from .codec import decode_raw
 from .types import DATATYPE_TO_NUMPY, TensorSpec
 
@@ -183,7 +183,7 @@ class ShadowMetrics:
 Send = Callable[[Mapping[str, np.ndarray]], Awaitable[tuple[str, dict[str, np.ndarray]]]]
 
 
-class ShadowSender:
+class ShadowSender(BackgroundLoop):
     """Sends a ``percent`` share of offered requests to the candidate, one at a time, from a
     bounded queue; never blocks the caller.
 
@@ -210,7 +210,6 @@ class ShadowSender:
         self._paused_until = 0.0
         self._rng = rng or random.Random()  # noqa: S311 - sampling, not security
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def offer(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bool:
         """Maybe queue one answered request (its inputs and stable's outputs); O(1), no I/O.
@@ -227,16 +226,8 @@ class ShadowSender:
         self._wake.set()
         return True
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.stop_loop()
 
     async def _run(self) -> None:
         while True:
