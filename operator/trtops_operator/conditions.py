@@ -214,13 +214,17 @@ def route_unusable(
 def fold_transitions(events: Sequence[Event]) -> list[Event]:
     """One Event per type and reconcile: every condition transition is still told, but inside the
     first explicit Event of its type (or one Event led by the first transition) rather than one
-    API write each, which was most of the operator's writes at scale."""
+    API write each, which was most of the operator's writes at scale. Normal transitions with
+    only a Warning to join go into it: a rollback's ``Progressing=False; RolledBack=True`` is
+    told in its ``RolledBack`` Warning, not in a second Event of the same reason."""
     out = [e for e in events if not e.transition]
     for type_ in ("Warning", "Normal"):
         told = "; ".join(e.message for e in events if e.transition and e.type == type_)
         if not told:
             continue
         lead = next((i for i, e in enumerate(out) if e.type == type_), None)
+        if lead is None and type_ == "Normal":  # never the other way: a Warning stays one
+            lead = next((i for i, e in enumerate(out) if e.type == "Warning"), None)
         if lead is None:
             first = next(e for e in events if e.transition and e.type == type_)
             out.append(Event(type_, first.reason, told))

@@ -136,6 +136,8 @@ def _storage_fault_then_recovery(fs: FaultStack, reason: str, fault: Any, heal: 
     stack.wait_stable(fs.namespace, NAME, timeout=180)
     assert fs.count("BuildStarted") == 2  # the first build and the one retry
     assert fs.count(reason) == 1
+    assert len(fs.engine()["status"]["plans"]) == 1
+    assert fs.temp_folders() == []
 
 
 def test_full_claim_is_storage_full_and_retried_by_itself(fs: FaultStack) -> None:
@@ -176,6 +178,7 @@ def test_losing_one_of_two_stable_pods_keeps_ready(fs: FaultStack) -> None:
     stack.wait_stable(fs.namespace, NAME, timeout=180)
     wait_for(lambda: fs.condition("Ready").get("reason") == "Serving", timeout=60, what="2/2")
     assert "2/2 pods available" in fs.condition("Ready")["message"]
+    told_down = fs.count(told="Ready=False") + fs.count(told="Degraded=True")
     pod = fs.pods("serve")[0]
     kubectl("delete", pod, "-n", fs.namespace, "--wait=false")
     seen: set[tuple[str, str]] = set()
@@ -188,8 +191,13 @@ def test_losing_one_of_two_stable_pods_keeps_ready(fs: FaultStack) -> None:
     assert {s for s, _ in seen} == {"True"}  # served throughout
     wait_for(lambda: fs.condition("Ready").get("reason") == "Serving", timeout=90, what="2/2")
     assert fs.condition("Degraded")["status"] == "False"
-    if ("True", "ReducedCapacity") in seen:
-        assert fs.count("ReducedCapacity") == 1
+    _settle(fs)
+    assert fs.count(told="Ready=False") + fs.count(told="Degraded=True") == told_down  # none
+    # Told once; when the poll saw it, surely (a pass may also miss it: the replacement pod
+    # can be ready before one runs).
+    reduced = fs.count("ReducedCapacity")
+    assert reduced == 1 if ("True", "ReducedCapacity") in seen else reduced <= 1
+    assert len(fs.pods("serve")) == 2
 
 
 HOLD_AT_50 = [{"setWeight": 50, "pauseSeconds": 3600}]
@@ -240,6 +248,61 @@ def test_commands_mid_canary_apply_once_and_deletion_cleans_the_route(fs: FaultS
     wait_for(lambda: not fs.pods("serve"), timeout=60, what="serving pods gone")
 
 
+def _phase(fs: FaultStack) -> str:
+    return str((fs.engine()["status"].get("canary") or {}).get("phase"))
+
+
+def test_abort_during_pause_and_commands_given_twice_apply_once(fs: FaultStack) -> None:
+    fs.start_operator("a")
+    _start_canary(fs)
+    first = fs.engine()["status"]
+    fs.annotate("pause")
+    wait_for(lambda: fs.engine()["status"]["canary"].get("paused"), timeout=30, what="paused")
+    fs.annotate("abort")  # during the pause
+    wait_for(lambda: _phase(fs) == "RolledBack", timeout=60, what="rolled back")
+    fs.annotate("abort")  # again: nothing left to abort
+    fs.annotate("promote")  # after the rollback: nothing to promote
+    fs.annotate("resume")  # nothing paused any more
+    _settle(fs)
+    assert fs.count("Paused") == 1, fs.told("Paused")
+    assert fs.count("RolledBack") == 1, fs.told("RolledBack")
+    assert fs.count("PromoteRequested") == 0, fs.told("PromoteRequested")
+    assert fs.count("Resumed") == 0, fs.told("Resumed")
+    st = fs.engine()["status"]
+    assert (st["canary"]["weight"], st["canary"]["rollback"]["reason"]) == (0, "Aborted")
+    assert fs.condition("RolledBack")["reason"] == "Aborted"
+    assert fs.condition("Ready")["status"] == "True"
+    assert st["stable"]["revision"] == first["stable"]["revision"]  # the old revision serves
+    # All traffic to stable (the canary's backendRef stays, at weight 0, for a retry).
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 100, f"{NAME}-canary": 0}
+    wait_for(lambda: len(fs.pods("serve")) == 1, timeout=90, what="the canary's pods gone")
+
+    # A spec edit retries the rollout; promote given twice (once more while promoting) applies
+    # once and promotes once.
+    fs.apply_engine(
+        rollout__analysis=None,
+        rollout__steps=[{"setWeight": 40, "pauseSeconds": 3600}],
+        build__precision="fp16",
+    )
+    wait_for(
+        lambda: stack.route_weights(fs.namespace, NAME) == {NAME: 60, f"{NAME}-canary": 40},
+        timeout=120,
+        what="the retried canary at weight 40",
+    )
+    fs.annotate("promote")
+    wait_for(lambda: _phase(fs) in ("Promoting", "Promoted"), timeout=60, what="promoting")
+    fs.annotate("promote")
+    wait_for(lambda: _phase(fs) == "Promoted", timeout=120, what="promoted")
+    _settle(fs)
+    assert fs.count("PromoteRequested") == 1, fs.told("PromoteRequested")
+    assert fs.count("Promoted") == 1, fs.told("Promoted")
+    assert fs.count("RolledBack") == 1
+    st = fs.engine()["status"]
+    assert st["stable"]["revision"] == st["revision"] != first["stable"]["revision"]
+    assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}
+    assert len(fs.jobs()) == 2  # one build per revision: the retry built nothing
+
+
 @optin
 def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
     fs.start_operator("a")
@@ -256,6 +319,8 @@ def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
     )
     _settle(fs)
     assert fs.count("PromoteRequested") == 1
+    assert fs.count("Promoted") == 1
+    assert fs.count("RolledBack") == 0
     assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}
 
 

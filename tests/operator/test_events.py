@@ -59,3 +59,29 @@ def test_explicit_events_keep_their_reasons() -> None:
     ]
     assert folded[1].message == "H100: reused; Built=True: ok"
     assert not any(e.transition for e in folded)
+
+
+def test_a_rollback_is_one_warning_that_tells_its_transitions() -> None:
+    """Before: the Warning ``RolledBack`` and a Normal Event of the same reason (led by
+    ``Progressing=False/RolledBack``) told one rollback twice."""
+    events = [
+        Event("Normal", "RolledBack", "Progressing=False: aborted", transition=True),
+        Event("Normal", "Aborted", "RolledBack=True: aborted", transition=True),
+        Event("Warning", "RolledBack", "canary c1 rolled back: aborted"),
+    ]
+    (folded,) = fold_transitions(events)
+    assert (folded.type, folded.reason) == ("Warning", "RolledBack")
+    assert folded.message == (
+        "canary c1 rolled back: aborted; Progressing=False: aborted; RolledBack=True: aborted"
+    )
+
+
+def test_a_warning_transition_never_hides_in_a_normal_event() -> None:
+    events = [
+        Event("Warning", "Unavailable", "Degraded=True: no pod", transition=True),
+        Event("Normal", "Promoted", "revision r2 promoted"),
+    ]
+    assert [(e.type, e.reason) for e in fold_transitions(events)] == [
+        ("Normal", "Promoted"),
+        ("Warning", "Unavailable"),
+    ]
