@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from tests.operator.conftest import finish_build_pod
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
 from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
 from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
@@ -46,26 +45,13 @@ def _http_route(cluster: Cluster, opted_in: bool) -> dict[str, Any]:
     return {"gatewayAPI": {"httpRoute": "conv"}}
 
 
-def _finish_new_build(cluster: Cluster, seen: set[str]) -> None:
-    job = wait_for(
-        lambda: [j for j in cluster.jobs() if j.metadata.name not in seen],
-        timeout=60,
-        what="a new build Job",
-    )[0]
-    seen.add(job.metadata.name)
-    key = job.metadata.annotations["trtops.dev/key"]
-    result = {**SUCCESS, "key": key, "path": f"/plans/{key}"}
-    finish_build_pod(cluster.api, cluster.ns, cluster.build_pod(job.metadata.name), result)
-
-
 def _start_canary(
     cluster: Cluster, steps: list[dict[str, Any]], router: dict[str, Any] | None = None
-) -> tuple[str, set[str]]:
-    """conv serving revision r1, then a new model: returns r1 and the Jobs seen."""
-    cluster.create("conv", _canary(steps, router or {"replicas": {}}))
-    seen: set[str] = set()
-    _finish_new_build(cluster, seen)
-    cluster.wait_condition("conv", "Ready", "Serving")
+) -> str:
+    """conv serving revision r1, then a new model whose build succeeded: returns r1."""
+    spec_patch = _canary(steps, router or {"replicas": {}})
+    cluster.build_and_finish("conv", SUCCESS, ("Ready", "Serving"), spec_patch)
+    (first,) = cluster.jobs()
     r1 = wait_for(lambda: cluster.get("conv")["status"]["stable"]["revision"], timeout=30)
     cluster.custom.patch_namespaced_custom_object(
         "trtops.dev",
@@ -75,8 +61,8 @@ def _start_canary(
         "conv",
         {"spec": {"model": {"uri": "models/conv2.onnx"}}},
     )
-    _finish_new_build(cluster, seen)
-    return str(r1), seen
+    cluster.finish_build(SUCCESS, after={first.metadata.name})
+    return str(r1)
 
 
 def test_after_a_promotion_the_canary_columns_are_cleared(
@@ -86,7 +72,7 @@ def test_after_a_promotion_the_canary_columns_are_cleared(
     at WEIGHT 0 until the next change. Now CANARY is empty and WEIGHT 0 (Argo Rollouts sets
     the canary weight to 0 once fully promoted); the attempt's record stays (phase Promoted)."""
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        r1, _ = _start_canary(cluster, [{"setWeight": 50, "pauseSeconds": 0}])
+        r1 = _start_canary(cluster, [{"setWeight": 50, "pauseSeconds": 0}])
 
         def promoted() -> dict[str, Any] | None:
             status = cluster.get("conv")["status"]

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from tests.operator.test_canary_status import _http_route, _start_canary
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
 from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
 from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
 from tests.operator.test_stuck_cluster import _row
-from tests.support.cluster import kubectl, wait_for
+from tests.support.cluster import wait_for
 
 
 def test_a_service_of_the_same_name_is_not_taken_over_nor_collected(
@@ -96,37 +97,9 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
     Event said why). Now Degraded and Progressing say RouterMisconfigured and the annotation to
     add; the route is left as it was. ``kubectl get trt`` shows the weight the route carries
     (WEIGHT 0, not the step's 10) and Ready says the route is unusable."""
-    kubectl(
-        "apply",
-        "-n",
-        cluster.ns,
-        "-f",
-        "-",
-        input_text=(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: conv}\n"
-            "spec:\n  parentRefs: [{name: gw}]\n"
-            "  rules: [{backendRefs: [{name: conv, port: 8000}]}]\n"
-        ),
-    )
-
-    def with_route(spec: dict[str, Any]) -> None:
-        spec["rollout"] = {
-            "trafficRouter": {"gatewayAPI": {"httpRoute": "conv"}},
-            "steps": [{"setWeight": 10, "pauseSeconds": 600}],
-        }
-
+    router = _http_route(cluster, opted_in=False)
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
-        cluster.build_and_finish("conv", SUCCESS, ("Ready", "Serving"), with_route)
-        (first,) = cluster.jobs()
-        cluster.custom.patch_namespaced_custom_object(
-            "trtops.dev",
-            "v1alpha1",
-            cluster.ns,
-            "trtengines",
-            "conv",
-            {"spec": {"model": {"uri": "models/conv2.onnx"}}},
-        )
-        cluster.finish_build(SUCCESS, after={first.metadata.name})
+        _start_canary(cluster, [{"setWeight": 10, "pauseSeconds": 600}], router)
         degraded = cluster.wait_condition("conv", "Degraded", "RouterMisconfigured")
         assert degraded["status"] == "True"
         assert "annotate it trtops.dev/engine=conv" in degraded["message"]
