@@ -41,6 +41,9 @@ def _bounds(node: dict[str, Any]) -> str:
     ):
         if key in node:
             value = f"`{node[key]}`".replace("|", "\\|") if key == "pattern" else str(node[key])
+            # exclusiveMinimum (OpenAPI v3.0's boolean form): the bound itself is refused.
+            if key == "minimum" and node.get("exclusiveMinimum"):
+                label = "above"
             parts.append(f"{label} {value}")
     if "default" in node:
         parts.append(f"default `{json.dumps(node['default'])}`")
@@ -51,7 +54,9 @@ def _walk(
     node: dict[str, Any], path: str, required: set[str], rows: list[str], rules: list[str]
 ) -> None:
     for rule in node.get("x-kubernetes-validations", []):
-        rules.append(f"| `{path or '.'}` | `{rule['rule']}` | {rule.get('message', '')} |")
+        # A table cell ends at any unescaped '|', inside a code span too (GFM): CEL's '||'.
+        cel, message = (str(rule.get(k, "")).replace("|", "\\|") for k in ("rule", "message"))
+        rules.append(f"| `{path or '.'}` | `{cel}` | {message} |")
     props = node.get("properties") or {}
     if node.get("type") == "array" and "items" in node:
         _walk(node["items"], f"{path}[]", set(node["items"].get("required", [])), rows, rules)
