@@ -202,6 +202,8 @@ ACCEPTED: list[tuple[str, Mutate]] = [
     ),
     ("a daily schedule", _set("spec.build.schedule", "0 3 * * *")),
     ("a schedule macro", _set("spec.build.schedule", "@weekly")),
+    ("the last day of the month", _set("spec.build.schedule", "0 3 L * *")),
+    ("months and days by name", _set("spec.build.schedule", "*/15 8-18 * jan-mar,OCT Mon-Fri")),
     (
         "sample calibration with sampling on",
         _both(

@@ -140,6 +140,13 @@ CASES = [
     ("unknown field", _set("spec.build.fp16", True), "spec.build"),
     ("name too long", _set("metadata.name", "n" * 41), "metadata.name"),
     ("missing storage", lambda b: b["spec"].pop("storage"), "spec.storage"),
+    # A cron field out of range is refused with the ranges, not left for the operator to fail.
+    ("schedule minute 61", _set("spec.build.schedule", "61 * * * *"), "minute 0-59"),
+    ("schedule hour 24", _set("spec.build.schedule", "0 24 * * *"), "hour 0-23"),
+    ("schedule day 0", _set("spec.build.schedule", "0 3 0 * *"), "day-of-month 1-31"),
+    ("schedule month 13", _set("spec.build.schedule", "0 3 * 13 *"), "month 1-12"),
+    ("schedule weekday 8", _set("spec.build.schedule", "0 3 * * 8"), "day-of-week 0-7"),
+    ("schedule step 0", _set("spec.build.schedule", "*/0 * * * *"), "step /n (n >= 1)"),
 ]
 
 

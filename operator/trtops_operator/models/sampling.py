@@ -5,6 +5,7 @@ calibration and validation data, ``spec.build.schedule`` and ``spec.build.regres
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from croniter import croniter
@@ -13,7 +14,9 @@ from pydantic import AfterValidator, Field
 from trtops_operator.models.base import SpecModel
 
 __all__ = [
+    "CRON_MESSAGE",
     "CRON_PATTERN",
+    "CRON_VALUES",
     "Cron",
     "RegressionGate",
     "SampleSourced",
@@ -21,20 +24,51 @@ __all__ = [
     "next_fire",
 ]
 
-# Five fields (minute hour day-of-month month day-of-week) or a macro, as the CRD's pattern
-# admits; croniter then checks each field's values (the operator's own check, said in status).
+# Five fields (minute hour day-of-month month day-of-week) or a macro: the CRD's pattern. Its
+# CEL rule (the same CRON_VALUES, the message CRON_MESSAGE) checks each field's values, so the
+# API server refuses '61 * * * *' instead of the operator failing on it later; croniter, what
+# the operator fires by, checks once more.
 CRON_PATTERN = (
     r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
     r"|[0-9A-Za-z*/,-]+( +[0-9A-Za-z*/,-]+){4})$"
 )
 
 
-def _cron(expression: str) -> str:
-    if not croniter.is_valid(expression) or len(expression.split()) not in (1, 5):
-        raise ValueError(
-            f"spec.build.schedule {expression!r} is not a cron schedule: five fields"
-            " (minute hour day-of-month month day-of-week), e.g. '0 3 * * *', in UTC"
+def _cron_field(value: str, alone: str = "[*]") -> str:
+    """A list of '*' (or ``alone``), a value or a range a-b, each with an optional step /n
+    (n >= 1)."""
+    item = f"({alone}|({value})(-({value}))?)(/[1-9][0-9]*)?"
+    return f"({item}(,{item})*)"
+
+
+_MONTHS = "(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_DAYS = "(?i:sun|mon|tue|wed|thu|fri|sat)"
+# No backslash in it: it sits in a CEL string literal in the CRD (tests/operator/test_crd_drift.py
+# gives both the same cases).
+CRON_VALUES = (
+    "^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + " +".join(
+        (
+            _cron_field("[0-5]?[0-9]"),  # minute
+            _cron_field("[01]?[0-9]|2[0-3]"),  # hour
+            _cron_field("0?[1-9]|[12][0-9]|3[01]", alone="[*]|L"),  # day of month (L: the last)
+            _cron_field(f"0?[1-9]|1[0-2]|{_MONTHS}"),  # month
+            _cron_field(f"[0-7]|{_DAYS}"),  # day of week (0 and 7: Sunday)
         )
+    )
+    + ")$"
+)
+CRON_MESSAGE = (
+    "spec.build.schedule must be five cron fields (UTC) with values in range: minute 0-59,"
+    " hour 0-23, day-of-month 1-31 or L, month 1-12 or JAN-DEC, day-of-week 0-7 or SUN-SAT;"
+    " each field *, a value, a range a-b or a list a,b, each optionally with a step /n (n >= 1),"
+    " e.g. '0 3 * * *'; or a macro: @hourly, @daily, @weekly, @monthly, @yearly"
+)
+
+
+def _cron(expression: str) -> str:
+    if not re.fullmatch(CRON_VALUES, expression) or not croniter.is_valid(expression):
+        raise ValueError(f"{CRON_MESSAGE} (got {expression!r})")
     return expression
 
 
