@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from trtops_worker.cachekey import canonical_json
 
 from trtops_operator import cost, keys, manifests
 from trtops_operator.builds import Builds, decide_builds
@@ -69,9 +72,8 @@ def shadow_service(engine: str) -> str:
 
 def experiment_key(spec: Experiment, baseline_revision: str) -> str:
     """One experiment: its spec and its baseline. A change of either starts a new one."""
-    return keys._sha256(
-        {"experiment": spec.model_dump(mode="json"), "baseline": baseline_revision}
-    )[:12]
+    record = {"experiment": spec.model_dump(mode="json"), "baseline": baseline_revision}
+    return hashlib.sha256(canonical_json(record).encode("ascii")).hexdigest()[:12]
 
 
 def _time(text: str) -> dt.datetime:
