@@ -3,7 +3,9 @@ ONNX Runtime, real INT8 calibration): the numbers the operator's regression gate
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +50,25 @@ def test_a_serving_plan_that_is_gone_is_said_not_raised(
     assert code == 0, result
     assert result["comparison"]["serving"] == {"path": str(store / "gone")}
     assert "FileNotFoundError" in result["comparison"]["error"]
+
+
+def test_a_long_comparison_keeps_the_outputs_that_fell_most_within_4096_bytes() -> None:
+    from trtops_worker.builder.result import LIMIT_BYTES, compact
+
+    def sides(candidate: float) -> dict[str, Any]:
+        return {
+            "candidate": {"top1Agreement": candidate, "cosineSimilarity": 0.99},
+            "serving": {"top1Agreement": 0.99, "cosineSimilarity": 0.99},
+        }
+
+    outputs = {f"output_{i:02d}": sides(0.99) for i in range(60)}
+    outputs["output_17"] = sides(0.5)  # the one that decides the verdict
+    result = {
+        "ok": True, "key": "k" * 64, "path": "/plans/k", "artifact": "model.plan",
+        "comparison": {"batches": [], "outputs": outputs},
+    }  # fmt: skip
+    text = compact(result)
+    assert len(text.encode()) <= LIMIT_BYTES
+    kept = json.loads(text)["comparison"]["outputs"]
+    assert "output_17" in kept
+    assert len(kept) == 3

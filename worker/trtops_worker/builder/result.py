@@ -31,7 +31,14 @@ def compact(result: dict[str, Any], limit: int = LIMIT_BYTES) -> str:
     """``result`` as JSON of at most ``limit`` bytes."""
     data = copy.deepcopy(result)
     text = _dumps(data)
-    steps = [_trim_benchmark, _trim_accuracy, _drop("versions"), _drop("device"), _trim_message]
+    steps = [
+        _trim_benchmark,
+        _trim_accuracy,
+        _drop("versions"),
+        _drop("device"),
+        _trim_message,
+        _trim_comparison,
+    ]
     for step in steps:
         if len(text.encode()) <= limit:
             return text
@@ -66,6 +73,27 @@ def _trim_accuracy(data: dict[str, Any], limit: int) -> None:
     acc = data.get("accuracy")
     if isinstance(acc, dict) and isinstance(acc.get("outputs"), dict):
         acc["outputs"] = dict(sorted(acc["outputs"].items())[:1])
+        data["truncated"] = True
+
+
+def _drop_of(sides: Any) -> float:
+    """How far an output's agreement with FP32 fell from the serving plan's (largest metric)."""
+    drops = [
+        float(s) - float(c)
+        for key in ("top1Agreement", "cosineSimilarity")
+        if isinstance(s := (sides.get("serving") or {}).get(key), int | float)
+        and isinstance(c := (sides.get("candidate") or {}).get(key), int | float)
+    ]
+    return max(drops, default=0.0)
+
+
+def _trim_comparison(data: dict[str, Any], limit: int) -> None:
+    """A rebuild's comparison keeps its outputs that fell most (the regression gate's verdict
+    stays the same: the worst decide it)."""
+    comparison = data.get("comparison")
+    if isinstance(comparison, dict) and isinstance(comparison.get("outputs"), dict):
+        worst = sorted(comparison["outputs"].items(), key=lambda kv: -_drop_of(kv[1]))[:3]
+        comparison["outputs"] = dict(worst)
         data["truncated"] = True
 
 
