@@ -3,7 +3,12 @@ image (PIL opens it; its size; not blank)."""
 
 from __future__ import annotations
 
+import copy
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -12,6 +17,7 @@ from trtops_operator.experiment.report import chart_figure, render_markdown
 from trtops_operator.models import RecommendRule
 
 from tests.experiment.test_decision import agreement, arm
+from tests.operator.test_crd_validation import VALID
 
 pytest.importorskip("matplotlib")
 RULE = RecommendRule.model_validate({"minOutputAgreement": {"cosine": 0.99}})
@@ -70,3 +76,51 @@ def test_the_chart_is_a_non_blank_png(tmp_path: Path) -> None:
         colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None
     assert len(colors) > 50  # bars, lines and text, not a blank canvas
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.usefixtures("trtengine_crd")
+def test_the_command_says_what_is_wrong_without_a_traceback(
+    k8s_api: Any, namespace: str, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """A wrong engine name and an unreachable Prometheus end the command with exit status 1
+    and one line saying what to fix, and nothing written; with the Prometheus left out, the
+    same engine's report is written."""
+    from kubernetes import client
+
+    out = tmp_path / "report"
+
+    def report(engine: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "trtops_operator.experiment.report", engine, "-n", namespace,
+             "--out", str(out), "--kubeconfig", str(kubeconfig), *extra],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    wrong = report("bert")
+    assert wrong.returncode == 1, wrong.stderr
+    assert f"no TrtEngine 'bert' in namespace '{namespace}'" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+    api = client.CustomObjectsApi(k8s_api)
+    body = copy.deepcopy(VALID) | {"metadata": {"name": "bert"}}
+    api.create_namespaced_custom_object("trtops.dev", "v1alpha1", namespace, "trtengines", body)
+    api.patch_namespaced_custom_object_status(
+        "trtops.dev", "v1alpha1", namespace, "trtengines", "bert",
+        {"status": {"experiment": _status()}},
+    )  # fmt: skip
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = report("bert", "--prometheus", f"http://127.0.0.1:{port}")
+    assert down.returncode == 1, down.stderr
+    assert f"Prometheus at http://127.0.0.1:{port}" in down.stderr
+    assert "leave out --prometheus" in down.stderr
+    assert "Traceback" not in down.stderr
+    assert not out.exists()
+
+    written = report("bert")
+    assert written.returncode == 0, written.stderr
+    assert "**fp16 (fp16)**" in (out / "bert-experiment.md").read_text()
+    assert (out / "bert-experiment.png").stat().st_size > 0

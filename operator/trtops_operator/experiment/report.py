@@ -261,6 +261,54 @@ async def latency_series(
     return out
 
 
+class ReportError(Exception):
+    """What the report command could not do, said to its user (exit status 1, no traceback)."""
+
+
+def _read_engine(engine: str, namespace: str, kubeconfig: str | None) -> dict[str, Any]:
+    """The TrtEngine as the user's kubeconfig (else the in-cluster account) reads it."""
+    import urllib3
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError):
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            raise ReportError(
+                "no Kubernetes credentials: pass --kubeconfig or set KUBECONFIG"
+                f" ({kubeconfig or 'the default kubeconfig'} did not load)"
+            ) from None
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(  # type: ignore[no-any-return]
+            "trtops.dev", "v1alpha1", namespace, "trtengines", engine
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            raise ReportError(
+                f"no TrtEngine {engine!r} in namespace {namespace!r}"
+                f" (kubectl get trt -n {namespace} lists them)"
+            ) from None
+        raise ReportError(f"the API server answered {exc.status} {exc.reason}") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise ReportError(f"cannot reach the API server: {exc}") from None
+
+
+def _series(
+    address: str, engine: str, namespace: str, model: str, exp: Mapping[str, Any]
+) -> Series:
+    from trtops_operator.canary.prometheus import PrometheusError
+
+    try:
+        return asyncio.run(latency_series(address, engine, namespace, model, exp))
+    except (PrometheusError, ValueError) as exc:
+        raise ReportError(
+            f"Prometheus at {address}: {exc}; leave out --prometheus for a report without"
+            " the p95-over-time chart"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trtops_operator.experiment.report",
@@ -273,25 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, then in-cluster")
     args = parser.parse_args(argv)
 
-    from kubernetes import client, config
-
     try:
-        config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(  # type: ignore[assignment]
-        "trtops.dev", "v1alpha1", args.namespace, "trtengines", args.engine
-    )
-    exp = (body.get("status") or {}).get("experiment")
-    if not exp:
-        print(f"{args.namespace}/{args.engine} has no status.experiment", file=sys.stderr)
+        try:
+            import matplotlib  # noqa: F401 - the PNG's; an extra
+        except ImportError:
+            raise ReportError("matplotlib is missing: pip install 'trtops[report]'") from None
+        body = _read_engine(args.engine, args.namespace, args.kubeconfig)
+        exp = (body.get("status") or {}).get("experiment")
+        if not exp:
+            raise ReportError(f"{args.namespace}/{args.engine} has no status.experiment")
+        model = (body.get("spec") or {}).get("serving", {}).get("modelName") or args.engine
+        series = None
+        if args.prometheus:
+            series = _series(args.prometheus, args.engine, args.namespace, model, exp)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    model = (body.get("spec") or {}).get("serving", {}).get("modelName") or args.engine
-    series = None
-    if args.prometheus:
-        series = asyncio.run(
-            latency_series(args.prometheus, args.engine, args.namespace, model, exp)
-        )
     args.out.mkdir(parents=True, exist_ok=True)
     md = args.out / f"{args.engine}-experiment.md"
     png = args.out / f"{args.engine}-experiment.png"
