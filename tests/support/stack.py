@@ -304,6 +304,14 @@ def _delete_namespace(
 ) -> None:
     say(f"    deleting namespace {namespace}")
     kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    # The operator, stopped before this, would remove its finalizers (trtops.dev/route-cleanup):
+    # without it a TrtEngine kept the namespace Terminating for good, one per run on a kept
+    # cluster. What they guard goes with the namespace.
+    for engine in kubectl("get", "trtengines", "-n", namespace, "-o", "name", check=False).split():
+        kubectl(
+            "patch", engine, "-n", namespace, "--type=merge",
+            "-p", '{"metadata":{"finalizers":null}}', check=False,
+        )  # fmt: skip
     kubectl("delete", "pv", f"{namespace}-{claim}"[:63], "--wait=false", check=False)
     # Let the node agent stop the namespace's pods while it still runs.
     deadline = time.monotonic() + 60
