@@ -281,9 +281,10 @@ def _read_engine(engine: str, namespace: str, kubeconfig: str | None) -> dict[st
                 f" ({kubeconfig or 'the default kubeconfig'} did not load)"
             ) from None
     try:
-        return client.CustomObjectsApi().get_namespaced_custom_object(  # type: ignore[no-any-return]
+        body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(  # type: ignore[assignment]
             "trtops.dev", "v1alpha1", namespace, "trtengines", engine
         )
+        return body
     except client.ApiException as exc:
         if exc.status == 404:
             raise ReportError(
