@@ -95,7 +95,7 @@ def test_a_canary_pass_with_nothing_new_writes_no_status(
     monkeypatch: pytest.MonkeyPatch,
     route: str,
 ) -> None:
-    """A canary holding at its step, re-checked every second: the operator sends no status
+    """A canary holding at its step, re-checked every 2 s: the operator sends no status
     patch and the engine's resourceVersion stays put (before, status was patched on every pass
     while the route was unusable; the API server dropped the empty change, the requests stayed).
     """
@@ -114,7 +114,7 @@ def test_a_canary_pass_with_nothing_new_writes_no_status(
     router = {"replicas": {}}
     if route != "replicas":
         router = _http_route(cluster, opted_in=route == "gatewayAPI")
-    monkeypatch.setenv("TRTOPS_RESYNC_SECONDS", "1")
+    monkeypatch.setenv("TRTOPS_RESYNC_SECONDS", "2")
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         _start_canary(cluster, [{"setWeight": 50, "pauseSeconds": 3600}], router)
         if route == "gatewayAPI not opted in":
@@ -123,7 +123,7 @@ def test_a_canary_pass_with_nothing_new_writes_no_status(
             lambda: (
                 (cluster.get("conv")["status"].get("canary") or {}).get("phase") == "Progressing"
             ),
-            timeout=60,
+            timeout=120,  # a loaded machine: the operator re-checks every engine every 2 s
             what="the canary at its step",
         )
         time.sleep(5)  # the canary pods' readiness reaches status first
@@ -131,14 +131,14 @@ def test_a_canary_pass_with_nothing_new_writes_no_status(
         passes = metrics.RECONCILES.labels(trigger="watch")._value.get()
         patches.clear()
         changes = []
-        end = time.monotonic() + 10
+        end = time.monotonic() + 12
         while time.monotonic() < end:
             rv = cluster.get("conv")["metadata"]["resourceVersion"]
             if rv != before and rv not in changes:
                 changes.append(rv)
             time.sleep(0.2)
         passes = metrics.RECONCILES.labels(trigger="watch")._value.get() - passes
-    assert passes >= 5, passes  # the engine was reconciled all along
+    assert passes >= 4, passes  # the engine was reconciled all along
     now = cluster.get("conv")["status"]
     differ = sorted({k for p in patches for k, v in p.items() if now.get(k) != v})
     assert (patches, changes) == ([], []), f"{len(patches)} patches over {passes} passes: {differ}"
