@@ -117,6 +117,8 @@ def test_crd_options(sets: dict[str, str], crds: int, keep: bool) -> None:
         ("securityContext.privileged=yes", "privileged"),  # wrong type
         ("watchNamespaces={Team_A}", "watchNamespaces"),  # not a namespace name
         ("image.digest=latest", "digest"),
+        ("cost.gpuHourPrice=cheap", "gpuHourPrice"),
+        ("cost.cpuHourPrice=-1", "cpuHourPrice"),
     ],
 )
 def test_schema_rejects_bad_values(setting: str, complaint: str) -> None:
@@ -124,6 +126,17 @@ def test_schema_rejects_bad_values(setting: str, complaint: str) -> None:
     assert proc.returncode != 0
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert complaint in proc.stderr
+
+
+def test_prices_set_on_the_command_line_reach_the_operator() -> None:
+    """`helm --set cost.gpuHourPrice=2.5` passes "2.5" as a string (Helm types only integers
+    on --set): the schema once refused the documented way of setting a price."""
+    from trtops_operator.__main__ import parse_args
+
+    docs = render(cost__gpuHourPrice="2.5", cost__cpuHourPrice="0.04", cost__currency="EUR")
+    args = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    flags = parse_args([a for a in args if a.split("=")[0].endswith(("-price", "currency"))])
+    assert (flags.gpu_hour_price, flags.cpu_hour_price, flags.currency) == (2.5, 0.04, "EUR")
 
 
 def test_schema_forbids_unknown_keys_everywhere() -> None:
