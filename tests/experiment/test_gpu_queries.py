@@ -4,13 +4,12 @@ pods' GPUs, no other Deployment's (a name prefix of another is not a match)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import yaml
 from trtops_operator.experiment.prometheus import gpu_queries
 
-from tests.ship.test_dashboard import tool
+from tests.ship.test_dashboard import promtool_test_rules
 
 # (metric, gpu, pod, values every 15 s): an fp16 arm's pod, an int8 arm's pod, and a pod of a
 # Deployment whose name starts with the fp16 arm's.
@@ -51,13 +50,4 @@ def test_each_arm_gets_its_own_pods_gpu_memory_and_utilisation(tmp_path: Path) -
             }
         ],
     }
-    path = tmp_path / "test.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    proc = subprocess.run(
-        [tool("promtool", "apt-get install prometheus"), "test", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    promtool_test_rules(spec, tmp_path)

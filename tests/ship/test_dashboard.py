@@ -123,6 +123,22 @@ def promtool_check_rules(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def promtool_test_rules(spec: dict[str, Any], folder: Path) -> None:
+    """Run ``promtool test rules`` on ``spec`` (a unit-test file's content, written to
+    ``folder``); fail with promtool's output unless every test passed."""
+    path = folder / "promtool-test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run(
+        [tool("promtool", "apt-get install prometheus"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
 def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     rules = {
         "groups": [

@@ -8,14 +8,17 @@ other panel returns data from a real Prometheus in tests/e2e_canary/test_shadow_
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from tests.ship.conftest import REPO, tool
-from tests.ship.test_dashboard import assert_no_overlap, promtool_check_rules
+from tests.ship.conftest import REPO
+from tests.ship.test_dashboard import (
+    assert_no_overlap,
+    promtool_check_rules,
+    promtool_test_rules,
+)
 
 sys.path.insert(0, str(REPO / "dashboards"))
 import queries as dq  # dashboards/ is a folder of assets, not a package
@@ -143,22 +146,11 @@ def test_gpu_panels_give_each_revisions_gpus_with_promtool(tmp_path: Path) -> No
         }
         for i, q in enumerate(dcgm)
     ]
-    spec = tmp_path / "test.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "rule_files": [str(rules)],
-                "evaluation_interval": "1m",
-                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
-            }
-        )
+    promtool_test_rules(
+        {
+            "rule_files": [str(rules)],
+            "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+        },
+        tmp_path,
     )
-    proc = subprocess.run(
-        [tool("promtool", "apt-get install prometheus"), "test", "rules", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS" in proc.stdout
