@@ -119,6 +119,15 @@ def test_cheapest_objective_ranks_by_the_cost_of_busy_pods() -> None:
     assert "per 1M" in rec.reason
 
 
+def test_cheapest_without_prices_says_so() -> None:
+    rule = RecommendRule.model_validate({"objective": "cheapest"})
+    base = arm("baseline", "fp32", 10.0)
+    int8 = arm("int8", "int8", 5.0, agreement=agreement(1, 1))
+    rec = recommend(judge_arms(base, [int8], rule, 50), rule)
+    assert rec.name == "baseline"
+    assert "objective cheapest needs prices, and none are set (spec.cost" in rec.reason
+
+
 # --- the reconcile of spec.experiment ---------------------------------------------------------
 
 CONFIG = OperatorConfig(worker_image="w:1")

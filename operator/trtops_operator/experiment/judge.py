@@ -303,6 +303,12 @@ def recommend(results: Sequence[ArmResult], rule: RecommendRule) -> Recommendati
     if not eligible:
         why = "; ".join(f"{r.arm.name}: {', '.join(r.notes)}" for r in variants)
         reason = f"keep the baseline: no variant meets the rule ({why})"
+    elif rule.objective == "cheapest" and base.busy_cost_per_million is None:
+        # No price set: nothing to rank by, which is not the same as "none is cheaper".
+        reason = (
+            "keep the baseline: objective cheapest needs prices, and none are set"
+            " (spec.cost, or the chart's cost.gpuHourPrice/cpuHourPrice)"
+        )
     else:
         names = ", ".join(r.arm.name for r in eligible)
         reason = f"keep the baseline: {names} meet(s) the rule but none is {what}"
