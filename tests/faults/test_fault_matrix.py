@@ -1,31 +1,33 @@
 """The fault matrix on the local stack (see ``conftest.py``): each scenario asserts what a user
 sees: status, the exact number of Events per transition or command, the objects, the claim.
 
-Which run where (``make test`` runs every module; the opt-in ones skip unless
-``TRTOPS_FAULTS=all``, as they take minutes each on a small machine). Results on the 2-core dev
-box, one run each unless said:
+Every row runs in ``make test``. Results of one run, ``python -m pytest tests/faults -q`` on
+the shared 2-core dev box at load 12-18: 10 passed in 923 s (the five rows that ran before took
+230 s at load ~1 and 440 s at load ~15, so about 8 min is expected on an idle machine):
 
-=================================================  ========  ==========================
-scenario                                           where     result here
-=================================================  ========  ==========================
-two operators; the leader SIGKILLed mid-build      CI        passed (3 min)
-deletion mid-build                                 CI        passed (25 s)
-full claim, then space again                       CI        passed (64 s)
-stable pod loss (1 of 2)                           CI        passed (45 s)
-read-only claim, then writable again               opt-in    passed (73 s)
-commands at awkward moments; deletion mid-canary   CI        3 of 3 passed (35-47 s);
-                                                             before the fix in freshness.py
-                                                             2 of 3 told a command twice
-operator killed mid-analysis (then promote)       opt-in    passed (37 s)
-Prometheus restarted with its data lost            opt-in    passed (75 s)
-API server stopped 20 s mid-step                   CI        passed (96 s)
-=================================================  ========  ==========================
+=================================================  ==========================
+scenario                                           result, call time
+=================================================  ==========================
+two operators; the leader SIGKILLed mid-build      passed, 77 s
+deletion mid-build                                 passed, 12 s
+full claim, then space again                       passed, 70 s
+read-only claim, then writable again               passed, 81 s
+stable pod loss (1 of 2)                           passed, 70 s
+commands at awkward moments; deletion mid-canary   passed, 96 s
+abort during a pause; commands given twice         passed, 95 s (before the fix in
+                                                   conditions.fold_transitions: RolledBack told
+                                                   in 2 Events)
+operator killed mid-analysis, then promote         passed, 41 s
+Prometheus restarted with its data lost            passed, 105 s (failed once of 3 runs at
+                                                   load 14: no Passed within the 120 s it then
+                                                   allowed; now 240 s)
+API server stopped 20 s mid-step                   passed, 118 s
+=================================================  ==========================
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import time
 from collections import Counter
@@ -39,9 +41,6 @@ from tests.support.cluster import kubectl, wait_for
 from tests.support.volumes import fill, mount_tmpfs, remount
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
-optin = pytest.mark.skipif(
-    os.environ.get("TRTOPS_FAULTS") != "all", reason="long fault scenario: TRTOPS_FAULTS=all"
-)
 
 NO_ROLLOUT: dict[str, Any] = {"rollout": None}
 
@@ -156,7 +155,6 @@ def test_full_claim_is_storage_full_and_retried_by_itself(fs: FaultStack) -> Non
         mount.__exit__(None, None, None)
 
 
-@optin
 def test_read_only_claim_is_storage_unwritable_and_retried_by_itself(fs: FaultStack) -> None:
     mount = _claim_on_tmpfs(fs, size_kib=65536)
     try:
@@ -303,7 +301,6 @@ def test_abort_during_pause_and_commands_given_twice_apply_once(fs: FaultStack) 
     assert len(fs.jobs()) == 2  # one build per revision: the retry built nothing
 
 
-@optin
 def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
     fs.start_operator("a")
     wait_leader(fs, "a")
@@ -324,7 +321,6 @@ def test_operator_killed_mid_analysis_promotes_once(fs: FaultStack) -> None:
     assert stack.route_weights(fs.namespace, NAME) == {NAME: 100}
 
 
-@optin
 def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> None:
     import shutil
 
@@ -339,7 +335,8 @@ def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> Non
             def canary() -> dict[str, Any]:
                 return dict(fs.engine()["status"].get("canary") or {})
 
-            wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=120, what="Passed")
+            # Minutes on a loaded machine: two pods of one busy node can differ for a while.
+            wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=240, what="Passed")
             fs.prometheus.stop()
             shutil.rmtree(fs.prometheus.workdir / "data")
             fs.prometheus.start()
@@ -349,7 +346,7 @@ def test_prometheus_restart_with_data_lost_holds_the_step(fs: FaultStack) -> Non
                 assert canary()["phase"] == "Progressing"
                 assert stack.route_weights(fs.namespace, NAME) == {NAME: 50, f"{NAME}-canary": 50}
                 time.sleep(1)
-            wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=120, what="again")
+            wait_for(lambda: canary().get("lastVerdict") == "Passed", timeout=240, what="again")
     assert fs.count("RolledBack") == 0
     assert fs.count("AnalysisInconclusive") <= 1
 
