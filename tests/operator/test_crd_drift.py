@@ -125,6 +125,7 @@ REFUSED: list[tuple[str, Mutate]] = [
         ),
     ),
     ("experiment hardSlo empty", _experiment(hardSlo={})),
+    ("experiment agreement floor empty", _experiment(recommend={"minOutputAgreement": {}})),
     ("modelName with a space", _set("spec.serving.modelName", "my model")),
     ("schedule with six fields", _set("spec.build.schedule", "0 0 3 * * *")),
     ("schedule not cron", _set("spec.build.schedule", "every day")),

@@ -64,6 +64,12 @@ class OutputAgreement(SpecModel):
     cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
     top1: Annotated[float, Field(ge=0, le=1)] | None = None
 
+    @model_validator(mode="after")
+    def _one(self) -> OutputAgreement:
+        if self.cosine is None and self.top1 is None:  # the CRD's minProperties: 1
+            raise ValueError("minOutputAgreement needs cosine or top1")
+        return self
+
 
 class Slo(SpecModel):
     p99_latency_ms: Annotated[float, Field(ge=0.001, le=600000)] | None = None
