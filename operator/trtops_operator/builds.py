@@ -106,7 +106,7 @@ def _observe(
     obs = observed.jobs.get(job)
     if obs is None:
         out.create.append(
-            manifests.build_job(
+            manifests.render_build_job(
                 engine, product, key, name=job, config=config, compute_capability=pin
             )
         )

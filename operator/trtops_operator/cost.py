@@ -136,7 +136,7 @@ def cost_per_million(
 def serving_footprint(
     serving: ServingSpec, backend: str | None, target: str | None
 ) -> PodFootprint:
-    """What a serving pod of a plan requests, as ``manifests.build_deployment`` writes it: one GPU
+    """What a serving pod of a plan requests, as ``manifests.render_deployment`` writes it: one GPU
     for a TensorRT plan of a GPU product (``target`` is the product, or ``"cpu"``), and the CPU
     cores of ``spec.serving.resources`` (request, else limit; none: 0 cores, a pod that gets
     whatever CPU is left on its node)."""

@@ -225,7 +225,7 @@ def _candidate(
             running.append(job)
             if job not in observed.jobs:
                 step.create.append(
-                    manifests.build_job(
+                    manifests.render_build_job(
                         engine, product, key, name=job, config=config,
                         compute_capability=pin, baseline=plan.path if plan else None,
                     )

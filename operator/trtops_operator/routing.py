@@ -30,7 +30,7 @@ def decide_routing(engine: manifests.Engine, revision: str, serving: Serving) ->
     canary_svc = f"{engine.name}-canary"
     if serving.wanted:
         pinned = kind in ("gatewayAPI", "istio")
-        main = manifests.build_service(
+        main = manifests.render_service(
             engine, revision=(serving.stable_revision or revision) if pinned else None
         )
         services = [main]
@@ -42,7 +42,7 @@ def decide_routing(engine: manifests.Engine, revision: str, serving: Serving) ->
         )
         with_canary_svc = (pinned or shadow) and serving.in_canary
         if with_canary_svc:
-            services.append(manifests.build_service(engine, revision=revision, name=canary_svc))
+            services.append(manifests.render_service(engine, revision=revision, name=canary_svc))
         for svc in services:
             apply_if_changed(out.apply, svc, observed.services.get(svc["metadata"]["name"]))
         if canary_svc in observed.services and not with_canary_svc:
@@ -62,8 +62,10 @@ def decide_routing(engine: manifests.Engine, revision: str, serving: Serving) ->
                 owned=(engine.name, canary_svc),
             )
         if serving.replicas > 1:
-            apply_if_changed(out.apply, manifests.build_pdb(engine), observed.pdbs.get(engine.name))
-        policy = manifests.build_network_policy(engine)
+            apply_if_changed(
+                out.apply, manifests.render_pdb(engine), observed.pdbs.get(engine.name)
+            )
+        policy = manifests.render_network_policy(engine)
         apply_if_changed(out.apply, policy, observed.network_policies.get(engine.name))
     if engine.name in observed.pdbs and not (serving.wanted and serving.replicas > 1):
         out.delete.append(("PodDisruptionBudget", engine.name))

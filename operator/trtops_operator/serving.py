@@ -145,11 +145,11 @@ def decide_serving(
         for p in rev_plans:
             ref = plan_ref(spec, p, pins)
             name = keys.serving_name(f"{engine.name}-{rev}", ref.target)
-            serving.wanted[name] = manifests.build_deployment(
+            serving.wanted[name] = manifests.render_deployment(
                 engine, ref, name=name, revision=rev, config=config, replicas=rev_replicas
             )
             if auto is not None:
-                serving.hpas[name] = manifests.build_hpa(
+                serving.hpas[name] = manifests.render_hpa(
                     engine, name=name, revision=rev, floor=rev_replicas
                 )
             serving.names_by_rev.setdefault(rev, []).append(name)

@@ -286,7 +286,7 @@ def test_output_kinds_in_the_spec_reach_the_worker() -> None:
         }
     )
     engine = manifests.Engine(name="e", namespace="ns", uid="u", spec=spec)
-    job = manifests.build_job(
+    job = manifests.render_build_job(
         engine, "H100", "k" * 64, name="j", config=OperatorConfig(worker_image="w:1")
     )
     container = next(

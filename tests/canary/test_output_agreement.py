@@ -141,9 +141,9 @@ def test_every_serving_pod_gets_the_canary_service_as_shadow_address() -> None:
         target="cpu", key="k", path="/plans/p", precision="int8", backend="onnxruntime"
     )
     config = OperatorConfig(worker_image="w:1")
-    args = manifests.build_deployment(engine, plan, name="d", revision="r1", config=config)["spec"][
-        "template"
-    ]["spec"]["containers"][0]["args"]
+    args = manifests.render_deployment(engine, plan, name="d", revision="r1", config=config)[
+        "spec"
+    ]["template"]["spec"]["containers"][0]["args"]
     url = args[args.index("--shadow-url") + 1]
     assert url == f"http://resnet-canary.ml.svc:8000/v2/models/{engine.model_name}/infer"
     assert args[args.index("--shadow-percent") + 1] == "12.5"
@@ -307,7 +307,7 @@ def test_network_policy_lets_serving_pods_shadow_to_each_other_only_with_shadow(
     shadow: bool,
 ) -> None:
     engine = _engine({"replicas": {}}, shadow)
-    policy = manifests.build_network_policy(engine)
+    policy = manifests.render_network_policy(engine)
     peers = policy["spec"]["ingress"][0]["from"]
     own = {"podSelector": {"matchLabels": policy["spec"]["podSelector"]["matchLabels"]}}
     assert (own in peers) is shadow

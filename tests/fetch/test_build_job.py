@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 from trtops_operator import keys
 from trtops_operator.config import OperatorConfig
-from trtops_operator.manifests import Engine, build_job
+from trtops_operator.manifests import Engine, render_build_job
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import summarize_pod
 from trtops_operator.reconcile import JobObs, Observed, decide
@@ -38,7 +38,7 @@ def spec(**model: Any) -> dict[str, Any]:
 
 def job(body: dict[str, Any]) -> dict[str, Any]:
     engine = Engine("e", "ns", "u1", TrtEngineSpec.model_validate(body))
-    return build_job(engine, None, "k" * 64, name="trt-build-x", config=CONFIG)
+    return render_build_job(engine, None, "k" * 64, name="trt-build-x", config=CONFIG)
 
 
 def arg(args: list[str], flag: str) -> str:

@@ -73,7 +73,7 @@ def _deployment_pod(e: manifests.Engine, target: str | None, backend: str) -> di
     plan = manifests.PlanRef(
         target=target, key="k", path="/plans/x", precision="int8", backend=backend
     )
-    dep = manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    dep = manifests.render_deployment(e, plan, name="n", revision="r1", config=CONFIG)
     pod: dict[str, Any] = dep["spec"]["template"]["spec"]
     return pod
 

@@ -25,9 +25,9 @@ def engine(spec: dict[str, Any]) -> manifests.Engine:
 
 def pods(spec: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
     e = engine(spec)
-    job = manifests.build_job(e, "H100", "k" * 64, name="j", config=config)
+    job = manifests.render_build_job(e, "H100", "k" * 64, name="j", config=config)
     plan = manifests.PlanRef("H100", "k" * 64, "/plans/k", "fp16", "tensorrt")
-    dep = manifests.build_deployment(e, plan, name="d", revision="r1", config=config)
+    dep = manifests.render_deployment(e, plan, name="d", revision="r1", config=config)
     return [job["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]]
 
 
@@ -108,7 +108,7 @@ def test_allowed_placement_still_builds() -> None:
 
 def test_each_engine_gets_a_network_policy_for_its_serving_pods() -> None:
     """Before, no NetworkPolicy existed anywhere: any pod could call any engine."""
-    policy = manifests.build_network_policy(engine(SPEC))["spec"]
+    policy = manifests.render_network_policy(engine(SPEC))["spec"]
     assert policy["podSelector"]["matchLabels"] == {
         "trtops.dev/engine": "e",
         "trtops.dev/component": "serve",

@@ -47,12 +47,12 @@ def gpu_objects() -> dict[str, dict[str, Any]]:
         target=product, key=key, path=f"/plans/{'a' * 64}", precision="int8", backend="tensorrt"
     )
     return {
-        "resnet-job.yaml": manifests.build_job(e, product, key, name=job, config=CONFIG),
-        "resnet-deployment.yaml": manifests.build_deployment(
+        "resnet-job.yaml": manifests.render_build_job(e, product, key, name=job, config=CONFIG),
+        "resnet-deployment.yaml": manifests.render_deployment(
             e, plan, name=keys.serving_name(e.name, product), revision="r1", config=CONFIG
         ),
-        "resnet-service.yaml": manifests.build_service(e),
-        "resnet-pdb.yaml": manifests.build_pdb(e),
+        "resnet-service.yaml": manifests.render_service(e),
+        "resnet-pdb.yaml": manifests.render_pdb(e),
     }
 
 
@@ -66,13 +66,13 @@ def test_gpu_objects_match_golden(name: str) -> None:
 def test_cpu_job_and_deployment_match_golden_and_ask_for_no_gpu() -> None:
     e = engine("cpu-fp32.yaml")
     key = keys.build_key(e.spec, None, CONFIG.worker_image)
-    job = manifests.build_job(
+    job = manifests.render_build_job(
         e, None, key, name=keys.job_name(key, "trt-plans", None), config=CONFIG
     )
     plan = manifests.PlanRef(
         target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime"
     )
-    dep = manifests.build_deployment(
+    dep = manifests.render_deployment(
         e, plan, name=keys.serving_name(e.name, None), revision="r1", config=CONFIG
     )
     check_golden("cpu-job.yaml", job)
@@ -138,11 +138,11 @@ def test_hash_annotation_changes_with_the_object() -> None:
     plan = manifests.PlanRef(
         target=None, key="k", path="/plans/x", precision="fp32", backend="onnxruntime"
     )
-    a = manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
-    b = manifests.build_deployment(e, plan, name="n", revision="r2", config=CONFIG)
+    a = manifests.render_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    b = manifests.render_deployment(e, plan, name="n", revision="r2", config=CONFIG)
     h = manifests.HASH_ANNOTATION
     assert a["metadata"]["annotations"][h] != b["metadata"]["annotations"][h]
-    assert a == manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    assert a == manifests.render_deployment(e, plan, name="n", revision="r1", config=CONFIG)
 
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -172,8 +172,8 @@ def gpu_job_and_deployment(e: manifests.Engine) -> tuple[dict[str, Any], dict[st
         target=product, key=key, path="/plans/p", precision="int8", backend="tensorrt"
     )
     return (
-        manifests.build_job(e, product, key, name=job, config=CONFIG),
-        manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG),
+        manifests.render_build_job(e, product, key, name=job, config=CONFIG),
+        manifests.render_deployment(e, plan, name="n", revision="r1", config=CONFIG),
     )
 
 
@@ -205,8 +205,8 @@ def test_cpu_pods_get_only_the_spec_tolerations() -> None:
     plan = manifests.PlanRef(
         target=None, key=key, path="/plans/x", precision="fp32", backend="onnxruntime"
     )
-    job = manifests.build_job(e, None, key, name="j", config=CONFIG)
-    dep = manifests.build_deployment(e, plan, name="n", revision="r1", config=CONFIG)
+    job = manifests.render_build_job(e, None, key, name="j", config=CONFIG)
+    dep = manifests.render_deployment(e, plan, name="n", revision="r1", config=CONFIG)
     assert pod_tolerations(job) == [DRAIN]
     assert pod_tolerations(dep) == [TEAM_TAINT]
 

@@ -18,7 +18,7 @@ def _deployment(e: manifests.Engine) -> dict[str, Any]:
     plan = manifests.PlanRef(
         target=PRODUCT, key="k" * 64, path="/plans/x", precision="int8", backend="tensorrt"
     )
-    return manifests.build_deployment(e, plan, name="d", revision="r1", config=CONFIG)
+    return manifests.render_deployment(e, plan, name="d", revision="r1", config=CONFIG)
 
 
 def _pod(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,7 +68,7 @@ def test_sampling_makes_only_the_engines_sample_folder_writable() -> None:
 def test_a_build_calibrates_from_the_sample_folder() -> None:
     e = engine("resnet-int8-daily.yaml")
     key = keys.build_key(e.spec, PRODUCT, CONFIG.worker_image)
-    job = manifests.build_job(e, PRODUCT, key, name="j", config=CONFIG)
+    job = manifests.render_build_job(e, PRODUCT, key, name="j", config=CONFIG)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--calibration-sample") + 1] == "/plans/samples/resnet50-daily"
     assert args[args.index("--calibration-min-sample-rows") + 1] == "256"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from trtops_operator.config import OperatorConfig
-from trtops_operator.manifests import Engine, PlanRef, build_deployment, build_hpa
+from trtops_operator.manifests import Engine, PlanRef, render_deployment, render_hpa
 from trtops_operator.models import TrtEngineSpec
 
 pytestmark = pytest.mark.cluster
@@ -42,8 +42,8 @@ def test_hpa_and_deployment_are_accepted(namespace: str) -> None:
     engine = Engine("e", namespace, "u1", TrtEngineSpec.model_validate(SPEC))
     plan = PlanRef(None, "k" * 64, "/plans/p", "fp32", "onnxruntime")
     config = OperatorConfig(worker_image="w:1")
-    deployment = build_deployment(engine, plan, name="e-r1-cpu", revision="r1", config=config)
-    hpa = build_hpa(engine, name="e-r1-cpu", revision="r1", floor=20)
+    deployment = render_deployment(engine, plan, name="e-r1-cpu", revision="r1", config=config)
+    hpa = render_hpa(engine, name="e-r1-cpu", revision="r1", floor=20)
     assert "replicas" not in deployment["spec"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (8, 8)
     for obj in (deployment, hpa):

@@ -22,7 +22,7 @@ from trtops_operator.canary.analysis import Selector
 from trtops_operator.canary.prometheus import PrometheusClient
 from trtops_operator.canary.runner import measure
 from trtops_operator.config import OperatorConfig
-from trtops_operator.manifests import Engine, PlanRef, build_deployment
+from trtops_operator.manifests import Engine, PlanRef, render_deployment
 from trtops_operator.models import TrtEngineSpec
 from trtops_worker import samples
 from trtops_worker.serve.codec import encode_tensor
@@ -43,7 +43,7 @@ def serving_pod_template() -> dict[str, Any]:
         }
     )
     plan = PlanRef(None, "k" * 64, "/plans/p", "fp32", "onnxruntime")
-    deployment = build_deployment(
+    deployment = render_deployment(
         Engine("conv", "ml", "u1", spec),
         plan,
         name="conv-cpu",

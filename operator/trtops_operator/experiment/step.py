@@ -323,7 +323,7 @@ def decide_experiment(
             ref = plan_ref(vengine.spec, p, pins)  # the variant's precision
             product = ref.target
             name = keys.serving_name(f"{engine.name}-{rev}", product)
-            dep = manifests.build_deployment(
+            dep = manifests.render_deployment(
                 vengine, ref, name=name, revision=rev, config=config, replicas=replicas
             )
             dep["spec"]["template"]["metadata"]["labels"][VARIANT_LABEL] = "true"
@@ -337,9 +337,9 @@ def decide_experiment(
                 or have.spec_hash != manifests.stamped_hash(dep)
             ):
                 ready_all = False
-        svc = manifests.build_service(engine, revision=rev, name=entry["service"])
+        svc = manifests.render_service(engine, revision=rev, name=entry["service"])
         apply_if_changed(out.apply, svc, observed.services.get(entry["service"]))
-    shadow = manifests.build_service(engine, name=shadow_service(engine.name))
+    shadow = manifests.render_service(engine, name=shadow_service(engine.name))
     shadow["spec"]["selector"][VARIANT_LABEL] = "true"
     shadow = _restamp(shadow)
     apply_if_changed(out.apply, shadow, observed.services.get(shadow_service(engine.name)))

@@ -26,13 +26,13 @@ from trtops_operator.manifests.common import (
 )
 from trtops_operator.manifests.deployments import (
     AUTOSCALING_METRICS,
-    build_deployment,
-    build_hpa,
-    build_pdb,
+    render_deployment,
+    render_hpa,
+    render_pdb,
     shadow_url,
 )
-from trtops_operator.manifests.jobs import build_job
-from trtops_operator.manifests.network import build_network_policy, build_service
+from trtops_operator.manifests.jobs import render_build_job
+from trtops_operator.manifests.network import render_network_policy, render_service
 
 __all__ = [
     "AUTOSCALING_METRICS",
@@ -44,13 +44,13 @@ __all__ = [
     "PLANS_MOUNT",
     "Engine",
     "PlanRef",
-    "build_deployment",
-    "build_hpa",
-    "build_job",
-    "build_network_policy",
-    "build_pdb",
-    "build_service",
     "owner_reference",
+    "render_build_job",
+    "render_deployment",
+    "render_hpa",
+    "render_network_policy",
+    "render_pdb",
+    "render_service",
     "resolve_uri",
     "shadow_url",
     "spec_hash",

@@ -42,7 +42,7 @@ def shadow_url(engine: Engine, service: str | None = None) -> str:
     return f"http://{host}:{HTTP_PORT}/v2/models/{engine.model_name}/infer"
 
 
-def build_deployment(
+def render_deployment(
     engine: Engine,
     plan: PlanRef,
     *,
@@ -207,7 +207,7 @@ def build_deployment(
         },
     }
     if serving.autoscaling is not None:
-        # The revision's HorizontalPodAutoscaler owns the count (build_hpa): an applied
+        # The revision's HorizontalPodAutoscaler owns the count (render_hpa): an applied
         # ``replicas`` would undo its every decision.
         del deployment["spec"]["replicas"]
     return stamp(deployment)
@@ -224,7 +224,7 @@ AUTOSCALING_METRICS = {
 }
 
 
-def build_hpa(engine: Engine, *, name: str, revision: str, floor: int = 0) -> dict[str, Any]:
+def render_hpa(engine: Engine, *, name: str, revision: str, floor: int = 0) -> dict[str, Any]:
     """The HorizontalPodAutoscaler of serving Deployment ``name`` (``spec.serving.autoscaling``
     must be set): a Pods metric, the per-pod average of the worker's gauge, from a custom-metrics
     adapter. ``floor`` raises ``minReplicas`` (capped at ``maxReplicas``): the canary's share of
@@ -266,7 +266,7 @@ def build_hpa(engine: Engine, *, name: str, revision: str, floor: int = 0) -> di
     return stamp(hpa)
 
 
-def build_pdb(engine: Engine) -> dict[str, Any]:
+def render_pdb(engine: Engine) -> dict[str, Any]:
     """At most one serving pod of the engine voluntarily evicted at a time (replicas > 1 only)."""
     pdb = {
         "apiVersion": "policy/v1",

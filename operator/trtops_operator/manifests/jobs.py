@@ -49,7 +49,7 @@ _POD_FAILURE_POLICY = {
 }
 
 
-def build_job(
+def render_build_job(
     engine: Engine,
     target: str | None,
     key: str,

@@ -18,7 +18,7 @@ from trtops_operator.manifests.common import (
 )
 
 
-def build_service(
+def render_service(
     engine: Engine, *, revision: str | None = None, name: str | None = None
 ) -> dict[str, Any]:
     """A Service in front of the engine's serving pods: of every revision (``revision=None``:
@@ -61,7 +61,7 @@ def build_service(
     return stamp(service)
 
 
-def build_network_policy(engine: Engine) -> dict[str, Any]:
+def render_network_policy(engine: Engine) -> dict[str, Any]:
     """Who may connect to the engine's serving pods: inference (http, grpc) from pods of its
     namespace labelled ``trtops.dev/client`` with the engine's name (or ``"true"``: any engine)
     and from namespaces labelled ``trtops.dev/gateway: "true"`` (a Gateway, a mesh ingress);
