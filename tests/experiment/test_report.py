@@ -62,6 +62,22 @@ def test_the_markdown_says_what_won_why_and_how_to_promote_it() -> None:
     assert "| faster |" in md
 
 
+def test_a_failed_experiment_says_which_variant_failed_and_why() -> None:
+    status = {k: v for k, v in _status().items() if k in ("baseline", "rule", "backend")}
+    status |= {
+        "phase": "Failed",
+        "message": "variant build failed: int8 (see variants[].message)",
+        "variants": [
+            {"name": "fp16", "precision": "fp16", "state": "Built"},
+            {"name": "int8", "precision": "int8", "message": "CalibrationFailed: no rows"},
+        ],
+    }
+    md = render_markdown("bert", "ml", status)
+    assert "No variant has served yet." in md
+    assert "Ran ?" not in md
+    assert "- int8 (int8): CalibrationFailed: no rows" in md
+
+
 def test_the_chart_is_a_non_blank_png(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 

@@ -54,14 +54,18 @@ def render_markdown(engine: str, namespace: str, exp: Mapping[str, Any]) -> str:
     currency = exp.get("currency")
     confidence = rule.get("confidence", 0.95)
     backend = exp.get("backend", "?")
-    ran = _seconds(exp.get("startedAt"), exp.get("completedAt") or exp.get("lastMeasuredAt"))
+    end = exp.get("completedAt") or exp.get("lastMeasuredAt")
+    ran = _seconds(exp.get("startedAt"), end)
     lines = [
         f"# Experiment: {engine} (namespace {namespace})",
         "",
         f"Phase **{exp.get('phase', '?')}**. Baseline: {base.get('precision')} (revision"
-        f" `{base.get('revision')}`), served by {backend}. Ran {exp.get('startedAt', '?')} to"
-        f" {exp.get('completedAt') or exp.get('lastMeasuredAt') or 'now'}"
-        + (f" ({ran} s)" if ran is not None else "")
+        f" `{base.get('revision')}`), served by {backend}. "
+        + (
+            f"Ran {exp['startedAt']} to {end or 'now'}" + (f" ({ran} s)" if ran is not None else "")
+            if exp.get("startedAt")
+            else "No variant has served yet"
+        )
         + ". Figures: the workers' request metrics in Prometheus over the whole run"
         " (shadow requests excluded), output agreement on shadow requests (the baseline's pods"
         " send a share of the requests they answer to the variants and compare the answers).",
@@ -78,6 +82,12 @@ def render_markdown(engine: str, namespace: str, exp: Mapping[str, Any]) -> str:
         ]
     else:
         lines.append(f"None yet ({exp.get('message', 'the experiment has not ended')}).")
+        # Why a variant did not get to serve (a failed build): what status.variants[] says.
+        lines += [
+            f"- {v.get('name')} ({v.get('precision')}): {v['message']}"
+            for v in exp.get("variants") or []
+            if v.get("message")
+        ]
     want = dict(rule.get("minOutputAgreement") or {})
     bounds = [f"objective **{rule.get('objective', 'fastest')}**"]
     if rule.get("maxP95LatencyMs") is not None:
