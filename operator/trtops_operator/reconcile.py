@@ -34,7 +34,8 @@ from trtops_operator.compat import decide_pins
 from trtops_operator.conditions import finish_status, fold_transitions, invalid
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import BuildOutcome, Decision, Event, RouterAction
-from trtops_operator.experiment.step import Measured, decide_experiment
+from trtops_operator.experiment.measurement import Measured
+from trtops_operator.experiment.step import decide_experiment
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.observation import DeploymentObs, JobObs, Observed, PodObs
 from trtops_operator.rebuild import decide_rebuild

@@ -13,7 +13,7 @@ from trtops_operator import indexes, keys
 from trtops_operator.canary.samples import AgreementSample, RevisionSample
 from trtops_operator.config import OperatorConfig
 from trtops_operator.experiment.judge import ArmSample, judge_arms, recommend
-from trtops_operator.experiment.step import Measured
+from trtops_operator.experiment.measurement import Measured
 from trtops_operator.models import RecommendRule, TrtEngineSpec
 from trtops_operator.reconcile import DeploymentObs, JobObs, Observed, PodObs, decide
 
@@ -358,7 +358,7 @@ def _exists_all(body: dict[str, Any], obs: Observed) -> list[dict[str, Any]]:
 def test_a_running_experiment_is_measured_every_interval_and_at_its_end() -> None:
     from datetime import UTC, datetime
 
-    from trtops_operator.experiment.step import measurement_due
+    from trtops_operator.experiment.measurement import measurement_due
     from trtops_operator.models import Experiment
 
     exp = Experiment.model_validate(

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from trtops_operator import keys
 from trtops_operator.canary.prometheus import PrometheusError
 from trtops_operator.cost import Prices, prices_for, serving_footprint
+from trtops_operator.experiment.measurement import Measured, measurement_due
 from trtops_operator.experiment.prometheus import Arm, MeasurePool, measure_arms
-from trtops_operator.experiment.step import Measured, measurement_due
 from trtops_operator.models import TrtEngineSpec
 from trtops_operator.status_model import EngineStatus
 

@@ -36,7 +36,12 @@ from trtops_operator.builds import Builds, decide_builds
 from trtops_operator.canary import routers as canary_routers
 from trtops_operator.config import OperatorConfig
 from trtops_operator.decision import BuildOutcome, Event, RouterAction
-from trtops_operator.experiment.judge import ArmSample, judge_arms, promote_hint, recommend
+from trtops_operator.experiment.measurement import (
+    Measured,
+    parse_time,
+    readable,
+    record_measurement,
+)
 from trtops_operator.models import Experiment, TrtEngineSpec
 from trtops_operator.observation import Observed
 from trtops_operator.serving import Serving, apply_if_changed, plan_ref
@@ -45,10 +50,8 @@ from trtops_operator.status_model import EngineView, PlanRecord
 __all__ = [
     "VARIANT_LABEL",
     "ExperimentStep",
-    "Measured",
     "decide_experiment",
     "experiment_key",
-    "measurement_due",
     "shadow_service",
     "variant_service",
 ]
@@ -76,21 +79,6 @@ def experiment_key(spec: Experiment, baseline_revision: str) -> str:
     return hashlib.sha256(canonical_json(record).encode("ascii")).hexdigest()[:12]
 
 
-def _time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-@dataclass(frozen=True)
-class Measured:
-    """A measurement of every arm (baseline first) over the experiment so far, taken at
-    ``at`` (RFC 3339); ``error``: why there is none (Prometheus trouble), said in status."""
-
-    at: str
-    key: str
-    arms: tuple[ArmSample, ...] = ()
-    error: str = ""
-
-
 @dataclass
 class ExperimentStep:
     create: list[dict[str, Any]] = field(default_factory=list)
@@ -105,20 +93,6 @@ class ExperimentStep:
     outcomes: list[BuildOutcome] = field(default_factory=list)
     waiting_on: list[str] = field(default_factory=list)
     requeue_after: float | None = None
-
-
-def measurement_due(status: Mapping[str, Any] | None, spec: Experiment, now: dt.datetime) -> bool:
-    """Whether a Running experiment should be measured now: ``intervalSeconds`` after the last
-    measurement (or its start), or at once when its duration is over."""
-    if not status or status.get("phase") != "Running" or not status.get("startedAt"):
-        return False
-    if not _readable(status):
-        return False  # the next pass starts it over
-    last = _time(str(status.get("lastMeasuredAt") or status["startedAt"]))
-    if (now - last).total_seconds() >= spec.interval_seconds:
-        return True
-    ends = status.get("endsAt")
-    return bool(ends) and now >= _time(str(ends)) and last < _time(str(ends))
 
 
 def _variant_spec(spec: TrtEngineSpec, precision: str) -> TrtEngineSpec:
@@ -148,20 +122,6 @@ def stale_services(engine: str, observed: Observed) -> list[str]:
     """Experiment Services that exist (to take out of the route and delete)."""
     prefixes = (f"{engine}-x-", shadow_service(engine))
     return [n for n in observed.services if n.startswith(prefixes)]
-
-
-def _readable(record: Mapping[str, Any]) -> bool:
-    """Whether a recorded ``status.experiment`` has the shapes this step reads."""
-    try:
-        for k in ("startedAt", "endsAt", "lastMeasuredAt"):
-            if record.get(k) is not None:
-                _time(str(record[k]))
-        for v in record.get("variants") or []:
-            for p in v.get("plans") or []:
-                PlanRecord.model_validate(p)
-    except (ValueError, TypeError, AttributeError):  # pydantic's ValidationError is a ValueError
-        return False
-    return isinstance(record.get("variants") or [], list)
 
 
 def _restamp(obj: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +177,7 @@ def decide_experiment(
     baseline = builds.revision
     key = experiment_key(exp, baseline)
     # A record that does not read (a hand edit) starts the experiment over instead of wedging it.
-    same = old.get("key") == key and _readable(old)
+    same = old.get("key") == key and readable(old)
     recorded = {v.get("name"): v for v in (old.get("variants") or [])} if same else {}
     status: dict[str, Any] = {
         "key": key,
@@ -355,7 +315,7 @@ def decide_experiment(
             return out
         status["startedAt"] = now
         if exp.duration_seconds is not None:
-            ends = _time(now) + dt.timedelta(seconds=exp.duration_seconds)
+            ends = parse_time(now) + dt.timedelta(seconds=exp.duration_seconds)
             status["endsAt"] = ends.strftime("%Y-%m-%dT%H:%M:%SZ")
         out.events.append(
             Event(
@@ -376,7 +336,7 @@ def decide_experiment(
                 ]
             )
         else:
-            _judge(exp, status, measured, variants, now, out)
+            record_measurement(exp, status, measured, variants, now, out.events)
     # The route: fixed weights; a stopped variant gets none.
     serving_variants = [e for e in variants if not e.get("stopped")]
     if status.get("phase") == "Completed":
@@ -389,78 +349,7 @@ def decide_experiment(
     if status.get("phase") == "Running":
         left = [float(exp.interval_seconds)]
         if status.get("endsAt"):
-            left.append(max((_time(status["endsAt"]) - _time(now)).total_seconds(), 1.0))
+            left.append(max((parse_time(status["endsAt"]) - parse_time(now)).total_seconds(), 1.0))
         out.requeue_after = float(min(left))
     out.status = _nulled(old, status)
     return out
-
-
-def _judge(
-    exp: Experiment,
-    status: dict[str, Any],
-    measured: Measured,
-    variants: list[dict[str, Any]],
-    now: str,
-    out: ExperimentStep,
-) -> None:
-    """Record a measurement: results, hard-SLO stops, and the end with its recommendation."""
-    by_name = {e["name"]: e for e in variants}
-    arms = list(measured.arms)
-    hard = exp.hard_slo
-    for i, arm in enumerate(arms[1:], start=1):
-        entry = by_name.get(arm.name)
-        if entry is None:
-            continue
-        if entry.get("stopped"):
-            arms[i] = _with_stop(arm, entry["stopped"])
-            continue
-        why = _hard_breach(hard, arm) if hard is not None else ""
-        if why:
-            entry["stopped"] = why
-            arms[i] = _with_stop(arm, why)
-            out.events.append(Event("Warning", "ExperimentVariantStopped", f"{arm.name}: {why}"))
-    results = judge_arms(arms[0], arms[1:], exp.recommend, exp.min_shadow_samples)
-    status["results"] = [r.to_json() for r in results]
-    status["lastMeasuredAt"] = measured.at
-    ended = bool(status.get("endsAt")) and _time(measured.at) >= _time(status["endsAt"])
-    serving = [r for r in results if not r.arm.stopped]
-    # minRequests ends it only once the rule's agreement can be judged too: a variant with too
-    # few shadow rows would lose for lack of data, not for its answers.
-    want = exp.recommend.min_output_agreement
-    rows_needed = exp.min_shadow_samples if want is not None else 0
-    if exp.min_requests is not None and all(
-        r.requests >= exp.min_requests and (i == 0 or r.shadow_rows >= rows_needed)
-        for i, r in enumerate(serving)
-    ):
-        ended = True
-    if ended:
-        rec = recommend(results, exp.recommend)
-        status["recommendation"] = rec.to_json(promote_hint(rec))
-        status |= {
-            "phase": "Completed",
-            "completedAt": now,
-            "message": f"recommended: {rec.name} ({rec.precision});"
-            f" to promote it, {promote_hint(rec)}",
-        }
-        out.events.append(Event("Normal", "ExperimentCompleted", rec.reason[:1024]))
-
-
-def _with_stop(arm: ArmSample, why: str) -> ArmSample:
-    from dataclasses import replace
-
-    return replace(arm, stopped=why)
-
-
-def _hard_breach(hard: Any, arm: ArmSample) -> str:
-    from trtops_operator.canary.judge import histogram_quantile
-
-    s = arm.sample
-    if hard.max_error_rate is not None and s.requests > 0:
-        rate = s.server_errors / s.requests
-        if rate > hard.max_error_rate:
-            return f"error rate {rate:.4f} > hardSlo.maxErrorRate {hard.max_error_rate:g}"
-    if hard.p99_latency_ms is not None:
-        p99 = histogram_quantile(0.99, s.buckets)
-        if p99 is not None and p99 * 1000 > hard.p99_latency_ms:
-            return f"p99 {p99 * 1000:.2f} ms > hardSlo.p99LatencyMs {hard.p99_latency_ms:g}"
-    return ""
