@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from trtops_worker.builder.model import sha256_file
 
 from tests.e2e.conftest import Workspace
 from tests.support.cluster import wait_for
-from tests.support.demo import infer, load_sample, sha256_file
+from tests.support.demo import infer, load_sample
 from tests.support.gateway import start_gateway, stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]

@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -70,14 +69,6 @@ def fill_claim(
     np.savez(data / "request.npz", **samples.calibration_inputs(model, 1, seed=3))  # type: ignore[arg-type]
     np.savez(data / "zeros.npz", **{k: np.zeros_like(v) for k, v in calib.items()})  # type: ignore[arg-type]
     return model
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Engines:
