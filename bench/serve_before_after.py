@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -74,11 +75,12 @@ def cpu_now(pid: int, metrics_port: int) -> tuple[float, float, float]:
 
 
 def serve(
-    tree: Path, model: Path, log: Path, extra: list[str]
+    tree: Path, model: Path, log: Path, extra: list[str], prefix: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], int, int, int]:
+    """``serve`` from ``tree``, run under ``prefix`` (``taskset -c 0``, say)."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": _path(tree)}
-    cmd = [sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
+    cmd = [*prefix, sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
     cmd += ["--model-name", "m", "--host", "127.0.0.1", "--http-port", str(http)]
     cmd += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     cmd += ["--max-batch-size", "8", "--max-queue-delay-us", "2000", *extra]
@@ -97,12 +99,18 @@ def serve(
 
 
 def bench(
-    port: int, wire: str, concurrency: int, seconds: float, server: tuple[int, int]
+    port: int,
+    wire: str,
+    concurrency: int,
+    seconds: float,
+    server: tuple[int, int],
+    prefix: Sequence[str] = (),
 ) -> dict[str, object]:
-    """One load; adds ``server_us_per_request``: the server's (``(pid, metrics port)``) CPU
-    outside inference per request over the measured window (after the 0.5 s warm-up)."""
+    """One load (run under ``prefix``); adds ``server_us_per_request``: the server's (``(pid,
+    metrics port)``) CPU outside inference per request over the measured window (after the
+    0.5 s warm-up)."""
     url = f"127.0.0.1:{port}" if wire.startswith("grpc") else f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--model", "m"]
+    cmd = [*prefix, sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--model", "m"]
     cmd += [*WIRES[wire], "--concurrency", str(concurrency)]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd += ["--duration-seconds", str(seconds), "--warmup-seconds", "0.5", "--json", out.name]

@@ -115,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " batch; a worker thread lets the loop parse requests while a batch runs)",
     )
     parser.add_argument(
+        "--http-server",
+        choices=["uvicorn", "granian-asgi", "granian-rsgi"],
+        default=os.environ.get("TRTOPS_HTTP_SERVER", "uvicorn"),
+        help="the HTTP front end; granian is opt-in and not in the image (docs/serve.md);"
+        " env TRTOPS_HTTP_SERVER",
+    )
+    parser.add_argument(
         "--drain-seconds", type=float, default=0.0, help="keep serving this long after SIGTERM"
     )
     parser.add_argument(
@@ -319,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         body_timeout_seconds=args.body_timeout_seconds,
         drain_seconds=args.drain_seconds,
+        http_server=args.http_server,
         max_connections=max(1024, 4 * args.max_queue_size),
     )
 

@@ -1,9 +1,12 @@
-"""OIP v2 over HTTP as a bare ASGI app (run by uvicorn with uvloop + httptools).
+"""OIP v2 over HTTP: one request handler, and two thin server interfaces over it.
 
-No web framework: the routes are six regular expressions, and the hot path (``infer``) is a body
-read, ``orjson``, and one call into the data plane. Every error leaves as ``{"error": "..."}``
-with the status its :class:`ServeError` class names; anything unexpected is logged and answered
-500 without taking the server down.
+:func:`create_handler` answers a request given its method, path, a header lookup and a body
+reader; :func:`create_app` is it as a bare ASGI app (uvicorn with uvloop + httptools, or granian's
+ASGI mode), :func:`create_rsgi_app` as an RSGI app (granian's own interface, no per-message
+dicts). No web framework: the routes are six regular expressions, and the hot path (``infer``) is
+a body read, ``orjson``, and one call into the data plane. Every error leaves as
+``{"error": "..."}`` with the status its :class:`ServeError` class names; anything unexpected is
+logged and answered 500 without taking the server down.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .errors import BodyTimeout, InvalidInput, ModelNotFound, PayloadTooLarge, S
 from .shadow import SHADOW_HEADER
 from .types import InferRequest, TensorSpec
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_handler", "create_rsgi_app"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Header = Callable[[bytes], "bytes | None"]  # a request header by lower-case name
+BodyReader = Callable[[int], Awaitable[bytes]]  # the whole body, PayloadTooLarge past the limit
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, Headers, bytes]
+Handler = Callable[[str, str, Header, BodyReader], Awaitable[Response]]
 
 _MODEL = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<op>/ready|/infer|/config|/stats)?/?$"
@@ -49,44 +57,53 @@ class _Error(Exception):
         self.status = status
 
 
-async def _send(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON
-) -> None:
+async def _send(send: Send, status: int, body: bytes, headers: Headers = _JSON) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _json(send: Send, status: int, payload: Any) -> None:
-    await _send(send, status, orjson.dumps(payload))
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def _declared_length(header: Header, limit: int) -> int | None:
+    """``Content-Length`` if given; PayloadTooLarge before any read when it is over ``limit``."""
+    declared = header(b"content-length")
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limit:
         raise PayloadTooLarge(
             f"request body of {int(declared)} bytes is over the {limit}-byte limit"
         )
-    chunks: list[bytes] = []
+    return int(declared)
+
+
+def _add_chunk(parts: list[bytes], size: int, chunk: bytes, limit: int) -> int:
+    size += len(chunk)
+    if size > limit:
+        raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+    parts.append(chunk)
+    return size
+
+
+async def _read_asgi(header: Header, receive: Receive, limit: int) -> bytes:
+    _declared_length(header, limit)
+    parts: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Error(400, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
-        chunks.append(chunk)
+        size = _add_chunk(parts, size, message.get("body", b""), limit)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _read_rsgi(header: Header, proto: Any, limit: int) -> bytes:
+    if _declared_length(header, limit) is not None:
+        return bytes(await proto())  # the HTTP framing stops it at the declared length
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in proto:  # chunked: count as it comes
+        size = _add_chunk(parts, size, chunk, limit)
+    return b"".join(parts)
 
 
 # HTTP content codings Triton's clients use -> zlib's wbits ("deflate" is the zlib format,
@@ -119,12 +136,12 @@ def _decompress(body: bytes, coding: bytes, limit: int) -> bytes:
     return out
 
 
-def _response_coding(scope: Scope) -> bytes | None:
+def _response_coding(header: Header) -> bytes | None:
     """The first of gzip/deflate that ``Accept-Encoding`` allows (q=0 refuses), else None."""
-    header = _header(scope, b"accept-encoding")
-    if not header:
+    accept = header(b"accept-encoding")
+    if not accept:
         return None
-    for part in header.split(b","):
+    for part in accept.split(b","):
         name, _, params = part.partition(b";")
         name = name.strip().lower()
         if name in _CODINGS and params.replace(b" ", b"") not in (b"q=0", b"q=0.0", b"q=0.00"):
@@ -141,14 +158,15 @@ _PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 _CLOSE = (b"connection", b"close")
 
 
-def create_app(
+def create_handler(
     dataplane: DataPlane,
     *,
     max_body_bytes: int = 64 << 20,
     body_timeout_s: float = 30.0,
     max_requests: int = 1024,
-) -> ASGIApp:
-    """The ASGI app for ``dataplane``; tests build one around whatever data plane they need.
+) -> Handler:
+    """The request handler for ``dataplane``: ``(method, path, header, read_body)`` to
+    ``(status, headers, body)``; every error is answered here, nothing raises.
 
     ``max_body_bytes`` caps a body (decompressed too); ``body_timeout_s`` is the deadline for
     receiving it (408 after it, so stalled uploads free their slot); ``max_requests`` caps the
@@ -171,14 +189,14 @@ def create_app(
                     expired.add(task)
                     task.cancel()
 
-    async def read_body(scope: Scope, receive: Receive) -> bytes:
+    async def read_body(read: BodyReader) -> bytes:
         task = asyncio.current_task()
-        assert task is not None  # an ASGI app always runs in a task
+        assert task is not None  # both interfaces run a request in a task
         if not sweeper:
             sweeper.append(asyncio.get_running_loop().create_task(sweep()))
         reading[task] = time.monotonic() + body_timeout_s
         try:
-            return await _read_body(scope, receive, max_body_bytes)
+            return await read(max_body_bytes)
         except asyncio.CancelledError:
             if task not in expired:
                 raise
@@ -188,20 +206,18 @@ def create_app(
             del reading[task]
             expired.discard(task)
 
-    async def infer(
-        scope: Scope, receive: Receive, send: Send, model: str, version: str | None
-    ) -> None:
+    async def infer(header: Header, read: BodyReader, model: str, version: str | None) -> Response:
         started = time.perf_counter()
         try:
             with dataplane.arriving():
-                body = await read_body(scope, receive)
-                coding = _header(scope, b"content-encoding")
+                body = await read_body(read)
+                coding = header(b"content-encoding")
                 if coding is not None:
                     body = _decompress(body, coding, max_body_bytes)
         except ServeError as e:
             dataplane.record_failure(started, e)
             raise
-        header_length = _header(scope, _HEADER_LENGTH)
+        header_length = header(_HEADER_LENGTH)
 
         def decode(specs: Sequence[TensorSpec], output_names: Sequence[str]) -> InferRequest:
             json_part, binary = body, b""
@@ -215,7 +231,7 @@ def create_app(
                 raise InvalidInput(f"malformed JSON: {e}") from None
             return decode_json_request(parsed, specs, output_names, binary)
 
-        shadow = _header(scope, _SHADOW) is not None  # a copy of another revision's request
+        shadow = header(_SHADOW) is not None  # a copy of another revision's request
         response, request = await dataplane.infer(model, version, decode, started, shadow=shadow)
         payload, raw = encode_json_response(response, request.binary_outputs)
         head = orjson.dumps(payload)
@@ -228,31 +244,29 @@ def create_app(
             else _JSON
         )
         data = head + raw if raw else head
-        coding = _response_coding(scope)
+        coding = _response_coding(header)
         if coding is not None and len(data) >= _COMPRESS_FROM_BYTES:
             data = _compress(data, coding)
             headers = [*headers, (b"content-encoding", coding)]
-        await _send(send, 200, data, headers)
+        return 200, headers, data
 
-    async def route(scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        method: str = scope["method"]
+    def ok(payload: Any, status: int = 200) -> Response:
+        return status, _JSON, orjson.dumps(payload)
+
+    async def route(method: str, path: str, header: Header, read: BodyReader) -> Response:
         if path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/"):
             if method not in ("GET", "HEAD"):
                 raise _Error(405, f"{method} is not allowed on {path}")
             if path == "/v2/health/live":
-                await _json(send, 200, {"live": True})
-            elif path == "/v2/health/ready":
+                return ok({"live": True})
+            if path == "/v2/health/ready":
                 ready = dataplane.ready
-                await _json(send, 200 if ready else 400, {"ready": ready})
-            else:
-                await _json(send, 200, dataplane.server_metadata())
-            return
+                return ok({"ready": ready}, 200 if ready else 400)
+            return ok(dataplane.server_metadata())
         if path.rstrip("/") == "/v2/models/stats":  # every model's statistics (Triton)
             if method not in ("GET", "HEAD"):
                 raise _Error(405, f"{method} is not allowed on {path}")
-            await _json(send, 200, dataplane.model_statistics())
-            return
+            return ok(dataplane.model_statistics())
         match = _MODEL.match(path)
         if match is None:
             raise _Error(404, f"no route {path}")
@@ -260,44 +274,111 @@ def create_app(
         if op == "/infer":
             if method != "POST":
                 raise _Error(405, f"use POST on {path}")
-            await infer(scope, receive, send, model, version)
-            return
+            return await infer(header, read, model, version)
         if method not in ("GET", "HEAD"):
             raise _Error(405, f"{method} is not allowed on {path}")
         if op == "/ready":
             ready = dataplane.model_ready(model, version)
-            await _json(send, 200 if ready else 400, {"name": model, "ready": ready})
-        elif op == "/config":
-            await _json(send, 200, dataplane.model_config(model, version))
-        elif op == "/stats":
-            await _json(send, 200, dataplane.model_statistics(model, version))
-        else:
-            await _json(send, 200, dataplane.model_metadata(model, version))
+            return ok({"name": model, "ready": ready}, 200 if ready else 400)
+        if op == "/config":
+            return ok(dataplane.model_config(model, version))
+        if op == "/stats":
+            return ok(dataplane.model_statistics(model, version))
+        return ok(dataplane.model_metadata(model, version))
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(method: str, path: str, header: Header, read: BodyReader) -> Response:
         nonlocal active
-        if scope["type"] != "http":  # lifespan and websockets: nothing to do
-            return
-        probe = scope["path"] in _PROBES
+        probe = path in _PROBES
         if not probe and active >= max_requests:
             body = orjson.dumps({"error": f"server busy: {active} requests in progress"})
-            await _send(send, 503, body, [*_JSON, _CLOSE])
-            return
+            return 503, [*_JSON, _CLOSE], body
         active += 0 if probe else 1
         try:
-            await route(scope, receive, send)
+            return await route(method, path, header, read)
         except ServeError as e:
             if not isinstance(e, ModelNotFound | InvalidInput):
                 log.debug("request failed: %s", e)
             # the unread rest of a refused body must not be parsed as the next request
             headers = [*_JSON, _CLOSE] if isinstance(e, PayloadTooLarge | BodyTimeout) else _JSON
-            await _send(send, e.http_status, orjson.dumps({"error": str(e)}), headers)
+            return e.http_status, headers, orjson.dumps({"error": str(e)})
         except _Error as e:
-            await _json(send, e.status, {"error": str(e)})
+            return ok({"error": str(e)}, e.status)
         except Exception:
-            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            await _json(send, 500, {"error": "internal error"})
+            log.exception("unexpected error on %s %s", method, path)
+            return ok({"error": "internal error"}, 500)
         finally:
             active -= 0 if probe else 1
+
+    return handle
+
+
+def create_app(
+    dataplane: DataPlane,
+    *,
+    max_body_bytes: int = 64 << 20,
+    body_timeout_s: float = 30.0,
+    max_requests: int = 1024,
+) -> ASGIApp:
+    """:func:`create_handler` (same arguments) as an ASGI app; tests build one around whatever
+    data plane they need."""
+    handle = create_handler(
+        dataplane,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+        max_requests=max_requests,
+    )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan and websockets: nothing to do
+            return
+        raw_headers = scope["headers"]
+
+        def header(name: bytes) -> bytes | None:
+            for key, value in raw_headers:
+                if key == name:
+                    return bytes(value)
+            return None
+
+        def read(limit: int) -> Awaitable[bytes]:
+            return _read_asgi(header, receive, limit)
+
+        status, headers, body = await handle(scope["method"], scope["path"], header, read)
+        await _send(send, status, body, headers)
+
+    return app
+
+
+def create_rsgi_app(
+    dataplane: DataPlane,
+    *,
+    max_body_bytes: int = 64 << 20,
+    body_timeout_s: float = 30.0,
+    max_requests: int = 1024,
+) -> Callable[[Any, Any], Awaitable[None]]:
+    """:func:`create_handler` (same arguments) as an RSGI app (granian's interface: headers as
+    str, one call for the whole body, one for the whole response)."""
+    handle = create_handler(
+        dataplane,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+        max_requests=max_requests,
+    )
+
+    async def app(scope: Any, proto: Any) -> None:
+        if scope.proto != "http":  # websockets: nothing to do
+            return
+        raw_headers = scope.headers
+
+        def header(name: bytes) -> bytes | None:
+            value = raw_headers.get(name.decode())
+            return None if value is None else value.encode("latin-1")
+
+        def read(limit: int) -> Awaitable[bytes]:
+            return _read_rsgi(header, proto, limit)
+
+        status, headers, body = await handle(scope.method, scope.path, header, read)
+        proto.response_bytes(
+            status, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers], body
+        )
 
     return app

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
 import uvicorn
@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .dataplane import DataPlane
 from .frontends import all_warm
 from .grpc_server import create_grpc_server
-from .rest import create_app
+from .rest import create_app, create_rsgi_app
 
 __all__ = ["ServerOptions", "ServingProcess"]
 
@@ -47,6 +47,9 @@ class ServerOptions:
     # SO_REUSEPORT on the HTTP socket (gRPC sets it by default): front ends share the port.
     reuse_port: bool = False
     front_ends: int = 1  # with reuse_port: how many share the ports
+    # "uvicorn" (uvloop + httptools), or granian (Rust) running the same handler over its
+    # "granian-asgi" or "granian-rsgi" interface; docs/serve.md compares them.
+    http_server: str = "uvicorn"
 
 
 class _Uvicorn(uvicorn.Server):
@@ -143,13 +146,58 @@ class ServingProcess:
             reuse_port=opts.reuse_port,
         )
         await grpc_server.start()
+        stop_http: Callable[[], Awaitable[None]] | None = None
+        try:
+            self.http_port, stop_http = await self._start_http(body_limit)
+            log.info(
+                "listening: http %s:%d (%s) grpc %s:%d metrics %s:%s",
+                opts.host,
+                self.http_port,
+                opts.http_server,
+                opts.host,
+                self.grpc_port,
+                opts.host,
+                opts.metrics_port if opts.metrics_port is not None else "(the supervisor's)",
+            )
+            if not opts.reuse_port:
+                await self.dataplane.start()
+            await self._stop.wait()
+            if opts.drain_seconds > 0:
+                await asyncio.sleep(opts.drain_seconds)
+        finally:
+            await asyncio.gather(
+                stop_http() if stop_http is not None else asyncio.sleep(0),
+                grpc_server.stop(opts.graceful_timeout_seconds),
+                return_exceptions=True,
+            )
+            await self.dataplane.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+    async def _start_http(self, body_limit: int) -> tuple[int, Callable[[], Awaitable[None]]]:
+        """The HTTP listener: its port, and a coroutine function that stops it gracefully."""
+        opts = self.options
+        limits = dict(max_body_bytes=body_limit, max_requests=opts.max_connections)
+        if opts.http_server in ("granian-asgi", "granian-rsgi"):
+            from .granian_server import start_granian
+
+            rsgi = opts.http_server == "granian-rsgi"
+            return await start_granian(
+                (create_rsgi_app if rsgi else create_app)(
+                    self.dataplane, body_timeout_s=opts.body_timeout_seconds, **limits
+                ),
+                rsgi=rsgi,
+                host=opts.host,
+                port=opts.http_port,
+                backlog=opts.max_connections,
+                graceful_timeout_s=opts.graceful_timeout_seconds,
+            )
         config = uvicorn.Config(
-            create_app(
-                self.dataplane,
-                max_body_bytes=body_limit,
-                body_timeout_s=opts.body_timeout_seconds,
-                max_requests=opts.max_connections,
-            ),
+            create_app(self.dataplane, body_timeout_s=opts.body_timeout_seconds, **limits),
             host=opts.host,
             port=opts.http_port,
             http=_HttpProtocol,
@@ -167,40 +215,18 @@ class ServingProcess:
         )
         http = _Uvicorn(config)
         sockets = [_reuse_port_socket(opts.host, opts.http_port)] if opts.reuse_port else None
-        http_task = asyncio.create_task(http.serve(sockets=sockets), name="trtops-http")
-        try:
-            while not http.started:
-                if http_task.done():
-                    await http_task  # surfaces the bind error
-                    raise OSError(f"HTTP server on {opts.host}:{opts.http_port} did not start")
-                await asyncio.sleep(0.01)
-            self.http_port = http.servers[0].sockets[0].getsockname()[1]
-            log.info(
-                "listening: http %s:%d grpc %s:%d metrics %s:%s",
-                opts.host,
-                self.http_port,
-                opts.host,
-                self.grpc_port,
-                opts.host,
-                opts.metrics_port if opts.metrics_port is not None else "(the supervisor's)",
-            )
-            if not opts.reuse_port:
-                await self.dataplane.start()
-            await self._stop.wait()
-            if opts.drain_seconds > 0:
-                await asyncio.sleep(opts.drain_seconds)
-        finally:
+        task = asyncio.create_task(http.serve(sockets=sockets), name="trtops-http")
+        while not http.started:
+            if task.done():
+                await task  # surfaces the bind error
+                raise OSError(f"HTTP server on {opts.host}:{opts.http_port} did not start")
+            await asyncio.sleep(0.01)
+
+        async def stop() -> None:
             http.should_exit = True
-            await asyncio.gather(
-                http_task, grpc_server.stop(opts.graceful_timeout_seconds), return_exceptions=True
-            )
-            await self.dataplane.close()
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            log.info("stopped")
+            await task
+
+        return http.servers[0].sockets[0].getsockname()[1], stop
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
