@@ -129,6 +129,37 @@ def bench(
     return summary
 
 
+LABELS = {"p50": "p50 ms", "p99": "p99 ms", "rps": "req/s", "srv": "srv us"}
+
+
+def print_table(
+    results: dict[str, dict[str, list[dict[str, object]]]],
+    base: str,
+    keys: Sequence[str],
+    first: str = "side",
+) -> None:
+    """A Markdown table of the medians over the rounds of ``keys`` (of :data:`LABELS`) for each
+    side and case of ``results``, with the ratio of each to side ``base``'s."""
+
+    def med(side: str, key: str, case: str) -> float:
+        runs = results[side][case]
+        if key == "rps":
+            return statistics.median(float(r["throughput_rps"]) for r in runs)  # type: ignore[arg-type]
+        if key == "srv":
+            return statistics.median(float(r["server_us_per_request"]) for r in runs)  # type: ignore[arg-type]
+        return statistics.median(float(r["latency_ms"][key]) for r in runs)  # type: ignore[index]
+
+    print(f"| {first} | case | " + " | ".join(f"{LABELS[k]} | ratio" for k in keys) + " |")
+    print("| --- | --- |" + " ---: | ---: |" * len(keys))
+    for case in results[base]:
+        for side in results:
+            cells = []
+            for key in keys:
+                value, ref = med(side, key, case), med(base, key, case)
+                cells.append(f"{value:.2f} | {value / ref:.2f}" if ref else f"{value:.2f} | -")
+            print(f"| {side} | {case} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     before_from = parser.add_mutually_exclusive_group(required=True)
@@ -191,25 +222,7 @@ def main() -> int:
         f"before = {args.before or args.before_tree}, after = this tree;"
         f" median of {args.rounds} rounds (order alternating); ratios: side / before"
     )
-    keys = (("p50", "p50 ms"), ("p99", "p99 ms"), ("rps", "req/s"), ("srv", "srv us"))
-
-    def med(side: str, key: str, case: str) -> float:
-        runs = results[side][case]
-        if key == "rps":
-            return statistics.median(float(r["throughput_rps"]) for r in runs)  # type: ignore[arg-type]
-        if key == "srv":
-            return statistics.median(float(r["server_us_per_request"]) for r in runs)  # type: ignore[arg-type]
-        return statistics.median(float(r["latency_ms"][key]) for r in runs)  # type: ignore[index]
-
-    print("| side | case | " + " | ".join(f"{label} | ratio" for _, label in keys) + " |")
-    print("| --- | --- |" + " ---: | ---: |" * len(keys))
-    for case in results["before"]:
-        for side in results:
-            cells = []
-            for key, _ in keys:
-                value, base = med(side, key, case), med("before", key, case)
-                cells.append(f"{value:.2f} | {value / base:.2f}" if base else f"{value:.2f} | -")
-            print(f"| {side} | {case} | " + " | ".join(cells) + " |")
+    print_table(results, "before", ("p50", "p99", "rps", "srv"))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=1))
     return 0

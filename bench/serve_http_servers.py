@@ -5,8 +5,9 @@ one-thread instance, pinned (``taskset``) to one core, while ``trtops-worker ben
 another core, round after round in alternating order so that every side sees the same machine
 state. Prints, per side, wire and concurrency, the medians over the rounds of p50, throughput and
 the server's CPU per request outside inference (``srv us``: all its CPU minus the inference CPU it
-counts itself, ``trtops_compute_cpu_seconds_total``), with ratios to uvicorn; and raw ONNX
-Runtime's batch-1 p50 on the server's core, the c=1 reference.
+counts itself, ``trtops_compute_cpu_seconds_total``), with ratios to uvicorn, and the median of
+the per-round ``srv us`` ratios; and raw ONNX Runtime's batch-1 p50 on the server's core, the
+c=1 reference.
 
 Usage::
 
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "worker"), str(ROOT / "bench")]
 
-from serve_before_after import bench, serve  # noqa: E402
+from serve_before_after import bench, print_table, serve  # noqa: E402
 from serve_benchmark import RawShape  # noqa: E402
 from trtops_worker import samples  # noqa: E402
 
@@ -79,25 +80,18 @@ def main() -> int:
         f" {statistics.median(raw_p50):.3f} ms; ratios: side / uvicorn"
     )
 
-    def med(side: str, case: str, key: str) -> float:
-        runs = results[side][case]
-        if key == "rps":
-            return statistics.median(float(r["throughput_rps"]) for r in runs)  # type: ignore[arg-type]
-        if key == "srv":
-            return statistics.median(float(r["server_us_per_request"]) for r in runs)  # type: ignore[arg-type]
-        return statistics.median(float(r["latency_ms"][key]) for r in runs)  # type: ignore[index]
-
-    keys = (("p50", "p50 ms"), ("rps", "req/s"), ("srv", "srv us"))
     base = args.servers[0]
-    print("| server | case | " + " | ".join(f"{label} | ratio" for _, label in keys) + " |")
-    print("| --- | --- |" + " ---: | ---: |" * len(keys))
+    print_table(results, base, ("p50", "rps", "srv"), first="server")
+    # each round runs every side back to back: its ratios see one machine state
+    print(f"serving CPU per request, the median of the per-round ratios to {base}:")
     for case in results[base]:
-        for side in args.servers:
-            cells = []
-            for key, _ in keys:
-                value, ref = med(side, case, key), med(base, case, key)
-                cells.append(f"{value:.2f} | {value / ref:.2f}" if ref else f"{value:.2f} | -")
-            print(f"| {side} | {case} | " + " | ".join(cells) + " |")
+        for side in args.servers[1:]:
+            pairs = zip(results[base][case], results[side][case], strict=True)
+            ratios = [
+                float(b["server_us_per_request"]) / float(a["server_us_per_request"])  # type: ignore[arg-type]
+                for a, b in pairs
+            ]
+            print(f"- {side}, {case}: {statistics.median(ratios):.2f}")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"raw_p50_ms": raw_p50, **results}, indent=1))
     return 0

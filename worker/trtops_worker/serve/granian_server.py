@@ -1,7 +1,7 @@
 """granian (a Rust HTTP server) in this process's event loop, as an opt-in HTTP front end.
 
-``--http-server granian-asgi`` runs :func:`rest.create_app`, ``granian-rsgi`` runs
-:func:`rest.create_rsgi_app` (the same handler over granian's own interface) in granian's
+``--http-server granian-asgi`` runs :func:`rest.asgi_app`, ``granian-rsgi`` runs
+:func:`rest.rsgi_app` (the same handler over granian's own interface) in granian's
 embedded server: its Rust runtime thread parses HTTP and hands each request to this loop. It is
 not the default: measured side by side with uvicorn it did not spend clearly less CPU per
 request (BENCHMARKS.md, "HTTP front ends"; ``bench/serve_http_servers.py``). granian is not in the

@@ -1,8 +1,8 @@
 """OIP v2 over HTTP: one request handler, and two thin server interfaces over it.
 
 :func:`create_handler` answers a request given its method, path, a header lookup and a body
-reader; :func:`create_app` is it as a bare ASGI app (uvicorn with uvloop + httptools, or granian's
-ASGI mode), :func:`create_rsgi_app` as an RSGI app (granian's own interface, no per-message
+reader; :func:`asgi_app` is it as a bare ASGI app (uvicorn with uvloop + httptools, or granian's
+ASGI mode), :func:`rsgi_app` as an RSGI app (granian's own interface, no per-message
 dicts). No web framework: the routes are six regular expressions, and the hot path (``infer``) is
 a body read, ``orjson``, and one call into the data plane. Every error leaves as
 ``{"error": "..."}`` with the status its :class:`ServeError` class names; anything unexpected is
@@ -28,7 +28,7 @@ from .errors import BodyTimeout, InvalidInput, ModelNotFound, PayloadTooLarge, S
 from .shadow import SHADOW_HEADER
 from .types import InferRequest, TensorSpec
 
-__all__ = ["create_app", "create_handler", "create_rsgi_app"]
+__all__ = ["asgi_app", "create_app", "create_handler", "rsgi_app"]
 
 log = logging.getLogger(__name__)
 
@@ -321,12 +321,18 @@ def create_app(
 ) -> ASGIApp:
     """:func:`create_handler` (same arguments) as an ASGI app; tests build one around whatever
     data plane they need."""
-    handle = create_handler(
-        dataplane,
-        max_body_bytes=max_body_bytes,
-        body_timeout_s=body_timeout_s,
-        max_requests=max_requests,
+    return asgi_app(
+        create_handler(
+            dataplane,
+            max_body_bytes=max_body_bytes,
+            body_timeout_s=body_timeout_s,
+            max_requests=max_requests,
+        )
     )
+
+
+def asgi_app(handle: Handler) -> ASGIApp:
+    """``handle`` (:func:`create_handler`) as a bare ASGI app (uvicorn, granian's ASGI mode)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan and websockets: nothing to do
@@ -348,21 +354,9 @@ def create_app(
     return app
 
 
-def create_rsgi_app(
-    dataplane: DataPlane,
-    *,
-    max_body_bytes: int = 64 << 20,
-    body_timeout_s: float = 30.0,
-    max_requests: int = 1024,
-) -> Callable[[Any, Any], Awaitable[None]]:
-    """:func:`create_handler` (same arguments) as an RSGI app (granian's interface: headers as
-    str, one call for the whole body, one for the whole response)."""
-    handle = create_handler(
-        dataplane,
-        max_body_bytes=max_body_bytes,
-        body_timeout_s=body_timeout_s,
-        max_requests=max_requests,
-    )
+def rsgi_app(handle: Handler) -> Callable[[Any, Any], Awaitable[None]]:
+    """``handle`` (:func:`create_handler`) as an RSGI app (granian's interface: headers as str,
+    one call for the whole body, one for the whole response)."""
 
     async def app(scope: Any, proto: Any) -> None:
         if scope.proto != "http":  # websockets: nothing to do

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .dataplane import DataPlane
 from .frontends import all_warm
 from .grpc_server import create_grpc_server
-from .rest import create_app, create_rsgi_app
+from .rest import asgi_app, create_handler, rsgi_app
 
 __all__ = ["ServerOptions", "ServingProcess"]
 
@@ -181,15 +181,18 @@ class ServingProcess:
     async def _start_http(self, body_limit: int) -> tuple[int, Callable[[], Awaitable[None]]]:
         """The HTTP listener: its port, and a coroutine function that stops it gracefully."""
         opts = self.options
-        limits = dict(max_body_bytes=body_limit, max_requests=opts.max_connections)
+        handle = create_handler(
+            self.dataplane,
+            max_body_bytes=body_limit,
+            body_timeout_s=opts.body_timeout_seconds,
+            max_requests=opts.max_connections,
+        )
         if opts.http_server in ("granian-asgi", "granian-rsgi"):
             from .granian_server import start_granian
 
             rsgi = opts.http_server == "granian-rsgi"
             return await start_granian(
-                (create_rsgi_app if rsgi else create_app)(
-                    self.dataplane, body_timeout_s=opts.body_timeout_seconds, **limits
-                ),
+                rsgi_app(handle) if rsgi else asgi_app(handle),
                 rsgi=rsgi,
                 host=opts.host,
                 port=opts.http_port,
@@ -197,7 +200,7 @@ class ServingProcess:
                 graceful_timeout_s=opts.graceful_timeout_seconds,
             )
         config = uvicorn.Config(
-            create_app(self.dataplane, body_timeout_s=opts.body_timeout_seconds, **limits),
+            asgi_app(handle),
             host=opts.host,
             port=opts.http_port,
             http=_HttpProtocol,
@@ -209,7 +212,7 @@ class ServingProcess:
             date_header=False,
             log_level="warning",
             # No uvicorn-wide cap: it would refuse the kubelet's probes too. The app caps
-            # requests other than probes (rest.create_app's max_requests).
+            # requests other than probes (rest.create_handler's max_requests).
             limit_concurrency=None,
             timeout_graceful_shutdown=int(opts.graceful_timeout_seconds),
         )
