@@ -190,6 +190,7 @@ class Demo:
     started: float = field(default_factory=time.monotonic)
     last_line: str = ""
     rows: list[RevisionRow] = field(default_factory=list)
+    surprises: list[str] = field(default_factory=list)  # canaries that ended the other way
     engines: Engines | None = None
     prom_url: str = ""
     gateway_url: str = ""
@@ -366,6 +367,8 @@ class Demo:
             row.outcome = f"rolled back: {rollback.get('reason', '')}"
             _say(f"    RolledBack: {rollback.get('message') or canary.get('message', '')}")
         _say(f"    canary {revision}: {row.outcome} (expected: {expect})")
+        if not row.outcome.startswith(expect):
+            self.surprises.append(f"canary {revision} ({precision}, {model}): {row.outcome}")
         return True
 
     def summary(self) -> None:
@@ -597,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = 130
     except Exception as exc:  # show what went wrong after the clean-up, and where the logs are
         _say(f"\ndemo failed: {exc}\nlogs: {args.workdir}")
+        rc = 1
+    if rc == 0 and demo.surprises:  # a run that told the wrong story is not a success
+        _say("\ndemo failed: " + "; ".join(demo.surprises) + f"\nlogs: {args.workdir}")
         rc = 1
     _say(f"\ndone in {time.monotonic() - demo.started:.0f} s; logs in {args.workdir}")
     return rc
