@@ -109,6 +109,16 @@ REFUSED: list[tuple[str, Mutate]] = [
     ),
     ("experiment without a Prometheus", _experiment(prometheus=None)),
     (
+        "experiment beside a canary judged on shadow requests",
+        _both(
+            _experiment(),
+            _set(
+                "spec.rollout.analysis",
+                {"prometheus": {"address": "http://prometheus:9090"}, "shadow": {"percent": 10}},
+            ),
+        ),
+    ),
+    (
         "experiment fp8 variant on onnxruntime",
         _both(ONNXRUNTIME, _experiment(variants=_variants(("a", "fp8", 5)))),
     ),

@@ -88,6 +88,11 @@ EXPERIMENT_NEEDS_ROUTER = (
     "spec.experiment needs spec.rollout.trafficRouter gatewayAPI or istio: variants are served"
     " at fixed route weights"
 )
+EXPERIMENT_WITH_SHADOW = (
+    "spec.experiment and spec.rollout.analysis.shadow cannot be combined: stable pods shadow to"
+    " one place, the experiment's variants or the canary (a canary judged on output agreement"
+    " would wait for rows that never come); remove one"
+)
 EXPERIMENT_NEEDS_PROMETHEUS = (
     "spec.experiment needs a Prometheus to measure the variants: set spec.experiment.prometheus"
     " or spec.rollout.analysis.prometheus"
@@ -103,6 +108,8 @@ def experiment_rules(
         raise ValueError(EXPERIMENT_NEEDS_ROUTER)
     if exp.prometheus is None and (rollout is None or rollout.analysis is None):
         raise ValueError(EXPERIMENT_NEEDS_PROMETHEUS)
+    if rollout is not None and rollout.analysis is not None and rollout.analysis.shadow is not None:
+        raise ValueError(EXPERIMENT_WITH_SHADOW)
     for v in exp.variants:
         if v.precision == build.precision:
             raise ValueError(
