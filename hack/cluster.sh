@@ -218,6 +218,14 @@ cmd_down() {
   if command -v kwokctl >/dev/null && kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
     kwokctl delete cluster --name "$name" >/dev/null 2>&1 9>&- || true
   fi
+  # kwokctl misses a cluster (or fails to stop it) while another is being created or deleted:
+  # whatever still runs from this cluster's folder is stopped here, or it would hold its ports.
+  local pattern="$KWOK_WORKDIR/clusters/$name/"
+  if pgrep -f "$pattern" >/dev/null; then
+    pkill -TERM -f "$pattern" || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -f "$pattern" >/dev/null || break; sleep 0.5; done
+    pkill -KILL -f "$pattern" || true
+  fi
   rm -rf "$KWOK_WORKDIR/clusters/$name" "$kubeconfig"
   log "cluster '$name' deleted"
 }

@@ -1,5 +1,6 @@
 """The cluster scripts meet bad situations with a clear message and recover, never a hang: a port
-already taken, a half-built binary in the cache, a stale cluster whose processes are gone."""
+already taken, a half-built binary in the cache, a stale cluster whose processes are gone, a
+component kwokctl no longer knows of."""
 
 from __future__ import annotations
 
@@ -69,6 +70,25 @@ def test_stale_cluster_is_recreated(kubeconfig: Path) -> None:
         assert _run(str(CLUSTER), "status", env=env).returncode == 0
     finally:
         _run(str(CLUSTER), "down", env=env)
+
+
+def test_down_stops_a_component_kwokctl_does_not_know_of(tmp_path: Path) -> None:
+    """kwokctl can miss a cluster while another is created or deleted, and its components then
+    outlive ``down`` holding their ports; ``down`` stops whatever runs from the cluster's folder.
+    The left-over component is played by ``sleep`` run from that folder."""
+    env = {"TRTOPS_CLUSTER": "orphantest", "TRTOPS_CACHE": str(tmp_path)}
+    binary = tmp_path / "kwok" / "clusters" / "orphantest" / "bin" / "kube-apiserver"
+    binary.parent.mkdir(parents=True)
+    shutil.copy("/bin/sleep", binary)
+    left = subprocess.Popen([str(binary), "300"])
+    try:
+        down = _run(str(CLUSTER), "down", env=env, timeout=60)
+        assert down.returncode == 0, down.stderr
+        assert left.wait(timeout=10) is not None  # stopped, not left holding a port
+        assert not binary.parent.exists()
+    finally:
+        left.kill()
+        left.wait()
 
 
 @pytest.mark.slow
