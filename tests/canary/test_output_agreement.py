@@ -125,18 +125,7 @@ def test_min_output_agreement_needs_shadow() -> None:
 
 
 def test_every_serving_pod_gets_the_canary_service_as_shadow_address() -> None:
-    spec = {
-        "model": {"uri": "pvc://models/m.onnx"},
-        "build": {"precision": "fp16"},
-        "storage": {"claimName": "plans"},
-        "serving": {"backend": "onnxruntime"},
-        "rollout": {
-            "trafficRouter": {"replicas": {}},
-            "steps": [{"setWeight": 10}],
-            "analysis": {"prometheus": PROM, "shadow": {"percent": 12.5}},
-        },
-    }
-    engine = manifests.Engine("resnet", "ml", "uid", TrtEngineSpec.model_validate(spec))
+    engine = _engine({"replicas": {}}, shadow=True, percent=12.5)
     plan = manifests.PlanRef(
         target="cpu", key="k", path="/plans/p", precision="int8", backend="onnxruntime"
     )
@@ -271,10 +260,10 @@ def test_a_canary_that_answers_differently_fails_on_output_agreement_only(
     assert good.kind != "Failed", good.reason
 
 
-def _engine(router: dict[str, Any], shadow: bool) -> manifests.Engine:
+def _engine(router: dict[str, Any], shadow: bool, percent: float = 10) -> manifests.Engine:
     analysis: dict[str, Any] = {"prometheus": PROM}
     if shadow:
-        analysis["shadow"] = {"percent": 10}
+        analysis["shadow"] = {"percent": percent}
     spec = {
         "model": {"uri": "pvc://models/m.onnx"},
         "build": {"precision": "fp16"},
