@@ -4,7 +4,7 @@
 # (that machine has no network): the wheels and Triton travel in an ignored bundle folder.
 #
 #   hack/device-bench.sh [--sizes 32,64] [--cores 16,2] [--variants defaults]
-#                        [--peers triton,mlserver] [--seconds 2] [--budget 530]
+#                        [--peers triton,mlserver] [--seconds 2.5] [--budget 540]
 #                        [--bundle .devbench] [--out DIR] [--dry-run] [-- more benchmark flags]
 #
 # --sizes    model input sides in px; max batch 32 at <= 32 px, 8 above (BENCHMARKS.md's models)
@@ -13,10 +13,11 @@
 # --variants --peers --seconds   passed to bench/serve_benchmark.py as they are
 # --budget   seconds from this script's start: a run whose estimate does not fit what is left is
 #            skipped (said so), and a run is killed at the budget's end (its JSON is then lost)
+# --dry-run  print the plan and its estimates (the core counts as given), install nothing
 # --out      where the log and the JSON go (default: $OUT, the device tool's folder)
 # DEVBENCH_TMP (default /tmp): where the bundle is installed and the runs work
 #
-# The bundle (built on the development machine, see BENCHMARKS.md "Serving"): whl/ our
+# The bundle (built on the development machine by hack/device-bundle.sh): whl/ our
 # dependencies the device image lacks (installed into /tmp/site), tritonserver-*.tar.xz (the
 # `tritonserver` tree of PyPI's nvidia-pytriton 0.7.0 wheel, unpacked into /tmp/triton) and,
 # optional, mls/ MLServer 1.7.1 with protobuf 6 (into /tmp/mls, started by the wrapper
@@ -29,8 +30,8 @@ sizes=32,64
 cores=16,2
 variants=defaults
 peers=triton,mlserver
-seconds=2
-budget=530
+seconds=2.5
+budget=540
 bundle=.devbench
 out=${OUT:-/tmp/device-bench-out}
 dry_run=0
@@ -63,19 +64,21 @@ log() { printf '[%4d s] %s\n' "$SECONDS" "$*"; }
 has_peer() { [[ ",$peers," == *",$1,"* ]]; }
 usable=$(nproc)
 
-# Seconds one run takes, from its parts (calibrated on the device machine; see BENCHMARKS.md):
-# raw ORT sweeps every session shape (divisors of the cores), each server wire format costs
-# about 3 x --seconds plus load-process start-ups, each server its start.
+# Seconds one run takes, from its parts: raw ORT sweeps every session shape (divisors of the
+# cores) for 11/6 x --seconds, each wire format of each server costs 3 x --seconds (two loads and
+# the raw brackets) plus about 4 s (load processes' start and 1 s warm-up each), each server its
+# start. On the device machine (2026-12-01) 32 px on 16 cores, defaults + Triton + MLServer at
+# --seconds 1 took 84 s against this estimate's 86 s.
 estimate() { # size cores
   local n=$2 shapes=0 d trtops_targets
   for ((d = 1; d <= n; d++)); do ((n % d == 0)) && ((shapes++)); done
   trtops_targets=$(tr ',' '\n' <<<"$variants" | grep -c .)
-  awk -v s="$seconds" -v shapes="$shapes" -v t="$trtops_targets" -v n="$n" \
+  awk -v s="$seconds" -v shapes="$shapes" -v t="$trtops_targets" \
     -v triton="$(has_peer triton && echo 1 || echo 0)" \
     -v mls="$(has_peer mlserver && [[ -d $bundle/mls ]] && echo 1 || echo 0)" 'BEGIN {
-      wire = 3 * s + 6 + (n > 8 ? 2 : 0)
-      raw = shapes * (11 * s / 6 + 1)
-      printf "%d", 10 + raw + t * (3 * wire + 5) + triton * (2 * wire + 20) + mls * (2 * wire + 10)
+      wire = 3 * s + 4
+      raw = shapes * (11 * s / 6 + 0.5)
+      printf "%d", 6 + raw + t * (3 * wire + 4) + triton * (2 * wire + 10) + mls * (2 * wire + 6)
     }'
 }
 
@@ -83,14 +86,14 @@ plan=()
 total=0
 for size in ${sizes//,/ }; do
   for n in ${cores//,/ }; do
-    ((n > usable)) && n=$usable
+    ((n > usable && !dry_run)) && n=$usable  # a dry run plans for the device's cores
     est=$(estimate "$size" "$n")
     plan+=("$size:$n:$est")
     total=$((total + est))
   done
 done
 log "device-bench: sizes $sizes, cores $cores (usable $usable), variants $variants, peers $peers,"\
-  "--seconds $seconds, budget $budget s; estimated $total s for ${#plan[@]} runs plus ~30 s setup"
+  "--seconds $seconds, budget $budget s; estimated $total s for ${#plan[@]} runs plus ~10 s setup"
 for entry in "${plan[@]}"; do
   IFS=: read -r size n est <<<"$entry"
   echo "  ${size} px on $n cores: ~$est s"
@@ -150,7 +153,7 @@ fi
 
 # -- runs --------------------------------------------------------------------------------------
 work=$tmp/device-bench
-mkdir -p "$work"
+rm -rf "$work" && mkdir -p "$work"  # a warm machine keeps an earlier call's runs
 merge() {
   "$PY" - "$work" "$out/serve-benchmark.json" <<'EOF'
 import json, pathlib, sys
@@ -178,4 +181,5 @@ for entry in "${plan[@]}"; do
   log "END $name: exit $rc after $((SECONDS - t0)) s (estimated $est s)"
   merge
 done
+merge
 log "done: $out/device-bench.log, $out/serve-benchmark.json"
