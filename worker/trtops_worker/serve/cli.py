@@ -116,9 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--http-server",
-        choices=["uvicorn", "granian-asgi", "granian-rsgi"],
-        default=os.environ.get("TRTOPS_HTTP_SERVER", "uvicorn"),
-        help="the HTTP front end; granian is opt-in and not in the image (docs/serve.md);"
+        choices=["httptools", "uvicorn", "granian-asgi", "granian-rsgi"],
+        default=os.environ.get("TRTOPS_HTTP_SERVER", "httptools"),
+        help="the HTTP front end: trtops' own HTTP/1.1 listener on httptools (default), or the"
+        " same handler under uvicorn or granian (opt-in, compared in docs/serve.md);"
         " env TRTOPS_HTTP_SERVER",
     )
     parser.add_argument(

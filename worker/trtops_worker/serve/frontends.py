@@ -70,6 +70,9 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a container restarted in the same pod binds again while the connections
+        # its predecessor closed sit in TIME_WAIT (as uvicorn and the front ends' own sockets)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         yield sock.getsockname()[1]

@@ -57,13 +57,19 @@ class _Error(Exception):
         self.status = status
 
 
+def read_error(message: str) -> Exception:
+    """What a body reader raises when the body cannot come (a disconnect, a malformed body):
+    the handler answers 400 with ``message``, not counted as an inference failure."""
+    return _Error(400, message)
+
+
 async def _send(send: Send, status: int, body: bytes, headers: Headers = _JSON) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def _declared_length(header: Header, limit: int) -> int | None:
+def declared_length(header: Header, limit: int) -> int | None:
     """``Content-Length`` if given; PayloadTooLarge before any read when it is over ``limit``."""
     declared = header(b"content-length")
     if declared is None or not declared.isdigit():
@@ -84,7 +90,7 @@ def _add_chunk(parts: list[bytes], size: int, chunk: bytes, limit: int) -> int:
 
 
 async def _read_asgi(header: Header, receive: Receive, limit: int) -> bytes:
-    _declared_length(header, limit)
+    declared_length(header, limit)
     parts: list[bytes] = []
     size = 0
     while True:
@@ -97,7 +103,7 @@ async def _read_asgi(header: Header, receive: Receive, limit: int) -> bytes:
 
 
 async def _read_rsgi(header: Header, proto: Any, limit: int) -> bytes:
-    if _declared_length(header, limit) is not None:
+    if declared_length(header, limit) is not None:
         return bytes(await proto())  # the HTTP framing stops it at the declared length
     parts: list[bytes] = []
     size = 0

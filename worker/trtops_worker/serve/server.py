@@ -26,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .dataplane import DataPlane
 from .frontends import all_warm
 from .grpc_server import create_grpc_server
+from .http11 import HttpOptions, start_http11
 from .rest import asgi_app, create_handler, rsgi_app
 
 __all__ = ["ServerOptions", "ServingProcess"]
@@ -47,9 +48,9 @@ class ServerOptions:
     # SO_REUSEPORT on the HTTP socket (gRPC sets it by default): front ends share the port.
     reuse_port: bool = False
     front_ends: int = 1  # with reuse_port: how many share the ports
-    # "uvicorn" (uvloop + httptools), or granian (Rust) running the same handler over its
-    # "granian-asgi" or "granian-rsgi" interface; docs/serve.md compares them.
-    http_server: str = "uvicorn"
+    # "httptools": serve/http11.py; or the same handler under "uvicorn" (uvloop + httptools,
+    # ASGI), or granian (Rust) over its "granian-asgi" or "granian-rsgi" interface.
+    http_server: str = "httptools"
 
 
 class _Uvicorn(uvicorn.Server):
@@ -187,6 +188,15 @@ class ServingProcess:
             body_timeout_s=opts.body_timeout_seconds,
             max_requests=opts.max_connections,
         )
+        if opts.http_server == "httptools":
+            options = HttpOptions(
+                max_body_bytes=body_limit,
+                graceful_timeout_s=opts.graceful_timeout_seconds,
+                backlog=opts.max_connections,
+            )
+            return await start_http11(
+                handle, opts.host, opts.http_port, options, reuse_port=opts.reuse_port
+            )
         if opts.http_server in ("granian-asgi", "granian-rsgi"):
             from .granian_server import start_granian
 
