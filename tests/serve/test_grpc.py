@@ -114,9 +114,14 @@ def test_metadata_reports_the_backend_in_trailing_metadata(server: Server) -> No
     assert dict(call.trailing_metadata())["trtops-fallback"] == "false"
 
 
-def test_grpc_requests_are_batched_under_concurrency(tmp_path: Path) -> None:
+@pytest.mark.parametrize("implementation", ["grpcio", "h2"])
+def test_grpc_requests_are_batched_under_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, implementation: str
+) -> None:
     """32 concurrent gRPC clients on a fast model with two instances: requests merge as they do
-    over HTTP (the batch-size histogram's mean; it was 1.0 when gRPC arrivals went unseen)."""
+    over HTTP (the batch-size histogram's mean; it was 1.0 when gRPC arrivals went unseen), on
+    either gRPC server (TRTOPS_GRPC_SERVER)."""
+    monkeypatch.setenv("TRTOPS_GRPC_SERVER", implementation)
     import asyncio
 
     from trtops_worker.bench.clients import grpc_infer_request

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -270,16 +271,56 @@ class _Arrivals(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio i
         )
 
 
+def _method_handlers(servicer: _Servicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The generated code's handler for each method, by full name ('/service/Method')."""
+    found: dict[str, grpc.RpcMethodHandler] = {}
+
+    class Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+            found.update({f"/{service}/{name}": h for name, h in handlers.items()})
+
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, Capture())
+    return found
+
+
+class GrpcServer(Protocol):
+    """What the server needs of either implementation."""
+
+    async def start(self) -> None: ...
+    async def stop(self, grace: float | None) -> Any: ...
+
+
 def create_grpc_server(
     dataplane: DataPlane,
     address: str,
     *,
     max_message_bytes: int = 64 << 20,
     reuse_port: bool = False,
-) -> tuple[grpc.aio.Server, int]:
-    """A ``grpc.aio`` server bound to ``address`` (not started); returns it and the bound port.
+    implementation: str | None = None,
+) -> tuple[GrpcServer, int]:
+    """A gRPC server bound to ``address`` (not started); returns it and the bound port.
 
-    ``reuse_port``: share the port with the pod's other front ends (serve/frontends.py)."""
+    ``implementation``: 'h2' (serve/grpc_h2.py: our own HTTP/2 server on the event loop) or
+    'grpcio' (grpc.aio); when None, the ``TRTOPS_GRPC_SERVER`` environment variable's, else
+    grpcio. ``reuse_port``: share the port with the pod's other front ends (serve/frontends.py).
+    Raises ValueError for another name, OSError when the address cannot be bound."""
+    implementation = implementation or os.environ.get("TRTOPS_GRPC_SERVER") or "grpcio"
+    if implementation == "h2":
+        from .grpc_dispatch import create_h2_server
+
+        h2 = create_h2_server(
+            dataplane,
+            address,
+            _method_handlers(_Servicer(dataplane)),
+            max_message_bytes=max_message_bytes,
+            reuse_port=reuse_port,
+        )
+        return h2, h2.port
+    if implementation != "grpcio":
+        raise ValueError(f"unknown gRPC server {implementation!r}: h2 or grpcio")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),

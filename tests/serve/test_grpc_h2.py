@@ -1,0 +1,166 @@
+"""gRPC on our own HTTP/2 server (``TRTOPS_GRPC_SERVER=h2``): what a client sees is what grpc.aio
+gives it, with grpc's and Triton's own clients. test_grpc.py runs on the default server."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from trtops_worker.bench.clients import grpc_infer_request
+from trtops_worker.serve.proto import grpc_predict_v2_pb2 as pb
+from trtops_worker.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from tests.support.worker import Server, start_server
+
+from .conftest import conv_input
+from .test_grpc import bad_request
+from .test_rest import reference
+
+tritonclient = pytest.importorskip("tritonclient.grpc")
+
+WIDE = 300_000  # floats per row of the wide model: a 1.2 MB answer, far past any first window
+
+
+def start_h2(tmp: Path, *args: str) -> Server:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRTOPS_GRPC_SERVER", "h2")
+        return start_server(tmp, "--front-ends", "1", *args)
+
+
+@pytest.fixture(scope="module")
+def h2(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_h2(
+        tmp_path_factory.mktemp("h2"),
+        *("--model", str(model_dir / "conv.onnx"), "--model-name", "conv"),
+        *("--max-batch-size", "8", "--max-queue-delay-us", "20000"),
+        *("--max-body-bytes", "1000000"),
+    )
+    yield s
+    assert s.stop() == 0
+
+
+def test_tritonclient_health_metadata_and_infer(h2: Server, model_dir: Path) -> None:
+    client = tritonclient.InferenceServerClient(h2.grpc)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("conv")
+    assert client.get_model_metadata("conv").platform == "onnxruntime_onnx"
+    x = conv_input(2, seed=3)
+    tensor = tritonclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("conv", [tensor], request_id="h2-1")
+    assert result.get_response().id == "h2-1"
+    np.testing.assert_array_equal(result.as_numpy("logits"), reference(model_dir, x))
+    client.close()
+
+
+def test_trailing_metadata_and_unknown_model(h2: Server) -> None:
+    with grpc.insecure_channel(h2.grpc) as channel:
+        client = pb_grpc.GRPCInferenceServiceStub(channel)
+        _, call = client.ModelMetadata.with_call(pb.ModelMetadataRequest(name="conv"))
+        assert dict(call.trailing_metadata())["trtops-fallback"] == "false"
+        with pytest.raises(grpc.RpcError) as info:
+            client.ModelMetadata(pb.ModelMetadataRequest(name="other"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("compression", [None, grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_requests_past_the_first_window_and_compressed(
+    h2: Server, model_dir: Path, compression: grpc.Compression | None
+) -> None:
+    """8 rows: a 98 KB message, past HTTP/2's 64 KiB first window and 16 KiB frames."""
+    x = conv_input(8, seed=5)
+    with grpc.insecure_channel(h2.grpc) as channel:
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            grpc_infer_request("conv", {"input": x}), compression=compression
+        )
+    out = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(8, 10)
+    np.testing.assert_array_equal(out, reference(model_dir, x))
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (bad_request(name="image"), grpc.StatusCode.INVALID_ARGUMENT),
+        (bad_request(raw=b"\0" * 10), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.ModelInferRequest(model_name="other"), grpc.StatusCode.NOT_FOUND),
+        # over --max-body-bytes: refused while it arrives, as grpc.aio refuses it
+        (
+            bad_request(shape=[100, 3, 32, 32], raw=b"\0" * 1_228_800),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+    ],
+)
+def test_refusals(h2: Server, request_: pb.ModelInferRequest, code: grpc.StatusCode) -> None:
+    with grpc.insecure_channel(h2.grpc) as channel:
+        client = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            client.ModelInfer(request_)
+        assert info.value.code() == code
+        # the connection still serves
+        assert client.ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_an_unknown_method_is_unimplemented(h2: Server) -> None:
+    with grpc.insecure_channel(h2.grpc) as channel:
+        method = channel.unary_unary("/inference.GRPCInferenceService/Nope")
+        with pytest.raises(grpc.RpcError) as info:
+            method(b"")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_an_answer_past_the_clients_window(tmp_path: Path) -> None:
+    """A 1.2 MB answer leaves as the client's WINDOW_UPDATEs allow, whole and in order."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDE])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "wide.onnx"))
+    s = start_h2(tmp_path, "--model", str(tmp_path / "wide.onnx"), "--model-name", "wide")
+    try:
+        x = np.arange(WIDE, dtype=np.float32).reshape(1, WIDE)
+        with grpc.insecure_channel(s.grpc) as channel:
+            client = pb_grpc.GRPCInferenceServiceStub(channel)
+            replies = list(
+                ThreadPoolExecutor(4).map(
+                    lambda _: client.ModelInfer(grpc_infer_request("wide", {"x": x})), range(4)
+                )
+            )
+        for reply in replies:
+            np.testing.assert_array_equal(
+                np.frombuffer(reply.raw_output_contents[0], np.float32), x[0]
+            )
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_finishes_every_call_in_flight(model_dir: Path, tmp_path: Path) -> None:
+    s = start_h2(
+        tmp_path,
+        *("--model", str(model_dir / "slow.onnx"), "--model-name", "slow"),
+        *("--max-batch-size", "4", "--max-queue-size", "64", "--drain-seconds", "1"),
+    )
+    request = grpc_infer_request("slow", {"input": np.zeros((1, 3, 64, 64), np.float32)})
+    with grpc.insecure_channel(s.grpc) as channel:
+        client = pb_grpc.GRPCInferenceServiceStub(channel)
+        with ThreadPoolExecutor(16) as pool:
+            calls = [pool.submit(client.ModelInfer, request, timeout=60) for _ in range(16)]
+            deadline = time.monotonic() + 10
+            while s.metric("trtops_inflight_requests") < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            s.process.send_signal(signal.SIGTERM)
+            replies = [c.result() for c in calls]
+    assert [r.model_name for r in replies] == ["slow"] * 16
+    assert s.process.wait(30) == 0
