@@ -606,7 +606,7 @@ def main() -> int:  # one linear script
         "--variants",
         default="defaults,front-ends=1,one-instance",
         help="trtops configurations: defaults (no sizing flags), worker-thread (defaults with"
-        " --batches-in-worker-thread), front-ends=N (--front-ends N, instances filling the"
+        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), front-ends=N (--front-ends N, instances filling the"
         " cores), one-instance (--front-ends 1 --instances 1: one session of all threads, the"
         " old default)",
     )
@@ -672,6 +672,15 @@ def main() -> int:  # one linear script
                     model,
                     f"{default_name} --batches-in-worker-thread",
                     [*batching, "--batches-in-worker-thread"],
+                    sizing.intra_op_threads,
+                )
+            )
+        elif variant == "uvicorn":  # the defaults under the HTTP listener before http11.py
+            targets.append(
+                trtops(
+                    model,
+                    f"{default_name} --http-server uvicorn",
+                    [*batching, "--http-server", "uvicorn"],
                     sizing.intra_op_threads,
                 )
             )

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -165,6 +165,27 @@ def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
         future.set_exception(RequestTimeout(f"no result within {timeout_s * 1000:.0f} ms"))
 
 
+# How late past its deadline a request may be failed (the sweeper's period).
+DEADLINE_SWEEP_S = 0.02
+
+
+class _Arrival(contextlib.AbstractContextManager[None]):
+    """Batcher.arriving's context: a counter, not a generator (~1.5 us less per use, twice
+    per request)."""
+
+    __slots__ = ("_batcher",)
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+
+    def __enter__(self) -> None:
+        self._batcher._arrivals += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._batcher._arrivals -= 1
+        self._batcher._wakeup.set()
+
+
 @dataclass(eq=False)
 class _Item:
     inputs: Tensors
@@ -217,19 +238,17 @@ class Batcher:
         )
         self._computing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._arrival = _Arrival(self)
+        self._live: set[_Item] = set()  # submitted, not answered: what the sweeper checks
+        self._has_live = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- submission ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
+    def arriving(self) -> contextlib.AbstractContextManager[None]:
         """Held by a transport while it reads and decodes a request, so the batcher waits for it."""
-        self._arrivals += 1
-        try:
-            yield
-        finally:
-            self._arrivals -= 1
-            self._wakeup.set()
+        return self._arrival
 
     async def submit(self, inputs: Tensors, timeout_s: float) -> dict[str, np.ndarray]:
         if len(self._queue) >= self.max_queue_size:
@@ -243,13 +262,15 @@ class Batcher:
         if self._observer:
             self._observer.queued(len(self._queue))
         self._wakeup.set()
-        # A timer on the future itself (cheaper than wait_for + shield, which cost a task per
-        # request): a timed-out request is skipped if still queued, its result dropped if computing.
-        timer = loop.call_later(timeout_s, _expire, future, timeout_s)
+        # Deadlines are kept by one sweeper (_expire_late), not a timer per request (a timer
+        # cost ~3 us of the loop per request): a timed-out request is skipped if still queued,
+        # its result dropped if computing.
+        self._live.add(item)
+        self._has_live.set()
         try:
             return await future
         finally:
-            timer.cancel()
+            self._live.discard(item)
 
     @property
     def depth(self) -> int:
@@ -258,7 +279,22 @@ class Batcher:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="trtops-batcher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop(), name="trtops-batcher")
+        self._sweeper = loop.create_task(self._expire_late(), name="trtops-deadlines")
+
+    async def _expire_late(self) -> None:
+        """Fail requests past their deadline, queued or computing, within DEADLINE_SWEEP_S;
+        asleep while no request is waiting."""
+        while True:
+            await self._has_live.wait()
+            await asyncio.sleep(DEADLINE_SWEEP_S)
+            now = time.monotonic()
+            for item in list(self._live):
+                if item.deadline <= now:
+                    _expire(item.future, item.deadline - item.enqueued)
+            if not self._live:
+                self._has_live.clear()
 
     async def close(self) -> None:
         """Finish every queued request, then stop the loop and the worker thread."""
@@ -266,6 +302,8 @@ class Batcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._executor.shutdown(wait=True)
 
     # -- dispatch loop ---------------------------------------------------------------------

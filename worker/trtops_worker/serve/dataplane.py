@@ -27,9 +27,10 @@ from .batching import Batcher, batch_key
 from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
 from .frontends import FRONT_END_ENV, MULTIPROC_ENV
-from .metrics import ServeMetrics, merge_model_stats
+from .metrics import ServeMetrics
 from .sampling import Sampler
 from .shadow import ShadowSender
+from .statistics import merge_model_stats
 from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec
 
 __all__ = ["DataPlane", "ServeConfig"]
@@ -116,6 +117,7 @@ class DataPlane:
     async def start(self) -> None:
         """Start the batcher and warm the backend up; ready only afterwards."""
         self.batcher.start()
+        self.metrics.start_flushing()
         if _shared_folder() is not None:
             self._publisher = asyncio.get_running_loop().create_task(self._publish_statistics())
         await asyncio.get_running_loop().run_in_executor(None, self.warmup)
@@ -161,6 +163,7 @@ class DataPlane:
         if self._publisher is not None:
             self._publisher.cancel()
         await self.batcher.close()
+        self.metrics.stop_flushing()
         self._backend.close()
 
     # -- health and metadata ---------------------------------------------------------------
