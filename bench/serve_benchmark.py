@@ -606,7 +606,8 @@ def main() -> int:  # one linear script
         "--variants",
         default="defaults,front-ends=1,one-instance",
         help="trtops configurations: defaults (no sizing flags), worker-thread (defaults with"
-        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), front-ends=N (--front-ends N, instances filling the"
+        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn),"
+        " front-ends=N (--front-ends N, instances filling the"
         " cores), one-instance (--front-ends 1 --instances 1: one session of all threads, the"
         " old default)",
     )
