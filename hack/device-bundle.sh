@@ -7,7 +7,7 @@
 #
 # DIR/whl/  what `trtops-worker serve`/`bench` and bench/serve_benchmark.py import that the
 #           device image (Python 3.12, KINDS.md's package list) lacks or has too old: our gRPC
-#           stubs need protobuf 7 and grpcio >= 1.85.1
+#           stubs need protobuf 7 and grpcio >= 1.85.1, our gRPC server hpack
 # DIR/tritonserver-2.51-pytriton-0.7.0.tar.xz  the `tritonserver` tree of PyPI's nvidia-pytriton
 #           0.7.0 wheel with the libraries beside it, minus the other Pythons' backend stubs and
 #           libpython 3.13 (27 MB)
@@ -16,7 +16,7 @@
 set -euo pipefail
 
 dir=${1:-.devbench}
-ours=(uvicorn==0.54.0 httptools==0.9.0 orjson==3.13.0 protobuf==7.36.2 grpcio==1.85.3)
+ours=(uvicorn==0.54.0 httptools==0.9.0 orjson==3.13.0 protobuf==7.36.2 grpcio==1.85.3 hpack==4.1.0)
 # mlserver==1.7.1's dependencies resolved for Python 3.12 with protobuf < 7, less what the
 # image has (numpy, pandas, uvloop, aiohttp, click, anyio, ...) and what whl/ has
 mlserver=(

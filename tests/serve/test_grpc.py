@@ -1,4 +1,5 @@
-"""OIP v2 over gRPC: Triton's off-the-shelf client, and typed ``contents`` via our own stubs."""
+"""OIP v2 over gRPC: Triton's off-the-shelf client, and typed ``contents`` via our own stubs, on
+the default server (h2); grpc.aio's (TRTOPS_GRPC_SERVER=grpcio) at the end."""
 
 from __future__ import annotations
 
@@ -162,5 +163,40 @@ def test_grpc_requests_are_batched_under_concurrency(
         rows = s.metric("trtops_batch_size_sum") - rows
         assert rows == 640
         assert rows / batches >= 3, f"mean batch {rows / batches:.2f} over gRPC"
+    finally:
+        assert s.stop() == 0
+
+
+def test_the_grpcio_server_serves_the_same(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRTOPS_GRPC_SERVER=grpcio: grpc.aio, the server before h2, still answers alike."""
+    from tests.support.worker import start_server
+
+    monkeypatch.setenv("TRTOPS_GRPC_SERVER", "grpcio")
+    s = start_server(
+        tmp_path,
+        "--front-ends",
+        "1",
+        "--model",
+        str(model_dir / "conv.onnx"),
+        "--model-name",
+        "conv",
+    )
+    try:
+        client = tritonclient.InferenceServerClient(s.grpc)
+        x = conv_input(2, seed=3)
+        tensor = tritonclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("conv", [tensor], request_id="g-2")
+        np.testing.assert_array_equal(result.as_numpy("logits"), reference(model_dir, x))
+        client.close()
+        channel, stub_ = stub(s)
+        with channel:
+            _, call = stub_.ModelMetadata.with_call(pb.ModelMetadataRequest(name="conv"))
+            assert dict(call.trailing_metadata())["trtops-fallback"] == "false"
+            with pytest.raises(grpc.RpcError) as info:
+                stub_.ModelInfer(bad_request(name="image"))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         assert s.stop() == 0

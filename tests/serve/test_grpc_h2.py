@@ -1,5 +1,6 @@
-"""gRPC on our own HTTP/2 server (``TRTOPS_GRPC_SERVER=h2``): what a client sees is what grpc.aio
-gives it, with grpc's and Triton's own clients. test_grpc.py runs on the default server."""
+"""gRPC on our own HTTP/2 server (``TRTOPS_GRPC_SERVER=h2``, the default): what a client sees is
+what grpc.aio gave it, with grpc's and Triton's own clients, past the cases test_grpc.py covers:
+windows, compression, limits, cancels, deadlines, shutdown."""
 
 from __future__ import annotations
 
@@ -164,3 +165,51 @@ def test_sigterm_finishes_every_call_in_flight(model_dir: Path, tmp_path: Path) 
             replies = [c.result() for c in calls]
     assert [r.model_name for r in replies] == ["slow"] * 16
     assert s.process.wait(30) == 0
+
+
+def test_cancelled_and_timed_out_calls_leave_the_server_serving(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Calls the client gives up on (cancel: RST_STREAM; deadline: grpc-timeout) end on both
+    sides; the same connection keeps serving and nothing stays in flight."""
+    import asyncio
+
+    s = start_h2(tmp_path, "--model", str(model_dir / "slow.onnx"), "--model-name", "slow")
+    request = grpc_infer_request("slow", {"input": np.zeros((4, 3, 64, 64), np.float32)})
+
+    async def run() -> list[grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(s.grpc) as channel:
+            client = pb_grpc.GRPCInferenceServiceStub(channel)
+            cancelled = [client.ModelInfer(request) for _ in range(4)]
+            await asyncio.sleep(0.05)
+            for call in cancelled:
+                call.cancel()
+            codes = [await call.code() for call in cancelled]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.ModelInfer(request, timeout=0.001)
+            codes.append(info.value.code())
+            reply = await client.ModelInfer(request, timeout=60)
+            assert reply.model_name == "slow"
+            return codes
+
+    try:
+        codes = asyncio.run(run())
+        assert codes == [grpc.StatusCode.CANCELLED] * 4 + [grpc.StatusCode.DEADLINE_EXCEEDED]
+        deadline = time.monotonic() + 10
+        while s.metric("trtops_inflight_requests") > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.metric("trtops_inflight_requests") == 0
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_client_that_does_not_speak_http2_is_closed_alone(h2: Server) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        while sock.recv(4096):  # a GOAWAY, then the end of the stream
+            pass
+    with grpc.insecure_channel(h2.grpc) as channel:
+        assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live

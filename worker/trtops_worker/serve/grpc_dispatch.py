@@ -1,4 +1,4 @@
-"""The gRPC service's methods behind serve/grpc_h2.py's HTTP/2 server (``--grpc-server h2``).
+"""The gRPC service's methods behind serve/grpc_h2.py's HTTP/2 server (the default gRPC server).
 
 The same generated handlers (protobuf in and out) and servicer as grpc.aio runs, with a
 context that offers what the servicer uses: ``abort`` and ``set_trailing_metadata``.

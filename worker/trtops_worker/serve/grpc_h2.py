@@ -1,4 +1,4 @@
-"""Unary gRPC over a small HTTP/2 server of our own on the event loop (``--grpc-server h2``).
+"""Unary gRPC over a small HTTP/2 server of our own on the event loop (``TRTOPS_GRPC_SERVER=h2``).
 
 Why: grpc.aio spends ~280 us of CPU per unary call on this wire before any of our code runs
 (its core's threads hand every completion to the loop through a socket), 2-3x what the whole

@@ -1,4 +1,5 @@
-"""OIP v2 over gRPC (``inference.GRPCInferenceService``) on ``grpc.aio``, sharing the data plane.
+"""OIP v2 over gRPC (``inference.GRPCInferenceService``), sharing the data plane: the servicer, and
+the server that runs it (our own HTTP/2 one, serve/grpc_h2.py, or ``grpc.aio``).
 
 Inputs come as typed ``contents`` or as ``raw_input_contents``; outputs always leave as
 ``raw_output_contents`` (what Triton does, and what its clients read fastest). Errors map from
@@ -303,14 +304,22 @@ def create_grpc_server(
 ) -> tuple[GrpcServer, int]:
     """A gRPC server bound to ``address`` (not started); returns it and the bound port.
 
-    ``implementation``: 'h2' (serve/grpc_h2.py: our own HTTP/2 server on the event loop) or
-    'grpcio' (grpc.aio); when None, the ``TRTOPS_GRPC_SERVER`` environment variable's, else
-    grpcio. ``reuse_port``: share the port with the pod's other front ends (serve/frontends.py).
-    Raises ValueError for another name, OSError when the address cannot be bound."""
-    implementation = implementation or os.environ.get("TRTOPS_GRPC_SERVER") or "grpcio"
+    ``implementation``: 'h2' (serve/grpc_h2.py: our own HTTP/2 server on the event loop, a
+    quarter of grpc.aio's CPU per call) or 'grpcio' (grpc.aio); when None, the
+    ``TRTOPS_GRPC_SERVER`` environment variable's, else h2. ``reuse_port``: share the port with
+    the pod's other front ends (serve/frontends.py). Raises ValueError for another name, OSError
+    when the address cannot be bound."""
+    chosen = implementation or os.environ.get("TRTOPS_GRPC_SERVER")
+    implementation = chosen or "h2"
     if implementation == "h2":
-        from .grpc_dispatch import create_h2_server
-
+        try:
+            from .grpc_dispatch import create_h2_server
+        except ImportError as e:  # hpack missing: an install without the worker extra
+            if chosen:
+                raise
+            log.warning("gRPC on grpc.aio, at ~4x the CPU per call: h2 needs %s", e)
+            implementation = "grpcio"
+    if implementation == "h2":
         h2 = create_h2_server(
             dataplane,
             address,
