@@ -100,35 +100,34 @@ def decode_grpc_request(
     message: Any, specs: Sequence[TensorSpec], output_names: Sequence[str]
 ) -> InferRequest:
     by_name = {s.name: s for s in specs}
-    raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs")
-    request_parameters = parameters(message.parameters)
+    raw = message.raw_input_contents
+    tensors = message.inputs
+    if len(raw) and len(raw) != len(tensors):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(tensors)} inputs")
+    # parameters are rare: their dicts and checks only when some are given
+    request_parameters = parameters(message.parameters) if len(message.parameters) else {}
     check_parameters(request_parameters, "request")
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(message.inputs):
-        spec = by_name.get(tensor.name)
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
+        spec = by_name.get(name)
         if spec is None:
-            raise InvalidInput(f"unknown input '{tensor.name}'; the model takes {sorted(by_name)}")
-        if tensor.name in inputs:
-            raise InvalidInput(f"input '{tensor.name}' given twice")
-        check_parameters(parameters(tensor.parameters), f"input '{tensor.name}'")
+            raise InvalidInput(f"unknown input '{name}'; the model takes {sorted(by_name)}")
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' given twice")
+        if len(tensor.parameters):
+            check_parameters(parameters(tensor.parameters), f"input '{name}'")
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(
-                f"input '{tensor.name}': shape {list(shape)} has a negative dimension"
-            )
-        if raw:
+        if shape and min(shape) < 0:
+            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        if len(raw):
             if tensor.HasField("contents"):
-                raise InvalidInput(
-                    f"input '{tensor.name}': contents and raw_input_contents are exclusive"
-                )
-            inputs[tensor.name] = decode_raw(spec, tensor.datatype, shape, raw[index])
+                raise InvalidInput(f"input '{name}': contents and raw_input_contents are exclusive")
+            inputs[name] = decode_raw(spec, tensor.datatype, shape, raw[index])
         else:
-            inputs[tensor.name] = _contents(tensor, spec, shape)
-    missing = [s.name for s in specs if s.name not in inputs]
-    if missing:
-        raise InvalidInput(f"missing inputs {missing}")
+            inputs[name] = _contents(tensor, spec, shape)
+    if len(inputs) != len(specs):
+        raise InvalidInput(f"missing inputs {[s.name for s in specs if s.name not in inputs]}")
     requested: list[str] | None = None
     if len(message.outputs):
         requested = []
@@ -137,7 +136,8 @@ def decode_grpc_request(
                 raise InvalidInput(
                     f"unknown output '{out.name}'; the model gives {list(output_names)}"
                 )
-            check_parameters(parameters(out.parameters), f"output '{out.name}'")
+            if len(out.parameters):
+                check_parameters(parameters(out.parameters), f"output '{out.name}'")
             requested.append(out.name)
     return InferRequest(
         inputs=inputs, id=message.id or None, outputs=requested, parameters=request_parameters
