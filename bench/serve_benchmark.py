@@ -606,7 +606,8 @@ def main() -> int:  # one linear script
         "--variants",
         default="defaults,front-ends=1,one-instance",
         help="trtops configurations: defaults (no sizing flags), worker-thread (defaults with"
-        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn),"
+        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), narrow"
+        " (defaults with --wide-threads 0),"
         " front-ends=N (--front-ends N, instances filling the"
         " cores), one-instance (--front-ends 1 --instances 1: one session of all threads, the"
         " old default)",
@@ -673,6 +674,15 @@ def main() -> int:  # one linear script
                     model,
                     f"{default_name} --batches-in-worker-thread",
                     [*batching, "--batches-in-worker-thread"],
+                    sizing.intra_op_threads,
+                )
+            )
+        elif variant == "narrow":  # the defaults without the wide session
+            targets.append(
+                trtops(
+                    model,
+                    f"{default_name} --wide-threads 0",
+                    [*batching, "--wide-threads", "0"],
                     sizing.intra_op_threads,
                 )
             )

@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from trtops_worker.serve.cpus import Sizing, cgroup_cpu_limit, plan_sizing, usable_cpus
+from trtops_worker.serve.cpus import (
+    Sizing,
+    cgroup_cpu_limit,
+    plan_sizing,
+    usable_cpus,
+    wide_threads,
+)
 
 
 @pytest.mark.parametrize(
@@ -92,3 +98,22 @@ def test_flags_override_the_defaults_and_the_rest_fills_in(
     cores: int, flags: dict[str, int], expected: Sizing
 ) -> None:
     assert plan_sizing(cores, **flags) == expected
+
+
+@pytest.mark.parametrize(
+    ("sizing", "cores", "given", "wide"),
+    [
+        (plan_sizing(16), 16, -1, 16),  # one-thread front ends: a lone batch takes every core
+        (plan_sizing(2), 2, -1, 2),
+        (plan_sizing(1), 1, -1, 0),  # one front end: nothing to share with
+        (plan_sizing(16, front_ends=1), 16, -1, 0),  # instances share the process already
+        (plan_sizing(16, intra_op_threads=4), 16, -1, 0),  # threads chosen: kept as given
+        (plan_sizing(16), 16, 0, 0),  # --wide-threads 0: off
+        (plan_sizing(16), 16, 1, 0),  # one thread is no wider than the instance
+        (plan_sizing(16), 16, 8, 8),
+    ],
+)
+def test_wide_threads_default_to_every_core_for_one_thread_front_ends(
+    sizing: Sizing, cores: int, given: int, wide: int
+) -> None:
+    assert wide_threads(sizing, cores, given) == wide

@@ -177,3 +177,30 @@ def test_the_cores_the_pod_may_use_size_the_defaults(
         assert s.metric("trtops_requests_total", outcome="success") == 4
     finally:
         assert s.stop() == 0
+
+
+def test_a_lone_request_runs_on_the_wide_session_and_answers_the_same(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """With no other front end computing, a batch runs on the wide session (all the pod's
+    threads): the same answer as the one-thread session's, counted in trtops_wide_runs_total
+    and shown in the model metadata; --wide-threads 0 turns it off."""
+    common = ["--model", str(model_dir / "conv.onnx"), "--model-name", "conv", "--front-ends", "2"]
+    wide = start_server(tmp_path, *common, "--wide-threads", "2")
+    narrow = start_server(tmp_path, *common, "--wide-threads", "0")
+    try:
+        x = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)
+        answers = []
+        for s in (wide, narrow):
+            for _ in range(5):  # one at a time: whichever front end takes it, it is alone
+                r = requests.post(s.infer_url("conv"), json=infer_body(x), timeout=30)
+                assert r.status_code == 200, r.text
+            answers.append(np.asarray(r.json()["outputs"][0]["data"]))
+            meta = requests.get(f"{s.url}/v2/models/conv", timeout=10).json()
+            assert meta["parameters"]["wide_threads"] == (2 if s is wide else 0)
+        np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-6)
+        assert wide.metric("trtops_wide_runs_total") >= 5  # and the warm-ups, if alone
+        assert narrow.metric("trtops_wide_runs_total") == 0
+    finally:
+        assert wide.stop() == 0
+        assert narrow.stop() == 0

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .busy import BusyBoard
 from .types import TensorSpec
 
 __all__ = ["Backend", "LoadedBackend", "load_backend", "load_onnxruntime", "load_tensorrt"]
@@ -44,12 +45,26 @@ class LoadedBackend:
 
 
 def load_onnxruntime(
-    model: Path, *, intra_op_threads: int = 0, spinning: bool = True, sessions: int = 1
+    model: Path,
+    *,
+    intra_op_threads: int = 0,
+    spinning: bool = True,
+    sessions: int = 1,
+    wide_threads: int = 0,
+    board: BusyBoard | None = None,
 ) -> Backend:
+    """``sessions`` sessions of ``intra_op_threads`` threads; with ``board`` and
+    ``wide_threads`` > 1 also a wide session for batches that run while no other front end
+    computes (backend_onnxruntime.py)."""
     from .backend_onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(
-        model, intra_op_threads=intra_op_threads, spinning=spinning, sessions=sessions
+        model,
+        intra_op_threads=intra_op_threads,
+        spinning=spinning,
+        sessions=sessions,
+        wide_threads=wide_threads,
+        board=board,
     )
 
 
@@ -68,9 +83,12 @@ def load_backend(
     intra_op_threads: int = 0,
     spinning: bool = True,
     sessions: int = 1,
+    wide_threads: int = 0,
+    board: BusyBoard | None = None,
 ) -> LoadedBackend:
     """Load ``kind``; if TensorRT cannot load and fallback is on, load ONNX Runtime instead
-    (``sessions`` independent ORT sessions of ``intra_op_threads`` threads each)."""
+    (``sessions`` independent ORT sessions of ``intra_op_threads`` threads each; the wide
+    session, ``wide_threads`` and ``board``, only when ONNX Runtime is what was asked for)."""
 
     def onnxruntime(path: Path) -> Backend:
         return load_onnxruntime(
@@ -78,7 +96,16 @@ def load_backend(
         )
 
     if kind == "onnxruntime":
-        return LoadedBackend(onnxruntime(model))
+        return LoadedBackend(
+            load_onnxruntime(
+                model,
+                intra_op_threads=intra_op_threads,
+                spinning=spinning,
+                sessions=sessions,
+                wide_threads=wide_threads,
+                board=board,
+            )
+        )
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     try:

@@ -211,8 +211,10 @@ class Batcher:
         observer: BatchObserver | None = None,
         on_loop: bool = False,
         on_loop_max_run_s: float = ON_LOOP_MAX_RUN_S,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._run = run
+        self._cpu_clock = cpu_clock  # inference CPU seconds, read around each run
         self.max_batch_size = max(1, max_batch_size)
         self._delay = max(0, max_queue_delay_us) / 1e6
         self.max_queue_size = max(1, max_queue_size)
@@ -440,7 +442,7 @@ class Batcher:
         if self._observer:
             now = time.monotonic()
             self._observer.dispatched([now - i.enqueued for i in batch], sum(i.rows for i in batch))
-        started, cpu = time.perf_counter(), time.thread_time()
+        started, cpu = time.perf_counter(), self._cpu_clock()
         try:
             return self._run(inputs)
         finally:
@@ -451,7 +453,7 @@ class Batcher:
                     seconds,
                     len(batch),
                     sum(i.rows for i in batch),
-                    time.thread_time() - cpu,
+                    self._cpu_clock() - cpu,
                 )
 
     def _bisect(self, batch: Sequence[_Item]) -> list[dict[str, np.ndarray] | ServeError]:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
-from .cpus import plan_sizing, usable_cpus
-from .frontends import FrontEnds, is_front_end, reserve_port
+from .busy import BusyBoard
+from .cpus import plan_sizing, usable_cpus, wide_threads
+from .frontends import FRONT_END_ENV, MULTIPROC_ENV, FrontEnds, is_front_end, reserve_port
 
 if TYPE_CHECKING:
     from .sampling import Sampler
@@ -107,6 +108,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " end's cores / intra-op threads; TensorRT runs one)",
     )
     parser.add_argument(
+        "--wide-threads",
+        type=int,
+        default=-1,
+        help="ONNX Runtime threads for a batch that starts while no other front end is"
+        " computing (a second session per front end; a lone request then uses the idle"
+        " cores). -1: every usable core when front ends have one one-thread instance each"
+        " (the default sizing), else none; 0: none",
+    )
+    parser.add_argument(
         "--batches-in-worker-thread",
         dest="run_on_loop",
         action="store_false",
@@ -183,7 +193,6 @@ def _sampler(args: argparse.Namespace, front_ends: int, registry: Any) -> Sample
     """The request sampler of this process: its share of the pod's bytes, its own file."""
     from trtops_worker.sample_layout import writer_name
 
-    from .frontends import FRONT_END_ENV
     from .sampling import Sampler
 
     pod = os.environ.get("TRTOPS_POD_NAME") or socket.gethostname()
@@ -276,6 +285,12 @@ def run(args: argparse.Namespace) -> int:
         "none" if cpus.quota is None else f"{cpus.quota:g}",
     )
     intra_op_threads = sizing.intra_op_threads
+    wide = wide_threads(sizing, cpus.cores, args.wide_threads) if backend == "onnxruntime" else 0
+    board = None
+    if wide and is_front_end():
+        folder = Path(os.environ[MULTIPROC_ENV])
+        board = BusyBoard(folder / "busy", int(os.environ[FRONT_END_ENV]), sizing.front_ends)
+        log.info("wide session: %d threads for a batch no other front end runs beside", wide)
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop
@@ -293,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
             intra_op_threads=intra_op_threads,
             spinning=spinning,
             sessions=sizing.instances,
+            wide_threads=wide,
+            board=board,
         )
     except Exception as e:  # nothing to serve: exit non-zero so the pod shows the failure
         log.error("cannot load %s with the %s backend: %s: %s", model, backend, type(e).__name__, e)

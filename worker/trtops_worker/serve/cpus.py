@@ -20,6 +20,7 @@ __all__ = [
     "cgroup_cpu_limit",
     "plan_sizing",
     "usable_cpus",
+    "wide_threads",
 ]
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -110,3 +111,20 @@ def plan_sizing(
     instances = instances or max(1, per_front_end // per_instance)
     intra_op_threads = intra_op_threads or max(1, per_front_end // instances)
     return Sizing(front_ends, instances, intra_op_threads)
+
+
+def wide_threads(sizing: Sizing, cores: int, given: int = -1) -> int:
+    """Threads of the wide session (a batch that runs while no other front end computes runs on
+    it, serve/backend_onnxruntime.py): ``given`` when >= 0 (0 or 1: none), else every usable
+    core when the pod is split into one-thread front ends (the default on two or more cores),
+    else none.
+
+    >>> wide_threads(plan_sizing(16), 16)
+    16
+    >>> wide_threads(plan_sizing(16, front_ends=1), 16), wide_threads(plan_sizing(1), 1)
+    (0, 0)
+    """
+    if given >= 0:
+        return given if given > 1 else 0
+    one_thread_front_ends = sizing.instances == 1 and sizing.intra_op_threads == 1
+    return cores if sizing.front_ends > 1 and one_thread_front_ends else 0

@@ -110,6 +110,7 @@ class DataPlane:
             instances=min(config.instances, self._backend.max_concurrent_runs),
             observer=metrics,
             on_loop=config.run_on_loop and self._backend.name == "onnxruntime",
+            cpu_clock=self._cpu_seconds,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class DataPlane:
             "revision": self.config.revision,
             "precision": self.config.precision,
             "warmup": self.warmup_status,
+            "wide_threads": getattr(backend, "wide_threads", 0),
             **self.batcher.describe(),
         }
         if self._fallback_reason:
@@ -387,11 +389,20 @@ class DataPlane:
         """Hold while reading a request body, so the batcher waits for it to join a batch."""
         return self.batcher.arriving()
 
+    def _cpu_seconds(self) -> float:
+        """The batcher's inference CPU clock: this thread's, plus the backend's own threads'
+        where it counts them (ONNX Runtime's wide session)."""
+        clock = getattr(self._backend, "cpu_seconds", None)
+        return clock() if clock is not None else time.thread_time()
+
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs in the batcher's worker thread; falls back to the CPU if the device fails."""
         backend = self._backend
         try:
-            return backend.infer(inputs)
+            outputs = backend.infer(inputs)
+            if getattr(backend, "last_run_wide", False):
+                self.metrics.wide_run()
+            return outputs
         except DeviceError as e:
             if not self._fall_back(backend, e):
                 raise

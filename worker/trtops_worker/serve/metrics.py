@@ -82,6 +82,7 @@ class _Series:
     queue_duration: Any
     compute_duration: Any
     compute_cpu: Any
+    wide_runs: Any
     batch_size: Any
     inflight: Any
     queue_depth: Any
@@ -122,6 +123,13 @@ class ServeMetrics:
             "CPU time of the threads calling the backend while it ran (with one-thread ONNX"
             " Runtime instances: all of the inference CPU; the rest of the process's CPU is"
             " serving).",
+            LABELS,
+            registry=r,
+        )
+        self.wide_runs = Counter(
+            "trtops_wide_runs",
+            "Batches run on the wide ONNX Runtime session (all the pod's threads) because no"
+            " other front end was computing.",
             LABELS,
             registry=r,
         )
@@ -190,6 +198,7 @@ class ServeMetrics:
             queue_duration=self.queue_duration.labels(*v),
             compute_duration=self.compute_duration.labels(*v),
             compute_cpu=self.compute_cpu.labels(*v),
+            wide_runs=self.wide_runs.labels(*v),
             batch_size=self.batch_size.labels(*v),
             inflight=self.inflight.labels(*v),
             queue_depth=self.queue_depth.labels(*v),
@@ -246,6 +255,9 @@ class ServeMetrics:
         with self._lock:
             self._pending.compute_duration.observe(seconds)
             self._pending.compute_cpu += cpu_seconds
+
+    def wide_run(self) -> None:
+        self._series.wide_runs.inc()  # off the saturated path: only lone batches get here
 
     def flush(self) -> None:
         """Move what was observed since the last flush into the series (any thread)."""
