@@ -213,3 +213,48 @@ def test_a_client_that_does_not_speak_http2_is_closed_alone(h2: Server) -> None:
             pass
     with grpc.insecure_channel(h2.grpc) as channel:
         assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_malformed_frames_end_only_their_connection(h2: Server) -> None:
+    """Frames a broken or hostile client might send after a valid preface (padding past the
+    payload, a CONTINUATION out of place, even or zero stream ids, short payloads, a garbage
+    header block, random bytes): each connection is closed or ignored alone, and the front end
+    keeps serving without an error logged."""
+    import random
+    import socket
+    import struct
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        return (
+            struct.pack(">I", len(payload))[1:]
+            + bytes((kind, flags))
+            + struct.pack(">I", stream)
+            + payload
+        )
+
+    rng = random.Random(7)
+    cases = [
+        frame(1, 0x8 | 0x4, 1),  # PADDED HEADERS without the pad length
+        frame(1, 0x8 | 0x4, 1, b"\xff\x82"),  # padding longer than the frame
+        frame(1, 0x20 | 0x4, 1, b"\x00"),  # PRIORITY fields cut short
+        frame(9, 0x4, 1, b"\x82"),  # CONTINUATION without HEADERS
+        frame(1, 0x4, 2, b"\x82"),  # a client stream with an even id
+        frame(1, 0x4, 1, b"\xff\xff\xff\xff"),  # a header block HPACK cannot decode
+        frame(8, 0, 0, b"\x01"),  # WINDOW_UPDATE cut short
+        frame(4, 0, 0, b"\x00\x04\xff\xff\xff\xff"),  # INITIAL_WINDOW_SIZE past 2^31-1
+        frame(0, 0x8 | 0x1, 1),  # PADDED DATA, empty, on a stream never opened
+        frame(1, 0x4, 1, b"\x82") + frame(0, 0x8 | 0x1, 1),  # the same on an open stream
+    ]
+    for _ in range(20):
+        payload = rng.randbytes(rng.randint(0, 40))
+        cases.append(frame(rng.randint(0, 10), rng.randint(0, 255), rng.randint(0, 9), payload))
+    for frames in cases:
+        with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            while sock.recv(4096):
+                pass
+    with grpc.insecure_channel(h2.grpc) as channel:
+        assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
+    assert "Traceback" not in h2.output()

@@ -183,8 +183,8 @@ class Connection(asyncio.Protocol):
                     break
                 self._on_frame(kind, flags, stream & 0x7FFFFFFF, bytes(buffer[offset + 9 : end]))
                 offset = end
-        except (hpack.HPACKError, ValueError, struct.error) as e:
-            log.debug("gRPC connection closed: %s", e)
+        except Exception as e:  # a malformed frame ends its connection, never the front end
+            log.debug("gRPC connection closed: %r", e)
             self._abort(COMPRESSION_ERROR if isinstance(e, hpack.HPACKError) else PROTOCOL_ERROR)
             return
         del buffer[:offset]
