@@ -606,8 +606,8 @@ def main() -> int:  # one linear script
         "--variants",
         default="defaults,front-ends=1,one-instance",
         help="trtops configurations: defaults (no sizing flags), worker-thread (defaults with"
-        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), narrow"
-        " (defaults with --wide-threads 0),"
+        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), wide"
+        " (defaults with --wide-threads -1),"
         " front-ends=N (--front-ends N, instances filling the"
         " cores), one-instance (--front-ends 1 --instances 1: one session of all threads, the"
         " old default)",
@@ -677,12 +677,12 @@ def main() -> int:  # one linear script
                     sizing.intra_op_threads,
                 )
             )
-        elif variant == "narrow":  # the defaults without the wide session
+        elif variant == "wide":  # the defaults with the wide session on every core
             targets.append(
                 trtops(
                     model,
-                    f"{default_name} --wide-threads 0",
-                    [*batching, "--wide-threads", "0"],
+                    f"{default_name} --wide-threads -1",
+                    [*batching, "--wide-threads", "-1"],
                     sizing.intra_op_threads,
                 )
             )

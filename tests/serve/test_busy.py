@@ -1,5 +1,5 @@
-"""The front ends' busy board (serve/busy.py): a front end runs wide only while it is the one
-computing; two boards on one file stand for two front ends."""
+"""The front ends' busy board (serve/busy.py): a front end runs wide only while no other one
+has requests in progress; boards on one file stand for the front ends."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import pytest
 from trtops_worker.serve.busy import BusyBoard
 
 
-def test_a_front_end_is_alone_only_while_no_other_one_computes(tmp_path: Path) -> None:
+def test_a_front_end_is_alone_only_while_no_other_one_has_requests(tmp_path: Path) -> None:
     first, second, third = (BusyBoard(tmp_path / "busy", i, 3) for i in range(3))
-    assert first.enter()  # nobody else busy
-    assert not second.enter()  # the first still computes
-    first.leave()
-    assert not third.enter()  # the second still computes
-    second.leave()
-    third.leave()
-    assert second.enter()
-    second.leave()
+    assert first.alone()  # nobody busy
+    first.mark(True)
+    assert first.alone()  # only itself
+    assert not second.alone()
+    second.mark(True)
+    assert not first.alone()
+    first.mark(False)
+    assert second.alone()
+    assert not third.alone()
+    second.mark(False)
+    assert third.alone()
     for board in (first, second, third):
         board.close()
 

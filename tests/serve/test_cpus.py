@@ -113,7 +113,7 @@ def test_flags_override_the_defaults_and_the_rest_fills_in(
         (plan_sizing(16), 16, 8, 8),
     ],
 )
-def test_wide_threads_default_to_every_core_for_one_thread_front_ends(
+def test_wide_threads_auto_is_every_core_for_one_thread_front_ends(
     sizing: Sizing, cores: int, given: int, wide: int
 ) -> None:
     assert wide_threads(sizing, cores, given) == wide

@@ -105,7 +105,7 @@ class OnnxRuntimeBackend:
         wide_threads: int = 0,
         board: BusyBoard | None = None,
     ) -> None:
-        def session(threads: int) -> ort.InferenceSession:
+        def session(threads: int, spinning: bool = spinning) -> ort.InferenceSession:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads  # 0 = one per core
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -121,11 +121,15 @@ class OnnxRuntimeBackend:
             )
 
         self._sessions = [session(intra_op_threads) for _ in range(max(1, sessions))]
-        # The wide session: a batch that starts while no other front end of the pod computes
-        # (``board``) runs on ``wide_threads`` threads instead of one. A lone request then
-        # takes the idle cores (16 cores, 32 px, batch 1: 1.34 ms on one thread, 0.28 ms on
-        # 16); under load every front end is busy and batches keep their one-thread sessions.
-        self._wide = session(wide_threads) if wide_threads > 1 and board is not None else None
+        # The wide session: a batch that starts while no other front end of the pod has
+        # requests in progress (``board``) runs on ``wide_threads`` threads instead of one. A
+        # lone request then takes the idle cores (16 cores, 32 px, batch 1: 1.34 ms on one
+        # thread, 0.28 ms on 16); under load every front end is busy and batches keep their
+        # one-thread sessions.
+        # Its pool never spins: spinning threads would take cores from the load that ends the
+        # lone request's turn, and burn CPU after every lone batch.
+        wanted = wide_threads > 1 and board is not None
+        self._wide = session(wide_threads, spinning=False) if wanted else None
         self._board = board if self._wide is not None else None
         self.wide_threads = wide_threads if self._wide is not None else 0
         self.last_run_wide = False  # one batch at a time when there is a wide session
@@ -164,20 +168,18 @@ class OnnxRuntimeBackend:
     def _infer_on_board(
         self, inputs: Mapping[str, np.ndarray], board: BusyBoard
     ) -> dict[str, np.ndarray]:
-        """One session and one batch at a time: the wide session when no other front end is
-        computing, else the one-thread session."""
-        alone = self.last_run_wide = board.enter()
+        """One session and one batch at a time: the wide session when no other front end has
+        requests in progress, else the one-thread session."""
+        wide = self._wide
+        self.last_run_wide = wide is not None and board.alone()
+        if wide is None or not self.last_run_wide:
+            return self._run(self._sessions[0], inputs)
+        process, thread = time.process_time(), time.thread_time()
         try:
-            if not alone or self._wide is None:
-                return self._run(self._sessions[0], inputs)
-            process, thread = time.process_time(), time.thread_time()
-            try:
-                return self._run(self._wide, inputs)
-            finally:  # the pool threads' share: the process's CPU beyond this thread's
-                pool = (time.process_time() - process) - (time.thread_time() - thread)
-                self._pool_cpu += max(0.0, pool)
-        finally:
-            board.leave()
+            return self._run(wide, inputs)
+        finally:  # the pool threads' share: the process's CPU beyond this thread's
+            pool = (time.process_time() - process) - (time.thread_time() - thread)
+            self._pool_cpu += max(0.0, pool)
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the calling thread plus the wide session's pool threads so far (the

@@ -110,11 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wide-threads",
         type=int,
-        default=-1,
-        help="ONNX Runtime threads for a batch that starts while no other front end is"
-        " computing (a second session per front end; a lone request then uses the idle"
-        " cores). -1: every usable core when front ends have one one-thread instance each"
-        " (the default sizing), else none; 0: none",
+        default=0,
+        help="ONNX Runtime threads for a batch that starts while no other front end has"
+        " requests in progress (a second session per front end; a lone request then uses the"
+        " idle cores). 0: none (the default until measured on a quiet node, docs/serve.md);"
+        " -1: every usable core when front ends have one one-thread instance each",
     )
     parser.add_argument(
         "--batches-in-worker-thread",
@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     if wide and is_front_end():
         folder = Path(os.environ[MULTIPROC_ENV])
         board = BusyBoard(folder / "busy", int(os.environ[FRONT_END_ENV]), sizing.front_ends)
-        log.info("wide session: %d threads for a batch no other front end runs beside", wide)
+        log.info("wide session: %d threads while no other front end has requests", wide)
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop
@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         dataplane = DataPlane(config, loaded, metrics)
+        dataplane.board = board
         if args.sample_dir is not None:
             dataplane.sampler = _sampler(args, sizing.front_ends, metrics.registry)
             dataplane.sampler.start()

@@ -114,10 +114,10 @@ def plan_sizing(
 
 
 def wide_threads(sizing: Sizing, cores: int, given: int = -1) -> int:
-    """Threads of the wide session (a batch that runs while no other front end computes runs on
-    it, serve/backend_onnxruntime.py): ``given`` when >= 0 (0 or 1: none), else every usable
-    core when the pod is split into one-thread front ends (the default on two or more cores),
-    else none.
+    """Threads of the wide session (a batch that runs while no other front end has requests
+    runs on it, serve/backend_onnxruntime.py): ``given`` when >= 0 (0 or 1: none); -1 is
+    every usable core when the pod is split into one-thread front ends (the default sizing on
+    two or more cores), else none.
 
     >>> wide_threads(plan_sizing(16), 16)
     16

@@ -24,6 +24,7 @@ import numpy as np
 
 from .backend import Backend, LoadedBackend, load_onnxruntime
 from .batching import Batcher, batch_key
+from .busy import BusyBoard
 from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
 from .frontends import FRONT_END_ENV, MULTIPROC_ENV
@@ -93,6 +94,10 @@ class DataPlane:
         self._switch_lock = threading.Lock()
         self.shadow: ShadowSender | None = None  # set by the server with --shadow-url
         self.sampler: Sampler | None = None  # set by the server with --sample-dir
+        # The pod's front ends' busy flags (serve/busy.py), set from the requests in progress:
+        # the backend's wide session runs only while no other front end has any.
+        self.board: BusyBoard | None = None
+        self._active = 0
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
         self.warmup_status = "pending"  # done | off | skipped: why (model metadata and the log)
@@ -328,9 +333,14 @@ class DataPlane:
         shadowed again. Other requests are offered to :attr:`shadow` once answered."""
         started = time.perf_counter() if started is None else started
         if shadow:
-            response, request, _ = await self._answer(name, version, decode)
+            self._begin()
+            try:
+                response, request, _ = await self._answer(name, version, decode)
+            finally:
+                self._end()
             return response, request
         labels = self.metrics.request_started()
+        self._begin()
         outcome = "server_error"
         try:
             response, request, outputs = await self._answer(name, version, decode)
@@ -344,7 +354,18 @@ class DataPlane:
             outcome = e.outcome
             raise
         finally:
+            self._end()
             self.metrics.request_finished(labels, time.perf_counter() - started, outcome)
+
+    def _begin(self) -> None:
+        self._active += 1
+        if self._active == 1 and self.board is not None:
+            self.board.mark(True)
+
+    def _end(self) -> None:
+        self._active -= 1
+        if self._active == 0 and self.board is not None:
+            self.board.mark(False)
 
     async def _answer(
         self, name: str, version: str | None, decode: Decoder
