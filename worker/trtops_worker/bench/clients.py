@@ -141,8 +141,15 @@ class GrpcClient:
         from trtops_worker.serve.proto import pb_grpc
 
         self._grpc = grpc
+        # Its own subchannel pool: gRPC otherwise shares one TCP connection among all channels
+        # of a process to the same target, and the load of every worker of a load process then
+        # reached one server process of a pod (SO_REUSEPORT spreads connections, not requests).
         self._channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", -1)]
+            target,
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._request = grpc_infer_request(model, inputs)
