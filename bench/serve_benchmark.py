@@ -380,15 +380,24 @@ def trtops(model: Path, name: str, flags: list[str], threads: int) -> Target:
     )
 
 
-def inference_cpu(url: str) -> float:
-    """A trtops server's own count of its inference CPU seconds, all front ends together."""
+def server_counts(url: str) -> dict[str, float]:
+    """A trtops server's own counts, all front ends together: inference CPU seconds
+    (``cpu``), batches run (``batches``) and those run on the wide session (``wide``)."""
     with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310  # our own server
         text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("trtops_compute_cpu_seconds_total")
-    )
+    names = {
+        "cpu": "trtops_compute_cpu_seconds_total",
+        "batches": "trtops_batch_size_count",
+        "wide": "trtops_wide_runs_total",
+    }
+    return {
+        key: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{")
+        )
+        for key, name in names.items()
+    }
 
 
 def find_tritonserver(given: str | None) -> Path:
@@ -541,14 +550,14 @@ def load(
         )
         for n in shares
     ]
-    inference: list[tuple[float, float]] = []
+    inference: list[tuple[float, dict[str, float]]] = []
     if target.inference_cpu_url:  # at the end of the load processes' warm-up, and at the end
         time.sleep(max(0.0, launched + 1.0 - time.monotonic()))
-        inference.append((time.monotonic(), inference_cpu(target.inference_cpu_url)))
+        inference.append((time.monotonic(), server_counts(target.inference_cpu_url)))
     outs = [p.communicate(timeout=seconds + 120) for p in procs]
     ended = time.monotonic()
     if target.inference_cpu_url:
-        inference.append((ended, inference_cpu(target.inference_cpu_url)))
+        inference.append((ended, server_counts(target.inference_cpu_url)))
     summaries = []
     for out, err in outs:
         if "{" not in out:
@@ -575,12 +584,15 @@ def load(
         "server_us_per_request": round(server_cores / rps * 1e6) if rps else None,
         "loop_us_per_request": round(loop_cores / rps * 1e6) if rps else None,
         "serving_us_per_request": None,
+        "wide_batch_share": None,
     }
     if inference and rps:
         (t1, c1), (t2, c2) = inference
         _, _, cores_then = sampler.rate(t1, t2)
-        serving_cores = cores_then - (c2 - c1) / (t2 - t1)
+        serving_cores = cores_then - (c2["cpu"] - c1["cpu"]) / (t2 - t1)
         result["serving_us_per_request"] = round(serving_cores / rps * 1e6)
+        batches = c2["batches"] - c1["batches"]
+        result["wide_batch_share"] = (c2["wide"] - c1["wide"]) / batches if batches else None
     return result
 
 
@@ -733,8 +745,7 @@ def main() -> int:  # one linear script
                     before = raw_now(best, args.seconds / 2)
                     by_c = {
                         n: load(target, wire, n, args.seconds, sampler, procs, client_cpus)
-                        # a gRPC client sends everything over one connection, and the kernel
-                        # spreads connections, not requests, over front ends: one channel each
+                        # one load process per core over gRPC: its client costs more CPU
                         for n, procs in ((1, 1), (c, cores if wire == "gRPC" else load_processes))
                     }
                     after = raw_now(best, args.seconds / 2)
@@ -756,10 +767,10 @@ def main() -> int:  # one linear script
     print()
     head = (
         "| configuration | wire | conc | p50 ms | p99 ms | infer/s | err | raw | vs raw |"
-        " srv cores | srv us/req | serving us/req | loop us/req | client cores |"
+        " srv cores | srv us/req | serving us/req | loop us/req | client cores | wide |"
     )
     print(head)
-    print("|" + " --- |" * 2 + " ---: |" * 12)
+    print("|" + " --- |" * 2 + " ---: |" * 13)
     for row in rows:
         for n, m in row["by_concurrency"].items():
             lat, raw = m["latency_ms"], row["raw"]
@@ -768,12 +779,13 @@ def main() -> int:  # one linear script
             else:
                 ref = f"{raw['best_infer_per_s']:.0f}"
                 ratio = f"{m['throughput_infer_per_s'] / raw['best_infer_per_s']:.1%}"
+            wide = m.get("wide_batch_share")
             print(
                 f"| {row['target']} | {row['wire']} | {n} | {lat['p50']:.2f} | {lat['p99']:.2f} |"
                 f" {m['throughput_infer_per_s']:.1f} | {sum(m['errors'].values())} | {ref} |"
                 f" {ratio} | {m['server_cores']:.2f} | {m['server_us_per_request'] or '-'} |"
                 f" {m['serving_us_per_request'] or '-'} | {m['loop_us_per_request'] or '-'} |"
-                f" {m['client_cpu_cores']:.2f} |"
+                f" {m['client_cpu_cores']:.2f} | {'-' if wide is None else f'{wide:.0%}'} |"
             )
     for name, why in skipped.items():
         print(f"NOT MEASURED: {name}: {why}")
@@ -784,7 +796,8 @@ def main() -> int:  # one linear script
         " server's CPU per request; serving us/req: that minus the inference CPU the server"
         " counts (trtops_compute_cpu_seconds_total: the CPU time of the threads calling ONNX"
         " Runtime while it ran; exact with one-thread instances, blank otherwise); loop us/req:"
-        " its processes' main threads (with batches on the event loop, inference included)."
+        " its processes' main threads (with batches on the event loop, inference included);"
+        " wide: the share of batches run on the wide session (--wide-threads)."
     )
     print()
     share_target = 0.90 if cores <= 2 else 0.85
