@@ -258,3 +258,37 @@ def test_malformed_frames_end_only_their_connection(h2: Server) -> None:
     with grpc.insecure_channel(h2.grpc) as channel:
         assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
     assert "Traceback" not in h2.output()
+
+
+def test_streams_past_the_advertised_limit_are_refused(h2: Server) -> None:
+    """A client that opens more calls than SETTINGS_MAX_CONCURRENT_STREAMS (1024) without
+    sending them gets REFUSED_STREAM for the extra one; the front end keeps serving."""
+    import socket
+    import struct
+
+    import hpack
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        head = struct.pack(">I", len(payload))[1:] + bytes((kind, flags))
+        return head + struct.pack(">I", stream) + payload
+
+    encoder = hpack.Encoder()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/inference.GRPCInferenceService/ServerLive"),
+        (":authority", h2.grpc),
+        ("te", "trailers"),
+        ("content-type", "application/grpc"),
+    ]
+    opened = b"".join(frame(1, 0x4, 1 + 2 * i, encoder.encode(headers)) for i in range(1025))
+    with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) + opened)
+        refused = frame(3, 0, 1 + 2 * 1024, struct.pack(">I", 0x7))
+        received = b""
+        while refused not in received:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before the refusal"
+            received += chunk
+    with grpc.insecure_channel(h2.grpc) as channel:
+        assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live

@@ -30,6 +30,7 @@ from .grpc_wire import (
     FRAME,
     GOAWAY,
     HEADERS,
+    MAX_STREAMS,
     MAX_WINDOW,
     NO_ERROR,
     OK_TRAILERS,
@@ -269,7 +270,7 @@ class Connection(asyncio.Protocol):
         if stream % 2 == 0:
             raise ValueError("a client opened an even-numbered stream")
         self._last_stream = stream
-        if self._going_away or self._server.closing:
+        if self._going_away or self._server.closing or len(self._calls) >= MAX_STREAMS:
             self._write(frame(RST_STREAM, 0, stream, struct.pack(">I", REFUSED_STREAM)))
             return
         path, timeout, encoding = "", None, "identity"

@@ -19,7 +19,10 @@ OUR_MAX_FRAME = 2**24 - 1
 FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16+8 bits, type, flags, stream id
 # Our receive windows start (nearly) unbounded, so a client never waits for WINDOW_UPDATEs
 # on a request; the connection's is topped up once half of it has been used.
-OUR_SETTINGS = struct.pack(">HIHI", 0x4, MAX_WINDOW, 0x5, OUR_MAX_FRAME)
+# A client keeps at most MAX_STREAMS calls open on one connection (grpc's clients queue the
+# rest); a stream past it is refused, so calls never sent in full cannot pile up.
+MAX_STREAMS = 1024
+OUR_SETTINGS = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, MAX_WINDOW, 0x5, OUR_MAX_FRAME)
 # Response header blocks: literal fields without indexing (the peer's table never changes).
 RESPONSE_HEADERS = b"\x88\x0f\x10\x10application/grpc"  # :status 200, content-type
 
