@@ -292,3 +292,24 @@ def test_streams_past_the_advertised_limit_are_refused(h2: Server) -> None:
             received += chunk
     with grpc.insecure_channel(h2.grpc) as channel:
         assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_an_unknown_streaming_method_is_unimplemented_before_the_client_half_closes(
+    h2: Server,
+) -> None:
+    """Triton's ModelStreamInfer is not in the service: the answer comes on the headers, as
+    grpc.aio gives it, not after a half-close a streaming client never sends."""
+    import threading
+
+    never = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield b""
+        never.wait(30)
+
+    with grpc.insecure_channel(h2.grpc) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(requests(), timeout=10))
+        never.set()
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -105,7 +105,7 @@ class H2Server:
         port: int,
         dispatch: Dispatch,
         *,
-        on_headers: Callable[[Call], None],
+        on_headers: Callable[[Call], bool],
         on_closed: Callable[[Call], None],
         max_message_bytes: int,
         reuse_port: bool = False,
@@ -130,8 +130,8 @@ class H2Server:
         self.port: int = self._sock.getsockname()[1]
         self._server: asyncio.AbstractServer | None = None
 
-    def on_headers(self, call: Call) -> None:
-        self._on_headers(call)
+    def on_headers(self, call: Call) -> bool:
+        return self._on_headers(call)
 
     def on_closed(self, call: Call) -> None:
         self._on_closed(call)
@@ -174,9 +174,12 @@ def create_h2_server(
     # arrivals only matter to a batcher that waits for them
     arrivals = _Arrivals(dataplane) if dataplane.batcher.batching else None
 
-    def on_headers(call: Call) -> None:
+    def on_headers(call: Call) -> bool:
+        if call.method not in handlers:
+            return False
         if arrivals is not None and call.method == _INFER:
             arrivals.announce(call)
+        return True
 
     def on_closed(call: Call) -> None:
         if arrivals is not None:

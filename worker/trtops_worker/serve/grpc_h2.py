@@ -118,7 +118,9 @@ class Server(Protocol):
     max_message_bytes: int
     dispatch: Dispatch
 
-    def on_headers(self, call: Call) -> None: ...
+    def on_headers(self, call: Call) -> bool:
+        """False: no such method."""
+
     def on_closed(self, call: Call) -> None: ...
 
 
@@ -285,7 +287,11 @@ class Connection(asyncio.Protocol):
         self._calls[stream] = call
         self._stream_windows[stream] = self._initial_window
         self.idle.clear()
-        self._server.on_headers(call)
+        if not self._server.on_headers(call):
+            # at once, as grpc.aio does: a streaming client would wait for its half-close
+            call.fail(12, "Method not found!")
+            self._write(frame(RST_STREAM, 0, stream, struct.pack(">I", NO_ERROR)))
+            return
         if flags & END_STREAM:
             self._on_request(call)
 
