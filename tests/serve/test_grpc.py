@@ -167,13 +167,10 @@ def test_grpc_requests_are_batched_under_concurrency(
         assert s.stop() == 0
 
 
-def test_the_grpcio_server_serves_the_same(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """TRTOPS_GRPC_SERVER=grpcio: grpc.aio, the server before h2, still answers alike."""
+def test_the_grpcio_server_serves_the_same(model_dir: Path, tmp_path: Path) -> None:
+    """--grpc-server grpcio: grpc.aio, the server before h2, still answers alike."""
     from tests.support.worker import start_server
 
-    monkeypatch.setenv("TRTOPS_GRPC_SERVER", "grpcio")
     s = start_server(
         tmp_path,
         "--front-ends",
@@ -182,8 +179,11 @@ def test_the_grpcio_server_serves_the_same(
         str(model_dir / "conv.onnx"),
         "--model-name",
         "conv",
+        "--grpc-server",
+        "grpcio",
     )
     try:
+        assert "(grpcio) metrics" in s.output()
         client = tritonclient.InferenceServerClient(s.grpc)
         x = conv_input(2, seed=3)
         tensor = tritonclient.InferInput("input", list(x.shape), "FP32")

@@ -133,6 +133,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " env TRTOPS_HTTP_SERVER",
     )
     parser.add_argument(
+        "--grpc-server",
+        choices=["h2", "grpcio"],
+        default=os.environ.get("TRTOPS_GRPC_SERVER") or None,
+        help="the gRPC front end: trtops' own HTTP/2 server on the event loop (h2, the default)"
+        " or grpc.aio (grpcio); docs/serve.md compares them; env TRTOPS_GRPC_SERVER",
+    )
+    parser.add_argument(
         "--drain-seconds", type=float, default=0.0, help="keep serving this long after SIGTERM"
     )
     parser.add_argument(
@@ -345,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
         body_timeout_seconds=args.body_timeout_seconds,
         drain_seconds=args.drain_seconds,
         http_server=args.http_server,
+        grpc_server=args.grpc_server,
         max_connections=max(1024, 4 * args.max_queue_size),
     )
 

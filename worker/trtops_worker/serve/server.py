@@ -20,6 +20,7 @@ import socket
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
+import grpc
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -51,6 +52,8 @@ class ServerOptions:
     # "httptools": serve/http11.py; or the same handler under "uvicorn" (uvloop + httptools,
     # ASGI), or granian (Rust) over its "granian-asgi" or "granian-rsgi" interface.
     http_server: str = "httptools"
+    # "h2" (serve/grpc_h2.py) or "grpcio" (grpc.aio); None: env TRTOPS_GRPC_SERVER, else h2
+    grpc_server: str | None = None
 
 
 class _Uvicorn(uvicorn.Server):
@@ -145,18 +148,20 @@ class ServingProcess:
             f"{opts.host}:{opts.grpc_port}",
             max_message_bytes=body_limit,
             reuse_port=opts.reuse_port,
+            implementation=opts.grpc_server,
         )
         await grpc_server.start()
         stop_http: Callable[[], Awaitable[None]] | None = None
         try:
             self.http_port, stop_http = await self._start_http(body_limit)
             log.info(
-                "listening: http %s:%d (%s) grpc %s:%d metrics %s:%s",
+                "listening: http %s:%d (%s) grpc %s:%d (%s) metrics %s:%s",
                 opts.host,
                 self.http_port,
                 opts.http_server,
                 opts.host,
                 self.grpc_port,
+                "grpcio" if isinstance(grpc_server, grpc.aio.Server) else "h2",
                 opts.host,
                 opts.metrics_port if opts.metrics_port is not None else "(the supervisor's)",
             )
