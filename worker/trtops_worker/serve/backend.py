@@ -90,22 +90,18 @@ def load_backend(
     (``sessions`` independent ORT sessions of ``intra_op_threads`` threads each; the wide
     session, ``wide_threads`` and ``board``, only when ONNX Runtime is what was asked for)."""
 
-    def onnxruntime(path: Path) -> Backend:
+    def onnxruntime(path: Path, wide_threads: int = 0, board: BusyBoard | None = None) -> Backend:
         return load_onnxruntime(
-            path, intra_op_threads=intra_op_threads, spinning=spinning, sessions=sessions
+            path,
+            intra_op_threads=intra_op_threads,
+            spinning=spinning,
+            sessions=sessions,
+            wide_threads=wide_threads,
+            board=board,
         )
 
     if kind == "onnxruntime":
-        return LoadedBackend(
-            load_onnxruntime(
-                model,
-                intra_op_threads=intra_op_threads,
-                spinning=spinning,
-                sessions=sessions,
-                wide_threads=wide_threads,
-                board=board,
-            )
-        )
+        return LoadedBackend(onnxruntime(model, wide_threads, board))
     if kind != "tensorrt":
         raise ValueError(f"unknown backend {kind!r}")
     try:
