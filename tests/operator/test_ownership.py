@@ -100,6 +100,15 @@ def test_a_route_that_has_not_opted_in_is_named_in_status(
     router = _http_route(cluster, opted_in=False)
     with kopf_operator(OPERATOR, namespaces=[cluster.ns]):
         _start_canary(cluster, [{"setWeight": 10, "pauseSeconds": 600}], router)
+        # Degraded says RouterMisconfigured from the first revision on (its route was refused
+        # too): wait for the canary at its step before reading what the row shows.
+        wait_for(
+            lambda: (
+                (cluster.get("conv")["status"].get("canary") or {}).get("phase") == "Progressing"
+            ),
+            timeout=120,
+            what="the canary at its step",
+        )
         degraded = cluster.wait_condition("conv", "Degraded", "RouterMisconfigured")
         assert degraded["status"] == "True"
         assert "annotate it trtops.dev/engine=conv" in degraded["message"]
