@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local control plane: a real kube-apiserver, kube-controller-manager, kube-scheduler and etcd
 # (built from Go modules by hack/build-controlplane.sh), run by `kwokctl --runtime binary`, with kwok
-# faking nodes (GPU nodes included) and pod lifecycles.
+# faking nodes (GPU nodes included) and pod lifecycles (kwok's default stages, except that trtops
+# build pods stay Running until a test finishes them: hack/kwok/pod-complete.yaml).
 #
 #   hack/cluster.sh up       start the cluster, or reuse a healthy one; prints how to use it
 #   hack/cluster.sh down     delete the cluster
@@ -52,7 +53,8 @@ free_port() {
 
 apply_nodes() {
   # kwok manages nodes annotated kwok.x-k8s.io/node=fake: it keeps them Ready and runs their pods
-  # through its stages (Running/Ready; Job pods Succeeded). Two GPU products so pinning is visible.
+  # through its stages (Running/Ready; Job pods Succeeded, trtops build pods excepted: see
+  # write_kwok_stages). Two GPU products so pinning is visible.
   local nodes=""
   local i
   for i in 0 1; do
@@ -137,6 +139,34 @@ apply_prometheus_operator_crds() {
   done
 }
 
+write_kwok_stages() {
+  # kwokctl's default stages (taken from the pinned kwok module, as kwokctl embeds them), with
+  # pod-complete replaced by hack/kwok/pod-complete.yaml: kwok leaves trtops build pods Running
+  # for the tests to finish with the worker's result. Stages given to kwokctl replace all of its
+  # defaults, so the node stages are passed too (node-heartbeat-with-lease: the binary runtime
+  # runs node leases).
+  local out="$1" dir stage
+  dir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" \
+    || die "could not fetch sigs.k8s.io/kwok@$KWOK_VERSION from the Go module proxy"
+  {
+    for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+        pod/fast/pod-ready pod/fast/pod-delete; do
+      cat "$dir/kustomize/stage/$stage.yaml"
+      printf -- '---\n'
+    done
+    cat "$here/hack/kwok/pod-complete.yaml"
+  } >"$out"
+}
+
+# The running cluster's kwok leaves build pods alone (hack/kwok/pod-complete.yaml), or says how.
+check_kwok_stages() {
+  local conf="$KWOK_WORKDIR/clusters/$name/kwok.yaml"
+  if [[ -f "$conf" ]] && ! grep -q 'trtops.dev/component' "$conf"; then
+    log "warning: cluster '$name' predates hack/kwok/pod-complete.yaml: its kwok finishes build pods without a result (tests that finish builds race it); recreate it: hack/cluster.sh down && hack/cluster.sh up"
+  fi
+}
+
 cmd_up() {
   "$here/hack/build-controlplane.sh"
   local start=$SECONDS
@@ -146,6 +176,7 @@ cmd_up() {
   if healthy || kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
     if healthy; then
       log "reusing running cluster '$name'"
+      check_kwok_stages
       apply_nodes
       apply_gateway_api_crds
       apply_prometheus_operator_crds
@@ -167,8 +198,10 @@ cmd_up() {
   fi
   mkdir -p "$(dirname "$kubeconfig")"
   rm -f "$kubeconfig"
+  local stages="$cache/clusters/$name.stages.yaml"
+  write_kwok_stages "$stages"
   log "creating cluster '$name' (Kubernetes $K8S_VERSION, API server on 127.0.0.1:$port)"
-  if ! kwokctl create cluster --name "$name" --runtime binary \
+  if ! kwokctl create cluster --name "$name" --runtime binary --config "$stages" \
       --kube-apiserver-port "$port" \
       --kube-apiserver-binary "$bin/kube-apiserver" \
       --kube-controller-manager-binary "$bin/kube-controller-manager" \
@@ -226,7 +259,7 @@ cmd_down() {
     for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -f "$pattern" >/dev/null || break; sleep 0.5; done
     pkill -KILL -f "$pattern" || true
   fi
-  rm -rf "$KWOK_WORKDIR/clusters/$name" "$kubeconfig"
+  rm -rf "$KWOK_WORKDIR/clusters/$name" "$kubeconfig" "$cache/clusters/$name.stages.yaml"
   log "cluster '$name' deleted"
 }
 

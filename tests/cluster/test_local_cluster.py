@@ -1,6 +1,6 @@
 """The local control plane behaves like a cluster: real controllers turn a Deployment into Ready
-pods and a Job into a succeeded pod (kwok plays the kubelet), GPU nodes are schedulable by
-product, and a kopf operator runs against it."""
+pods and a Job into a succeeded pod (kwok plays the kubelet), a trtops build pod runs until a test
+finishes it, GPU nodes are schedulable by product, and a kopf operator runs against it."""
 
 from __future__ import annotations
 
@@ -76,6 +76,45 @@ def test_deployment_becomes_ready_and_job_succeeds(k8s_api: Any, namespace: str)
     pods = client.CoreV1Api(k8s_api).list_namespaced_pod(namespace, label_selector="app=web").items
     assert len(pods) == 2
     assert all(p.spec.node_name for p in pods)
+
+
+def _job(name: str, labels: dict[str, str] | None = None) -> client.V1Job:
+    return client.V1Job(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1JobSpec(
+            backoff_limit=0,
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(
+                    node_selector=ON_KWOK, restart_policy="Never", containers=[_container(name)]
+                ),
+            ),
+        ),
+    )
+
+
+def test_a_build_pod_runs_until_the_test_finishes_it(k8s_api: Any, namespace: str) -> None:
+    """kwok starts a trtops build pod and leaves it Running (hack/kwok/pod-complete.yaml): before,
+    it finished it at once without the worker's result, and the operator said ResultMissing
+    before a test could write the result. A plain Job started after it still succeeds."""
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    batch.create_namespaced_job(namespace, _job("build", {"trtops.dev/component": "build"}))
+
+    def build_pod() -> Any:
+        pods = core.list_namespaced_pod(namespace, label_selector="job-name=build").items
+        return next((p for p in pods if p.status.phase == "Running"), None)
+
+    pod = wait_for(build_pod, timeout=60, what="the build pod running")
+    batch.create_namespaced_job(namespace, _job("plain"))
+    wait_for(
+        lambda: batch.read_namespaced_job_status("plain", namespace).status.succeeded,
+        timeout=60,
+        what="Job plain to succeed",
+    )
+    # kwok finished the later plain pod, and left the build pod as it started it.
+    still = core.read_namespaced_pod(pod.metadata.name, namespace)
+    assert still.status.phase == "Running"
+    assert not batch.read_namespaced_job_status("build", namespace).status.succeeded
 
 
 def test_gpu_pod_lands_on_a_node_of_the_requested_product(k8s_api: Any, namespace: str) -> None:

@@ -1,5 +1,6 @@
 """Operator test fixtures: the CRD applied once per session, and helpers that act like the
-kubelet (kwok finishes Job pods without a termination message, so tests write the result)."""
+kubelet (kwok starts build pods and leaves them running, hack/kwok/pod-complete.yaml, so tests
+write the worker's result)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ printer columns after a promotion, and no status write on a pass that learnt not
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -13,21 +12,9 @@ import pytest
 
 from tests.operator.test_cluster import OPERATOR, SUCCESS, Cluster
 from tests.operator.test_cluster import cluster as cluster  # the fixture, shared
-from tests.operator.test_cluster import pytestmark as cluster_marks  # cluster, CRD, claim
+from tests.operator.test_cluster import pytestmark as pytestmark  # cluster, CRD, claim
 from tests.operator.test_stuck_cluster import _row
 from tests.support.cluster import kubectl, wait_for
-
-# Each test finishes a second build pod as the kubelet would. On 2026-12-01 that revision was
-# often refused ResultMissing ("succeeded but its pod left no result": 5 of 11 runs, 2 of 2 for
-# one case): most likely kwok's own pod-complete stage finishing the pod first (the build pods
-# land on kwok-managed nodes). Opt in until the build pods go to a node kwok does not manage.
-pytestmark = [
-    *cluster_marks,
-    pytest.mark.skipif(
-        os.environ.get("TRTOPS_KWOK_RACE_TESTS") != "1",
-        reason="races kwok's pod-complete stage (TRTOPS_KWOK_RACE_TESTS=1 runs it)",
-    ),
-]
 
 
 def _canary(

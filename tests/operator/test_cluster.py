@@ -1,8 +1,8 @@
 """The operator against the real API server, controllers and garbage collector (kwok nodes).
 
-kwok finishes Job pods without a termination message, so where a build "finishes" the test
-writes the worker's result into the pod status itself, as the kubelet would
-(``finish_build_pod``)."""
+kwok starts build pods and leaves them running (hack/kwok/pod-complete.yaml: it would finish them
+without a termination message), so where a build "finishes" the test writes the worker's result
+into the pod status itself, as the kubelet would (``finish_build_pod``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import finish_build_pod
-from tests.support.cluster import kubectl, wait_for
+from tests.support.cluster import kubectl, started_pod, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("trtengine_crd", "plans_claim")]
 
@@ -88,11 +88,8 @@ class Cluster:
         )
 
     def build_pod(self, job: str) -> str:
-        def probe() -> str | None:
-            pods = self.core.list_namespaced_pod(self.ns, label_selector=f"job-name={job}").items
-            return pods[0].metadata.name if pods else None
-
-        return wait_for(probe, timeout=60, what=f"a pod of Job {job}")
+        """Job ``job``'s pod once a test may finish it (``started_pod``)."""
+        return started_pod(self.core, self.ns, f"job-name={job}")
 
     def finish_build(
         self, result: dict[str, Any], *, after: Collection[str] = ()

@@ -96,3 +96,28 @@ def wait_for(
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+KWOK_NODE = "kwok.x-k8s.io/node"  # annotates the nodes kwok manages (hack/cluster.sh)
+
+
+def started_pod(core: Any, namespace: str, selector: str, timeout: float = 60.0) -> str:
+    """The name of a pod matching ``selector`` once it is bound and, on a node kwok manages,
+    started (phase Running); ``core`` is a ``CoreV1Api``. A kubelet finishes only a started
+    container, and a status written before kwok's start of the pod could be overwritten by it;
+    kwok then leaves a build pod Running (hack/kwok/pod-complete.yaml) until the test finishes
+    it. On a node no kwok manages nothing else writes the pod's status. Raises TimeoutError."""
+
+    def may_finish(pod: Any) -> bool:
+        if pod.status.phase == "Running":
+            return True
+        if not pod.spec.node_name:
+            return False
+        node = core.read_node(pod.spec.node_name)
+        return (node.metadata.annotations or {}).get(KWOK_NODE) != "fake"
+
+    def probe() -> str | None:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        return next((p.metadata.name for p in pods if may_finish(p)), None)
+
+    return wait_for(probe, timeout=timeout, what=f"a started pod ({selector})")
