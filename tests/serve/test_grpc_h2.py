@@ -313,3 +313,73 @@ def test_an_unknown_streaming_method_is_unimplemented_before_the_client_half_clo
             list(stream(requests(), timeout=10))
         never.set()
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _raw_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    import struct
+
+    head = struct.pack(">I", len(payload))[1:] + bytes((kind, flags))
+    return head + struct.pack(">I", stream) + payload
+
+
+def _live_headers(h2: Server) -> bytes:
+    import hpack
+
+    return hpack.Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/inference.GRPCInferenceService/ServerLive"),
+            (":authority", h2.grpc),
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+        ]
+    )
+
+
+def _until_closed(sock: object, sent: bytes) -> bytes:
+    """Everything the server sends until it closes, or resets a connection it closed while
+    the client was still sending (a socket timeout: it never closed)."""
+    import socket
+
+    assert isinstance(sock, socket.socket)
+    received = b""
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + sent)
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return received
+
+
+@pytest.mark.parametrize("max_frame", [0, 16383, 1 << 24])
+def test_a_max_frame_size_setting_out_of_range_ends_only_its_connection(
+    h2: Server, max_frame: int
+) -> None:
+    """SETTINGS_MAX_FRAME_SIZE outside 2^14..2^24-1 is a PROTOCOL_ERROR (RFC 9113 6.5.2). With
+    0 accepted, the next answer was cut into empty DATA frames forever: the front end spun."""
+    import socket
+    import struct
+
+    settings = _raw_frame(4, 0, 0, struct.pack(">HI", 0x5, max_frame))
+    call = _raw_frame(1, 0x4, 1, _live_headers(h2)) + _raw_frame(0, 0x1, 1, b"\0" * 5)
+    with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+        received = _until_closed(sock, settings + call)
+    assert _raw_frame(7, 0, 0, struct.pack(">II", 0, 0x1)) in received  # GOAWAY PROTOCOL_ERROR
+    with grpc.insecure_channel(h2.grpc) as channel:
+        assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_a_header_block_that_never_ends_is_refused_not_stored(h2: Server) -> None:
+    """HEADERS then CONTINUATION frames without END_HEADERS (the "CONTINUATION flood"): the
+    block was stored whole, so one client grew the front end's memory without bound. Past
+    the cap the connection ends (GOAWAY); the front end keeps serving."""
+    import socket
+
+    opened = _raw_frame(4, 0, 0) + _raw_frame(1, 0, 1, _live_headers(h2))
+    flood = _raw_frame(9, 0, 1, b"\0" * 16000) * 64  # 1 MB of header block, never ended
+    with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+        _until_closed(sock, opened + flood)
+    with grpc.insecure_channel(h2.grpc) as channel:
+        assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live

@@ -30,6 +30,7 @@ from .grpc_wire import (
     FRAME,
     GOAWAY,
     HEADERS,
+    MAX_HEADER_BLOCK,
     MAX_STREAMS,
     MAX_WINDOW,
     NO_ERROR,
@@ -211,6 +212,8 @@ class Connection(asyncio.Protocol):
             if self._headers_for is None or self._headers_for[0] != stream:
                 raise ValueError("CONTINUATION without HEADERS")
             self._headers_for[2].extend(payload)
+            if len(self._headers_for[2]) > MAX_HEADER_BLOCK:  # a CONTINUATION flood
+                raise ValueError("a header block past MAX_HEADER_BLOCK")
             if flags & END_HEADERS:
                 self._on_headers()
         elif kind == SETTINGS:
@@ -241,6 +244,8 @@ class Connection(asyncio.Protocol):
                 for s in self._stream_windows:
                     self._stream_windows[s] += delta
             elif key == 0x5:
+                if not 1 << 14 <= value < 1 << 24:  # 0 cut answers into empty frames forever
+                    raise ValueError("SETTINGS_MAX_FRAME_SIZE out of range")
                 self._max_frame = value
             # HEADER_TABLE_SIZE bounds the table of our encoder, which never indexes
         self._write(frame(SETTINGS, ACK, 0))

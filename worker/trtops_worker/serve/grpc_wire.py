@@ -22,6 +22,9 @@ FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16+8 bits, type, flags, stre
 # A client keeps at most MAX_STREAMS calls open on one connection (grpc's clients queue the
 # rest); a stream past it is refused, so calls never sent in full cannot pile up.
 MAX_STREAMS = 1024
+# A header block (HEADERS + CONTINUATIONs) past this ends its connection: it is stored until
+# END_HEADERS, and hpack's decoder refuses a header list past 64 KiB anyway.
+MAX_HEADER_BLOCK = 1 << 18
 OUR_SETTINGS = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, MAX_WINDOW, 0x5, OUR_MAX_FRAME)
 # Response header blocks: literal fields without indexing (the peer's table never changes).
 RESPONSE_HEADERS = b"\x88\x0f\x10\x10application/grpc"  # :status 200, content-type
