@@ -61,6 +61,7 @@ class _Request:
     __slots__ = (
         "body",
         "complete",
+        "ended",
         "failure",
         "headers",
         "keep_alive",
@@ -77,6 +78,7 @@ class _Request:
         self.body: list[bytes] = []
         self.size = 0
         self.complete = False
+        self.ended = False  # the rest of the body never comes (disconnect, stall, bad bytes)
         self.keep_alive = True
         self.failure = "client disconnected"  # why a body that stops coming never completes
         self.waiter: asyncio.Future[None] | None = None
@@ -97,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._paused = False
         self._closing = False  # close once the request in progress is answered
+        self._last_data = time.monotonic()
         self.idle_since: float | None = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -115,12 +118,15 @@ class _Connection(asyncio.Protocol):
     def _end_bodies(self, failure: str | None = None) -> None:
         """Bodies still on their way never come now: their readers fail (400)."""
         for request in self._pipeline:
-            if failure is not None and not request.complete:
-                request.failure = failure
+            if not request.complete:
+                request.ended = True
+                if failure is not None:
+                    request.failure = failure
             if request.waiter is not None and not request.waiter.done():
                 request.waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._last_data = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -204,7 +210,7 @@ class _Connection(asyncio.Protocol):
 
     async def _read(self, request: _Request, limit: int) -> bytes:
         declared_length(request.headers.get, limit)
-        if not request.complete:
+        if not request.complete and not request.ended:
             if request.headers.get(b"expect", b"").lower() == b"100-continue":
                 self._write(_CONTINUE)
             request.waiter = asyncio.get_running_loop().create_future()
@@ -268,6 +274,20 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def end_stalled_body(self, cutoff: float) -> None:
+        """A body that has stopped coming (nothing since ``cutoff``, reading not paused by us)
+        fails its reader (400; the connection closes after it), as slowloris clients would
+        otherwise hold a connection and a handler each forever."""
+        request = self._parsing
+        if (
+            request is not None
+            and not request.complete
+            and not request.ended
+            and not self._paused
+            and self._last_data < cutoff
+        ):
+            self._end_bodies(f"the request body stopped coming ({self._options.keep_alive_s} s)")
+
     def shut(self) -> None:
         """The server is stopping: close now if idle, else after the answer in progress."""
         self._closing = True
@@ -286,13 +306,16 @@ class _Listener:
         self.connections: set[_Connection] = set()
 
     async def close_idle(self) -> None:
-        """Close keep-alive connections idle past ``keep_alive_s`` (also half-sent headers)."""
+        """Close keep-alive connections idle past ``keep_alive_s`` (also half-sent headers);
+        refuse bodies that stopped coming as long."""
         while True:
             await asyncio.sleep(min(1.0, self.options.keep_alive_s / 2))
             cutoff = time.monotonic() - self.options.keep_alive_s
             for connection in list(self.connections):
                 if connection.idle_since is not None and connection.idle_since < cutoff:
                     connection.shut()
+                else:
+                    connection.end_stalled_body(cutoff)
 
     async def stop(self, server: asyncio.Server, sweeper: asyncio.Task[None]) -> None:
         server.close()  # no new connections
