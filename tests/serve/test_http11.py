@@ -218,3 +218,18 @@ def test_a_body_that_stops_coming_is_refused_and_its_connection_closed(server: S
             assert status == 400
             assert "error" in json.loads(answer)
             assert reader.closed()
+
+
+def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server: Server) -> None:
+    """``shutdown(SHUT_WR)`` after sending (netcat, some health checkers) is no disconnect: the
+    answers owed still come, in order, then the connection closes. None came before."""
+    x = conv_input(1)
+    with _connect(server) as sock:
+        sock.sendall(_infer_request(x) * 3)
+        sock.shutdown(socket.SHUT_WR)
+        reader = _Reader(sock)
+        for _ in range(3):
+            status, _, answer = reader.response()
+            assert status == 200
+            assert json.loads(answer)["outputs"][0]["data"] == _want(server, x)
+        assert reader.closed()

@@ -100,6 +100,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._closing = False  # close once the request in progress is answered
         self._last_data = time.monotonic()
+        self._eof = False  # the client half-closed: close once every answer owed is sent
         self.idle_since: float | None = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -124,6 +125,15 @@ class _Connection(asyncio.Protocol):
                     request.failure = failure
             if request.waiter is not None and not request.waiter.done():
                 request.waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        """The client sent all it will (a half-close, not a disconnect): the transport stays
+        open for the answers owed; bodies still incomplete never come (400)."""
+        if not self._pipeline:
+            return False  # nothing owed: the transport closes
+        self._eof = True
+        self._end_bodies()
+        return True
 
     def data_received(self, data: bytes) -> None:
         self._last_data = time.monotonic()
@@ -246,6 +256,9 @@ class _Connection(asyncio.Protocol):
             return
         if self._pipeline:
             self._start(self._pipeline[0])
+        elif self._eof:
+            self._close()
+            return
         else:
             self.idle_since = time.monotonic()
         if self._paused and len(self._pipeline) < _MAX_PIPELINED and self._transport is not None:
