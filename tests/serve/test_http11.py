@@ -199,27 +199,6 @@ def test_an_idle_keep_alive_connection_is_closed_a_busy_one_is_not(server: Serve
         assert busy_reader.response()[0] == 200
 
 
-def test_a_body_that_stops_coming_is_refused_and_its_connection_closed(server: Server) -> None:
-    """A client that sends the headers (with or without ``Expect: 100-continue``) and then
-    less of the body than it declared, and nothing more: answered 400 once nothing has come
-    for the keep-alive limit (5 s), then closed. It held its connection and handler forever."""
-    request = _infer_request(conv_input(1))
-    head, body = request.split(b"\r\n\r\n", 1)
-    expecting = _infer_request(conv_input(1), "Expect: 100-continue\r\n").split(b"\r\n\r\n")[0]
-    with _connect(server) as stalled, _connect(server) as waiting, _connect(server) as other:
-        stalled.sendall(head + b"\r\n\r\n" + body[:10])
-        waiting.sendall(expecting + b"\r\n\r\n")
-        waiting_reader = _Reader(waiting)
-        assert waiting_reader.response()[0] == 100
-        other.sendall(request)
-        assert _Reader(other).response()[0] == 200
-        for reader in (_Reader(stalled), waiting_reader):
-            status, _, answer = reader.response()
-            assert status == 400
-            assert "error" in json.loads(answer)
-            assert reader.closed()
-
-
 def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server: Server) -> None:
     """``shutdown(SHUT_WR)`` after sending (netcat, some health checkers) is no disconnect: the
     answers owed still come, in order, then the connection closes. None came before."""

@@ -78,7 +78,7 @@ class _Request:
         self.body: list[bytes] = []
         self.size = 0
         self.complete = False
-        self.ended = False  # the rest of the body never comes (disconnect, stall, bad bytes)
+        self.ended = False  # the rest of the body never comes (disconnect, half-close, bad bytes)
         self.keep_alive = True
         self.failure = "client disconnected"  # why a body that stops coming never completes
         self.waiter: asyncio.Future[None] | None = None
@@ -99,7 +99,6 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._paused = False
         self._closing = False  # close once the request in progress is answered
-        self._last_data = time.monotonic()
         self._eof = False  # the client half-closed: close once every answer owed is sent
         self.idle_since: float | None = time.monotonic()
 
@@ -136,7 +135,6 @@ class _Connection(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
-        self._last_data = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -287,20 +285,6 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def end_stalled_body(self, cutoff: float) -> None:
-        """A body that has stopped coming (nothing since ``cutoff``, reading not paused by us)
-        fails its reader (400; the connection closes after it), as slowloris clients would
-        otherwise hold a connection and a handler each forever."""
-        request = self._parsing
-        if (
-            request is not None
-            and not request.complete
-            and not request.ended
-            and not self._paused
-            and self._last_data < cutoff
-        ):
-            self._end_bodies(f"the request body stopped coming ({self._options.keep_alive_s} s)")
-
     def shut(self) -> None:
         """The server is stopping: close now if idle, else after the answer in progress."""
         self._closing = True
@@ -319,16 +303,13 @@ class _Listener:
         self.connections: set[_Connection] = set()
 
     async def close_idle(self) -> None:
-        """Close keep-alive connections idle past ``keep_alive_s`` (also half-sent headers);
-        refuse bodies that stopped coming as long."""
+        """Close keep-alive connections idle past ``keep_alive_s`` (also half-sent headers)."""
         while True:
             await asyncio.sleep(min(1.0, self.options.keep_alive_s / 2))
             cutoff = time.monotonic() - self.options.keep_alive_s
             for connection in list(self.connections):
                 if connection.idle_since is not None and connection.idle_since < cutoff:
                     connection.shut()
-                else:
-                    connection.end_stalled_body(cutoff)
 
     async def stop(self, server: asyncio.Server, sweeper: asyncio.Task[None]) -> None:
         server.close()  # no new connections
