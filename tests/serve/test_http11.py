@@ -212,3 +212,27 @@ def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server: 
             assert status == 200
             assert json.loads(answer)["outputs"][0]["data"] == _want(server, x)
         assert reader.closed()
+
+
+def test_a_malformed_request_pipelined_after_a_good_one_is_refused_after_its_answer(
+    server: Server,
+) -> None:
+    """The good request's answer, then the refusal (400 or 431 with its error body), then the
+    end of the connection. The refusal was dropped: the client saw a close with no reason."""
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    cases = [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed HTTP request"),
+        (b"POST /v2 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "Length"),
+        (b"GET /" + b"a" * (80 << 10) + b" HTTP/1.1\r\n\r\n", 431, "headers are over"),
+    ]
+    for bad, want_status, want_message in cases:
+        with _connect(server) as sock:
+            sock.sendall(live + live + bad + live)
+            reader = _Reader(sock)
+            for _ in range(2):
+                assert reader.response()[0] == 200
+            status, headers, body = reader.response()
+            assert status == want_status, body
+            assert want_message in json.loads(body)["error"]
+            assert headers["connection"] == "close"
+            assert reader.closed()

@@ -67,6 +67,7 @@ class _Request:
         "keep_alive",
         "method",
         "path",
+        "refusal",
         "size",
         "waiter",
     )
@@ -82,6 +83,7 @@ class _Request:
         self.keep_alive = True
         self.failure = "client disconnected"  # why a body that stops coming never completes
         self.waiter: asyncio.Future[None] | None = None
+        self.refusal: tuple[int, str] | None = None  # an unparseable request's answer
 
 
 class _Connection(asyncio.Protocol):
@@ -143,7 +145,7 @@ class _Connection(asyncio.Protocol):
             limit = self._options.max_header_bytes
             self._refuse(431, f"request line and headers are over {limit} bytes")
         except httptools.HttpParserUpgrade:  # answered as plain HTTP/1.1, then closed
-            self._refuse(400, "protocol upgrades are not supported")
+            self._refuse(400, "protocol upgrades are not supported", upgrade=True)
         except httptools.HttpParserError as e:
             self._refuse(400, f"malformed HTTP request: {e}")
 
@@ -208,6 +210,10 @@ class _Connection(asyncio.Protocol):
         asyncio.get_running_loop().create_task(self._run(request))
 
     async def _run(self, request: _Request) -> None:
+        if request.refusal is not None:
+            status, message = request.refusal
+            self._answer(request, status, [*_JSON, _CLOSE], _error(message))
+            return
         async def read(limit: int) -> bytes:
             return await self._read(request, limit)
 
@@ -263,19 +269,24 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
             self._paused = False
 
-    def _refuse(self, status: int, message: str) -> None:
-        """A request that could not be parsed: answer it and close (nothing after it can be
-        trusted to start where it seems to)."""
-        if self._pipeline:  # answers already owed go first; this connection ends after them
+    def _refuse(self, status: int, message: str, *, upgrade: bool = False) -> None:
+        """A request that could not be parsed: answer it after the answers already owed, and
+        close (nothing after it can be trusted to start where it seems to). A body that could
+        not be parsed, or an upgrade, is answered by its own request's handler instead."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._paused = False  # never resumed: the parser has failed
+        self._end_bodies(message)
+        parsing = self._parsing
+        if parsing is not None and parsing in self._pipeline and (upgrade or not parsing.complete):
             self._closing = True
-            if self._transport is not None:
-                self._transport.pause_reading()
-            self._end_bodies(message)
             return
         request = _Request("", "", {})
         request.keep_alive = False
+        request.refusal = (status, message)
         self._pipeline.append(request)
-        self._answer(request, status, [*_JSON, _CLOSE], _error(message))
+        if len(self._pipeline) == 1:
+            self._start(request)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
