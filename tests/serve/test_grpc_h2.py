@@ -383,3 +383,45 @@ def test_a_header_block_that_never_ends_is_refused_not_stored(h2: Server) -> Non
         _until_closed(sock, opened + flood)
     with grpc.insecure_channel(h2.grpc) as channel:
         assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_a_client_that_never_reads_its_answers_is_not_read_either(h2: Server) -> None:
+    """Calls sent without ever reading the answers (a tiny receive buffer, never drained):
+    once the answers back up the front end stops reading, so the client's sends block
+    instead of the answers piling up in the front end's memory (they grew it ~3 MB/s)."""
+    import socket
+    import struct
+
+    import hpack
+
+    encoder = hpack.Encoder()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/inference.GRPCInferenceService/ModelConfig"),
+        (":authority", h2.grpc),
+        ("te", "trailers"),
+        ("content-type", "application/grpc"),
+    ]
+    message = b"\0" + struct.pack(">I", 6) + b"\x0a\x04conv"
+    window = _raw_frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535))
+    sent, limit = 0, 60 << 20
+    with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _raw_frame(4, 0, 0) + window)
+        sock.settimeout(2)  # no progress for this long: the front end stopped reading
+        stream, blocked = 1, False
+        while sent < limit and not blocked:
+            calls = b""
+            for _ in range(500):
+                calls += _raw_frame(1, 0x4, stream, encoder.encode(headers))
+                calls += _raw_frame(0, 0x1, stream, message)
+                stream += 2
+            try:
+                sock.sendall(calls)
+            except TimeoutError:
+                blocked = True
+            sent += len(calls)
+    assert blocked, f"{sent} bytes of calls read while none of their answers was"
+    with grpc.insecure_channel(h2.grpc) as channel:
+        assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live

@@ -166,6 +166,16 @@ class Connection(asyncio.Protocol):
         self._calls.clear()
         self.idle.set()
 
+    def pause_writing(self) -> None:
+        """Answers are backing up (a client that sends calls but does not read): stop reading
+        its calls until they drain, so they cannot pile up in memory."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
