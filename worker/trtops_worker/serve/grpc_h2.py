@@ -271,7 +271,7 @@ class Connection(asyncio.Protocol):
         front, count = (table[0] if table else None), len(table)
         headers = [(str(name), str(value)) for name, value in self._decoder.decode(block)]
         if (table[0] if table else None) is front and len(table) == count:
-            if len(self._header_cache) < 256:
+            if len(self._header_cache) < 256 and len(block) <= 1024:  # 256 big blocks: 30 MB
                 self._header_cache[block] = headers
         else:
             self._header_cache.clear()
