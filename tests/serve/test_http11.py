@@ -6,13 +6,15 @@ against the session's real server, since HTTP client libraries hide exactly thes
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import requests
 
-from tests.support.worker import Server
+from tests.support.worker import Server, start_server
 
 from .conftest import conv_input
 
@@ -236,3 +238,31 @@ def test_a_malformed_request_pipelined_after_a_good_one_is_refused_after_its_ans
             assert want_message in json.loads(body)["error"]
             assert headers["connection"] == "close"
             assert reader.closed()
+
+
+def test_sigterm_answers_every_request_already_received_on_a_connection(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Ten requests pipelined on one connection, SIGTERM while the first runs: all ten are
+    answered, then the connection closes and the server exits 0. Only the one in progress was
+    answered; the others received were dropped."""
+    s = start_server(
+        tmp_path,
+        "--model",
+        str(model_dir / "slow.onnx"),
+        "--model-name",
+        "slow",
+        "--front-ends",
+        "1",
+    )
+    request = _infer_request(np.zeros((1, 3, 64, 64), np.float32))  # 60 KB, ~20 ms each
+    request = request.replace(b"/models/conv/", b"/models/slow/")
+    with _connect(s) as sock:
+        sock.sendall(request * 10)
+        time.sleep(0.05)  # all received (one at a time: a connection's requests run in turn)
+        s.process.send_signal(signal.SIGTERM)
+        reader = _Reader(sock)
+        answers = [reader.response() for _ in range(10)]
+        assert reader.closed()
+    assert [status for status, _, _ in answers] == [200] * 10
+    assert s.process.wait(60) == 0

@@ -100,7 +100,7 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0
         self._paused = False
-        self._closing = False  # close once the request in progress is answered
+        self._closing = False  # read no more; close once the requests received are answered
         self._eof = False  # the client half-closed: close once every answer owed is sent
         self.idle_since: float | None = time.monotonic()
 
@@ -201,6 +201,8 @@ class _Connection(asyncio.Protocol):
         if request is None:
             return
         request.complete = True
+        if self._closing and self._transport is not None:
+            self._transport.pause_reading()
         if request.waiter is not None and not request.waiter.done():
             request.waiter.set_result(None)
 
@@ -239,7 +241,8 @@ class _Connection(asyncio.Protocol):
     def _answer(
         self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
-        close = not request.keep_alive or self._closing or _CLOSE in headers
+        last = self._closing and len(self._pipeline) == 1
+        close = not request.keep_alive or last or _CLOSE in headers
         head = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()]
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
@@ -265,7 +268,8 @@ class _Connection(asyncio.Protocol):
             return
         else:
             self.idle_since = time.monotonic()
-        if self._paused and len(self._pipeline) < _MAX_PIPELINED and self._transport is not None:
+        resume = self._paused and not self._closing and len(self._pipeline) < _MAX_PIPELINED
+        if resume and self._transport is not None:
             self._transport.resume_reading()
             self._paused = False
 
@@ -297,10 +301,13 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def shut(self) -> None:
-        """The server is stopping: close now if idle, else after the answer in progress."""
+        """The server is stopping: close now if idle, else once every request received is
+        answered (a body on its way still comes; nothing after it is read)."""
         self._closing = True
         if not self._pipeline:
             self._close()
+        elif self._transport is not None and (self._parsing is None or self._parsing.complete):
+            self._transport.pause_reading()
 
 
 def _error(message: str) -> bytes:
