@@ -408,7 +408,8 @@ def test_a_client_that_never_reads_its_answers_is_not_read_either(h2: Server) ->
     sent, limit = 0, 60 << 20
     with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _raw_frame(4, 0, 0) + window)
+        acked = _raw_frame(4, 0, 0) + _raw_frame(4, 0x1, 0)  # ours and theirs: a handshake
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + acked + window)
         sock.settimeout(2)  # no progress for this long: the front end stopped reading
         stream, blocked = 1, False
         while sent < limit and not blocked:
@@ -473,3 +474,23 @@ def test_big_header_blocks_are_not_kept_after_their_call(h2: Server) -> None:
     for sock in sockets:
         sock.close()
     assert grown < 100, f"the front end grew {grown:.0f} MB"
+
+
+def test_a_connection_that_never_finishes_its_handshake_is_closed(h2: Server) -> None:
+    """A client that connects and sends nothing, or only the preface and its SETTINGS, never
+    acknowledging ours: closed after the handshake limit (10 s), as grpc.aio closed both (at
+    60 s here). They were held forever, each a file descriptor."""
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=30) as silent,
+        socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=30) as unacknowledged,
+    ):
+        unacknowledged.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _raw_frame(4, 0, 0))
+        with grpc.insecure_channel(h2.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(pb.ServerLiveRequest()).live
+            for sock in (silent, unacknowledged):
+                while sock.recv(65536):  # our SETTINGS, then a GOAWAY, then the end
+                    pass
+            assert stub.ServerLive(pb.ServerLiveRequest()).live  # an ordinary client stays

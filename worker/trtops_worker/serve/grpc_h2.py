@@ -29,6 +29,7 @@ from .grpc_wire import (
     END_STREAM,
     FRAME,
     GOAWAY,
+    HANDSHAKE_S,
     HEADERS,
     MAX_HEADER_BLOCK,
     MAX_STREAMS,
@@ -146,6 +147,7 @@ class Connection(asyncio.Protocol):
         self._blocked: dict[int, tuple[bytearray, bytes]] = {}  # stream -> data left, trailers
         self._out: list[bytes] = []
         self._going_away = False
+        self._handshake: asyncio.TimerHandle | None = None  # until our SETTINGS are acked
         self.idle = asyncio.Event()
 
     # -- transport callbacks -------------------------------------------------------------------
@@ -158,9 +160,13 @@ class Connection(asyncio.Protocol):
             + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65535))
         )
         self.idle.set()
+        loop = asyncio.get_running_loop()
+        self._handshake = loop.call_later(HANDSHAKE_S, self._abort, PROTOCOL_ERROR)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        if self._handshake is not None:
+            self._handshake.cancel()
         for call in self._calls.values():
             self._close_call(call)
         self._calls.clear()
@@ -229,6 +235,9 @@ class Connection(asyncio.Protocol):
         elif kind == SETTINGS:
             if not flags & ACK:
                 self._on_settings(payload)
+            elif self._handshake is not None:
+                self._handshake.cancel()
+                self._handshake = None
         elif kind == PING:
             if not flags & ACK:
                 self._write(frame(PING, ACK, 0, payload))

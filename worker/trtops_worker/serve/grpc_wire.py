@@ -22,6 +22,9 @@ FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16+8 bits, type, flags, stre
 # A client keeps at most MAX_STREAMS calls open on one connection (grpc's clients queue the
 # rest); a stream past it is refused, so calls never sent in full cannot pile up.
 MAX_STREAMS = 1024
+# A connection whose client has not acknowledged our SETTINGS by then is closed (grpc.aio closes
+# one that never finishes its handshake too), so silent connections cannot pile up.
+HANDSHAKE_S = 10.0
 # A header block (HEADERS + CONTINUATIONs) past this ends its connection: it is stored until
 # END_HEADERS, and hpack's decoder refuses a header list past 64 KiB anyway.
 MAX_HEADER_BLOCK = 1 << 18
