@@ -200,3 +200,43 @@ def test_the_grpcio_server_serves_the_same(model_dir: Path, tmp_path: Path) -> N
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         assert s.stop() == 0
+
+
+def test_a_call_the_client_gives_up_on_counts_as_cancelled_not_a_server_error(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """A gRPC deadline that passes while the call waits (the slow model, a batch ahead of it):
+    outcome "cancelled", which no error rate counts (a canary must not roll back on it)."""
+    import time
+
+    from tests.support.worker import start_server
+
+    s = start_server(
+        tmp_path,
+        "--front-ends",
+        "1",
+        "--model",
+        str(model_dir / "slow.onnx"),
+        "--model-name",
+        "slow",
+    )
+    try:
+        x = np.zeros((8, 3, 64, 64), np.float32)
+        request = pb.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+        request.raw_input_contents.append(x.tobytes())
+        channel, client = stub(s)
+        with channel:
+            ahead = client.ModelInfer.future(request)  # keeps the one instance busy
+            with pytest.raises(grpc.RpcError) as info:
+                client.ModelInfer(request, timeout=0.005)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            ahead.result(timeout=60)
+        deadline = time.monotonic() + 20
+        while s.metric("trtops_requests_total", outcome="cancelled") < 1:
+            assert time.monotonic() < deadline, s.metrics()
+            time.sleep(0.1)
+        assert s.metric("trtops_requests_total", outcome="server_error") == 0
+        assert s.metric("trtops_requests_total", outcome="success") == 1
+    finally:
+        assert s.stop() == 0

@@ -89,7 +89,7 @@ def queries(selector: Selector, window: int) -> Queries:
     )
 
 
-OUTCOMES = ("success", "client_error", "server_error", "rejected")
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "cancelled")
 
 # Shadow agreement, exported by the stable pods (``trtops_worker.serve.shadow``): ``revision``
 # is stable's, ``candidate_revision`` the canary's.

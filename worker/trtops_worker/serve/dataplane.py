@@ -353,6 +353,9 @@ class DataPlane:
         except ServeError as e:
             outcome = e.outcome
             raise
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            outcome = "cancelled"
+            raise
         finally:
             self._end()
             self.metrics.request_finished(labels, time.perf_counter() - started, outcome)

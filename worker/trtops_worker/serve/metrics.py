@@ -58,7 +58,9 @@ _BATCH_BOUNDS = (*map(float, BATCH_BUCKETS), float("inf"))
 # files several front ends share); an idle server moves them at once.
 FLUSH_S = 0.5
 LABELS = ("model", "revision", "precision", "backend")
-OUTCOMES = ("success", "client_error", "server_error", "rejected")
+# cancelled: the client went away or its deadline passed first (a gRPC cancel or timeout); not
+# the server's error, so no error rate counts it
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "cancelled")
 
 
 @dataclass(frozen=True)
