@@ -3,9 +3,9 @@
 The queries read the worker's own metrics (names are a contract with
 ``trtops_worker.serve.metrics``): ``trtops_request_duration_seconds_bucket`` (successful requests
 only) and ``trtops_requests_total{outcome=...}`` (success, client_error, server_error, rejected,
-cancelled), labelled ``model``, ``revision``, ``precision``, ``backend``. Every query sums over all other labels
-(``instance``, ``pod``, ``backend``, ``precision``), so the buckets of every pod of a revision
-are added before any quantile: a fleet p99, not an average of per-pod p99s.
+cancelled), labelled ``model``, ``revision``, ``precision``, ``backend``. Every query sums over
+all other labels (``instance``, ``pod``, ``backend``, ``precision``), so the buckets of every
+pod of a revision are added before any quantile: a fleet p99, not an average of per-pod p99s.
 
 The queries are in :mod:`.promql`, the measured windows in :mod:`.samples`, the outcome types
 in :mod:`.verdict` (all re-exported here). :func:`evaluate` applies the evidence rules and the
