@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import time
 import tomllib
@@ -51,6 +52,11 @@ RUN = [
 
 def image(target: str) -> str:
     name = f"localhost/trtops-{target}:{VERSION}"
+    if shutil.which(PODMAN[0]) is None:  # a brand-new machine
+        pytest.skip(
+            f"{name} is not built: podman is not installed (podman, buildah and mmdebstrap,"
+            " then `make images`)"
+        )
     proc = subprocess.run([*PODMAN, "image", "exists", name], check=False, capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"{name} is not built: run `make images` (hack/images.sh)")
