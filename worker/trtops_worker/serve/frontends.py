@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FRONT_END_ENV", "FrontEnds", "all_warm", "is_front_end", "reserve_port"]
+__all__ = ["FRONT_END_ENV", "FrontEnds", "all_warm", "bound_socket", "is_front_end", "reserve_port"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,26 @@ async def all_warm(count: int, stopping: Callable[[], bool]) -> None:
         await asyncio.sleep(0.05)
 
 
+def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening), closed again if the bind fails
+    (OSError). ``reuse_port``: ``SO_REUSEPORT``, so the pod's front ends share the port. Always
+    ``SO_REUSEADDR``: a container restarted in the same pod binds again while the connections
+    its predecessor closed sit in TIME_WAIT. An IPv6 host takes IPv4 too (dual stack)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
     """A port for the front ends to share: ``port``, or a free one when it is 0.
@@ -68,13 +88,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
     The reserving socket is bound with ``SO_REUSEPORT`` but never listens, so it takes no
     connections; it only keeps the number ours until the front ends have bound it too.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR: a container restarted in the same pod binds again while the connections
-        # its predecessor closed sit in TIME_WAIT (as uvicorn and the front ends' own sockets)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+    with bound_socket(host, port, reuse_port=True) as sock:
         yield sock.getsockname()[1]
 
 

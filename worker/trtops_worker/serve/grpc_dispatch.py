@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any, NoReturn
 import grpc
 
 from .dataplane import DataPlane
+from .frontends import bound_socket
 from .grpc_h2 import Call, Connection, Dispatch
 
 __all__ = ["H2Server", "create_h2_server"]
@@ -117,14 +117,7 @@ class H2Server:
         self._on_closed = on_closed
         self.connections: set[Connection] = set()
         self.closing = False
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if reuse_port:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._sock.bind((host, port))
+        self._sock = bound_socket(host, port, reuse_port=reuse_port)
         self._sock.listen(backlog)
         self._sock.setblocking(False)
         self.port: int = self._sock.getsockname()[1]

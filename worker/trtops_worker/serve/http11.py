@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import http
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ import httptools
 import orjson
 
 from .errors import PayloadTooLarge
+from .frontends import bound_socket
 from .rest import Handler, declared_length, read_error
 
 __all__ = ["HttpOptions", "start_http11"]
@@ -216,6 +216,7 @@ class _Connection(asyncio.Protocol):
             status, message = request.refusal
             self._answer(request, status, [*_JSON, _CLOSE], _error(message))
             return
+
         async def read(limit: int) -> bytes:
             return await self._read(request, limit)
 
@@ -350,16 +351,7 @@ async def start_http11(
     returns the bound port and a coroutine function that stops gracefully. OSError if the port
     cannot be bound."""
     listener = _Listener(handle, options)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
+    sock = bound_socket(host, port, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: _Connection(listener), sock=sock, backlog=options.backlog

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .dataplane import DataPlane
-from .frontends import all_warm
+from .frontends import all_warm, bound_socket
 from .grpc_server import create_grpc_server
 from .http11 import HttpOptions, start_http11
 from .rest import asgi_app, create_handler, rsgi_app
@@ -232,7 +231,9 @@ class ServingProcess:
             timeout_graceful_shutdown=int(opts.graceful_timeout_seconds),
         )
         http = _Uvicorn(config)
-        sockets = [_reuse_port_socket(opts.host, opts.http_port)] if opts.reuse_port else None
+        sockets = (
+            [bound_socket(opts.host, opts.http_port, reuse_port=True)] if opts.reuse_port else None
+        )
         task = asyncio.create_task(http.serve(sockets=sockets), name="trtops-http")
         while not http.started:
             if task.done():
@@ -245,11 +246,3 @@ class ServingProcess:
             await task
 
         return http.servers[0].sockets[0].getsockname()[1], stop
-
-
-def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
