@@ -130,7 +130,7 @@ class OnnxRuntimeBackend:
         # lone request's turn, and burn CPU after every lone batch.
         wanted = wide_threads > 1 and board is not None
         self._wide = session(wide_threads, spinning=False) if wanted else None
-        self._board = board if self._wide is not None else None
+        self._board = board
         self.wide_threads = wide_threads if self._wide is not None else 0
         self.last_run_wide = False  # one batch at a time when there is a wide session
         self._pool_cpu = 0.0  # CPU of the wide session's pool threads, seconds
@@ -154,8 +154,8 @@ class OnnxRuntimeBackend:
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not getattr(_thread, "named", False):
             _name_this_thread(RUN_THREAD_NAME)
-        if self._board is not None:
-            return self._infer_on_board(inputs, self._board)
+        if self._board is not None and self._wide is not None:
+            return self._infer_on_board(inputs, self._board, self._wide)
         with self._lock:
             session = self._free.pop() if self._free else self._sessions[0]
         try:
@@ -166,13 +166,12 @@ class OnnxRuntimeBackend:
                     self._free.append(session)
 
     def _infer_on_board(
-        self, inputs: Mapping[str, np.ndarray], board: BusyBoard
+        self, inputs: Mapping[str, np.ndarray], board: BusyBoard, wide: ort.InferenceSession
     ) -> dict[str, np.ndarray]:
         """One session and one batch at a time: the wide session when no other front end has
         requests in progress, else the one-thread session."""
-        wide = self._wide
-        self.last_run_wide = wide is not None and board.alone()
-        if wide is None or not self.last_run_wide:
+        self.last_run_wide = board.alone()
+        if not self.last_run_wide:
             return self._run(self._sessions[0], inputs)
         process, thread = time.process_time(), time.thread_time()
         try:
