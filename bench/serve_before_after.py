@@ -14,7 +14,12 @@ Usage::
 
     python bench/serve_before_after.py --before 68e4de1 [--seconds 3] [--rounds 2] \
         [--serve-flags '--front-ends 1 --instances 1 --intra-op-threads 1'] \
-        [--after-variants=--batches-in-worker-thread] [--json out.json]
+        [--after-variants=--batches-in-worker-thread] [--json out.json] \
+        [--model tiny] [--pin] [--wires http-binary grpc-raw] [--max-batch-size 32]
+
+``--pin``: the server on core 0 (``taskset -c 0``), the load on core 1, so the load generator
+does not share the server's core. ``--model tiny`` (width 4, depth 1): inference is a small
+part of the CPU, so the serving CPU per request (``srv us``) is most of what is measured.
 
 A script, not a test: numbers depend on the machine.
 """
@@ -42,6 +47,7 @@ from trtops_worker import samples  # noqa: E402
 
 from tests.support.prometheus import free_port  # noqa: E402  # the repo root is on the path now
 
+MODELS = {"conv": {}, "tiny": {"width": 4, "depth": 1}}
 WIRES = {
     "http-json": ["--protocol", "http"],
     "http-binary": ["--protocol", "http", "--binary-data"],
@@ -75,7 +81,12 @@ def cpu_now(pid: int, metrics_port: int) -> tuple[float, float, float]:
 
 
 def serve(
-    tree: Path, model: Path, log: Path, extra: list[str], prefix: Sequence[str] = ()
+    tree: Path,
+    model: Path,
+    log: Path,
+    extra: list[str],
+    prefix: Sequence[str] = (),
+    max_batch_size: int = 8,
 ) -> tuple[subprocess.Popen[bytes], int, int, int]:
     """``serve`` from ``tree``, run under ``prefix`` (``taskset -c 0``, say)."""
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -83,7 +94,7 @@ def serve(
     cmd = [*prefix, sys.executable, "-m", "trtops_worker", "serve", "--model", str(model)]
     cmd += ["--model-name", "m", "--host", "127.0.0.1", "--http-port", str(http)]
     cmd += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    cmd += ["--max-batch-size", "8", "--max-queue-delay-us", "2000", *extra]
+    cmd += ["--max-batch-size", str(max_batch_size), "--max-queue-delay-us", "2000", *extra]
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
@@ -183,10 +194,19 @@ def main() -> int:
         help="more 'after' sides: this tree with these flags added (each one string)",
     )
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--model", choices=sorted(MODELS), default="conv")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--wires", nargs="+", choices=sorted(WIRES), default=list(WIRES))
+    parser.add_argument(
+        "--pin", action="store_true", help="the server on core 0, the load on core 1 (taskset)"
+    )
     args = parser.parse_args()
+    pinned = args.pin
+    server_cpus = ["taskset", "-c", "0"] if pinned else []
+    load_cpus = ["taskset", "-c", "1"] if pinned else []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model = samples.save(samples.conv_classifier(), tmp / "conv.onnx")
+        model = samples.save(samples.conv_classifier(**MODELS[args.model]), tmp / "m.onnx")
         before = args.before_tree or tmp / "before"
         if args.before_tree is None:
             subprocess.run(
@@ -202,12 +222,15 @@ def main() -> int:
                 for side, tree, more in sides if round_ % 2 == 0 else sides[::-1]:
                     log = tmp / f"{len(results)}-{round_}.log"
                     flags = [*args.serve_flags.split(), *more.split()]
-                    process, http, grpc, metrics = serve(tree, model, log, flags)
+                    process, http, grpc, metrics = serve(
+                        tree, model, log, flags, server_cpus, args.max_batch_size
+                    )
                     try:
-                        for wire in WIRES:
+                        for wire in args.wires:
                             port = grpc if wire.startswith("grpc") else http
                             for c in args.concurrency:
-                                summary = bench(port, wire, c, args.seconds, (process.pid, metrics))
+                                server = (process.pid, metrics)
+                                summary = bench(port, wire, c, args.seconds, server, load_cpus)
                                 results[side].setdefault(f"{wire} c={c}", []).append(summary)
                     finally:
                         process.terminate()
