@@ -43,7 +43,7 @@ def test_serve_metrics_are_exact_at_a_scrape_and_once_idle() -> None:
     first, second = metrics.request_started(), metrics.request_started()
     metrics.dispatched([0.001, 0.002], rows=2)
     metrics.computed(0.004, requests=2, rows=2, cpu_seconds=0.003)
-    metrics.request_finished(first, 0.006, "success")
+    metrics.request_finished(first, 0.006, "success", idle=False)
     # one request still in flight: nothing flushed yet, but a scrape flushes first
     text = generate_latest(metrics.registry).decode()
     assert 'trtops_inflight_requests{backend="onnxruntime"' in text
@@ -52,7 +52,7 @@ def test_serve_metrics_are_exact_at_a_scrape_and_once_idle() -> None:
     assert value("trtops_batch_size_count") == 1
     assert value("trtops_queue_duration_seconds_count") == 2
     assert value("trtops_compute_cpu_seconds_total") == 0.003
-    metrics.request_finished(second, 0.5, "server_error")
+    metrics.request_finished(second, 0.5, "server_error", idle=True)
     # idle now: flushed without a scrape
     assert metrics._pending.requests == {}
     assert value("trtops_requests_total", outcome="server_error") == 1

@@ -47,6 +47,11 @@ Key = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 def batch_key(inputs: Tensors) -> tuple[Key | None, int]:
     """``(key, rows)``; key is None when the inputs disagree on the batch dim (never merged)."""
+    if len(inputs) == 1:  # most models: no set, no sort
+        ((name, a),) = inputs.items()
+        if not a.ndim:
+            return None, 1
+        return ((name, a.dtype.str, a.shape[1:]),), a.shape[0]
     rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
     if len(rows) != 1 or -1 in rows:
         return None, 1
@@ -252,14 +257,22 @@ class Batcher:
         """Held by a transport while it reads and decodes a request, so the batcher waits for it."""
         return self._arrival
 
-    async def submit(self, inputs: Tensors, timeout_s: float) -> dict[str, np.ndarray]:
+    async def submit(
+        self, inputs: Tensors, timeout_s: float, key: tuple[Key | None, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """``inputs``' outputs, once run in a batch; ``key``: their :func:`batch_key` if the
+        caller has it already. Overloaded when the queue is full, RequestTimeout past
+        ``timeout_s``, the backend's error as a ServeError."""
         if len(self._queue) >= self.max_queue_size:
             raise Overloaded(f"queue full ({self.max_queue_size} requests waiting); retry later")
-        key, rows = batch_key(inputs) if self.batching else (None, 1)
+        if not self.batching:
+            key = None, 1
+        elif key is None:
+            key = batch_key(inputs)
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        item = _Item(inputs, key, rows, now, now + timeout_s, future)
+        item = _Item(inputs, key[0], key[1], now, now + timeout_s, future)
         self._queue.append(item)
         if self._observer:
             self._observer.queued(len(self._queue))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, LoadedBackend, load_onnxruntime
-from .batching import Batcher, batch_key
+from .batching import Batcher, Key, batch_key
 from .busy import BusyBoard
 from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
@@ -97,6 +97,8 @@ class DataPlane:
         # The pod's front ends' busy flags (serve/busy.py), set from the requests in progress:
         # the backend's wide session runs only while no other front end has any.
         self.board: BusyBoard | None = None
+        # Requests in flight, shadow copies too: the one count (the busy board reads it, the
+        # metrics flush when it drops to 0).
         self._active = 0
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
@@ -358,7 +360,8 @@ class DataPlane:
             raise
         finally:
             self._end()
-            self.metrics.request_finished(labels, time.perf_counter() - started, outcome)
+            seconds = time.perf_counter() - started
+            self.metrics.request_finished(labels, seconds, outcome, idle=self._active == 0)
 
     def _begin(self) -> None:
         self._active += 1
@@ -381,9 +384,10 @@ class DataPlane:
             self._check(name, version)
             backend = self._backend
             request = decode(backend.inputs, [o.name for o in backend.outputs])
-            self._check_rows(request)
+            key = self._check_rows(request)
         # no await between leaving `arriving` and queueing: the batcher never sees a gap
-        outputs = await self.batcher.submit(request.inputs, self.config.request_timeout_ms / 1000)
+        timeout_s = self.config.request_timeout_ms / 1000
+        outputs = await self.batcher.submit(request.inputs, timeout_s, key)
         response = InferResponse(
             model_name=self.config.model_name,
             model_version=self.config.version,
@@ -392,22 +396,26 @@ class DataPlane:
         )
         return response, request, outputs
 
-    def _check_rows(self, request: InferRequest) -> None:
+    def _check_rows(self, request: InferRequest) -> tuple[Key | None, int] | None:
         """Refuse a request bigger than a batch (Triton's rule and wording): run whole, it
-        would take the memory and the time of many batches, past every limit set for one."""
+        would take the memory and the time of many batches, past every limit set for one.
+        Returns its :func:`batch_key` when batching (the batcher takes it: computed once)."""
         batcher = self.batcher
-        if batcher.batching:
-            _, rows = batch_key(request.inputs)
-            if rows > batcher.max_batch_size:
-                raise InvalidInput(
-                    f"inference request batch-size must be <= {batcher.max_batch_size}"
-                    f" for '{self.config.model_name}' (got {rows})"
-                )
+        if not batcher.batching:
+            return None
+        key, rows = batch_key(request.inputs)
+        if rows > batcher.max_batch_size:
+            raise InvalidInput(
+                f"inference request batch-size must be <= {batcher.max_batch_size}"
+                f" for '{self.config.model_name}' (got {rows})"
+            )
+        return key, rows
 
     def record_failure(self, started: float, error: ServeError) -> None:
         """Account for a request a transport refused before it reached :meth:`infer`."""
         labels = self.metrics.request_started()
-        self.metrics.request_finished(labels, time.perf_counter() - started, error.outcome)
+        seconds = time.perf_counter() - started
+        self.metrics.request_finished(labels, seconds, error.outcome, idle=self._active == 0)
 
     def arriving(self) -> contextlib.AbstractContextManager[None]:
         """Hold while reading a request body, so the batcher waits for it to join a batch."""

@@ -172,7 +172,6 @@ class ServeMetrics:
         self.statistics = Statistics()
         self._lock = threading.Lock()
         self._pending = self._new_pending()
-        self._in_flight = 0
         self._flusher: asyncio.Task[None] | None = None
         self.set_backend(labels.backend, fallback=False)
 
@@ -220,10 +219,13 @@ class ServeMetrics:
         """Count a request in flight; pass the result to :meth:`request_finished`."""
         with self._lock:
             self._pending.inflight += 1
-            self._in_flight += 1
             return self._series
 
-    def request_finished(self, started: _Series, seconds: float, outcome: str) -> None:
+    def request_finished(
+        self, started: _Series, seconds: float, outcome: str, *, idle: bool
+    ) -> None:
+        """``idle``: no other request is in flight (the data plane counts them): the series
+        are flushed now, so they are exact by the time this answer leaves."""
         with self._lock:
             pending = self._pending
             if started is self._series:
@@ -233,10 +235,8 @@ class ServeMetrics:
             pending.requests[outcome] = pending.requests.get(outcome, 0) + 1
             if outcome == "success":
                 pending.request_duration.observe(seconds)
-            self._in_flight -= 1
-            idle = self._in_flight == 0
         self.statistics.finished(seconds, success=outcome == "success")
-        if idle:  # nothing else in flight: the series are exact by the time this answer leaves
+        if idle:
             self.flush()
 
     def queued(self, depth: int) -> None:
