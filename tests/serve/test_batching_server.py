@@ -300,3 +300,18 @@ def test_negative_instances_is_a_flag_error(model_dir: Path, tmp_path: Path) -> 
     )
     assert s.process.wait(60) == 2
     assert "--instances and --intra-op-threads must be >= 0" in s.output()
+
+
+def test_a_wide_session_beside_several_instances_is_a_flag_error(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Two lone batches on two instances would each take every core: refused at start, with
+    the way out, instead of oversubscribing the pod."""
+    s = start_server(
+        tmp_path,
+        *("--model", str(model_dir / "conv.onnx"), "--model-name", "conv"),
+        *("--instances", "2", "--wide-threads", "2"),
+        wait_ready=False,
+    )
+    assert s.process.wait(60) == 2
+    assert "--wide-threads needs one instance per front end" in s.output()

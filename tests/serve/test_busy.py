@@ -1,29 +1,56 @@
-"""The front ends' busy board (serve/busy.py): a front end runs wide only while no other one
-has requests in progress; boards on one file stand for the front ends."""
+"""The front ends' busy board (serve/busy.py): a front end runs wide only once every other one
+has been idle for the quiet time; boards on one file stand for the front ends."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from trtops_worker.serve.busy import BusyBoard
+from trtops_worker.serve.busy import QUIET_S, BusyBoard
+
+MS = 1_000_000  # ns
+START = 10_000 * MS  # a moment well after the clock's start
+QUIET = int(QUIET_S * 1e9)
 
 
 def test_a_front_end_is_alone_only_while_no_other_one_has_requests(tmp_path: Path) -> None:
     first, second, third = (BusyBoard(tmp_path / "busy", i, 3) for i in range(3))
-    assert first.alone()  # nobody busy
+    assert first.alone()  # a new board: nobody busy, ever
     first.mark(True)
     assert first.alone()  # only itself
     assert not second.alone()
     second.mark(True)
     assert not first.alone()
-    first.mark(False)
-    assert second.alone()
-    assert not third.alone()
-    second.mark(False)
-    assert third.alone()
+    first.mark(False, START)
+    assert not third.alone(START + QUIET)  # the second one still has requests
+    second.mark(False, START)
+    assert third.alone(START + QUIET)
     for board in (first, second, third):
         board.close()
+
+
+def test_a_front_end_idle_for_less_than_the_quiet_time_keeps_the_others_narrow(
+    tmp_path: Path,
+) -> None:
+    """Under load a front end is idle between batches for a round trip: another front end must
+    not take every core in that gap, only once it has lasted the quiet time."""
+    loaded, other = BusyBoard(tmp_path / "busy", 0, 2), BusyBoard(tmp_path / "busy", 1, 2)
+    loaded.mark(True)
+    loaded.mark(False, START)  # its batch answered; the next requests are on their way
+    assert not other.alone(START + 1 * MS)
+    assert not other.alone(START + QUIET - 1)
+    assert other.alone(START + QUIET)
+    loaded.mark(True)  # they arrived
+    assert not other.alone(START + 10 * QUIET)
+    loaded.close()
+    other.close()
+
+
+def test_a_pod_of_one_front_end_is_always_alone(tmp_path: Path) -> None:
+    board = BusyBoard(tmp_path / "busy", 0, 1)
+    board.mark(True)
+    assert board.alone(START)
+    board.close()
 
 
 def test_a_board_refuses_an_index_outside_its_front_ends(tmp_path: Path) -> None:

@@ -129,6 +129,8 @@ class OnnxRuntimeBackend:
         # Its pool never spins: spinning threads would take cores from the load that ends the
         # lone request's turn, and burn CPU after every lone batch.
         wanted = wide_threads > 1 and board is not None
+        if wanted and sessions > 1:
+            raise ValueError("a wide session needs one instance: its batches run one at a time")
         self._wide = session(wide_threads, spinning=False) if wanted else None
         self._board = board
         self.wide_threads = wide_threads if self._wide is not None else 0

@@ -251,6 +251,15 @@ def run(args: argparse.Namespace) -> int:
         # grows with them. Capped until measured on a GPU (nothing here runs TensorRT).
         max_front_ends=TENSORRT_FRONT_ENDS if backend == "tensorrt" else None,
     )
+    if args.wide_threads > 1 and sizing.instances > 1:
+        # A front end's batches run one at a time only with one instance; two lone batches on
+        # two instances would both take every core.
+        log.error(
+            "--wide-threads needs one instance per front end (this pod's sizing gives %d);"
+            " set --instances 1 or --wide-threads 0",
+            sizing.instances,
+        )
+        return 2
     # Spinning burns CFS quota while it waits: under a CPU limit, threads sleep at once.
     spinning = args.intra_op_spinning and cpus.quota is None
     if sizing.front_ends > 1 and not is_front_end():
