@@ -71,6 +71,12 @@ from trtops_worker.serve.cpus import plan_sizing
 
 MODEL = {"width": 48, "depth": 4}
 DELAY_US = 2000  # max queue delay, ours and Triton's
+FLAG_VARIANTS = {  # --variants NAME: the defaults with these flags
+    "worker-thread": ["--batches-in-worker-thread"],  # before batches ran on the loop
+    "uvicorn": ["--http-server", "uvicorn"],  # the HTTP listener before serve/http11.py
+    "narrow": ["--wide-threads", "0"],  # no wide session (the default before this round)
+    "wide": ["--wide-threads", "-1"],  # the wide session on every core (now the default)
+}
 
 MLSERVER_RUNTIME = textwrap.dedent(
     """
@@ -618,8 +624,8 @@ def main() -> int:  # one linear script
         "--variants",
         default="defaults,front-ends=1,one-instance",
         help="trtops configurations: defaults (no sizing flags), worker-thread (defaults with"
-        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), wide"
-        " (defaults with --wide-threads -1),"
+        " --batches-in-worker-thread), uvicorn (defaults with --http-server uvicorn), narrow"
+        " (defaults with --wide-threads 0), wide (defaults with --wide-threads -1),"
         " front-ends=N (--front-ends N, instances filling the"
         " cores), one-instance (--front-ends 1 --instances 1: one session of all threads, the"
         " old default)",
@@ -680,30 +686,13 @@ def main() -> int:  # one linear script
                     other.intra_op_threads,
                 )
             )
-        elif variant == "worker-thread":  # the defaults before batches ran on the loop
+        elif variant in FLAG_VARIANTS:  # the defaults with one flag changed
+            flags = FLAG_VARIANTS[variant]
             targets.append(
                 trtops(
                     model,
-                    f"{default_name} --batches-in-worker-thread",
-                    [*batching, "--batches-in-worker-thread"],
-                    sizing.intra_op_threads,
-                )
-            )
-        elif variant == "wide":  # the defaults with the wide session on every core
-            targets.append(
-                trtops(
-                    model,
-                    f"{default_name} --wide-threads -1",
-                    [*batching, "--wide-threads", "-1"],
-                    sizing.intra_op_threads,
-                )
-            )
-        elif variant == "uvicorn":  # the defaults under the HTTP listener before http11.py
-            targets.append(
-                trtops(
-                    model,
-                    f"{default_name} --http-server uvicorn",
-                    [*batching, "--http-server", "uvicorn"],
+                    f"{default_name} {' '.join(flags)}",
+                    [*batching, *flags],
                     sizing.intra_op_threads,
                 )
             )

@@ -110,11 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wide-threads",
         type=int,
-        default=0,
-        help="ONNX Runtime threads for a batch that starts while no other front end has"
-        " requests in progress (a second session per front end; a lone request then uses the"
-        " idle cores). 0: none (the default until measured on a quiet node, docs/serve.md);"
-        " -1: every usable core when front ends have one one-thread instance each",
+        default=-1,
+        help="ONNX Runtime threads for a batch that starts once every other front end has"
+        " been idle for 10 ms (a second session per front end: a lone request then uses the"
+        " idle cores). -1 (default): every usable core when the front ends have one one-thread"
+        " instance each, else none; 0: none",
     )
     parser.add_argument(
         "--batches-in-worker-thread",
@@ -251,6 +251,9 @@ def run(args: argparse.Namespace) -> int:
         # grows with them. Capped until measured on a GPU (nothing here runs TensorRT).
         max_front_ends=TENSORRT_FRONT_ENDS if backend == "tensorrt" else None,
     )
+    if args.wide_threads < -1:
+        log.error("--wide-threads must be >= -1 (-1: automatic, 0: none)")
+        return 2
     if args.wide_threads > 1 and sizing.instances > 1:
         # A front end's batches run one at a time only with one instance; two lone batches on
         # two instances would both take every core.
