@@ -1,4 +1,4 @@
-"""Dynamic batching: a bounded queue, a dispatch policy, and pure merge/split.
+"""Dynamic batching: a bounded queue and the loop dispatching it.
 
 Requests queue; when the backend is free the batcher takes the oldest request plus every queued
 request with the same trailing shapes and dtypes, up to ``max_batch_size`` rows, concatenates
@@ -8,8 +8,9 @@ nothing else is on its way (so a lone client pays no batching delay), and never 
 oldest request's delay. A full queue rejects at once (:class:`Overloaded`); a request that waits
 longer than its timeout gets :class:`RequestTimeout`.
 
-The pure parts (:func:`batch_key`, :func:`take_batch`, :func:`merge`, :func:`split`,
-:func:`decide`) hold all the rules and are table-tested.
+The rules (which requests merge, when a batch leaves, merge and split) are pure functions in
+serve/batching_rules.py, re-exported here; running a batch and answering its requests is
+serve/batch_runs.py; this module is the queue and the loop between them.
 """
 
 from __future__ import annotations
@@ -18,14 +19,25 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
-from .errors import BackendError, DeviceError, Overloaded, RequestTimeout, ServeError
+from .batch_runs import BatchObserver, BatchRunner, Queued, deliver, expire
+from .batching_rules import (
+    Key,
+    Tensors,
+    as_serve_error,
+    batch_key,
+    batch_limit,
+    decide,
+    merge,
+    split,
+    take_batch,
+)
+from .errors import Overloaded, RequestTimeout
 
 __all__ = [
     "BatchObserver",
@@ -40,134 +52,11 @@ __all__ = [
     "take_batch",
 ]
 
-Tensors = Mapping[str, np.ndarray]
-# Requests merge only when every input has the same name, dtype and trailing shape.
-Key = tuple[tuple[str, str, tuple[int, ...]], ...]
-
-
-def batch_key(inputs: Tensors) -> tuple[Key | None, int]:
-    """``(key, rows)``; key is None when the inputs disagree on the batch dim (never merged)."""
-    if len(inputs) == 1:  # most models: no set, no sort
-        ((name, a),) = inputs.items()
-        if not a.ndim:
-            return None, 1
-        return ((name, a.dtype.str, a.shape[1:]),), a.shape[0]
-    rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
-    if len(rows) != 1 or -1 in rows:
-        return None, 1
-    key = tuple(sorted((name, a.dtype.str, tuple(a.shape[1:])) for name, a in inputs.items()))
-    return key, rows.pop()
-
-
-def take_batch(items: Sequence[tuple[Key | None, int]], max_batch_size: int) -> list[int]:
-    """Indexes of the queued ``(key, rows)`` items forming the next batch, oldest first.
-
-    The oldest item always goes (alone if it cannot merge or is bigger than a batch); later items
-    join while they share its key and fit in ``max_batch_size`` rows. Items that do not fit stay
-    queued in order, so a big request cannot starve behind small ones forever.
-    """
-    if not items:
-        return []
-    key, rows = items[0]
-    chosen = [0]
-    if key is None or rows >= max_batch_size:
-        return chosen
-    total = rows
-    for i in range(1, len(items)):
-        k, r = items[i]
-        if k == key and total + r <= max_batch_size:
-            chosen.append(i)
-            total += r
-            if total == max_batch_size:
-                break
-    return chosen
-
-
-def batch_limit(queued_rows: int, free_instances: int, max_batch_size: int) -> int:
-    """Rows the next batch may take: the queued rows shared evenly over the free instances.
-
-    One instance taking everything while another sits idle would halve throughput with
-    ``--instances 2`` whenever the whole load arrives at once (every client waiting on the same
-    batch); an even share keeps every instance computing, each on a smaller batch.
-    """
-    share = -(-queued_rows // max(1, free_instances))  # ceiling division
-    return max(1, min(max_batch_size, share))
-
-
-def merge(batch: Sequence[Tensors]) -> dict[str, np.ndarray]:
-    if len(batch) == 1:
-        return dict(batch[0])
-    return {name: np.concatenate([b[name] for b in batch], axis=0) for name in batch[0]}
-
-
-def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Cut merged outputs back into per-request outputs.
-
-    Views, not copies: each response is encoded right after the split, so a view pins the
-    batch's output arrays only for that long.
-    """
-    if len(rows) == 1:
-        return [dict(outputs)]
-    total = sum(rows)
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            raise BackendError(f"output '{name}' has {array.shape} rows, the batch had {total}")
-    parts: list[dict[str, np.ndarray]] = [{} for _ in rows]
-    for name, array in outputs.items():
-        start = 0
-        for part, n in zip(parts, rows, strict=True):
-            part[name] = array[start : start + n]
-            start += n
-    return parts
-
-
 # Batches run on the event loop while recent runs (a moving average) take at most this long;
 # longer ones go to a worker thread. A thread hand-off costs ~0.1-0.5 ms, under 1% of a 100 ms
 # run, and a run on the loop delays everything else on it (the kubelet's probes give up after
 # 1 s by default). The benchmark models' batches run 15-61 ms on one thread: on the loop.
 ON_LOOP_MAX_RUN_S = 0.1
-
-Decision = Literal["dispatch", "yield", "wait"]
-
-
-def decide(
-    *,
-    queued_rows: int,
-    max_batch_size: int,
-    now: float,
-    deadline: float,
-    arrivals: int,
-    idle_rounds: int,
-) -> Decision:
-    """What the batcher does next while the backend is free and a batch is forming.
-
-    ``dispatch``: full, out of time, or nothing else arrived for two event-loop rounds.
-    ``wait``: requests are being read right now: sleep until one lands or the deadline.
-    ``yield``: let the event loop run once more, so requests already received can join.
-    """
-    if queued_rows >= max_batch_size or now >= deadline:
-        return "dispatch"
-    if arrivals > 0:
-        return "wait"
-    return "dispatch" if idle_rounds >= 2 else "yield"
-
-
-class BatchObserver(Protocol):
-    def queued(self, depth: int) -> None: ...
-    def dispatched(self, waits: Sequence[float], rows: int) -> None: ...
-    def computed(self, seconds: float, requests: int, rows: int, cpu_seconds: float) -> None: ...
-
-
-def as_serve_error(error: Exception) -> ServeError:
-    """A backend bug fails its requests as a 500, never the batcher's loop."""
-    if isinstance(error, ServeError):
-        return error
-    return BackendError(f"inference failed: {type(error).__name__}: {error}")
-
-
-def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
-    if not future.done():
-        future.set_exception(RequestTimeout(f"no result within {timeout_s * 1000:.0f} ms"))
 
 
 # How late past its deadline a request may be failed (the sweeper's period).
@@ -191,16 +80,6 @@ class _Arrival(contextlib.AbstractContextManager[None]):
         self._batcher._wakeup.set()
 
 
-@dataclass(eq=False)
-class _Item:
-    inputs: Tensors
-    key: Key | None
-    rows: int
-    enqueued: float
-    deadline: float
-    future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
-
-
 class Batcher:
     """Queue + dispatch loop around a synchronous ``run(inputs) -> outputs`` function."""
 
@@ -218,14 +97,13 @@ class Batcher:
         on_loop_max_run_s: float = ON_LOOP_MAX_RUN_S,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
-        self._run = run
-        self._cpu_clock = cpu_clock  # inference CPU seconds, read around each run
+        self._runner = BatchRunner(run, observer, cpu_clock)
         self.max_batch_size = max(1, max_batch_size)
         self._delay = max(0, max_queue_delay_us) / 1e6
         self.max_queue_size = max(1, max_queue_size)
         self.batching = batchable and self.max_batch_size > 1
         self._observer = observer
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Queued] = deque()
         self._arrivals = 0
         self._wakeup = asyncio.Event()
         # Batches on the backend at once, each in its own worker thread (Triton's instance
@@ -239,14 +117,13 @@ class Batcher:
         # (ON_LOOP_MAX_RUN_S): a run on the loop holds up everything else on it, probes too.
         self.on_loop = on_loop and self.instances == 1
         self._on_loop_max_run_s = on_loop_max_run_s
-        self._run_s = 0.0  # recent runs' seconds (a moving average)
         self._executor = ThreadPoolExecutor(
             max_workers=self.instances, thread_name_prefix="trtops-infer"
         )
         self._computing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._arrival = _Arrival(self)
-        self._live: set[_Item] = set()  # submitted, not answered: what the sweeper checks
+        self._live: set[Queued] = set()  # submitted, not answered: what the sweeper checks
         self._has_live = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -272,7 +149,7 @@ class Batcher:
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        item = _Item(inputs, key[0], key[1], now, now + timeout_s, future)
+        item = Queued(inputs, key[0], key[1], now, now + timeout_s, future)
         self._queue.append(item)
         if self._observer:
             self._observer.queued(len(self._queue))
@@ -307,7 +184,7 @@ class Batcher:
             now = time.monotonic()
             for item in list(self._live):
                 if item.deadline <= now:
-                    _expire(item.future, item.deadline - item.enqueued)
+                    expire(item.future, item.deadline - item.enqueued)
             if not self._live:
                 self._has_live.clear()
 
@@ -412,7 +289,7 @@ class Batcher:
                     break
             if not self._queue:
                 continue
-            here = self.on_loop and self._run_s <= self._on_loop_max_run_s
+            here = self.on_loop and self._runner.run_s <= self._on_loop_max_run_s
             if self.batching:
                 await self._form_batch()
             elif here:
@@ -429,7 +306,7 @@ class Batcher:
             if self._observer:
                 self._observer.queued(len(self._queue))
             if here:
-                self._deliver(batch, self._results(batch))
+                deliver(batch, self._runner.results(batch))
                 await asyncio.sleep(0)  # the answers leave, and requests received join the queue
                 continue
             task = asyncio.get_running_loop().create_task(self._compute(batch))
@@ -443,76 +320,13 @@ class Batcher:
         self._wakeup.set()
 
     def note_run(self, seconds: float) -> None:
-        """One run took ``seconds`` (a batch, or a warm-up run seeding the average)."""
-        self._run_s = seconds if self._run_s == 0 else 0.8 * self._run_s + 0.2 * seconds
+        """One run took ``seconds`` (a warm-up run seeding the average)."""
+        self._runner.note_run(seconds)
 
-    def _timed_run(
-        self, batch: Sequence[_Item], inputs: dict[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """Runs in a worker thread, or on the loop. Queue time ends here, when the run starts
-        (a batch sent ahead waits in the executor: that is queueing too); compute time is the
-        run alone."""
-        if self._observer:
-            now = time.monotonic()
-            self._observer.dispatched([now - i.enqueued for i in batch], sum(i.rows for i in batch))
-        started, cpu = time.perf_counter(), self._cpu_clock()
-        try:
-            return self._run(inputs)
-        finally:
-            seconds = time.perf_counter() - started
-            self.note_run(seconds)
-            if self._observer:
-                self._observer.computed(
-                    seconds,
-                    len(batch),
-                    sum(i.rows for i in batch),
-                    self._cpu_clock() - cpu,
-                )
-
-    def _bisect(self, batch: Sequence[_Item]) -> list[dict[str, np.ndarray] | ServeError]:
-        """Runs in a worker thread after ``batch`` failed as a whole: run each half, and bisect
-        a half that fails again, so that only the request(s) failing on their own fail and every
-        other one gets the answer of a run without them. One bad request among n costs about
-        2·log2(n) extra runs; a batch failing throughout costs 2n - 2, each member getting the
-        error it caused alone."""
-        results: list[dict[str, np.ndarray] | ServeError] = []
-        half = len(batch) // 2
-        for part in (batch[:half], batch[half:]):
-            try:
-                outputs = self._run(merge([i.inputs for i in part]))
-                results += split(outputs, [i.rows for i in part])
-            except Exception as e:  # this part holds a culprit: find it, or it is this request
-                results += [as_serve_error(e)] if len(part) == 1 else self._bisect(part)
-        return results
-
-    def _results(self, batch: Sequence[_Item]) -> Sequence[dict[str, np.ndarray] | ServeError]:
-        """Run ``batch`` on this thread: each request's outputs or error."""
-        try:
-            outputs = self._timed_run(batch, merge([i.inputs for i in batch]))
-            return split(outputs, [i.rows for i in batch])
-        except Exception as e:
-            if len(batch) == 1 or isinstance(e, DeviceError):  # a dead device fails them all
-                return [as_serve_error(e)] * len(batch)
-            return self._bisect(batch)
-
-    async def _compute(self, batch: list[_Item]) -> None:
+    async def _compute(self, batch: list[Queued]) -> None:
         loop = asyncio.get_running_loop()
-        self._deliver(batch, await loop.run_in_executor(self._executor, self._results, batch))
-
-    @staticmethod
-    def _deliver(
-        batch: Sequence[_Item], results: Sequence[dict[str, np.ndarray] | ServeError]
-    ) -> None:
-        now = time.monotonic()
-        for item, result in zip(batch, results, strict=True):
-            if item.future.done():
-                continue
-            if item.deadline <= now:  # its timer could not fire while the run held the loop
-                _expire(item.future, item.deadline - item.enqueued)
-            elif isinstance(result, ServeError):
-                item.future.set_exception(result)
-            else:
-                item.future.set_result(result)
+        results = await loop.run_in_executor(self._executor, self._runner.results, batch)
+        deliver(batch, results)
 
     def describe(self) -> dict[str, Any]:
         return {
