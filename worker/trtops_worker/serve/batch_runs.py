@@ -28,7 +28,7 @@ class BatchObserver(Protocol):
     def computed(self, seconds: float, requests: int, rows: int, cpu_seconds: float) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Queued:
     """One request submitted to the batcher: its inputs, batch key and rows, when it was
     queued and by when it must be answered (``time.monotonic`` seconds), and its future."""

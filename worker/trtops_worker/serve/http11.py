@@ -92,6 +92,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: _Listener) -> None:
         self._server = server
         self._options = server.options
+        self._max_header_bytes = server.options.max_header_bytes
+        self._handle = server.handle
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._pipeline: deque[_Request] = deque()  # parsed, not answered yet; the first runs
@@ -156,17 +159,18 @@ class _Connection(asyncio.Protocol):
         self._headers = {}
         self._header_bytes = 0
 
+    # on_url and on_header count the bytes themselves (no helper call: ~5 per request)
+
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > self._max_header_bytes:  # stop storing them now
+            raise _HeadersTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value  # llhttp refuses a second Content-Length itself
-        self._count_header_bytes(len(name) + len(value))
-
-    def _count_header_bytes(self, size: int) -> None:
-        self._header_bytes += size
-        if self._header_bytes > self._options.max_header_bytes:  # stop storing them now
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self._max_header_bytes:
             raise _HeadersTooLarge
 
     def on_headers_complete(self) -> None:
@@ -209,7 +213,7 @@ class _Connection(asyncio.Protocol):
     # -- answering -------------------------------------------------------------------------
 
     def _start(self, request: _Request) -> None:
-        asyncio.get_running_loop().create_task(self._run(request))
+        self._loop.create_task(self._run(request))
 
     async def _run(self, request: _Request) -> None:
         if request.refusal is not None:
@@ -220,7 +224,7 @@ class _Connection(asyncio.Protocol):
         async def read(limit: int) -> bytes:
             return await self._read(request, limit)
 
-        status, headers, body = await self._server.handle(
+        status, headers, body = await self._handle(
             request.method, request.path, request.headers.get, read
         )
         self._answer(request, status, headers, body)
@@ -230,7 +234,7 @@ class _Connection(asyncio.Protocol):
         if not request.complete and not request.ended:
             if request.headers.get(b"expect", b"").lower() == b"100-continue":
                 self._write(_CONTINUE)
-            request.waiter = asyncio.get_running_loop().create_future()
+            request.waiter = self._loop.create_future()
             await request.waiter
         if request.size > limit:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
@@ -247,10 +251,8 @@ class _Connection(asyncio.Protocol):
         head = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()]
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
-        head.append(b"content-length: %d\r\n" % len(body))
-        if close and _CLOSE not in headers:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
+        end = b"\r\n" if not close or _CLOSE in headers else b"connection: close\r\n\r\n"
+        head.append(b"content-length: %d\r\n%s" % (len(body), end))
         if request.method == "HEAD":
             self._write(b"".join(head))
         elif len(body) <= _ONE_WRITE_BYTES:
