@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from functools import reduce
+from operator import iadd
 from typing import Any
 
 import numpy as np
@@ -194,6 +196,46 @@ def _big_integers(name: str, datatype: str, data: Any) -> np.ndarray:
     )
 
 
+_MAX_NESTING = 32  # numpy 1.x's most dimensions (2.x: 64): deeper is the general path's error
+
+
+def _leaves(data: list[Any], rank: int) -> list[Any] | None:
+    """The leaves of ``data`` in row-major order when it nests regularly at most ``rank`` deep
+    (as ``np.asarray`` would take it), else None: the caller then takes the general path."""
+    rank = min(rank, _MAX_NESTING)
+    while data and type(data[0]) is list:
+        rank -= 1
+        if rank < 1 or set(map(type, data)) != {list} or len(set(map(len, data))) != 1:
+            return None
+        data = reduce(iadd, data, [])  # list += list: 3x cheaper than list(chain(...))
+    return data
+
+
+_PACK_SLICE = 1 << 16  # numbers per struct.pack call: its argument tuple is 8 bytes a number
+
+
+def _packed(data: list[Any], rank: int, code: str) -> np.ndarray | None:
+    """``data``'s numbers as one flat float64 (``code`` "d") or int64 ("q") array, or None for
+    anything else (text, null, all-bool, nesting numpy would refuse, ints past int64).
+
+    The JSON fast path: ``struct.pack`` unboxes the Python numbers in one C loop, 2-3x cheaper
+    than ``np.asarray(list, float64)`` (bench/json_codec.py), to the same values (the same C
+    conversions; ints rounded to nearest as numpy does).
+    """
+    leaves = _leaves(data, rank)
+    if not leaves or (code == "q" and type(leaves[0]) is bool):  # [true, ...] is BOOL to numpy
+        return None
+    try:
+        if len(leaves) <= _PACK_SLICE:
+            raw = struct.pack(f"{len(leaves)}{code}", *leaves)
+        else:
+            parts = (leaves[i : i + _PACK_SLICE] for i in range(0, len(leaves), _PACK_SLICE))
+            raw = b"".join(struct.pack(f"{len(part)}{code}", *part) for part in parts)
+    except (struct.error, OverflowError, TypeError):
+        return None
+    return np.frombuffer(raw, dtype=np.float64 if code == "d" else np.int64)
+
+
 def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     check_tensor(spec, datatype, shape)
     count = math.prod(shape)
@@ -206,16 +248,20 @@ def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: A
                 raise InvalidInput(f"input '{spec.name}': BYTES data must be strings")
             array = flat
         elif DATATYPE_TO_NUMPY[datatype].kind not in "biu":
-            # floats: one C pass to float64 (numpy's type inference would cost ~50% more on an
-            # image), then the range check; numeric text ("1.5") reads as its number
-            numbers = np.asarray(data, dtype=np.float64)
+            # floats: one C pass to float64 (struct's when all are numbers, else numpy's, which
+            # reads numeric text ("1.5") as its number), then the range check
+            numbers = _packed(data, len(shape), "d")
+            if numbers is None:
+                numbers = np.asarray(data, dtype=np.float64)
             if not np.isfinite(numbers).all():  # JSON has no NaN: null or "nan" text became one
                 raise InvalidInput(f"input '{spec.name}': {datatype} data must be finite numbers")
             array = check_range(spec.name, datatype, numbers)
         else:
             # numpy infers the kind of the JSON values (bool, int, float, str, object for mixed or
-            # too-large ints), which tells what the client sent before any conversion
-            found = np.asarray(data)
+            # too-large ints), which tells what the client sent before any conversion; ints that
+            # all fit int64 are what it would infer as int64, packed without the inference
+            packed = _packed(data, len(shape), "q") if datatype != "BOOL" else None
+            found = np.asarray(data) if packed is None else packed
             if found.dtype.kind in "fO" and DATATYPE_TO_NUMPY[datatype].kind in "iu":
                 found = _big_integers(spec.name, datatype, data)
             if datatype == "BOOL":
