@@ -105,9 +105,7 @@ class OnnxRuntimeBackend:
         wide_threads: int = 0,
         board: BusyBoard | None = None,
     ) -> None:
-        def session(
-            threads: int, spinning: bool = spinning, stop_spinning: bool = False
-        ) -> ort.InferenceSession:
+        def session(threads: int, spinning: bool = spinning) -> ort.InferenceSession:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads  # 0 = one per core
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -118,8 +116,6 @@ class OnnxRuntimeBackend:
             options.add_session_config_entry(
                 "session.intra_op.allow_spinning", "1" if spinning else "0"
             )
-            if stop_spinning:  # ORT: pool threads stop spinning once the last Run() returns
-                options.add_session_config_entry("session.force_spinning_stop", "1")
             return ort.InferenceSession(
                 str(model), sess_options=options, providers=["CPUExecutionProvider"]
             )
@@ -130,15 +126,15 @@ class OnnxRuntimeBackend:
         # lone request then takes the idle cores (16 cores, 32 px, batch 1: 1.34 ms on one
         # thread, 0.28 ms on 16); under load every front end is busy and batches keep their
         # one-thread sessions.
-        # Its pool spins only while a run is in progress (session.force_spinning_stop): after
-        # it, spinning threads would take cores from the load that ends the lone request's turn.
-        # On the 16-core device, batch 1 on 16 threads, lone runs 2 ms apart (three rounds):
-        # 32 px p50 0.47-0.51 ms vs 0.53-0.65 ms with no spinning (CPU per run 7 vs 3.5 ms, and
-        # 38 ms spinning on after every run); 64 px 1.00-1.22 vs 1.25-1.41 ms.
+        # Its pool never spins. Spinning during a run only (session.force_spinning_stop) was
+        # measured on the 16-core device, batch 1 on 16 threads, runs 2 ms apart, 3 rounds of
+        # 300: p50 0.47-0.52 vs 0.57-0.60 ms (32 px), 1.00-1.08 vs 1.17-1.27 ms (64 px), but
+        # with one busy process beside it p99 6.4-7.2 ms in 5 of 6 rounds vs 0.9-3.6 ms: a
+        # spinning thread that shares its core waits out a time slice, and all others wait.
         wanted = wide_threads > 1 and board is not None
         if wanted and sessions > 1:
             raise ValueError("a wide session needs one instance: its batches run one at a time")
-        self._wide = session(wide_threads, stop_spinning=True) if wanted else None
+        self._wide = session(wide_threads, spinning=False) if wanted else None
         self._board = board
         self.wide_threads = wide_threads if self._wide is not None else 0
         self.last_run_wide = False  # one batch at a time when there is a wide session
