@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from functools import reduce
+from functools import lru_cache, reduce
 from operator import iadd
 from typing import Any
 
@@ -214,6 +214,12 @@ def _leaves(data: list[Any], rank: int) -> list[Any] | None:
 _PACK_SLICE = 1 << 16  # numbers per struct.pack call: its argument tuple is 8 bytes a number
 
 
+@lru_cache(maxsize=64)
+def _packer(count: int, code: str) -> struct.Struct:
+    # a bound Struct.pack(*leaves) copies the arguments once; struct.pack(fmt, *leaves) twice
+    return struct.Struct(f"{count}{code}")
+
+
 def _packed(data: list[Any], rank: int, code: str) -> np.ndarray | None:
     """``data``'s numbers as one flat float64 (``code`` "d") or int64 ("q") array, or None for
     anything else (text, null, all-bool, nesting numpy would refuse, ints past int64).
@@ -227,10 +233,10 @@ def _packed(data: list[Any], rank: int, code: str) -> np.ndarray | None:
         return None
     try:
         if len(leaves) <= _PACK_SLICE:
-            raw = struct.pack(f"{len(leaves)}{code}", *leaves)
+            raw = _packer(len(leaves), code).pack(*leaves)
         else:
             parts = (leaves[i : i + _PACK_SLICE] for i in range(0, len(leaves), _PACK_SLICE))
-            raw = b"".join(struct.pack(f"{len(part)}{code}", *part) for part in parts)
+            raw = b"".join(_packer(len(part), code).pack(*part) for part in parts)
     except (struct.error, OverflowError, TypeError):
         return None
     return np.frombuffer(raw, dtype=np.float64 if code == "d" else np.int64)
