@@ -14,6 +14,7 @@ from trtops_worker.serve.cpus import (
     usable_cpus,
     wide_threads,
 )
+from trtops_worker.serve.wide import usable_memory, weight_bytes
 
 
 @pytest.mark.parametrize(
@@ -117,3 +118,64 @@ def test_wide_threads_auto_is_every_core_for_one_thread_front_ends(
     sizing: Sizing, cores: int, given: int, wide: int
 ) -> None:
     assert wide_threads(sizing, cores, given) == wide
+
+
+@pytest.mark.parametrize(
+    ("weights_mb", "memory_mb", "wide"),
+    [
+        (4, 8192, 16),  # the benchmark model: 16 more copies are nothing
+        (100, 8192, 16),  # 1.6 GB of 8 GB: under a quarter
+        (200, 8192, 0),  # 3.2 GB: a pod that fits today must not run out because of the default
+        (200, None, 16),  # memory unknown: assumed to fit
+    ],
+)
+def test_the_automatic_wide_session_needs_room_for_a_second_copy_of_the_weights(
+    weights_mb: int, memory_mb: int | None, wide: int
+) -> None:
+    memory = None if memory_mb is None else memory_mb << 20
+    automatic = wide_threads(
+        plan_sizing(16), 16, -1, weight_bytes=weights_mb << 20, memory_bytes=memory
+    )
+    assert automatic == wide
+    forced = wide_threads(plan_sizing(16), 16, 8, weight_bytes=weights_mb << 20, memory_bytes=1)
+    assert forced == 8  # --wide-threads N is the user's call
+
+
+def test_usable_memory_is_the_cgroup_limit_else_what_the_node_has_available(
+    tmp_path: Path,
+) -> None:
+    limit, meminfo = tmp_path / "memory.max", tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
+    limit.write_text("4294967296\n")
+    assert usable_memory(limit, meminfo) == 4 << 30
+    limit.write_text("max\n")  # no limit set
+    assert usable_memory(limit, meminfo) == 20000000 * 1024
+    assert usable_memory(tmp_path / "absent", tmp_path / "absent") is None
+
+
+def test_weight_bytes_count_the_external_data_files(tmp_path: Path) -> None:
+    """Big models keep their weights beside the graph (ONNX external data): those bytes are
+    what a second session copies."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((256, 256), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 256])],
+        [weights],
+    )
+    model = helper.make_model(graph)
+    inline, external = tmp_path / "inline.onnx", tmp_path / "external.onnx"
+    onnx.save(model, str(inline))
+    onnx.save(
+        model, str(external), save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
+    assert weight_bytes(inline) >= 256 * 256 * 4
+    assert external.stat().st_size < 4096  # the graph alone
+    assert weight_bytes(external) >= 256 * 256 * 4
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    assert weight_bytes(tmp_path / "junk.onnx") == len(b"not a model")

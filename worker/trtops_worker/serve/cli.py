@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
-from .busy import BusyBoard
-from .cpus import plan_sizing, usable_cpus, wide_threads
-from .frontends import FRONT_END_ENV, MULTIPROC_ENV, FrontEnds, is_front_end, reserve_port
+from .cpus import plan_sizing, usable_cpus
+from .frontends import FRONT_END_ENV, FrontEnds, is_front_end, reserve_port
+from .wide import plan_wide
 
 if TYPE_CHECKING:
     from .sampling import Sampler
@@ -304,12 +304,11 @@ def run(args: argparse.Namespace) -> int:
         "none" if cpus.quota is None else f"{cpus.quota:g}",
     )
     intra_op_threads = sizing.intra_op_threads
-    wide = wide_threads(sizing, cpus.cores, args.wide_threads) if backend == "onnxruntime" else 0
-    board = None
-    if wide and is_front_end():
-        folder = Path(os.environ[MULTIPROC_ENV])
-        board = BusyBoard(folder / "busy", int(os.environ[FRONT_END_ENV]), sizing.front_ends)
-        log.info("wide session: %d threads while no other front end has requests", wide)
+    wide, board = (
+        plan_wide(sizing, cpus.cores, args.wide_threads, model)
+        if backend == "onnxruntime"
+        else (0, None)
+    )
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop

@@ -15,6 +15,7 @@ from pathlib import Path
 __all__ = [
     "CGROUP_CPU_MAX",
     "CORES_PER_FRONT_END",
+    "WIDE_MEMORY_SHARE",
     "Sizing",
     "UsableCpus",
     "cgroup_cpu_limit",
@@ -113,18 +114,40 @@ def plan_sizing(
     return Sizing(front_ends, instances, intra_op_threads)
 
 
-def wide_threads(sizing: Sizing, cores: int, given: int = -1) -> int:
-    """Threads of the wide session (a batch that runs while no other front end has requests
-    runs on it, serve/backend_onnxruntime.py): ``given`` when >= 0 (0 or 1: none); -1 is
+# The wide sessions' extra weights (one copy per front end) may take at most this share of
+# the pod's usable memory when --wide-threads is automatic: turning the wide session on by
+# default must not push a pod that fits today over its memory limit.
+WIDE_MEMORY_SHARE = 0.25
+
+
+def wide_threads(
+    sizing: Sizing,
+    cores: int,
+    given: int = -1,
+    *,
+    weight_bytes: int = 0,
+    memory_bytes: int | None = None,
+) -> int:
+    """Threads of the wide session (a batch that runs while no other front end has had requests
+    lately runs on it, serve/backend_onnxruntime.py): ``given`` when >= 0 (0 or 1: none); -1 is
     every usable core when the pod is split into one-thread front ends (the default sizing on
-    two or more cores), else none.
+    two or more cores) and a second copy of the weights (``weight_bytes``) per front end fits
+    in :data:`WIDE_MEMORY_SHARE` of ``memory_bytes`` (unknown: assumed to fit), else none.
 
     >>> wide_threads(plan_sizing(16), 16)
     16
     >>> wide_threads(plan_sizing(16, front_ends=1), 16), wide_threads(plan_sizing(1), 1)
     (0, 0)
+    >>> wide_threads(plan_sizing(16), 16, weight_bytes=600 << 20, memory_bytes=32 << 30)
+    0
     """
     if given >= 0:
         return given if given > 1 else 0
     one_thread_front_ends = sizing.instances == 1 and sizing.intra_op_threads == 1
-    return cores if sizing.front_ends > 1 and one_thread_front_ends else 0
+    if sizing.front_ends < 2 or not one_thread_front_ends:
+        return 0
+    if memory_bytes is not None and sizing.front_ends * weight_bytes > (
+        WIDE_MEMORY_SHARE * memory_bytes
+    ):
+        return 0
+    return cores
