@@ -494,3 +494,28 @@ def test_a_connection_that_never_finishes_its_handshake_is_closed(h2: Server) ->
                 while sock.recv(65536):  # our SETTINGS, then a GOAWAY, then the end
                     pass
             assert stub.ServerLive(pb.ServerLiveRequest()).live  # an ordinary client stays
+
+
+def test_a_call_whose_bytes_arrive_a_few_at_a_time_is_answered(h2: Server) -> None:
+    """Frames cut anywhere by the network (inside the preface, a frame's head, its payload)
+    are put back together: the call is answered as if sent at once."""
+    import socket
+    import struct
+
+    message = pb.ServerLiveRequest().SerializeToString()
+    sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _raw_frame(4, 0, 0)
+    sent += _raw_frame(1, 0x4, 1, _live_headers(h2))
+    sent += _raw_frame(0, 0x1, 1, b"\0" + struct.pack(">I", len(message)) + message)
+    with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start in range(0, len(sent), 7):
+            sock.sendall(sent[start : start + 7])
+            time.sleep(0.002)  # separate reads on the server's side
+        # the answer: SETTINGS, HEADERS, DATA with ServerLiveResponse(live=True), trailers
+        live = pb.ServerLiveResponse(live=True).SerializeToString()
+        answer = b"\0" + struct.pack(">I", len(live)) + live
+        received = b""
+        while answer not in received:
+            chunk = sock.recv(65536)  # a socket timeout fails the test: no answer came
+            assert chunk, "closed without answering"
+            received += chunk

@@ -189,7 +189,7 @@ def create_h2_server(
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             call.fail(_INTERNAL, "malformed gRPC message framing")
             return
-        message = body[5:]
+        message: bytes | memoryview = memoryview(body)[5:]  # no copy: the parser copies
         if body[0]:
             if call.encoding not in _WBITS:
                 call.fail(_UNIMPLEMENTED, f"grpc-encoding {call.encoding!r} is not supported")

@@ -184,8 +184,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
-        buffer += data
         if not self._preface:
+            buffer += data
             if len(buffer) < len(PREFACE):
                 return
             if buffer[: len(PREFACE)] != PREFACE:
@@ -193,21 +193,32 @@ class Connection(asyncio.Protocol):
                 return
             del buffer[: len(PREFACE)]
             self._preface = True
-        offset, size = 0, len(buffer)
+            data = b""
+        # Frames are cut from ``data`` itself when nothing is left over from before (the usual
+        # case: one copy of each payload, not three); only a partial frame is kept.
+        source: bytes | bytearray = data
+        if buffer:
+            buffer += data
+            source = buffer
+        offset, size = 0, len(source)
         try:
             while size - offset >= 9:
-                high, low, kind, flags, stream = FRAME.unpack_from(buffer, offset)
+                high, low, kind, flags, stream = FRAME.unpack_from(source, offset)
                 length = (high << 8) | low
                 end = offset + 9 + length
                 if end > size:
                     break
-                self._on_frame(kind, flags, stream & 0x7FFFFFFF, bytes(buffer[offset + 9 : end]))
+                payload = bytes(memoryview(source)[offset + 9 : end])
+                self._on_frame(kind, flags, stream & 0x7FFFFFFF, payload)
                 offset = end
         except Exception as e:  # a malformed frame ends its connection, never the front end
             log.debug("gRPC connection closed: %r", e)
             self._abort(COMPRESSION_ERROR if isinstance(e, hpack.HPACKError) else PROTOCOL_ERROR)
             return
-        del buffer[:offset]
+        if source is buffer:
+            del buffer[:offset]
+        elif offset < size:
+            buffer += memoryview(data)[offset:]
 
     # -- frames ----------------------------------------------------------------------------------
 
