@@ -324,10 +324,14 @@ class Target:
 
 
 # wire format -> trtops-worker bench flags
+ONE_CONNECTION = "gRPC 1 conn"
 WIRES = {
     "JSON": ["--protocol", "http"],
     "binary": ["--protocol", "http", "--binary-data"],
     "gRPC": ["--protocol", "grpc"],
+    # Saturation only: every request on one gRPC channel (one TCP connection), as an
+    # application with one channel sends them; one connection reaches one front end.
+    ONE_CONNECTION: ["--protocol", "grpc", "--one-connection"],
 }
 
 
@@ -473,7 +477,7 @@ def triton(
         # off), whatever the request asks (no `outputs`, `outputs` with binary_data false,
         # binary_data_output false) and with output_pinned_memory off; the same symptom is
         # open upstream (triton-inference-server/server#8019). Binary and gRPC work.
-        ("binary", "gRPC"),
+        ("binary", "gRPC", ONE_CONNECTION),
         env=env,
     )
 
@@ -533,7 +537,7 @@ def load(
     client_cpus: list[int] | None,
 ) -> dict[str, Any]:
     """``concurrency`` clients over ``processes`` load processes; their results combined."""
-    url = target.grpc if wire == "gRPC" else target.url
+    url = target.grpc if WIRES[wire][1] == "grpc" else target.url
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
 
@@ -732,10 +736,16 @@ def main() -> int:  # one linear script
             with running(target, log, work) as process, CpuSampler(process.pid) as sampler:
                 for wire in target.wires:
                     before = raw_now(best, args.seconds / 2)
+                    # one load process per core over gRPC (its client costs more CPU); at
+                    # saturation only over one connection, which one load process holds
+                    levels = (
+                        [(c, 1)]
+                        if wire == ONE_CONNECTION
+                        else [(1, 1), (c, cores if wire == "gRPC" else load_processes)]
+                    )
                     by_c = {
                         n: load(target, wire, n, args.seconds, sampler, procs, client_cpus)
-                        # one load process per core over gRPC: its client costs more CPU
-                        for n, procs in ((1, 1), (c, cores if wire == "gRPC" else load_processes))
+                        for n, procs in levels
                     }
                     after = raw_now(best, args.seconds / 2)
                     raw = {k: (before[k] + after[k]) / 2 for k in before}
@@ -801,6 +811,8 @@ def main() -> int:  # one linear script
 
     defaults = {r["wire"]: r for r in rows if r["target"] == default_name}
     for wire, row in defaults.items():
+        if wire == ONE_CONNECTION:  # not one of the issue's wires: shown beside the peers
+            continue
         sat, one = row["by_concurrency"][c], row["by_concurrency"][1]
         print(
             f"target saturated >= {share_target:.0%} of raw ({wire}): {share(row):.1%}"

@@ -66,7 +66,8 @@ usable=$(nproc)
 
 # Seconds one run takes, from its parts: raw ORT sweeps every session shape (divisors of the
 # cores) for 11/6 x --seconds, each wire format of each server costs 3 x --seconds (two loads and
-# the raw brackets) plus about 4 s (load processes' start and 1 s warm-up each), each server its
+# the raw brackets) plus about 4 s (load processes' start and 1 s warm-up each; the one-connection
+# gRPC wire, saturation only, 2 x --seconds + 3 s), each server its
 # start. On the device machine (2026-12-01) 32 px on 16 cores, defaults + Triton + MLServer at
 # --seconds 1 took 84 s against this estimate's 86 s.
 estimate() { # size cores
@@ -77,8 +78,9 @@ estimate() { # size cores
     -v triton="$(has_peer triton && echo 1 || echo 0)" \
     -v mls="$(has_peer mlserver && [[ -d $bundle/mls ]] && echo 1 || echo 0)" 'BEGIN {
       wire = 3 * s + 4
+      one = 2 * s + 3  # "gRPC 1 conn": saturation only
       raw = shapes * (11 * s / 6 + 0.5)
-      printf "%d", 6 + raw + t * (3 * wire + 4) + triton * (2 * wire + 10) + mls * (2 * wire + 6)
+      printf "%d", 6 + raw + t * (3 * wire + one + 4) + triton * (2 * wire + one + 10) + mls * (2 * wire + 6)
     }'
 }
 

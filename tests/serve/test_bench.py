@@ -144,3 +144,96 @@ def test_binary_request_body_decodes_to_the_same_tensors_and_asks_for_binary_out
     decoded = decode_json_request(json.loads(text), specs, ["y"])
     np.testing.assert_array_equal(decoded.inputs["x"], x)
     assert decoded.binary_outputs == frozenset()
+
+
+class _CountingProxy:
+    """A TCP proxy to ``target`` ("host:port") that counts the connections it accepted: how
+    many connections a client really opened."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        self.connections = 0
+        self._target = target.rsplit(":", 1)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection((self._target[0], int(self._target[1])))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: object, sink: object) -> None:
+        import socket
+
+        assert isinstance(source, socket.socket)
+        assert isinstance(sink, socket.socket)
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                s.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.parametrize(("flags", "connections"), [([], 4), (["--one-connection"], 1)])
+def test_bench_grpc_workers_have_a_connection_each_unless_told_to_share_one(
+    server: Server, flags: list[str], connections: int
+) -> None:
+    """An application with one gRPC channel sends everything over one connection, and one
+    connection reaches one of a pod's front ends: ``--one-connection`` loads a server that way
+    (the benchmark's "gRPC 1 conn" wire); by default each worker has its own, as the load
+    spreads over front ends."""
+    proxy = _CountingProxy(server.grpc)
+    try:
+        proc = subprocess.run(
+            [
+                *(sys.executable, "-m", "trtops_worker", "bench", "--url", proxy.address),
+                *("--protocol", "grpc", *flags, "--model", "conv", "--concurrency", "4"),
+                *("--duration-seconds", "1", "--json", "-"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert summary["successes"] > 0
+    assert summary["errors"] == {}
+    # the metadata request opens one more connection first
+    assert proxy.connections - 1 == connections
+
+
+def test_bench_refuses_one_connection_over_http(server: Server) -> None:
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "trtops_worker", "bench", "--url", server.url),
+            *("--one-connection", "--model", "conv", "--duration-seconds", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "--one-connection is for gRPC" in proc.stderr

@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="HTTP: tensors as raw bytes (binary tensor data extension) instead of JSON numbers",
     )
+    parser.add_argument(
+        "--one-connection",
+        action="store_true",
+        help="gRPC: every worker on one channel (one TCP connection), as an application with"
+        " one channel; default: a connection per worker",
+    )
     parser.add_argument("--model", required=True)
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 max_requests=args.max_requests,
                 npz=npz,
+                one_connection=args.one_connection,
             )
         )
     except (RequestFailed, OSError, ValueError) as e:

@@ -135,22 +135,37 @@ def grpc_infer_request(model: str, inputs: dict[str, np.ndarray]) -> Any:
 
 
 class GrpcClient:
-    def __init__(self, target: str, model: str, inputs: dict[str, np.ndarray]) -> None:
+    """One closed-loop worker's gRPC channel, or ``share``'s (one TCP connection for many
+    workers, as an application with one channel sends everything)."""
+
+    def __init__(
+        self,
+        target: str,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        share: GrpcClient | None = None,
+    ) -> None:
         import grpc
 
         from trtops_worker.serve.proto import pb_grpc
 
         self._grpc = grpc
-        # Its own subchannel pool: gRPC otherwise shares one TCP connection among all channels
-        # of a process to the same target, and the load of every worker of a load process then
-        # reached one server process of a pod (SO_REUSEPORT spreads connections, not requests).
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
-        )
+        self._owns_channel = share is None
+        self._channel: grpc.aio.Channel
+        if share is not None:
+            self._channel = share._channel
+        else:
+            # Its own subchannel pool: gRPC otherwise shares one TCP connection among all
+            # channels of a process to the same target, and the load of every worker of a load
+            # process then reached one server process of a pod (SO_REUSEPORT spreads
+            # connections, not requests).
+            self._channel = grpc.aio.insecure_channel(
+                target,
+                options=[
+                    ("grpc.max_receive_message_length", -1),
+                    ("grpc.use_local_subchannel_pool", 1),
+                ],
+            )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._request = grpc_infer_request(model, inputs)
 
@@ -161,7 +176,8 @@ class GrpcClient:
             raise RequestFailed(f"grpc_{e.code().name}", e.details() or "") from None
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._owns_channel:  # the sharers' calls have ended by now: the load is over
+            await self._channel.close()
 
 
 async def fetch_metadata(protocol: str, url: str, model: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -84,18 +83,25 @@ async def run_load(
     max_requests: int = 10_000_000,
     inputs: dict[str, np.ndarray] | None = None,
     npz: dict[str, np.ndarray] | None = None,
+    one_connection: bool = False,
 ) -> BenchResult:
     if inputs is None:
         meta = await fetch_metadata(protocol, url, model)
         inputs = make_inputs(meta, batch_size, npz)
-    factory: Callable[[], BenchClient]
+    clients: list[BenchClient]
     if protocol == "grpc":
         target = grpc_target(url)
-        factory = lambda: GrpcClient(target, model, inputs)  # noqa: E731
+        first = GrpcClient(target, model, inputs)
+        share = first if one_connection else None
+        clients = [
+            first,
+            *(GrpcClient(target, model, inputs, share) for _ in range(concurrency - 1)),
+        ]
     else:
+        if one_connection:
+            raise ValueError("--one-connection is for gRPC (HTTP/1.1 sends one request at a time)")
         body, header_length = http_infer_body(inputs, binary=binary_data)
-        factory = lambda: HttpClient(url, model, body, header_length)  # noqa: E731
-    clients = [factory() for _ in range(concurrency)]
+        clients = [HttpClient(url, model, body, header_length) for _ in range(concurrency)]
     result = BenchResult(protocol, url, model, concurrency, rate, batch_size, 0.0)
     result.binary_data = binary_data and protocol == "http"
     start = time.perf_counter()
