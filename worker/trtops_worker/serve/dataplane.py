@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +22,19 @@ from .batching import Batcher, Key, batch_key
 from .busy import BusyBoard
 from .codec import select_outputs
 from .errors import DeviceError, InvalidInput, ModelNotFound, NotReady, ServeError
-from .frontends import FRONT_END_ENV, MULTIPROC_ENV
 from .metrics import ServeMetrics
+from .model_info import (
+    ServeConfig,
+    body_limit,
+    gather_statistics,
+    model_config,
+    publish_statistics,
+    sample_input,
+    shared_folder,
+)
 from .sampling import Sampler
 from .shadow import ShadowSender
-from .statistics import merge_model_stats
-from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec
+from .types import InferRequest, InferResponse, TensorSpec
 
 __all__ = ["DataPlane", "ServeConfig"]
 
@@ -42,47 +44,7 @@ SERVER_NAME = "trtops"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data"]
 
-_JSON_BYTES_PER_ELEMENT = 32
-_MIN_BODY_BYTES = 4 << 20
-_DEFAULT_BODY_BYTES = 32 << 20
-_MAX_BODY_BYTES = 1 << 30
-
-_STATS_PREFIX = "triton-stats-"
-
-
-def _shared_folder() -> Path | None:
-    """The front ends' shared folder (serve/frontends.py), when this process is one of them."""
-    if FRONT_END_ENV in os.environ and MULTIPROC_ENV in os.environ:
-        return Path(os.environ[MULTIPROC_ENV])
-    return None
-
-
 Decoder = Callable[[Sequence[TensorSpec], Sequence[str]], InferRequest]
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    model_name: str
-    revision: str = ""
-    precision: str = ""
-    requested_backend: str = "onnxruntime"
-    fallback_model: Path | None = None
-    cpu_fallback: bool = False
-    max_batch_size: int = 1
-    max_queue_delay_us: int = 0
-    max_queue_size: int = 128
-    request_timeout_ms: int = 10_000
-    intra_op_threads: int = 0
-    intra_op_spinning: bool = True
-    instances: int = 1  # batches on the backend at once (capped by what the backend allows)
-    # One CPU instance: run batches on the event loop's thread (Batcher's ``on_loop``).
-    run_on_loop: bool = True
-    warmup: bool = True  # run sample batches before turning ready
-
-    @property
-    def version(self) -> str:
-        """The one model version served: the revision, or "1" when none is given."""
-        return self.revision or "1"
 
 
 class DataPlane:
@@ -126,7 +88,7 @@ class DataPlane:
         """Start the batcher and warm the backend up; ready only afterwards."""
         self.batcher.start()
         self.metrics.start_flushing()
-        if _shared_folder() is not None:
+        if shared_folder() is not None:
             self._publisher = asyncio.get_running_loop().create_task(self._publish_statistics())
         await asyncio.get_running_loop().run_in_executor(None, self.warmup)
         self._loaded = self._ready = True
@@ -229,61 +191,13 @@ class DataPlane:
         }
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Triton's model configuration (``GET /v2/models/{m}/config``, gRPC ``ModelConfig``)
-        for what this server really does, in Triton's JSON form: what perf_analyzer and
-        model_analyzer read to size batches and build inputs.
-
-        With dynamic batching ``max_batch_size`` is the batch limit and ``dims`` leave the batch
-        dimension out; without it ``max_batch_size`` is 0 and ``dims`` are the whole shape
-        (Triton's convention). BYTES is ``TYPE_STRING`` there.
-        """
+        """Triton's model configuration for what this server really does (model_info.py)."""
         self._check(name, version)
-        backend, batcher = self._backend, self.batcher
-
-        def tensor(spec: TensorSpec) -> dict[str, Any]:
-            dims = spec.shape[1:] if batcher.batching else spec.shape
-            kind = "STRING" if spec.datatype == "BYTES" else spec.datatype
-            return {"name": spec.name, "data_type": f"TYPE_{kind}", "dims": list(dims)}
-
-        config: dict[str, Any] = {
-            "name": self.config.model_name,
-            "platform": backend.platform,
-            "backend": backend.name,
-            "max_batch_size": batcher.max_batch_size if batcher.batching else 0,
-            "input": [tensor(s) for s in backend.inputs],
-            "output": [tensor(s) for s in backend.outputs],
-            "instance_group": [
-                {
-                    "name": self.config.model_name,
-                    "kind": "KIND_GPU" if backend.name == "tensorrt" else "KIND_CPU",
-                    "count": batcher.instances,
-                }
-            ],
-        }
-        if batcher.batching:
-            config["dynamic_batching"] = {
-                "max_queue_delay_microseconds": batcher.describe()["max_queue_delay_microseconds"]
-            }
-        return config
+        return model_config(self.config, self._backend, self.batcher)
 
     def body_limit(self) -> int:
-        """The default request size limit: what the largest real request can take.
-
-        A full batch of the model's inputs written as JSON text (``_JSON_BYTES_PER_ELEMENT``
-        bytes per number, the worst case: ``-1.2345678901234567e-30,``), or
-        ``_DEFAULT_BODY_BYTES`` when a non-batch dimension is dynamic, so the size is unknown;
-        within ``_MIN_BODY_BYTES`` .. ``_MAX_BODY_BYTES``. One 64 MiB JSON body took 1.4 GB to
-        parse, and ran as one batch, before there was a limit sized like this.
-        """
-        rows = self.batcher.max_batch_size if self.batcher.batching else 1
-        elements = 0
-        for spec in self._backend.inputs:
-            dims = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
-            if any(d < 0 for d in dims):
-                return _DEFAULT_BODY_BYTES
-            elements += math.prod(dims) * (rows if spec.shape and spec.shape[0] == -1 else 1)
-        wanted = elements * _JSON_BYTES_PER_ELEMENT
-        return max(_MIN_BODY_BYTES, min(_MAX_BODY_BYTES, wanted))
+        """The default request size limit in bytes: a full batch as JSON (model_info.py)."""
+        return body_limit(self._backend, self.batcher)
 
     def model_statistics(self, name: str = "", version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension from the server's counters (every model when ``name``
@@ -292,24 +206,11 @@ class DataPlane:
         right now), and the answer adds them up."""
         if name:
             self._check(name, version)
-        own = self._own_statistics()
-        folder = _shared_folder()
-        if folder is None:
-            return {"model_stats": [own]}
-        entries = []
-        for path in sorted(folder.glob(f"{_STATS_PREFIX}*.json")):
-            with contextlib.suppress(OSError, ValueError):  # a front end writing it right now
-                entries.append(json.loads(path.read_text()))
-        return {"model_stats": [merge_model_stats(entries or [own])]}
+        return gather_statistics(self._own_statistics())
 
     def _own_statistics(self) -> dict[str, Any]:
         own = self.metrics.statistics.as_json(self.config.model_name, self.config.version)
-        folder = _shared_folder()
-        if folder is not None:
-            path = folder / f"{_STATS_PREFIX}{os.environ[FRONT_END_ENV]}.json"
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(own))
-            temporary.replace(path)  # readers never see half a file
+        publish_statistics(own)
         return own
 
     async def _publish_statistics(self) -> None:
@@ -461,16 +362,3 @@ class DataPlane:
                 except Exception as close_error:  # the device is already broken; nothing to save
                     log.warning("closing the failed backend: %s", close_error)
         return True
-
-
-def sample_input(spec: TensorSpec, rows: int) -> np.ndarray:
-    """A valid input for ``spec``: ``rows`` on a dynamic first dim, 1 on other dynamic dims,
-    zeros (false for BOOL, the text "0" for BYTES: a number parser takes it, "" it refuses)."""
-    shape = tuple(
-        rows if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(spec.shape)
-    )
-    if spec.datatype == "BYTES":
-        out = np.empty(shape, dtype=np.object_)
-        out.fill("0")
-        return out
-    return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import hpack
 
+from .grpc_call import Call, Dispatch
 from .grpc_wire import (
     ACK,
     COMPRESSION_ERROR,
@@ -35,7 +35,6 @@ from .grpc_wire import (
     MAX_STREAMS,
     MAX_WINDOW,
     NO_ERROR,
-    OK_TRAILERS,
     OUR_SETTINGS,
     PADDED,
     PING,
@@ -49,67 +48,11 @@ from .grpc_wire import (
     WINDOW_UPDATE,
     frame,
     timeout_s,
-    trailers,
 )
 
 __all__ = ["Call", "Connection", "Dispatch"]
 
 log = logging.getLogger(__name__)
-
-
-class Call:
-    """One stream's request as the dispatcher sees it; ``respond``/``fail`` answer it once."""
-
-    __slots__ = (
-        "_answered",
-        "_conn",
-        "body",
-        "closed",
-        "encoding",
-        "method",
-        "size",
-        "stream",
-        "task",
-        "timeout_s",
-    )
-
-    def __init__(
-        self,
-        conn: Connection,
-        stream: int,
-        method: str,
-        timeout_s: float | None,
-        encoding: str = "identity",
-    ) -> None:
-        self._conn = conn
-        self.stream = stream
-        self.method = method
-        self.timeout_s = timeout_s
-        self.encoding = encoding  # grpc-encoding: how a message flagged compressed is
-        self.body: list[bytes] = []
-        self.size = 0
-        self.closed = False  # reset by the client, or the connection is gone
-        self.task: asyncio.Task[None] | None = None
-        self._answered = False
-
-    def respond(self, message: bytes, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        if self._answered or self.closed:
-            return
-        self._answered = True
-        n = len(message)
-        data = struct.pack(">BI", 0, n) + message
-        block = trailers(0, "", metadata) if metadata else OK_TRAILERS
-        self._conn.send_response(self.stream, data, block)
-
-    def fail(self, code: int, details: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        """A trailers-only response: status ``code`` (a grpc.StatusCode's number)."""
-        if self._answered or self.closed:
-            return
-        self._answered = True
-        self._conn.send_trailers_only(self.stream, trailers(code, details, metadata))
-
-
-Dispatch = Callable[[Call], Coroutine[Any, Any, None]]
 
 
 class Server(Protocol):
