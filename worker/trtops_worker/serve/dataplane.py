@@ -65,6 +65,7 @@ class DataPlane:
         self._ready = False
         self._loaded = False  # warmed up; stays true while draining so late requests still succeed
         self.warmup_status = "pending"  # done | off | skipped: why (model metadata and the log)
+        self._warming = False  # warm-up runs are no batches: trtops_wide_runs_total skips them
         self._publisher: asyncio.Task[None] | None = None
         metrics.set_backend(self._backend.name, fallback=self._fallback_reason is not None)
         batchable = all(
@@ -111,16 +112,19 @@ class DataPlane:
             self.warmup_status = "off"
             return
         sizes = sorted({1, self.batcher.max_batch_size if self.batcher.batching else 1})
-        for rows in sizes:
-            try:
+        self._warming = True
+        try:
+            for rows in sizes:
                 started = time.perf_counter()
                 self._run_batch({s.name: sample_input(s, rows) for s in self._backend.inputs})
                 if rows == sizes[-1]:  # the largest batch, warm: where batches start to run
                     self.batcher.note_run(time.perf_counter() - started)
-            except ServeError as e:
-                self.warmup_status = f"skipped: batch of {rows} refused: {e}"
-                log.warning("warm-up %s; serving without it", self.warmup_status)
-                return
+        except ServeError as e:
+            self.warmup_status = f"skipped: batch of {rows} refused: {e}"
+            log.warning("warm-up %s; serving without it", self.warmup_status)
+            return
+        finally:
+            self._warming = False
         self.warmup_status = "done"
 
     def stop_accepting(self) -> None:
@@ -333,7 +337,7 @@ class DataPlane:
         backend = self._backend
         try:
             outputs = backend.infer(inputs)
-            if getattr(backend, "last_run_wide", False):
+            if getattr(backend, "last_run_wide", False) and not self._warming:
                 self.metrics.wide_run()
             return outputs
         except DeviceError as e:
