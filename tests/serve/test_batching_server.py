@@ -315,3 +315,23 @@ def test_a_wide_session_beside_several_instances_is_a_flag_error(
     )
     assert s.process.wait(60) == 2
     assert "--wide-threads needs one instance per front end" in s.output()
+
+
+def test_a_wide_session_asked_of_one_front_end_is_said_to_be_ignored(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """One front end has no other to share the cores with, so it gets no wide session: a
+    forced --wide-threads says so in the log instead of vanishing silently."""
+    s = start_server(
+        tmp_path,
+        *("--model", str(model_dir / "conv.onnx"), "--model-name", "conv"),
+        *("--front-ends", "1", "--instances", "1", "--wide-threads", "2"),
+    )
+    try:
+        meta = requests.get(f"{s.url}/v2/models/conv", timeout=10).json()
+        assert meta["parameters"]["wide_threads"] == 0
+        assert "--wide-threads 2 ignored: a wide session needs two or more front ends" in (
+            s.output()
+        )
+    finally:
+        assert s.stop() == 0

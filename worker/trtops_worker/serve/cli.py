@@ -309,6 +309,14 @@ def run(args: argparse.Namespace) -> int:
         if backend == "onnxruntime"
         else (0, None)
     )
+    if args.wide_threads > 1 and not wide:  # forced, yet no wide session: say why
+        log.warning(
+            "--wide-threads %d ignored: %s",
+            args.wide_threads,
+            "a wide session needs two or more front ends (this pod has one)"
+            if backend == "onnxruntime"
+            else f"the {backend} backend has no wide session",
+        )
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop

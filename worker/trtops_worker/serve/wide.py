@@ -93,5 +93,9 @@ def plan_wide(sizing: Sizing, cores: int, given: int, model: Path) -> tuple[int,
             )
         return 0, None
     if index == 0:
-        log.info("wide session: %d threads once the other front ends are idle", wide)
+        log.info(
+            "wide session: %d threads once the other front ends are idle%s",
+            wide,
+            f" (more than the {cores} usable cores)" if wide > cores else "",
+        )
     return wide, BusyBoard(Path(os.environ[MULTIPROC_ENV]) / "busy", index, sizing.front_ends)
