@@ -220,14 +220,18 @@ def test_bench_grpc_workers_have_a_connection_each_unless_told_to_share_one(
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["successes"] > 0
     assert summary["errors"] == {}
+    assert summary["one_connection"] is (connections == 1)
     # the metadata request opens one more connection first
     assert proxy.connections - 1 == connections
 
 
-def test_bench_refuses_one_connection_over_http(server: Server) -> None:
+@pytest.mark.parametrize("reachable", [True, False])
+def test_bench_refuses_one_connection_over_http(server: Server, reachable: bool) -> None:
+    """A flag error, said before any connection (a server down must not hide it)."""
+    url = server.url if reachable else "http://127.0.0.1:1"
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "trtops_worker", "bench", "--url", server.url),
+            *(sys.executable, "-m", "trtops_worker", "bench", "--url", url),
             *("--one-connection", "--model", "conv", "--duration-seconds", "1"),
         ],
         capture_output=True,
@@ -235,5 +239,5 @@ def test_bench_refuses_one_connection_over_http(server: Server) -> None:
         timeout=60,
         check=False,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "--one-connection is for gRPC" in proc.stderr

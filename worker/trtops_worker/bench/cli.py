@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     if args.duration_seconds <= 0 or args.batch_size < 1:
         print("--duration-seconds must be > 0 and --batch-size >= 1", file=sys.stderr)
         return 2
+    if args.one_connection and args.protocol != "grpc":  # before any connection is tried
+        print(
+            "bench: --one-connection is for gRPC (HTTP/1.1 sends one request at a time)",
+            file=sys.stderr,
+        )
+        return 2
     npz = None
     if args.input_file is not None:
         with np.load(args.input_file) as data:

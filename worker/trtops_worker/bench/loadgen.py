@@ -104,6 +104,7 @@ async def run_load(
         clients = [HttpClient(url, model, body, header_length) for _ in range(concurrency)]
     result = BenchResult(protocol, url, model, concurrency, rate, batch_size, 0.0)
     result.binary_data = binary_data and protocol == "http"
+    result.one_connection = one_connection and protocol == "grpc"
     start = time.perf_counter()
     measure_from = start + warmup_s
     end = measure_from + duration_s

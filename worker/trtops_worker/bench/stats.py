@@ -32,6 +32,7 @@ class BenchResult:
     errors: Counter[str] = field(default_factory=Counter)
     not_sent: int = 0  # rate mode: requests due while every connection was busy
     binary_data: bool = False  # HTTP with the binary tensor data extension instead of JSON
+    one_connection: bool = False  # gRPC: every worker on one channel
     cpu_seconds: float = 0.0  # the load generator's own CPU time over the measured window
 
     @property
@@ -47,6 +48,7 @@ class BenchResult:
         return {
             "protocol": self.protocol,
             "binary_data": self.binary_data,
+            "one_connection": self.one_connection,
             "url": self.url,
             "model": self.model,
             "concurrency": self.concurrency,
@@ -75,7 +77,8 @@ def render_table(summary: dict[str, Any]) -> str:
     rows = [
         (
             "target",
-            f"{summary['protocol']}{' (binary data)' if summary.get('binary_data') else ''} "
+            f"{summary['protocol']}{' (binary data)' if summary.get('binary_data') else ''}"
+            f"{' (one connection)' if summary.get('one_connection') else ''} "
             f"{summary['url']} model={summary['model']}",
         ),
         ("load", f"{mode}, batch {summary['batch_size']}, {summary['duration_seconds']} s"),
