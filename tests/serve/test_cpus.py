@@ -147,10 +147,22 @@ def test_usable_memory_is_the_cgroup_limit_else_what_the_node_has_available(
     limit, meminfo = tmp_path / "memory.max", tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
     limit.write_text("4294967296\n")
-    assert usable_memory(limit, meminfo) == 4 << 30
+    no_v1 = tmp_path / "absent"  # not this host's own v1 limit
+    assert usable_memory(limit, meminfo, no_v1) == 4 << 30
     limit.write_text("max\n")  # no limit set
-    assert usable_memory(limit, meminfo) == 20000000 * 1024
-    assert usable_memory(tmp_path / "absent", tmp_path / "absent") is None
+    assert usable_memory(limit, meminfo, no_v1) == 20000000 * 1024
+    assert usable_memory(tmp_path / "absent", tmp_path / "absent", tmp_path / "absent") is None
+
+
+def test_usable_memory_reads_a_cgroup_v1_limit(tmp_path: Path) -> None:
+    """A node on cgroup v1 has no memory.max: the pod's limit is memory.limit_in_bytes, not
+    the node's free memory (a 2 GB pod on a 64 GB node must not size for 64 GB)."""
+    absent, meminfo, v1 = tmp_path / "absent", tmp_path / "meminfo", tmp_path / "limit_in_bytes"
+    meminfo.write_text("MemTotal:       64000000 kB\nMemAvailable:   60000000 kB\n")
+    v1.write_text("2147483648\n")
+    assert usable_memory(absent, meminfo, v1) == 2 << 30
+    v1.write_text("9223372036854771712\n")  # v1's "no limit"
+    assert usable_memory(absent, meminfo, v1) == 60000000 * 1024
 
 
 def test_weight_bytes_count_the_external_data_files(tmp_path: Path) -> None:

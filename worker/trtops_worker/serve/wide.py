@@ -21,24 +21,40 @@ from .busy import BusyBoard
 from .cpus import Sizing, wide_threads
 from .frontends import FRONT_END_ENV, MULTIPROC_ENV, is_front_end
 
-__all__ = ["CGROUP_MEMORY_MAX", "MEMINFO", "plan_wide", "usable_memory", "weight_bytes"]
+__all__ = [
+    "CGROUP_MEMORY_MAX",
+    "CGROUP_V1_MEMORY_LIMIT",
+    "MEMINFO",
+    "plan_wide",
+    "usable_memory",
+    "weight_bytes",
+]
 
 log = logging.getLogger(__name__)
 
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+# cgroup v1 (nodes still on it: older distributions, kubelet's cgroupfs v1): the same limit
+CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+_V1_UNLIMITED = 1 << 62  # bytes: v1 says "no limit" as LONG_MAX rounded down to a page
 MEMINFO = Path("/proc/meminfo")
 _GRAPH_ONLY = 64 << 20  # bytes: a model file past this holds its weights itself
 
 
-def usable_memory(memory_max: Path = CGROUP_MEMORY_MAX, meminfo: Path = MEMINFO) -> int | None:
-    """Bytes: the cgroup v2 memory limit (what ``resources.limits.memory`` sets), else the
-    node's ``MemAvailable``; None when neither can be read."""
-    try:
-        text = memory_max.read_text().strip()
-        if text.isdigit():
+def usable_memory(
+    memory_max: Path = CGROUP_MEMORY_MAX,
+    meminfo: Path = MEMINFO,
+    v1_limit: Path = CGROUP_V1_MEMORY_LIMIT,
+) -> int | None:
+    """Bytes: the cgroup memory limit (what ``resources.limits.memory`` sets; v2's
+    ``memory.max``, else v1's ``memory.limit_in_bytes``), else the node's ``MemAvailable``;
+    None when none can be read."""
+    for limit in (memory_max, v1_limit):
+        try:
+            text = limit.read_text().strip()
+        except OSError:  # not this cgroup version
+            continue
+        if text.isdigit() and int(text) < _V1_UNLIMITED:  # "max" / v1's huge value: none set
             return int(text)
-    except OSError:  # no cgroup v2: the node's memory is the limit
-        pass
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
