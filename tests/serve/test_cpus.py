@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from trtops_worker.serve.cpus import (
     Sizing,
+    UsableCpus,
     cgroup_cpu_limit,
     plan_sizing,
     usable_cpus,
@@ -42,10 +43,23 @@ def test_a_quota_caps_the_cores_and_rounds_up(tmp_path: Path) -> None:
     assert usable_cpus(cpu_max).cores == len(os.sched_getaffinity(0))
 
 
-def test_without_cgroup_v2_the_affinity_is_all_there_is(tmp_path: Path) -> None:
-    cpus = usable_cpus(tmp_path / "missing")
+def test_without_a_cgroup_the_affinity_is_all_there_is(tmp_path: Path) -> None:
+    cpus = usable_cpus(tmp_path / "missing", v1_cpu=tmp_path / "missing")
     assert cpus.quota is None
     assert cpus.cores == len(os.sched_getaffinity(0))
+
+
+def test_a_cgroup_v1_quota_caps_the_cores(tmp_path: Path) -> None:
+    """A node on cgroup v1 has no cpu.max: a 2-CPU limit on a 64-core node is
+    cpu.cfs_quota_us 200000 over cpu.cfs_period_us 100000, and sizes for 2 cores, not 64."""
+    v1 = tmp_path / "cpu"
+    v1.mkdir()
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    cpus = usable_cpus(tmp_path / "missing", affinity=64, v1_cpu=v1)
+    assert (cpus.cores, cpus.quota) == (2, 2.0)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
+    assert usable_cpus(tmp_path / "missing", affinity=64, v1_cpu=v1) == UsableCpus(64, None)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ reason Go has automaxprocs and the JVM reads the quota).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 __all__ = [
     "CGROUP_CPU_MAX",
+    "CGROUP_V1_CPU",
     "CORES_PER_FRONT_END",
     "WIDE_MEMORY_SHARE",
     "Sizing",
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# cgroup v1 (nodes still on it): the quota is cpu.cfs_quota_us over cpu.cfs_period_us here
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,27 @@ def cgroup_cpu_limit(cpu_max: str) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
-def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX, affinity: int | None = None) -> UsableCpus:
-    """The cores of ``affinity`` (default: this process's CPU affinity), capped by ``cpu_max``."""
+def _v1_cpu_max(folder: Path) -> str:
+    """cgroup v1's CPU quota as a v2 ``cpu.max`` line ("-1 100000": none); OSError if absent."""
+    quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+    return f"{quota} {(folder / 'cpu.cfs_period_us').read_text().strip()}"
+
+
+def usable_cpus(
+    cpu_max: Path = CGROUP_CPU_MAX, affinity: int | None = None, v1_cpu: Path = CGROUP_V1_CPU
+) -> UsableCpus:
+    """The cores of ``affinity`` (default: this process's CPU affinity), capped by the cgroup
+    quota: v2's ``cpu_max``, else v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in
+    ``v1_cpu``."""
     if affinity is None and hasattr(os, "sched_getaffinity"):
         affinity = len(os.sched_getaffinity(0))
     cores = affinity or os.cpu_count() or 1
+    quota = None  # no cgroup (or not mounted): the affinity is all we know
     try:
         quota = cgroup_cpu_limit(cpu_max.read_text())
-    except OSError:  # no cgroup v2 (or not mounted): the affinity is all we know
-        quota = None
+    except OSError:  # no cgroup v2
+        with contextlib.suppress(OSError):  # nor v1: the affinity is all we know
+            quota = cgroup_cpu_limit(_v1_cpu_max(v1_cpu))
     if quota is not None:
         cores = max(1, min(cores, math.ceil(quota)))
     return UsableCpus(cores, quota)
