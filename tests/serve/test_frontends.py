@@ -169,6 +169,15 @@ def test_the_cores_the_pod_may_use_size_the_defaults(
         _all_listening(s, cores)
         assert len(_front_ends(s.process.pid)) == (cores if cores > 1 else 0)
         assert s.output().count("ONNX Runtime: 1 instances of 1 threads") == cores
+        if cores > 1:  # what was chosen, and why, once for the pod
+            assert (
+                s.output().count(
+                    "wide session: 2 threads once the other front ends are idle (automatic: a"
+                    " second copy of the weights (0 MB) in 2 front ends fits a quarter of the pod's"
+                    " memory ("
+                )
+                == 1
+            )
         config = requests.get(f"{s.url}/v2/models/conv/config", timeout=10).json()
         assert config["instance_group"][0]["count"] == 1
         for _ in range(4):  # new connections: on two cores both front ends get some
@@ -190,6 +199,9 @@ def test_a_lone_request_runs_on_the_wide_session_and_answers_the_same(
     narrow = start_server(tmp_path, *common, "--wide-threads", "0")
     try:
         _all_listening(wide, 2)
+        assert "wide session: 2 threads once the other front ends are idle (--wide-threads 2)" in (
+            wide.output()
+        )
         # the warm-up runs (alone, so wide) are no batches a client sent
         assert wide.metric("trtops_wide_runs_total") == 0
         x = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)

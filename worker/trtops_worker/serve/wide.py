@@ -99,19 +99,37 @@ def plan_wide(sizing: Sizing, cores: int, given: int, model: Path) -> tuple[int,
     weights, memory = weight_bytes(model), usable_memory()
     wide = wide_threads(sizing, cores, given, weight_bytes=weights, memory_bytes=memory)
     if not wide:
-        if index == 0 and given == -1 and wide_threads(sizing, cores) > 0:
-            log.info(
-                "no wide session: a second copy of the weights (%d MB) in %d front ends would"
-                " take over a quarter of the pod's memory (%d MB); --wide-threads N forces it",
-                weights >> 20,
-                sizing.front_ends,
-                (memory or 0) >> 20,
-            )
+        if index == 0 and given == -1:
+            if wide_threads(sizing, cores) > 0:
+                log.info(
+                    "no wide session: a second copy of the weights (%d MB) in %d front ends"
+                    " would take over a quarter of the pod's memory (%d MB); --wide-threads N"
+                    " forces it",
+                    weights >> 20,
+                    sizing.front_ends,
+                    (memory or 0) >> 20,
+                )
+            else:
+                log.info(
+                    "no wide session: it needs front ends of one one-thread instance each"
+                    " (these have %d instances of %d threads)",
+                    sizing.instances,
+                    sizing.intra_op_threads,
+                )
         return 0, None
     if index == 0:
+        why = f"--wide-threads {given}"
+        if given == -1:
+            why = "automatic: " + (
+                f"a second copy of the weights ({weights >> 20} MB) in {sizing.front_ends}"
+                f" front ends fits a quarter of the pod's memory ({memory >> 20} MB)"
+                if memory is not None
+                else "the pod's memory is unknown"
+            )
         log.info(
-            "wide session: %d threads once the other front ends are idle%s",
+            "wide session: %d threads once the other front ends are idle (%s)%s",
             wide,
-            f" (more than the {cores} usable cores)" if wide > cores else "",
+            why,
+            f"; more than the {cores} usable cores" if wide > cores else "",
         )
     return wide, BusyBoard(Path(os.environ[MULTIPROC_ENV]) / "busy", index, sizing.front_ends)
