@@ -241,3 +241,29 @@ def test_bench_refuses_one_connection_over_http(server: Server, reachable: bool)
     )
     assert proc.returncode == 2
     assert "--one-connection is for gRPC" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--concurrency", "0"],
+        ["--concurrency", "-3"],
+        ["--rate", "-5"],
+        ["--rate", "5", "--max-connections", "0"],
+    ],
+)
+def test_bench_refuses_a_load_of_no_workers(flags: list[str]) -> None:
+    """A flag error before any connection (it ran one gRPC worker, or no HTTP one and printed
+    a table of 0 requests)."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "trtops_worker", "bench", "--url", "http://127.0.0.1:1"),
+            *("--model", "conv", "--duration-seconds", "1", *flags),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "must be" in proc.stderr

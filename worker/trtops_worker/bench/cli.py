@@ -59,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
     if args.duration_seconds <= 0 or args.batch_size < 1:
         print("--duration-seconds must be > 0 and --batch-size >= 1", file=sys.stderr)
         return 2
+    # --concurrency 0 or less ran one worker (gRPC) or none (HTTP: 0 requests in a table)
+    if (args.concurrency is not None and args.concurrency < 1) or args.max_connections < 1:
+        print("bench: --concurrency and --max-connections must be >= 1", file=sys.stderr)
+        return 2
+    if args.rate is not None and args.rate <= 0:
+        print("bench: --rate must be > 0 requests per second", file=sys.stderr)
+        return 2
     if args.one_connection and args.protocol != "grpc":  # before any connection is tried
         print(
             "bench: --one-connection is for gRPC (HTTP/1.1 sends one request at a time)",
