@@ -185,6 +185,14 @@ class OnnxRuntimeBackend:
             pool = (time.process_time() - process) - (time.thread_time() - thread)
             self._pool_cpu += max(0.0, pool)
 
+    def warm_up(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Run ``inputs`` once on every session, the wide one too: each session's first runs
+        allocate (2-4x a warm run here), and a warm-up batch, alone on the board, ran only the
+        wide session, leaving cold the one-thread session that every batch under load runs
+        on. Raises what ``infer`` raises."""
+        for session in (*self._sessions, *(() if self._wide is None else (self._wide,))):
+            self._run(session, inputs)
+
     def cpu_seconds(self) -> float:
         """CPU seconds of the calling thread plus the wide session's pool threads so far (the
         batcher's inference CPU clock): with the wide session, part of a run's CPU is spent

@@ -112,11 +112,16 @@ class DataPlane:
             self.warmup_status = "off"
             return
         sizes = sorted({1, self.batcher.max_batch_size if self.batcher.batching else 1})
+        # every session of the backend, not only the one the timed run below takes
+        warm_every_session = getattr(self._backend, "warm_up", None)
         self._warming = True
         try:
             for rows in sizes:
+                inputs = {s.name: sample_input(s, rows) for s in self._backend.inputs}
+                if warm_every_session is not None:
+                    warm_every_session(inputs)
                 started = time.perf_counter()
-                self._run_batch({s.name: sample_input(s, rows) for s in self._backend.inputs})
+                self._run_batch(inputs)
                 if rows == sizes[-1]:  # the largest batch, warm: where batches start to run
                     self.batcher.note_run(time.perf_counter() - started)
         except ServeError as e:
