@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 from trtops_worker.serve.batching import Batcher
 
@@ -317,21 +318,30 @@ def test_a_wide_session_beside_several_instances_is_a_flag_error(
     assert "--wide-threads needs one instance per front end" in s.output()
 
 
-def test_a_wide_session_asked_of_one_front_end_is_said_to_be_ignored(
-    model_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("sizing", "why"),
+    [
+        (["--front-ends", "1", "--instances", "1"], "a wide session needs two or more front ends"),
+        (
+            ["--front-ends", "2", "--intra-op-threads", "2"],
+            "no wider than the instances' 2 threads",
+        ),
+    ],
+)
+def test_a_wide_session_that_cannot_help_is_said_to_be_ignored(
+    model_dir: Path, tmp_path: Path, sizing: list[str], why: str
 ) -> None:
-    """One front end has no other to share the cores with, so it gets no wide session: a
-    forced --wide-threads says so in the log instead of vanishing silently."""
+    """One front end has no other to share the cores with, and a wide session no wider than
+    the instances is a second copy of the weights for nothing: no wide session, and a forced
+    --wide-threads says so in the log, once, instead of vanishing silently."""
     s = start_server(
         tmp_path,
         *("--model", str(model_dir / "conv.onnx"), "--model-name", "conv"),
-        *("--front-ends", "1", "--instances", "1", "--wide-threads", "2"),
+        *(*sizing, "--wide-threads", "2"),
     )
     try:
         meta = requests.get(f"{s.url}/v2/models/conv", timeout=10).json()
         assert meta["parameters"]["wide_threads"] == 0
-        assert "--wide-threads 2 ignored: a wide session needs two or more front ends" in (
-            s.output()
-        )
+        assert s.output().count(f"--wide-threads 2 ignored: {why}") == 1
     finally:
         assert s.stop() == 0

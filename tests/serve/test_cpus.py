@@ -126,6 +126,10 @@ def test_flags_override_the_defaults_and_the_rest_fills_in(
         (plan_sizing(16), 16, 0, 0),  # --wide-threads 0: off
         (plan_sizing(16), 16, 1, 0),  # one thread is no wider than the instance
         (plan_sizing(16), 16, 8, 8),
+        # forced, but no wider than the instances' threads: a second copy of the weights for
+        # nothing
+        (plan_sizing(16, intra_op_threads=4), 16, 4, 0),
+        (plan_sizing(16, intra_op_threads=4), 16, 8, 8),
     ],
 )
 def test_wide_threads_auto_is_every_core_for_one_thread_front_ends(

@@ -309,13 +309,16 @@ def run(args: argparse.Namespace) -> int:
         if backend == "onnxruntime"
         else (0, None)
     )
-    if args.wide_threads > 1 and not wide:  # forced, yet no wide session: say why
+    # forced, yet no wide session: say why (once for the pod)
+    if args.wide_threads > 1 and not wide and os.environ.get(FRONT_END_ENV, "0") == "0":
         log.warning(
             "--wide-threads %d ignored: %s",
             args.wide_threads,
-            "a wide session needs two or more front ends (this pod has one)"
-            if backend == "onnxruntime"
-            else f"the {backend} backend has no wide session",
+            f"the {backend} backend has no wide session"
+            if backend != "onnxruntime"
+            else "a wide session needs two or more front ends (this pod has one)"
+            if sizing.front_ends < 2
+            else f"no wider than the instances' {sizing.intra_op_threads} threads",
         )
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.

@@ -145,10 +145,11 @@ def wide_threads(
     memory_bytes: int | None = None,
 ) -> int:
     """Threads of the wide session (a batch that runs while no other front end has had requests
-    lately runs on it, serve/backend_onnxruntime.py): ``given`` when >= 0 (0 or 1: none); -1 is
-    every usable core when the pod is split into one-thread front ends (the default sizing on
-    two or more cores) and a second copy of the weights (``weight_bytes``) per front end fits
-    in :data:`WIDE_MEMORY_SHARE` of ``memory_bytes`` (unknown: assumed to fit), else none.
+    lately runs on it, serve/backend_onnxruntime.py): ``given`` when >= 0 (none unless wider
+    than the instances' threads); -1 is every usable core when the pod is split into one-thread
+    front ends (the default sizing on two or more cores) and a second copy of the weights
+    (``weight_bytes``) per front end fits in :data:`WIDE_MEMORY_SHARE` of ``memory_bytes``
+    (unknown: assumed to fit), else none.
 
     >>> wide_threads(plan_sizing(16), 16)
     16
@@ -157,8 +158,8 @@ def wide_threads(
     >>> wide_threads(plan_sizing(16), 16, weight_bytes=600 << 20, memory_bytes=32 << 30)
     0
     """
-    if given >= 0:
-        return given if given > 1 else 0
+    if given >= 0:  # no wider than the instance's own threads: a second session for nothing
+        return given if given > max(1, sizing.intra_op_threads) else 0
     one_thread_front_ends = sizing.instances == 1 and sizing.intra_op_threads == 1
     if sizing.front_ends < 2 or not one_thread_front_ends:
         return 0
