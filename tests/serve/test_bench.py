@@ -267,3 +267,24 @@ def test_bench_refuses_a_load_of_no_workers(flags: list[str]) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "must be" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["conv", "nosuch"])
+def test_bench_over_grpc_says_why_it_cannot_start_in_one_line(server: Server, model: str) -> None:
+    """No server there, or no such model: a one-line reason and exit 1, as over HTTP (it was a
+    Python traceback)."""
+    url = "127.0.0.1:1" if model == "conv" else server.grpc
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--protocol", "grpc"),
+            *("--model", model, "--duration-seconds", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    expected = "UNAVAILABLE" if model == "conv" else "NOT_FOUND"
+    assert proc.stderr.startswith(f"bench: metadata: {expected}: "), proc.stderr

@@ -188,9 +188,12 @@ async def fetch_metadata(protocol: str, url: str, model: str) -> dict[str, Any]:
         from trtops_worker.serve.proto import pb, pb_grpc
 
         async with grpc.aio.insecure_channel(grpc_target(url)) as channel:
-            meta = await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
-                pb.ModelMetadataRequest(name=model)
-            )
+            try:
+                meta = await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+                    pb.ModelMetadataRequest(name=model)
+                )
+            except grpc.aio.AioRpcError as e:  # no server, no such model: a line, no traceback
+                raise RequestFailed("metadata", f"{e.code().name}: {e.details()}") from None
         return {
             "inputs": [
                 {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
