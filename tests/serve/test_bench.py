@@ -269,6 +269,25 @@ def test_bench_refuses_a_load_of_no_workers(flags: list[str]) -> None:
     assert "must be" in proc.stderr
 
 
+def test_bench_over_http_at_a_grpc_port_says_so(server: Server) -> None:
+    """The gRPC port answers HTTP/1.1 with HTTP/2 frames: the reason, not those bytes."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "trtops_worker", "bench", "--url", f"http://{server.grpc}"),
+            *("--model", "conv", "--duration-seconds", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr
+        == f"bench: metadata: http://{server.grpc} did not answer HTTP/1.1 (a gRPC port?)\n"
+    )
+
+
 @pytest.mark.parametrize("model", ["conv", "nosuch"])
 def test_bench_over_grpc_says_why_it_cannot_start_in_one_line(server: Server, model: str) -> None:
     """No server there, or no such model: a one-line reason and exit 1, as over HTTP (it was a

@@ -209,6 +209,8 @@ async def fetch_metadata(protocol: str, url: str, model: str) -> dict[str, Any]:
     raw = await reader.read()
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1."):  # an HTTP/2 server's GOAWAY, say: bytes, not a status
+        raise RequestFailed("metadata", f"{url} did not answer HTTP/1.1 (a gRPC port?)")
     if b" 200 " not in head.split(b"\r\n")[0]:
         raise RequestFailed(
             "metadata", head.split(b"\r\n")[0].decode(errors="replace") + " " + body[:200].decode()
