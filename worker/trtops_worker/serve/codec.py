@@ -6,20 +6,24 @@ backend has the right names, dtypes, ranks and fixed dimensions. Every client mi
 
 Also implements Triton's binary tensor data extension for HTTP (``Inference-Header-Content-Length``
 and ``binary_data_size``), which is what ``tritonclient.http`` sends by default.
+BYTES elements' serialisation is in :mod:`.bytes_tensors`; the fast path for JSON lists of
+numbers, in :mod:`.json_numbers`.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping, Sequence
-from functools import lru_cache, reduce
-from operator import iadd
 from typing import Any
 
 import numpy as np
 
+from .bytes_tensors import bytes_elements, decode_bytes_tensor, encode_bytes_tensor
 from .errors import InvalidInput, Unsupported
+
+# codec._packed is the name tests/serve/test_json_fast_path.py and bench/json_codec.py patch to
+# turn the fast path off
+from .json_numbers import packed as _packed
 from .types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, TensorSpec, datatype_of
 
 __all__ = [
@@ -85,53 +89,6 @@ def decode_raw(spec: TensorSpec, datatype: str, shape: Sequence[int], raw: bytes
     return array.reshape(shape)
 
 
-def _text(item: bytes, name: str, index: int) -> str:
-    try:
-        return item.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidInput(
-            f"input '{name}': BYTES element {index} is not valid UTF-8 ({e.reason} at byte"
-            f" {e.start}); the model's string tensors take text"
-        ) from None
-
-
-def bytes_elements(items: Sequence[bytes], name: str) -> np.ndarray:
-    """BYTES elements as the model takes them: ``str`` (ONNX string tensors are text).
-
-    ONNX Runtime prints a ``bytes`` element (``b'a'`` arrives as the text ``"b'a'"``), so every
-    element is decoded here, and one that is not UTF-8 is refused naming the input.
-    """
-    out = np.empty(len(items), dtype=np.object_)
-    out[:] = [_text(item, name, i) for i, item in enumerate(items)]
-    return out
-
-
-def decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
-    """BYTES elements serialised as a 4-byte little-endian length, then the bytes."""
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput(f"input '{name}': truncated BYTES element length")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidInput(f"input '{name}': BYTES element runs past the end of the data")
-        items.append(raw[offset : offset + length])
-        offset += length
-    if len(items) != count:
-        raise InvalidInput(f"input '{name}': {len(items)} BYTES elements, shape needs {count}")
-    return bytes_elements(items, name)
-
-
-def encode_bytes_tensor(array: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts += [struct.pack("<I", len(data)), data]
-    return b"".join(parts)
-
-
 def raw_bytes(array: np.ndarray) -> bytes:
     """``array`` as it travels raw: BYTES length-prefixed, numbers little-endian, row-major."""
     if datatype_of(array) == "BYTES":
@@ -194,52 +151,6 @@ def _big_integers(name: str, datatype: str, data: Any) -> np.ndarray:
     return np.array(flat.tolist(), dtype=DATATYPE_TO_NUMPY[datatype]).reshape(
         np.shape(np.asarray(data, dtype=np.object_))
     )
-
-
-_MAX_NESTING = 32  # numpy 1.x's most dimensions (2.x: 64): deeper is the general path's error
-
-
-def _leaves(data: list[Any], rank: int) -> list[Any] | None:
-    """The leaves of ``data`` in row-major order when it nests regularly at most ``rank`` deep
-    (as ``np.asarray`` would take it), else None: the caller then takes the general path."""
-    rank = min(rank, _MAX_NESTING)
-    while data and type(data[0]) is list:
-        rank -= 1
-        if rank < 1 or set(map(type, data)) != {list} or len(set(map(len, data))) != 1:
-            return None
-        data = reduce(iadd, data, [])  # list += list: 3x cheaper than list(chain(...))
-    return data
-
-
-_PACK_SLICE = 1 << 16  # numbers per struct.pack call: its argument tuple is 8 bytes a number
-
-
-@lru_cache(maxsize=64)
-def _packer(count: int, code: str) -> struct.Struct:
-    # a bound Struct.pack(*leaves) copies the arguments once; struct.pack(fmt, *leaves) twice
-    return struct.Struct(f"{count}{code}")
-
-
-def _packed(data: list[Any], rank: int, code: str) -> np.ndarray | None:
-    """``data``'s numbers as one flat float64 (``code`` "d") or int64 ("q") array, or None for
-    anything else (text, null, all-bool, nesting numpy would refuse, ints past int64).
-
-    The JSON fast path: ``struct.pack`` unboxes the Python numbers in one C loop, 2-3x cheaper
-    than ``np.asarray(list, float64)`` (bench/json_codec.py), to the same values (the same C
-    conversions; ints rounded to nearest as numpy does).
-    """
-    leaves = _leaves(data, rank)
-    if not leaves or (code == "q" and type(leaves[0]) is bool):  # [true, ...] is BOOL to numpy
-        return None
-    try:
-        if len(leaves) <= _PACK_SLICE:
-            raw = _packer(len(leaves), code).pack(*leaves)
-        else:
-            parts = (leaves[i : i + _PACK_SLICE] for i in range(0, len(leaves), _PACK_SLICE))
-            raw = b"".join(_packer(len(part), code).pack(*part) for part in parts)
-    except (struct.error, OverflowError, TypeError):
-        return None
-    return np.frombuffer(raw, dtype=np.float64 if code == "d" else np.int64)
 
 
 def _json_array(spec: TensorSpec, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
