@@ -139,6 +139,24 @@ def test_a_front_end_that_dies_takes_the_pod_down(model_dir: Path, tmp_path: Pat
     assert f"front end pid {pids[0]} exited with -9" in s.output()
 
 
+def test_a_model_that_is_not_there_is_said_so_with_several_front_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator shows why a pod could not start from its termination message: with
+    several front ends (the default on two or more cores) as with one, not a traceback."""
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("TRTOPS_TERMINATION_LOG", str(termination))
+    s = start_server(
+        tmp_path,
+        *("--model", str(tmp_path / "missing.onnx"), "--model-name", "m", "--front-ends", "2"),
+        wait_ready=False,
+    )
+    assert s.process.wait(60) == 1
+    assert "Traceback" not in s.output()
+    assert "cannot load" in s.output()
+    assert "BackendLoadFailed" in termination.read_text()
+
+
 def test_one_front_end_needs_no_supervisor(model_dir: Path, tmp_path: Path) -> None:
     s = _conv(model_dir, tmp_path, 1)
     try:

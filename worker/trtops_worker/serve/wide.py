@@ -96,7 +96,11 @@ def plan_wide(sizing: Sizing, cores: int, given: int, model: Path) -> tuple[int,
     if not is_front_end():
         return 0, None
     index = int(os.environ[FRONT_END_ENV])
-    weights, memory = weight_bytes(model), usable_memory()
+    try:
+        weights = weight_bytes(model)
+    except OSError:  # no model there: loading it fails next, in the words the operator reads
+        return 0, None
+    memory = usable_memory()
     wide = wide_threads(sizing, cores, given, weight_bytes=weights, memory_bytes=memory)
     if not wide:
         if index == 0 and given == -1:
