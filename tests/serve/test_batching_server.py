@@ -303,19 +303,31 @@ def test_negative_instances_is_a_flag_error(model_dir: Path, tmp_path: Path) -> 
     assert "--instances and --intra-op-threads must be >= 0" in s.output()
 
 
+@pytest.mark.parametrize(
+    ("sizing", "way_out"),
+    [
+        (["--instances", "2"], "set --instances 1 or --wide-threads 0\n"),
+        # --instances 1 alone would leave one front end: no wide session either
+        (
+            ["--front-ends", "1"],
+            "set --instances 1 or --wide-threads 0 (and --front-ends 2 or more)",
+        ),
+    ],
+)
 def test_a_wide_session_beside_several_instances_is_a_flag_error(
-    model_dir: Path, tmp_path: Path
+    model_dir: Path, tmp_path: Path, sizing: list[str], way_out: str
 ) -> None:
     """Two lone batches on two instances would each take every core: refused at start, with
-    the way out, instead of oversubscribing the pod."""
+    a way out that leads to a wide session, instead of oversubscribing the pod."""
     s = start_server(
         tmp_path,
         *("--model", str(model_dir / "conv.onnx"), "--model-name", "conv"),
-        *("--instances", "2", "--wide-threads", "2"),
+        *(*sizing, "--wide-threads", "2"),
         wait_ready=False,
     )
     assert s.process.wait(60) == 2
     assert "--wide-threads needs one instance per front end" in s.output()
+    assert way_out in s.output()
 
 
 @pytest.mark.parametrize(

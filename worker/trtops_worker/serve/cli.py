@@ -259,8 +259,10 @@ def run(args: argparse.Namespace) -> int:
         # two instances would both take every core.
         log.error(
             "--wide-threads needs one instance per front end (this pod's sizing gives %d);"
-            " set --instances 1 or --wide-threads 0",
+            " set --instances 1 or --wide-threads 0%s",
             sizing.instances,
+            # --instances 1 alone would leave one front end, which gets no wide session either
+            " (and --front-ends 2 or more)" if args.front_ends == 1 else "",
         )
         return 2
     # Spinning burns CFS quota while it waits: under a CPU limit, threads sleep at once.
