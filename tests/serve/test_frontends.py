@@ -157,6 +157,23 @@ def test_a_model_that_is_not_there_is_said_so_with_several_front_ends(
     assert "BackendLoadFailed" in termination.read_text()
 
 
+def test_front_ends_stop_when_their_supervisor_is_killed(model_dir: Path, tmp_path: Path) -> None:
+    """A supervisor killed outright (SIGKILL: the OOM killer, say) leaves no front ends
+    serving on the pod's ports: they drain and exit."""
+    s = _conv(model_dir, tmp_path, 2)
+    _all_listening(s, 2)
+    pids = _front_ends(s.process.pid)
+    s.process.kill()
+    s.process.wait(30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = [pid for pid in pids if _alive(pid)]
+    for pid in orphans:  # not left behind by a failing test
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == []
+
+
 def test_one_front_end_needs_no_supervisor(model_dir: Path, tmp_path: Path) -> None:
     s = _conv(model_dir, tmp_path, 1)
     try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
 from .cpus import plan_sizing, usable_cpus
-from .frontends import FRONT_END_ENV, FrontEnds, is_front_end, reserve_port
+from .frontends import FRONT_END_ENV, FrontEnds, follow_the_supervisor, is_front_end, reserve_port
 from .wide import plan_wide
 
 if TYPE_CHECKING:
@@ -297,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
         # Stopped while loading (the pod deleted at once): nothing was served, a clean exit.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: sys.exit(0))
+        follow_the_supervisor()
     log.info(
         "ONNX Runtime: %d instances of %d threads, spinning %s (usable cores %d, CPU quota %s)",
         sizing.instances,

@@ -13,7 +13,8 @@ caps a pod near 5.5k requests/s however many cores compute behind it. So ``serve
   twice);
 - on SIGTERM/SIGINT forwards the signal to every front end, waits until all have drained, and
   exits 0; if one front end dies on its own it stops the others and exits 1, so the pod restarts
-  whole rather than serving on part of its cores.
+  whole rather than serving on part of its cores; a front end whose supervisor dies (even
+  by SIGKILL) drains and exits too, rather than serving on as an orphan.
 
 The front ends are the same command line with the sizing made explicit and the ports fixed,
 marked by ``TRTOPS_FRONT_END`` in their environment. Each warms up first and all start listening
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -37,12 +39,33 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FRONT_END_ENV", "FrontEnds", "all_warm", "bound_socket", "is_front_end", "reserve_port"]
+__all__ = [
+    "FRONT_END_ENV",
+    "FrontEnds",
+    "all_warm",
+    "bound_socket",
+    "follow_the_supervisor",
+    "is_front_end",
+    "reserve_port",
+]
 
 log = logging.getLogger(__name__)
 
 FRONT_END_ENV = "TRTOPS_FRONT_END"  # set in a front end's environment to its index
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
+SUPERVISOR_ENV = "TRTOPS_SUPERVISOR_PID"  # a front end's parent, to notice it is gone
+_PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent dies
+
+
+def follow_the_supervisor() -> None:
+    """In a front end: SIGTERM (a drain, then exit) when the supervisor dies, even by SIGKILL.
+    Orphans kept serving on the pod's ports, sharing them (``SO_REUSEPORT``) with a restarted
+    server's front ends, wherever the supervisor is not the last process of its namespace
+    (a shared process namespace, an init in front of it, a run outside a container)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: nothing to ask
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != os.environ.get(SUPERVISOR_ENV, str(os.getppid())):
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the request above
 
 
 def is_front_end() -> bool:
@@ -135,7 +158,12 @@ class FrontEnds:
         previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for index in range(self.count):
-                env = {**os.environ, FRONT_END_ENV: str(index), MULTIPROC_ENV: folder}
+                env = {
+                    **os.environ,
+                    FRONT_END_ENV: str(index),
+                    MULTIPROC_ENV: folder,
+                    SUPERVISOR_ENV: str(os.getpid()),
+                }
                 children.append(
                     subprocess.Popen([sys.executable, "-m", "trtops_worker", *self.argv], env=env)
                 )
