@@ -209,3 +209,29 @@ def test_weight_bytes_count_the_external_data_files(tmp_path: Path) -> None:
     assert weight_bytes(external) >= 256 * 256 * 4
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert weight_bytes(tmp_path / "junk.onnx") == len(b"not a model")
+
+
+def test_every_front_end_decides_on_the_wide_session_from_the_supervisors_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MemAvailable moves: front ends each reading it could land on both sides of the memory
+    rule (some wide, some not). The supervisor reads once; the front ends use that."""
+    from trtops_worker.serve import wide
+    from trtops_worker.serve.frontends import FRONT_END_ENV, MULTIPROC_ENV
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\0" * (1 << 20))  # not ONNX: counts as its own size, 1 MB
+    monkeypatch.setattr(wide, "usable_memory", lambda: 32 << 20)  # the supervisor's reading
+    monkeypatch.delenv(wide.POD_MEMORY_ENV, raising=False)
+    wide.share_pod_memory()
+    assert os.environ[wide.POD_MEMORY_ENV] == str(32 << 20)
+    monkeypatch.setattr(wide, "usable_memory", lambda: 1 << 40)  # what a front end would read
+    monkeypatch.setenv(FRONT_END_ENV, "1")
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    # 16 front ends x 1 MB is over a quarter of the shared 32 MB, not of the 1 TB read later
+    assert wide.plan_wide(plan_sizing(16), 16, -1, model, "onnxruntime") == (0, None)
+    monkeypatch.setenv(wide.POD_MEMORY_ENV, str(1 << 30))
+    threads, board = wide.plan_wide(plan_sizing(16), 16, -1, model, "onnxruntime")
+    assert threads == 16
+    assert board is not None
+    board.close()

@@ -18,7 +18,7 @@ from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
 from .cpus import plan_sizing, usable_cpus
 from .frontends import FRONT_END_ENV, FrontEnds, follow_the_supervisor, is_front_end, reserve_port
-from .wide import plan_wide
+from .wide import plan_wide, share_pod_memory, wide_flag_error
 
 if TYPE_CHECKING:
     from .sampling import Sampler
@@ -251,19 +251,8 @@ def run(args: argparse.Namespace) -> int:
         # grows with them. Capped until measured on a GPU (nothing here runs TensorRT).
         max_front_ends=TENSORRT_FRONT_ENDS if backend == "tensorrt" else None,
     )
-    if args.wide_threads < -1:
-        log.error("--wide-threads must be >= -1 (-1: automatic, 0: none)")
-        return 2
-    if args.wide_threads > 1 and sizing.instances > 1:
-        # A front end's batches run one at a time only with one instance; two lone batches on
-        # two instances would both take every core.
-        log.error(
-            "--wide-threads needs one instance per front end (this pod's sizing gives %d);"
-            " set --instances 1 or --wide-threads 0%s",
-            sizing.instances,
-            # --instances 1 alone would leave one front end, which gets no wide session either
-            " (and --front-ends 2 or more)" if args.front_ends == 1 else "",
-        )
+    if (refusal := wide_flag_error(args.wide_threads, sizing, args.front_ends)) is not None:
+        log.error("%s", refusal)
         return 2
     # Spinning burns CFS quota while it waits: under a CPU limit, threads sleep at once.
     spinning = args.intra_op_spinning and cpus.quota is None
@@ -277,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
             cpus.cores,
             "none" if cpus.quota is None else f"{cpus.quota:g}",
         )
+        share_pod_memory()  # every front end decides on the wide session from one reading
         with (
             reserve_port(args.host, args.http_port) as http_port,
             reserve_port(args.host, args.grpc_port) as grpc_port,
@@ -307,22 +297,7 @@ def run(args: argparse.Namespace) -> int:
         "none" if cpus.quota is None else f"{cpus.quota:g}",
     )
     intra_op_threads = sizing.intra_op_threads
-    wide, board = (
-        plan_wide(sizing, cpus.cores, args.wide_threads, model)
-        if backend == "onnxruntime"
-        else (0, None)
-    )
-    # forced, yet no wide session: say why (once for the pod)
-    if args.wide_threads > 1 and not wide and os.environ.get(FRONT_END_ENV, "0") == "0":
-        log.warning(
-            "--wide-threads %d ignored: %s",
-            args.wide_threads,
-            f"the {backend} backend has no wide session"
-            if backend != "onnxruntime"
-            else "a wide session needs two or more front ends (this pod has one)"
-            if sizing.front_ends < 2
-            else f"no wider than the instances' {sizing.intra_op_threads} threads",
-        )
+    wide, board = plan_wide(sizing, cpus.cores, args.wide_threads, model, backend)
 
     # Imported here: the metrics, transports and uvloop are only needed once the flags are good.
     import uvloop

@@ -25,12 +25,17 @@ __all__ = [
     "CGROUP_MEMORY_MAX",
     "CGROUP_V1_MEMORY_LIMIT",
     "MEMINFO",
+    "POD_MEMORY_ENV",
     "plan_wide",
+    "share_pod_memory",
     "usable_memory",
     "weight_bytes",
+    "wide_flag_error",
 ]
 
 log = logging.getLogger(__name__)
+
+POD_MEMORY_ENV = "TRTOPS_POD_MEMORY_BYTES"  # the supervisor's reading; empty: unknown
 
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
 # cgroup v1 (nodes still on it: older distributions, kubelet's cgroupfs v1): the same limit
@@ -89,18 +94,64 @@ def weight_bytes(model: Path) -> int:
     return size
 
 
-def plan_wide(sizing: Sizing, cores: int, given: int, model: Path) -> tuple[int, BusyBoard | None]:
+def wide_flag_error(given: int, sizing: Sizing, front_ends_flag: int) -> str | None:
+    """Why ``--wide-threads given`` cannot be served with ``sizing`` (the message for the
+    user, with the way out), or None."""
+    if given < -1:
+        return "--wide-threads must be >= -1 (-1: automatic, 0: none)"
+    if given > 1 and sizing.instances > 1:
+        # A front end's batches run one at a time only with one instance; two lone batches on
+        # two instances would both take every core. --instances 1 alone would leave one front
+        # end, which gets no wide session either.
+        also = " (and --front-ends 2 or more)" if front_ends_flag == 1 else ""
+        return (
+            f"--wide-threads needs one instance per front end (this pod's sizing gives"
+            f" {sizing.instances}); set --instances 1 or --wide-threads 0{also}"
+        )
+    return None
+
+
+def share_pod_memory() -> None:
+    """Read the pod's usable memory once, in the supervisor, for every front end it starts:
+    each reading MemAvailable on its own could land on both sides of the memory rule."""
+    os.environ[POD_MEMORY_ENV] = str(usable_memory() or "")
+
+
+def _pod_memory() -> int | None:
+    shared = os.environ.get(POD_MEMORY_ENV)
+    if shared is None:
+        return usable_memory()
+    return int(shared) if shared.isdigit() else None
+
+
+def plan_wide(
+    sizing: Sizing, cores: int, given: int, model: Path, backend: str
+) -> tuple[int, BusyBoard | None]:
     """This front end's wide session threads (0: none) and the board it shares with the other
-    front ends; ``given`` is ``--wide-threads`` (-1: automatic, cpus.wide_threads). Only a
-    front end of several has one (one process has no one to share the cores with)."""
-    if not is_front_end():
+    front ends; ``given`` is ``--wide-threads`` (-1: automatic, cpus.wide_threads). Only an
+    ONNX Runtime front end of several has one (one process has no one to share the cores
+    with). Says once for the pod (front end 0) what was chosen and why."""
+    first = os.environ.get(FRONT_END_ENV, "0") == "0"
+    if given > 1 and first:  # forced, yet no wide session: say why
+        why = (
+            f"the {backend} backend has no wide session"
+            if backend != "onnxruntime"
+            else "a wide session needs two or more front ends (this pod has one)"
+            if sizing.front_ends < 2
+            else f"no wider than the instances' {sizing.intra_op_threads} threads"
+            if given <= sizing.intra_op_threads
+            else None
+        )
+        if why is not None:
+            log.warning("--wide-threads %d ignored: %s", given, why)
+    if backend != "onnxruntime" or not is_front_end():
         return 0, None
     index = int(os.environ[FRONT_END_ENV])
     try:
         weights = weight_bytes(model)
     except OSError:  # no model there: loading it fails next, in the words the operator reads
         return 0, None
-    memory = usable_memory()
+    memory = _pod_memory()
     wide = wide_threads(sizing, cores, given, weight_bytes=weights, memory_bytes=memory)
     if not wide:
         if index == 0 and given == -1:
