@@ -13,6 +13,17 @@ import pytest
 from .conftest import Server
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``trtops-worker bench`` with ``args`` in a child process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "trtops_worker", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("protocol", ["http", "http-binary", "grpc"])
 def test_bench_reports_percentiles_and_errors_as_json(
     server: Server, tmp_path: Path, protocol: str
@@ -22,30 +33,20 @@ def test_bench_reports_percentiles_and_errors_as_json(
     binary = ["--binary-data"] if protocol == "http-binary" else []
     out = tmp_path / "result.json"
     before = server.metric("trtops_requests_total", outcome="success")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trtops_worker",
-            "bench",
-            "--url",
-            url,
-            "--protocol",
-            protocol.removesuffix("-binary"),
-            *binary,
-            "--model",
-            "conv",
-            "--concurrency",
-            "4",
-            "--duration-seconds",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = _bench(
+        "--url",
+        url,
+        "--protocol",
+        protocol.removesuffix("-binary"),
+        *binary,
+        "--model",
+        "conv",
+        "--concurrency",
+        "4",
+        "--duration-seconds",
+        "1",
+        "--json",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     assert "p99=" in proc.stdout
@@ -66,31 +67,21 @@ def test_bench_rate_mode_with_an_input_file_and_error_counts(
 ) -> None:
     npz = tmp_path / "inputs.npz"
     np.savez(npz, input=np.zeros((4, 3, 32, 32), np.float32))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trtops_worker",
-            "bench",
-            "--url",
-            server.url,
-            "--model",
-            "conv",
-            "--rate",
-            "50",
-            "--duration-seconds",
-            "1",
-            "--input-file",
-            str(npz),
-            "--batch-size",
-            "2",
-            "--json",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = _bench(
+        "--url",
+        server.url,
+        "--model",
+        "conv",
+        "--rate",
+        "50",
+        "--duration-seconds",
+        "1",
+        "--input-file",
+        str(npz),
+        "--batch-size",
+        "2",
+        "--json",
+        "-",
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
@@ -99,25 +90,15 @@ def test_bench_rate_mode_with_an_input_file_and_error_counts(
         2 * summary["throughput_rps"], rel=0.01
     )
 
-    wrong = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trtops_worker",
-            "bench",
-            "--url",
-            server.url,
-            "--model",
-            "nope",
-            "--concurrency",
-            "1",
-            "--duration-seconds",
-            "0.2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    wrong = _bench(
+        "--url",
+        server.url,
+        "--model",
+        "nope",
+        "--concurrency",
+        "1",
+        "--duration-seconds",
+        "0.2",
     )
     assert wrong.returncode != 0
 
@@ -203,16 +184,10 @@ def test_bench_grpc_workers_have_a_connection_each_unless_told_to_share_one(
     spreads over front ends."""
     proxy = _CountingProxy(server.grpc)
     try:
-        proc = subprocess.run(
-            [
-                *(sys.executable, "-m", "trtops_worker", "bench", "--url", proxy.address),
-                *("--protocol", "grpc", *flags, "--model", "conv", "--concurrency", "4"),
-                *("--duration-seconds", "1", "--json", "-"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        proc = _bench(
+            *("--url", proxy.address),
+            *("--protocol", "grpc", *flags, "--model", "conv", "--concurrency", "4"),
+            *("--duration-seconds", "1", "--json", "-"),
         )
     finally:
         proxy.close()
@@ -229,15 +204,9 @@ def test_bench_grpc_workers_have_a_connection_each_unless_told_to_share_one(
 def test_bench_refuses_one_connection_over_http(server: Server, reachable: bool) -> None:
     """A flag error, said before any connection (a server down must not hide it)."""
     url = server.url if reachable else "http://127.0.0.1:1"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "trtops_worker", "bench", "--url", url),
-            *("--one-connection", "--model", "conv", "--duration-seconds", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = _bench(
+        *("--url", url),
+        *("--one-connection", "--model", "conv", "--duration-seconds", "1"),
     )
     assert proc.returncode == 2
     assert "--one-connection is for gRPC" in proc.stderr
@@ -255,15 +224,9 @@ def test_bench_refuses_one_connection_over_http(server: Server, reachable: bool)
 def test_bench_refuses_a_load_of_no_workers(flags: list[str]) -> None:
     """A flag error before any connection (it ran one gRPC worker, or no HTTP one and printed
     a table of 0 requests)."""
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "trtops_worker", "bench", "--url", "http://127.0.0.1:1"),
-            *("--model", "conv", "--duration-seconds", "1", *flags),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = _bench(
+        *("--url", "http://127.0.0.1:1"),
+        *("--model", "conv", "--duration-seconds", "1", *flags),
     )
     assert proc.returncode == 2, proc.stderr
     assert "must be" in proc.stderr
@@ -271,15 +234,9 @@ def test_bench_refuses_a_load_of_no_workers(flags: list[str]) -> None:
 
 def test_bench_over_http_at_a_grpc_port_says_so(server: Server) -> None:
     """The gRPC port answers HTTP/1.1 with HTTP/2 frames: the reason, not those bytes."""
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "trtops_worker", "bench", "--url", f"http://{server.grpc}"),
-            *("--model", "conv", "--duration-seconds", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = _bench(
+        *("--url", f"http://{server.grpc}"),
+        *("--model", "conv", "--duration-seconds", "1"),
     )
     assert proc.returncode == 1
     assert (
@@ -293,15 +250,9 @@ def test_bench_over_grpc_says_why_it_cannot_start_in_one_line(server: Server, mo
     """No server there, or no such model: a one-line reason and exit 1, as over HTTP (it was a
     Python traceback)."""
     url = "127.0.0.1:1" if model == "conv" else server.grpc
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "trtops_worker", "bench", "--url", url, "--protocol", "grpc"),
-            *("--model", model, "--duration-seconds", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = _bench(
+        *("--url", url, "--protocol", "grpc"),
+        *("--model", model, "--duration-seconds", "1"),
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
