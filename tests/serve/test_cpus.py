@@ -215,17 +215,25 @@ def test_every_front_end_decides_on_the_wide_session_from_the_supervisors_readin
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MemAvailable moves: front ends each reading it could land on both sides of the memory
-    rule (some wide, some not). The supervisor reads once; the front ends use that."""
+    rule (some wide, some not), and each would parse the model again. The supervisor reads
+    both once; the front ends use that."""
     from trtops_worker.serve import wide
     from trtops_worker.serve.frontends import FRONT_END_ENV, MULTIPROC_ENV
 
     model = tmp_path / "model.onnx"
     model.write_bytes(b"\0" * (1 << 20))  # not ONNX: counts as its own size, 1 MB
     monkeypatch.setattr(wide, "usable_memory", lambda: 32 << 20)  # the supervisor's reading
-    monkeypatch.delenv(wide.POD_MEMORY_ENV, raising=False)
-    wide.share_pod_memory()
+    for name in (wide.POD_MEMORY_ENV, wide.WEIGHT_BYTES_ENV):  # restored after the test
+        monkeypatch.setenv(name, "")
+    wide.share_readings(model)
     assert os.environ[wide.POD_MEMORY_ENV] == str(32 << 20)
+    assert os.environ[wide.WEIGHT_BYTES_ENV] == str(1 << 20)
     monkeypatch.setattr(wide, "usable_memory", lambda: 1 << 40)  # what a front end would read
+
+    def parsed_again(model: Path) -> int:
+        raise AssertionError(f"a front end parsed {model} again")
+
+    monkeypatch.setattr(wide, "weight_bytes", parsed_again)
     monkeypatch.setenv(FRONT_END_ENV, "1")
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     # 16 front ends x 1 MB is over a quarter of the shared 32 MB, not of the 1 TB read later

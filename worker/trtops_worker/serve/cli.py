@@ -18,7 +18,7 @@ from .artifact import ArtifactError, read_artifact
 from .backend import load_backend
 from .cpus import plan_sizing, usable_cpus
 from .frontends import FRONT_END_ENV, FrontEnds, follow_the_supervisor, is_front_end, reserve_port
-from .wide import plan_wide, share_pod_memory, wide_flag_error
+from .wide import plan_wide, share_readings, wide_flag_error
 
 if TYPE_CHECKING:
     from .sampling import Sampler
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
             cpus.cores,
             "none" if cpus.quota is None else f"{cpus.quota:g}",
         )
-        share_pod_memory()  # every front end decides on the wide session from one reading
+        share_readings(model)  # every front end decides on the wide session from one reading
         with (
             reserve_port(args.host, args.http_port) as http_port,
             reserve_port(args.host, args.grpc_port) as grpc_port,

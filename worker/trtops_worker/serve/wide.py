@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -26,8 +27,9 @@ __all__ = [
     "CGROUP_V1_MEMORY_LIMIT",
     "MEMINFO",
     "POD_MEMORY_ENV",
+    "WEIGHT_BYTES_ENV",
     "plan_wide",
-    "share_pod_memory",
+    "share_readings",
     "usable_memory",
     "weight_bytes",
     "wide_flag_error",
@@ -35,7 +37,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-POD_MEMORY_ENV = "TRTOPS_POD_MEMORY_BYTES"  # the supervisor's reading; empty: unknown
+# The supervisor's readings for its front ends (share_readings); empty: unknown
+POD_MEMORY_ENV = "TRTOPS_POD_MEMORY_BYTES"
+WEIGHT_BYTES_ENV = "TRTOPS_MODEL_WEIGHT_BYTES"
 
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
 # cgroup v1 (nodes still on it: older distributions, kubelet's cgroupfs v1): the same limit
@@ -111,16 +115,20 @@ def wide_flag_error(given: int, sizing: Sizing, front_ends_flag: int) -> str | N
     return None
 
 
-def share_pod_memory() -> None:
-    """Read the pod's usable memory once, in the supervisor, for every front end it starts:
-    each reading MemAvailable on its own could land on both sides of the memory rule."""
+def share_readings(model: Path) -> None:
+    """Read the pod's usable memory and the model's weight bytes once, in the supervisor, for
+    every front end it starts: each reading MemAvailable on its own could land on both sides of
+    the memory rule, and each would parse the model again. An unreadable model is left to the
+    front ends (their loader says why, in the operator's words)."""
     os.environ[POD_MEMORY_ENV] = str(usable_memory() or "")
+    with contextlib.suppress(OSError):
+        os.environ[WEIGHT_BYTES_ENV] = str(weight_bytes(model))
 
 
-def _pod_memory() -> int | None:
-    shared = os.environ.get(POD_MEMORY_ENV)
-    if shared is None:
-        return usable_memory()
+def _shared_or(name: str, read: Callable[[], int | None]) -> int | None:
+    shared = os.environ.get(name)
+    if shared is None:  # one process, or started by hand: read it here
+        return read()
     return int(shared) if shared.isdigit() else None
 
 
@@ -148,10 +156,10 @@ def plan_wide(
         return 0, None
     index = int(os.environ[FRONT_END_ENV])
     try:
-        weights = weight_bytes(model)
+        weights = _shared_or(WEIGHT_BYTES_ENV, lambda: weight_bytes(model)) or 0
     except OSError:  # no model there: loading it fails next, in the words the operator reads
         return 0, None
-    memory = _pod_memory()
+    memory = _shared_or(POD_MEMORY_ENV, usable_memory)
     wide = wide_threads(sizing, cores, given, weight_bytes=weights, memory_bytes=memory)
     if not wide:
         if index == 0 and given == -1:
