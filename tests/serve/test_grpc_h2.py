@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -222,32 +223,25 @@ def test_malformed_frames_end_only_their_connection(h2: Server) -> None:
     keeps serving without an error logged."""
     import random
     import socket
-    import struct
-
-    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-        return (
-            struct.pack(">I", len(payload))[1:]
-            + bytes((kind, flags))
-            + struct.pack(">I", stream)
-            + payload
-        )
 
     rng = random.Random(7)
     cases = [
-        frame(1, 0x8 | 0x4, 1),  # PADDED HEADERS without the pad length
-        frame(1, 0x8 | 0x4, 1, b"\xff\x82"),  # padding longer than the frame
-        frame(1, 0x20 | 0x4, 1, b"\x00"),  # PRIORITY fields cut short
-        frame(9, 0x4, 1, b"\x82"),  # CONTINUATION without HEADERS
-        frame(1, 0x4, 2, b"\x82"),  # a client stream with an even id
-        frame(1, 0x4, 1, b"\xff\xff\xff\xff"),  # a header block HPACK cannot decode
-        frame(8, 0, 0, b"\x01"),  # WINDOW_UPDATE cut short
-        frame(4, 0, 0, b"\x00\x04\xff\xff\xff\xff"),  # INITIAL_WINDOW_SIZE past 2^31-1
-        frame(0, 0x8 | 0x1, 1),  # PADDED DATA, empty, on a stream never opened
-        frame(1, 0x4, 1, b"\x82") + frame(0, 0x8 | 0x1, 1),  # the same on an open stream
+        _raw_frame(1, 0x8 | 0x4, 1),  # PADDED HEADERS without the pad length
+        _raw_frame(1, 0x8 | 0x4, 1, b"\xff\x82"),  # padding longer than the frame
+        _raw_frame(1, 0x20 | 0x4, 1, b"\x00"),  # PRIORITY fields cut short
+        _raw_frame(9, 0x4, 1, b"\x82"),  # CONTINUATION without HEADERS
+        _raw_frame(1, 0x4, 2, b"\x82"),  # a client stream with an even id
+        _raw_frame(1, 0x4, 1, b"\xff\xff\xff\xff"),  # a header block HPACK cannot decode
+        _raw_frame(8, 0, 0, b"\x01"),  # WINDOW_UPDATE cut short
+        _raw_frame(4, 0, 0, b"\x00\x04\xff\xff\xff\xff"),  # INITIAL_WINDOW_SIZE past 2^31-1
+        _raw_frame(0, 0x8 | 0x1, 1),  # PADDED DATA, empty, on a stream never opened
+        _raw_frame(1, 0x4, 1, b"\x82") + _raw_frame(0, 0x8 | 0x1, 1),  # the same on an open stream
     ]
     for _ in range(20):
         payload = rng.randbytes(rng.randint(0, 40))
-        cases.append(frame(rng.randint(0, 10), rng.randint(0, 255), rng.randint(0, 9), payload))
+        cases.append(
+            _raw_frame(rng.randint(0, 10), rng.randint(0, 255), rng.randint(0, 9), payload)
+        )
     for frames in cases:
         with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
             sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames)
@@ -268,23 +262,13 @@ def test_streams_past_the_advertised_limit_are_refused(h2: Server) -> None:
 
     import hpack
 
-    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-        head = struct.pack(">I", len(payload))[1:] + bytes((kind, flags))
-        return head + struct.pack(">I", stream) + payload
-
     encoder = hpack.Encoder()
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/inference.GRPCInferenceService/ServerLive"),
-        (":authority", h2.grpc),
-        ("te", "trailers"),
-        ("content-type", "application/grpc"),
-    ]
-    opened = b"".join(frame(1, 0x4, 1 + 2 * i, encoder.encode(headers)) for i in range(1025))
+    opened = b"".join(
+        _raw_frame(1, 0x4, 1 + 2 * i, _call_headers(h2, "ServerLive", encoder)) for i in range(1025)
+    )
     with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) + opened)
-        refused = frame(3, 0, 1 + 2 * 1024, struct.pack(">I", 0x7))
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _raw_frame(4, 0, 0) + opened)
+        refused = _raw_frame(3, 0, 1 + 2 * 1024, struct.pack(">I", 0x7))
         received = b""
         while refused not in received:
             chunk = sock.recv(65536)
@@ -322,14 +306,16 @@ def _raw_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> byte
     return head + struct.pack(">I", stream) + payload
 
 
-def _live_headers(h2: Server) -> bytes:
+def _call_headers(h2: Server, method: str = "ServerLive", encoder: Any = None) -> bytes:
+    """A unary call's header block for ``method`` of the inference service, HPACK-encoded by
+    ``encoder`` (one connection's, so later blocks refer to its table; default: a new one)."""
     import hpack
 
-    return hpack.Encoder().encode(
+    return (encoder or hpack.Encoder()).encode(
         [
             (":method", "POST"),
             (":scheme", "http"),
-            (":path", "/inference.GRPCInferenceService/ServerLive"),
+            (":path", f"/inference.GRPCInferenceService/{method}"),
             (":authority", h2.grpc),
             ("te", "trailers"),
             ("content-type", "application/grpc"),
@@ -363,7 +349,7 @@ def test_a_max_frame_size_setting_out_of_range_ends_only_its_connection(
     import struct
 
     settings = _raw_frame(4, 0, 0, struct.pack(">HI", 0x5, max_frame))
-    call = _raw_frame(1, 0x4, 1, _live_headers(h2)) + _raw_frame(0, 0x1, 1, b"\0" * 5)
+    call = _raw_frame(1, 0x4, 1, _call_headers(h2)) + _raw_frame(0, 0x1, 1, b"\0" * 5)
     with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
         received = _until_closed(sock, settings + call)
     assert _raw_frame(7, 0, 0, struct.pack(">II", 0, 0x1)) in received  # GOAWAY PROTOCOL_ERROR
@@ -377,7 +363,7 @@ def test_a_header_block_that_never_ends_is_refused_not_stored(h2: Server) -> Non
     the cap the connection ends (GOAWAY); the front end keeps serving."""
     import socket
 
-    opened = _raw_frame(4, 0, 0) + _raw_frame(1, 0, 1, _live_headers(h2))
+    opened = _raw_frame(4, 0, 0) + _raw_frame(1, 0, 1, _call_headers(h2))
     flood = _raw_frame(9, 0, 1, b"\0" * 16000) * 64  # 1 MB of header block, never ended
     with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
         _until_closed(sock, opened + flood)
@@ -395,14 +381,6 @@ def test_a_client_that_never_reads_its_answers_is_not_read_either(h2: Server) ->
     import hpack
 
     encoder = hpack.Encoder()
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/inference.GRPCInferenceService/ModelConfig"),
-        (":authority", h2.grpc),
-        ("te", "trailers"),
-        ("content-type", "application/grpc"),
-    ]
     message = b"\0" + struct.pack(">I", 6) + b"\x0a\x04conv"
     window = _raw_frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535))
     sent, limit = 0, 60 << 20
@@ -415,7 +393,7 @@ def test_a_client_that_never_reads_its_answers_is_not_read_either(h2: Server) ->
         while sent < limit and not blocked:
             calls = b""
             for _ in range(500):
-                calls += _raw_frame(1, 0x4, stream, encoder.encode(headers))
+                calls += _raw_frame(1, 0x4, stream, _call_headers(h2, "ModelConfig", encoder))
                 calls += _raw_frame(0, 0x1, stream, message)
                 stream += 2
             try:
@@ -504,7 +482,7 @@ def test_a_call_whose_bytes_arrive_a_few_at_a_time_is_answered(h2: Server) -> No
 
     message = pb.ServerLiveRequest().SerializeToString()
     sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _raw_frame(4, 0, 0)
-    sent += _raw_frame(1, 0x4, 1, _live_headers(h2))
+    sent += _raw_frame(1, 0x4, 1, _call_headers(h2))
     sent += _raw_frame(0, 0x1, 1, b"\0" + struct.pack(">I", len(message)) + message)
     with socket.create_connection(("127.0.0.1", h2.grpc_port), timeout=5) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
